@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.setup-stamp
+# Tests and benchmarks may read the shared copy of MNIST; the product never does.
+SHARED_MNIST := $(abspath ../shared/datasets/mnist)
+
+.PHONY: setup test test-all demo bench clean
+
+setup: $(STAMP)
+
+# Re-run when the project's dependencies change; otherwise setup is a no-op (idempotent).
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# The CPU wheel of torch 2.13.0; an unpinned torch would pull a multi-GB CUDA build.
+	$(PIP) install --quiet "torch==2.13.0"
+	$(PIP) install --quiet -e ".[explore,test]"
+	touch $(STAMP)
+
+test: setup
+	CNNLAB_TEST_DATA=$${CNNLAB_TEST_DATA:-$(SHARED_MNIST)} $(PY) -m pytest -q -m "not slow"
+
+test-all: setup
+	CNNLAB_TEST_DATA=$${CNNLAB_TEST_DATA:-$(SHARED_MNIST)} $(PY) -m pytest -q
+
+demo: setup
+	$(VENV)/bin/cnnlab report --out reports/demo --preset quick
+
+bench: setup
+	CNNLAB_TEST_DATA=$${CNNLAB_TEST_DATA:-$(SHARED_MNIST)} $(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -1,0 +1,56 @@
+"""The `cnnlab` command: a thin layer that parses options and calls the library.
+
+Each area registers its subcommands from its own module (core, inspect, generate, predict,
+report, explore). Errors of our own types print one line on stderr and exit non-zero; usage
+errors exit 2 before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from ..errors import CnnlabError
+
+# Modules under cnnlab.cli that each define register(subparsers). Missing ones are skipped so
+# that an optional area never breaks the others.
+AREAS = ("core", "inspect", "generate", "predict", "report", "explore", "robustness")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+    parser = argparse.ArgumentParser(
+        prog="cnnlab",
+        description="Train, inspect and attack the EE5179 MNIST CNN: every question of the "
+                    "assignment answered from measurements.")
+    parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for area in AREAS:
+        try:
+            mod = importlib.import_module(f".{area}", __name__)
+        except ModuleNotFoundError as e:
+            if e.name == f"{__name__}.{area}":
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args.func(args)
+    except CnnlabError as e:
+        print(f"cnnlab {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"cnnlab {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:      # `cnnlab ... | head`
+        return 0
+    return int(code or 0)

@@ -1,0 +1,54 @@
+"""Argument types and helpers shared by the subcommands: values are checked at parse time, so a
+bad option is one clear line and exit status 2 before any work starts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+
+def int_range(lo: int | None = None, hi: int | None = None):
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"{v} is out of range: expected {_range_text(lo, hi)}")
+        return v
+    return parse
+
+
+def float_range(lo: float | None = None, hi: float | None = None, lo_open: bool = False):
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"{s!r} is not a finite number")
+        if lo is not None and (v < lo or (lo_open and v == lo)):
+            raise argparse.ArgumentTypeError(f"{v} is out of range: expected {'>' if lo_open else '≥'} {lo}")
+        if hi is not None and v > hi:
+            raise argparse.ArgumentTypeError(f"{v} is out of range: expected ≤ {hi}")
+        return v
+    return parse
+
+
+def _range_text(lo, hi) -> str:
+    if lo is not None and hi is not None:
+        return f"{lo}..{hi}"
+    return f"≥ {lo}" if lo is not None else f"≤ {hi}"
+
+
+def print_json(obj) -> None:
+    from ..runs import _json_default
+    json.dump(obj, sys.stdout, indent=2, default=_json_default)
+    sys.stdout.write("\n")
+
+
+def console():
+    from rich.console import Console
+    return Console(stderr=False, highlight=False, soft_wrap=True)

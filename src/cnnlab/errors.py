@@ -1,0 +1,43 @@
+"""The exceptions cnnlab raises for problems a user can fix.
+
+Every one carries a message that says what was wrong, what was expected and what to do. The CLI
+prints the message on one line and exits non-zero; it never shows a traceback for these.
+"""
+
+
+class CnnlabError(Exception):
+    """Base of every error cnnlab raises on purpose."""
+
+    exit_code = 2
+
+
+class ConfigError(CnnlabError):
+    """An option or configuration value is out of range, unknown or malformed."""
+
+
+class DataError(CnnlabError):
+    """A dataset file is missing, corrupt, or fails its checksum; or no source could provide it."""
+
+
+class IdxFormatError(DataError):
+    """A file is not a valid IDX file (wrong magic, dtype, dimensions or length)."""
+
+
+class ChecksumError(DataError):
+    """A file's decompressed content does not have the SHA-256 it must have."""
+
+
+class CheckpointError(CnnlabError):
+    """A weights file is missing, is not safetensors, or does not fit the network."""
+
+
+class RunError(CnnlabError):
+    """A run directory is missing, malformed, locked by another process, or would be overwritten."""
+
+
+class TrainingError(CnnlabError):
+    """Training cannot go on (for example, the loss became NaN or infinite)."""
+
+
+class ImageError(CnnlabError):
+    """A user image cannot be read or is unsafe to decode."""

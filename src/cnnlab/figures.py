@@ -1,0 +1,97 @@
+"""Figures shared by several commands (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+plt.rcParams.update({"figure.dpi": 100, "savefig.bbox": "tight", "font.size": 9,
+                     "axes.spines.top": False, "axes.spines.right": False})
+
+
+def plot_curves(metrics: list[dict], title: str = "") -> plt.Figure:
+    """Training and validation loss, error, and validation accuracy against images seen."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    if not metrics:
+        for ax in axes:
+            ax.text(0.5, 0.5, "no logged points", ha="center", va="center", transform=ax.transAxes)
+        return fig
+    n_per_epoch = None
+    epochs = [m for m in metrics if m["kind"] == "epoch"]
+    if epochs and epochs[0]["epoch"] > 0:
+        n_per_epoch = epochs[0]["images_seen"] / epochs[0]["epoch"]
+    x = np.array([m["images_seen"] for m in metrics], dtype=float)
+    x = x / n_per_epoch if n_per_epoch else x
+    xlabel = "epoch" if n_per_epoch else "images seen"
+    get = lambda k: np.array([m[k] for m in metrics], dtype=float)  # noqa: E731
+
+    ax = axes[0]
+    ax.plot(x, get("train_loss"), "o-", ms=3, label="training")
+    ax.plot(x, get("val_loss"), "s-", ms=3, label="validation")
+    ax.set(title="loss (cross-entropy)", xlabel=xlabel, ylabel="nats", yscale="log")
+    ax.legend()
+    ax = axes[1]
+    ax.plot(x, 100 * get("train_error"), "o-", ms=3, label="training")
+    ax.plot(x, 100 * get("val_error"), "s-", ms=3, label="validation")
+    ax.set(title="classification error", xlabel=xlabel, ylabel="% wrong", yscale="log")
+    ax.legend()
+    ax = axes[2]
+    ax.plot(x, 100 * get("val_acc"), "s-", ms=3, color="C2")
+    best = int(np.argmax(get("val_acc")))
+    ax.plot(x[best], 100 * get("val_acc")[best], "*", ms=12, color="C3", label=f"best {100 * get('val_acc')[best]:.2f}%")
+    ax.set(title="validation accuracy", xlabel=xlabel, ylabel="%")
+    lo = max(90.0, 100 * float(np.nanmin(get("val_acc"))) - 0.5)
+    ax.set_ylim(lo, 100)
+    ax.legend(loc="lower right")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(images, titles=None, colors=None, ncols: int = 8, size: float = 1.25,
+               cmap: str = "gray", vmin=0.0, vmax=1.0, suptitle: str = "") -> plt.Figure:
+    images = [np.asarray(im, dtype=float).reshape(28, 28) if np.asarray(im).size == 784 else np.asarray(im, dtype=float)
+              for im in images]
+    n = len(images)
+    ncols = min(ncols, n) or 1
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * (size + 0.45)), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        ax.imshow(images[i], cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=8, color=(colors[i] if colors is not None else "black"))
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+@torch.inference_mode()
+def plot_predictions(model, split, n: int = 32, seed: int = 0) -> plt.Figure:
+    """Randomly chosen test images with true and predicted labels; wrong ones in red."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(split.test_x), generator=g)[:n]
+    x = split.test_x[idx].float().div(255)
+    device = next(model.parameters()).device
+    probs = model.eval()(x.to(device)).float().softmax(1).cpu()
+    conf, pred = probs.max(1)
+    y = split.test_y[idx].cpu()
+    names = split.class_names
+    titles = [f"#{int(i)} true {names[int(t)]}\npred {names[int(p)]} ({c * 100:.0f}%)"
+              for i, t, p, c in zip(idx, y, pred, conf)]
+    colors = ["black" if int(p) == int(t) else "red" for p, t in zip(pred, y)]
+    wrong = sum(c == "red" for c in colors)
+    return image_grid(x.squeeze(1).numpy(), titles, colors, ncols=8, size=1.4,
+                      suptitle=f"{n} random test images (seed {seed}): {n - wrong} right, {wrong} wrong (red)")

@@ -1,0 +1,195 @@
+"""Run directories: the unit every command after `train` takes.
+
+A run directory holds `model.safetensors` (best weights), `run.json` (config, versions, device,
+split, timings, results), `metrics.csv`, `curves.png`, `predictions.png`, and while training is
+resumable, `state/` (last weights, optimizer state, loop position). Every write is atomic (temp
+file, fsync, rename), so a process killed mid-write leaves the previous file intact.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import RunError
+
+RUN_FORMAT = 1
+REQUIRED_FIELDS = ("format", "config", "split", "versions", "status")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that `path` is always either the old file or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.errno == errno.ENOSPC:
+            raise RunError(f"no space left on the device while writing {path}; the previous "
+                           f"version of the file is intact") from None
+        raise RunError(f"cannot write {path}: {e.strerror or e}") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    try:
+        import numpy as np
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import torch
+    from . import __version__
+    return {"cnnlab": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": numpy.__version__, "platform": platform.platform()}
+
+
+def hardware(device) -> dict[str, Any]:
+    import torch
+    info = {"device": str(device), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads()}
+    if getattr(device, "type", str(device)) == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class RunLock:
+    """An exclusive lock on a run directory, so two processes never train into the same one."""
+
+    def __init__(self, directory: Path):
+        self.path = Path(directory) / ".lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise RunError(f"{self.path.parent} is in use by another cnnlab process (lock held on "
+                           f"{self.path}); wait for it to finish or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import fcntl
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+def check_out_dir(out: Path, overwrite: bool = False, resume: bool = False) -> None:
+    """Refuse to train into a directory that holds another run, unless told to."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunError(f"{out} exists and is not a directory")
+    holds_run = (out / "run.json").exists() or (out / "model.safetensors").exists()
+    if resume:
+        if not (out / "state" / "state.json").exists():
+            raise RunError(f"nothing to resume in {out}: no state/state.json (train without --resume)")
+        return
+    if holds_run and not overwrite:
+        raise RunError(f"{out} already holds a run; pass --overwrite to replace it, --resume to "
+                       f"continue it, or choose another --out")
+
+
+@dataclass
+class Run:
+    """A trained run on disk: its directory, its run.json, and the path of its weights."""
+    path: Path
+    info: dict
+
+    @property
+    def weights(self) -> Path:
+        return self.path / "model.safetensors"
+
+    @property
+    def batch_norm(self) -> bool:
+        return bool(self.info["config"].get("batch_norm", False))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def load_model(self, device="cpu"):
+        from .model import load_weights
+        return load_weights(self.weights, batch_norm=self.batch_norm, device=device)
+
+    def analysis_dir(self, *parts: str) -> Path:
+        d = self.path.joinpath("analysis", *parts)
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+
+def open_run(path: str | os.PathLike) -> Run:
+    """The run in `path`, after checking run.json and that the weights file exists."""
+    p = Path(path)
+    if not p.exists():
+        raise RunError(f"run directory {p} does not exist; train one with `cnnlab train --out {p}`")
+    if not p.is_dir():
+        raise RunError(f"{p} is not a run directory")
+    rj = p / "run.json"
+    if not rj.is_file():
+        raise RunError(f"{p} holds no run.json: not a cnnlab run directory (or training never "
+                       f"got far enough to write one)")
+    try:
+        info = json.loads(rj.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"{rj} is not valid JSON ({e}); the run directory is damaged") from None
+    if not isinstance(info, dict):
+        raise RunError(f"{rj} must hold a JSON object")
+    missing = [k for k in REQUIRED_FIELDS if k not in info]
+    if missing:
+        raise RunError(f"{rj} lacks the field(s) {', '.join(missing)}; was it written by cnnlab?")
+    if not isinstance(info["config"], dict):
+        raise RunError(f"{rj}: 'config' must be an object")
+    if not (p / "model.safetensors").is_file():
+        raise RunError(f"{p} holds no checkpoint (model.safetensors); training may have stopped "
+                       f"before the first evaluation — resume it with `cnnlab train --out {p} --resume`")
+    return Run(p, info)

@@ -1,0 +1,508 @@
+"""Training: the loop reads top to bottom like a recipe; evaluation is its own function.
+
+Speed without changing the function: the whole split lives in memory as uint8 tensors (no
+DataLoader), bf16 autocast where the hardware has it (AVX-512-bf16/AMX CPUs, CUDA), channels_last
+memory format, and max-pool before ReLU (see model.py). All randomness is a function of
+(seed, epoch, step), so a run resumed from its saved state continues exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import TrainConfig
+from .data import Split, load_split, to_float
+from .errors import ConfigError, TrainingError
+from .model import Net, save_weights, state_tensors
+from .runs import (RUN_FORMAT, RunLock, atomic_write_bytes, atomic_write_text, check_out_dir,
+                   hardware, versions, write_json)
+
+METRIC_FIELDS = ("kind", "epoch", "step", "images_seen", "lr", "train_loss", "train_error",
+                 "val_loss", "val_error", "val_acc", "train_time_s", "elapsed_s")
+
+
+# ---------------------------------------------------------------------------------------------
+# Device and precision
+# ---------------------------------------------------------------------------------------------
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but torch sees no CUDA GPU "
+                          f"(torch {torch.__version__}); install a CUDA build of torch or use --device cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("--device mps was asked for but Apple's MPS backend is not available")
+    return torch.device(name)
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 matrix instructions (AVX-512-bf16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision != "auto":
+        if precision == "fp16" and device.type == "cpu":
+            raise ConfigError("--precision fp16 is for GPUs; on a CPU use bf16 or fp32")
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and cpu_has_bf16():
+        return "bf16"
+    return "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class EvalResult:
+    loss: float          # mean cross-entropy, nats
+    accuracy: float      # fraction correct, 0..1
+    predictions: torch.Tensor
+    probs: torch.Tensor | None = None
+
+    @property
+    def error(self) -> float:
+        return 1.0 - self.accuracy
+
+
+@torch.inference_mode()
+def evaluate(model: Net, x: torch.Tensor, y: torch.Tensor, *, precision: str = "fp32",
+             batch_size: int = 2500, keep_probs: bool = False) -> EvalResult:
+    """Loss and accuracy of `model` on images x (uint8 or [0,1] floats, [N,1,28,28]) and labels y."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total_loss, preds, probs = 0.0, [], []
+    for i in range(0, len(x), batch_size):
+        xb = to_float(x[i:i + batch_size].to(device))
+        yb = y[i:i + batch_size].to(device)
+        if device.type != "mps":
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with autocast(device, precision):
+            logits = model(xb)
+        logits = logits.float()
+        total_loss += F.cross_entropy(logits, yb, reduction="sum").item()
+        preds.append(logits.argmax(1).cpu())
+        if keep_probs:
+            probs.append(logits.softmax(1).cpu())
+    model.train(was_training)
+    pred = torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+    acc = (pred == y.cpu()).float().mean().item() if len(y) else float("nan")
+    return EvalResult(total_loss / max(len(x), 1), acc, pred, torch.cat(probs) if keep_probs else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Small pieces of the loop
+# ---------------------------------------------------------------------------------------------
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def augment(x: torch.Tensor, cfg: TrainConfig, step: int) -> torch.Tensor:
+    """Random shift (±max_shift px) and rotation (±max_rotate°) per image, one affine resample.
+
+    Used on training batches only; the network is unchanged. Seeded by (seed, step) so that a
+    resumed run sees the same augmented images.
+    """
+    n = x.shape[0]
+    g = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
+    angle = (torch.rand(n, generator=g) * 2 - 1) * math.radians(cfg.max_rotate)
+    shift = (torch.rand(n, 2, generator=g) * 2 - 1) * cfg.max_shift * 2 / 28   # px -> [-1,1] units
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
+                         torch.stack([sin, cos, shift[:, 1]], 1)], 1).to(x.device, x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def make_optimizer(model: Net, cfg: TrainConfig, total_steps: int):
+    # No weight decay on biases and batch-norm parameters (the usual AdamW practice).
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps,
+                                                pct_start=cfg.pct_start, anneal_strategy="cos",
+                                                div_factor=25.0, final_div_factor=1e3)
+    return opt, sched
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM: the loop finishes the current step, saves, and stops."""
+
+    def __init__(self):
+        self.signal: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
+
+    @contextlib.contextmanager
+    def installed(self):
+        def handler(signum, frame):
+            if self.signal is not None:        # a second Ctrl-C: stop right away
+                raise KeyboardInterrupt
+            self.signal = signum
+        old = {}
+        try:
+            for s in (signal.SIGINT, signal.SIGTERM):
+                old[s] = signal.signal(s, handler)
+        except ValueError:      # not in the main thread: signals stay with the caller
+            pass
+        try:
+            yield self
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving and restoring loop state (safetensors + JSON; never pickle)
+# ---------------------------------------------------------------------------------------------
+
+def _save_state(out: Path, model: Net, opt, sched, pos: dict) -> None:
+    from safetensors.torch import save
+    tensors = {f"model.{k}": v for k, v in state_tensors(model).items()}
+    opt_state = opt.state_dict()
+    for pid, st in opt_state["state"].items():
+        for k, v in st.items():
+            tensors[f"opt.{pid}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous().clone()
+    state_dir = out / "state"
+    atomic_write_bytes(state_dir / "state.safetensors", save(tensors))
+    meta = {"pos": pos, "sched": {k: v for k, v in sched.state_dict().items() if k != "anneal_func"},
+            "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in opt_state["param_groups"]]}
+    write_json(state_dir / "state.json", meta)     # written last: it marks the state complete
+
+
+def _load_state(out: Path, model: Net, opt, sched) -> dict:
+    from .model import read_safetensors
+    meta = json.loads((out / "state" / "state.json").read_text())
+    tensors, _ = read_safetensors(out / "state" / "state.safetensors")
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    sd = opt.state_dict()
+    state: dict = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, pid, name = k.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    for g, saved in zip(sd["param_groups"], meta["param_groups"]):
+        g.update(saved)
+    sd["state"] = state
+    opt.load_state_dict(sd)
+    sched_state = sched.state_dict()
+    sched_state.update(meta["sched"])
+    sched.load_state_dict(sched_state)
+    return meta["pos"]
+
+
+def _write_metrics(out: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    atomic_write_text(out / "metrics.csv", buf.getvalue())
+
+
+def read_metrics(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for r in rows:
+        d = {}
+        for k, v in r.items():
+            if k == "kind":
+                d[k] = v
+            elif k in ("epoch", "step", "images_seen"):
+                d[k] = int(float(v))
+            else:
+                d[k] = float(v) if v not in ("", None) else float("nan")
+        out.append(d)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The training run
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainResult:
+    out: Path | None
+    model: Net
+    config: TrainConfig
+    info: dict                                   # what run.json holds
+    metrics: list[dict] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def test_accuracy(self) -> float:
+        return self.info["test"]["accuracy"]
+
+
+def train(cfg: TrainConfig, out: str | Path | None = None, *, split: Split | None = None,
+          data_dir: str | None = None, resume: bool = False, overwrite: bool = False,
+          progress: bool | None = None, log: Callable[[str], None] | None = None,
+          stop_at_step: int | None = None) -> TrainResult:
+    """Train the network of the assignment with `cfg`; write the run to `out` (if given).
+
+    `stop_at_step` stops after that global step as if Ctrl-C had been pressed (for tests).
+    """
+    log = log or (lambda s: print(s, file=sys.stderr))
+    out = Path(out) if out is not None else None
+    if out is not None:
+        check_out_dir(out, overwrite=overwrite, resume=resume)
+        if resume:
+            saved = json.loads((out / "state" / "config.json").read_text())
+            cfg = TrainConfig.from_dict(saved)
+    lock = RunLock(out) if out is not None else contextlib.nullcontext()
+    with lock:
+        return _train_locked(cfg, out, split, data_dir, resume, progress, log, stop_at_step)
+
+
+def _train_locked(cfg, out, split, data_dir, resume, progress, log, stop_at_step) -> TrainResult:
+    # --- set up: device, precision, seeds, data, model, optimizer --------------------------
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    if split is None:
+        split = load_split(cfg.dataset, data_dir, cfg.val_size, cfg.split_seed, cfg.train_subset, log=log)
+    split.to(device)
+    n_train = len(split.train_x)
+    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+    log_every = cfg.log_every or max(1, steps_per_epoch // 4)
+    memory_format = torch.channels_last if (cfg.channels_last and device.type != "mps") else torch.contiguous_format
+
+    model = Net(batch_norm=cfg.batch_norm, mean=split.mean, std=split.std).to(device)
+    model = model.to(memory_format=memory_format)
+    opt, sched = make_optimizer(model, cfg, total_steps)
+
+    pos = {"epoch": 0, "batch": 0, "step": 0, "best_val_acc": -1.0, "best_epoch": 0, "best_step": 0,
+           "train_time_s": 0.0, "epoch_times_s": [], "images": 0, "run_loss": 0.0, "run_err": 0.0, "run_n": 0,
+           "epoch_time_s": 0.0}
+    metrics: list[dict] = []
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            pos = _load_state(out, model, opt, sched)
+            metrics = read_metrics(out / "metrics.csv") if (out / "metrics.csv").exists() else []
+            log(f"resuming {out} at epoch {pos['epoch'] + 1}, step {pos['step']}")
+        else:
+            for stale in ("state/state.json", "run.json", "model.safetensors", "metrics.csv"):
+                (out / stale).unlink(missing_ok=True)
+            write_json(out / "state" / "config.json", cfg.to_dict())
+
+    show = progress if progress is not None else sys.stderr.isatty()
+    stop = StopFlag()
+    wall0 = time.perf_counter()
+    bar = _Progress(show, total_steps)
+    bar.advance_to(pos["step"])
+
+    def log_point(kind: str) -> None:
+        """Evaluate on validation, record a metrics row, keep the best checkpoint."""
+        val = evaluate(model, split.val_x, split.val_y, precision=precision)
+        row = {"kind": kind, "epoch": pos["epoch"] + (1 if kind == "epoch" else 0), "step": pos["step"],
+               "images_seen": pos["images"],
+               "lr": sched.get_last_lr()[0],
+               "train_loss": pos["run_loss"] / max(pos["run_n"], 1),
+               "train_error": pos["run_err"] / max(pos["run_n"], 1),
+               "val_loss": val.loss, "val_error": val.error, "val_acc": val.accuracy,
+               "train_time_s": pos["train_time_s"], "elapsed_s": time.perf_counter() - wall0}
+        if kind == "epoch":
+            row["epoch"] = pos["epoch"]
+        metrics.append(row)
+        pos["run_loss"] = pos["run_err"] = 0.0
+        pos["run_n"] = 0
+        if val.accuracy > pos["best_val_acc"]:
+            pos["best_val_acc"], pos["best_epoch"], pos["best_step"] = val.accuracy, row["epoch"], pos["step"]
+            if out is not None:
+                save_weights(model, out / "model.safetensors")
+            else:
+                best_state.clear()
+                best_state.update({k: v.clone() for k, v in model.state_dict().items()})
+        if out is not None:
+            _write_metrics(out, metrics)
+        bar.note(f"val acc {val.accuracy * 100:.2f}%")
+
+    best_state: dict = {}
+    interrupted = False
+    with stop.installed():
+        # --- the loop ------------------------------------------------------------------------
+        model.train()
+        while pos["epoch"] < cfg.epochs and not interrupted:
+            perm = epoch_permutation(n_train, cfg.seed, pos["epoch"]).to(device)
+            while pos["batch"] < steps_per_epoch:
+                t0 = time.perf_counter()
+                idx = perm[pos["batch"] * cfg.batch_size:(pos["batch"] + 1) * cfg.batch_size]
+                x = to_float(split.train_x[idx])
+                y = split.train_y[idx]
+                if cfg.augment:
+                    x = augment(x, cfg, pos["step"])
+                x = x.contiguous(memory_format=memory_format)
+
+                with autocast(device, precision):
+                    logits = model(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                if not torch.isfinite(loss):
+                    if out is not None:
+                        _write_metrics(out, metrics)
+                    raise TrainingError(f"the training loss became {loss.item()} at step {pos['step'] + 1} "
+                                        f"(epoch {pos['epoch'] + 1}); stopped. The last good checkpoint "
+                                        f"is kept{' in ' + str(out) if out else ''}. Try a smaller --lr "
+                                        f"or --precision fp32")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+
+                # bookkeeping: a CPU-GPU sync point, once per step, cheap next to the step itself
+                pos["run_loss"] += loss.item() * len(y)
+                pos["run_err"] += (logits.argmax(1) != y).sum().item()
+                pos["run_n"] += len(y)
+                pos["images"] += len(y)
+                pos["batch"] += 1
+                pos["step"] += 1
+                dt = time.perf_counter() - t0
+                pos["train_time_s"] += dt
+                pos["epoch_time_s"] += dt
+                bar.step(loss.item())
+
+                end_of_epoch = pos["batch"] == steps_per_epoch
+                if pos["step"] % log_every == 0 and not end_of_epoch:
+                    log_point("step")
+                if end_of_epoch:
+                    pos["epoch_times_s"].append(pos["epoch_time_s"])
+                    pos["epoch_time_s"] = 0.0
+                    pos["epoch"] += 1
+                    pos["batch"] = 0
+                    log_point("epoch")
+                    if out is not None:
+                        _save_state(out, model, opt, sched, pos)
+                    break
+                if stop or (stop_at_step is not None and pos["step"] >= stop_at_step):
+                    interrupted = True
+                    if out is not None:
+                        _save_state(out, model, opt, sched, pos)
+                        if not (out / "model.safetensors").exists():
+                            log_point("step")
+                    break
+            if stop or (stop_at_step is not None and pos["step"] >= stop_at_step):
+                interrupted = interrupted or pos["epoch"] < cfg.epochs
+                break
+    bar.close()
+
+    # --- the end: best checkpoint on the test set, run.json, figures ------------------------
+    if out is None and best_state:
+        model.load_state_dict(best_state)
+    elif out is not None and (out / "model.safetensors").exists():
+        from .model import load_weights
+        best = load_weights(out / "model.safetensors", batch_norm=cfg.batch_norm, device=device)
+        model.load_state_dict(best.state_dict())
+    model.eval()
+    t0 = time.perf_counter()
+    test = evaluate(model, split.test_x, split.test_y, precision=precision)
+    eval_time = time.perf_counter() - t0
+    val = evaluate(model, split.val_x, split.val_y, precision=precision)
+
+    info = {
+        "format": RUN_FORMAT,
+        "status": "interrupted" if interrupted else "complete",
+        "config": cfg.to_dict(),
+        "split": split.info,
+        "normalization": {"mean": split.mean, "std": split.std},
+        "versions": versions(),
+        "hardware": hardware(device),
+        "device": str(device),
+        "precision": precision,
+        "steps": pos["step"], "steps_per_epoch": steps_per_epoch, "epochs_done": pos["epoch"],
+        "timing": {"train_time_s": pos["train_time_s"], "epoch_times_s": pos["epoch_times_s"],
+                   "wall_time_s": time.perf_counter() - wall0, "test_eval_s": eval_time,
+                   "images_per_s": pos["step"] * cfg.batch_size / max(pos["train_time_s"], 1e-9)},
+        "best": {"epoch": pos["best_epoch"], "step": pos["best_step"], "val_accuracy": val.accuracy,
+                 "val_loss": val.loss},
+        "test": {"accuracy": test.accuracy, "loss": test.loss, "errors": int((test.predictions != split.test_y.cpu()).sum())},
+        "params": sum(p.numel() for p in model.parameters()),
+    }
+    result = TrainResult(out, model, cfg, info, metrics, interrupted)
+    if out is not None:
+        write_json(out / "run.json", info)
+        from .figures import plot_curves, plot_predictions
+        plot_curves(metrics, title=_title(cfg, info)).savefig(out / "curves.png", dpi=110)
+        plot_predictions(model, split, seed=cfg.seed).savefig(out / "predictions.png", dpi=110)
+        import matplotlib.pyplot as plt
+        plt.close("all")
+    model.cpu()
+    split.to("cpu")
+    return result
+
+
+def _title(cfg: TrainConfig, info: dict) -> str:
+    return (f"{'batch-norm' if cfg.batch_norm else 'plain'} network · seed {cfg.seed} · "
+            f"{info['precision']} on {info['device']} · test acc {info['test']['accuracy'] * 100:.2f}%")
+
+
+class _Progress:
+    """A rich progress bar over all steps, with live loss; silent when not on a terminal."""
+
+    def __init__(self, show: bool, total: int):
+        self.p = None
+        self.extra = ""
+        if show:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            self.p = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
+                              TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False)
+            self.p.start()
+            self.task = self.p.add_task("train", total=total, info="")
+        self.loss = float("nan")
+
+    def advance_to(self, n: int) -> None:
+        if self.p:
+            self.p.update(self.task, completed=n)
+
+    def step(self, loss: float) -> None:
+        self.loss = loss if math.isnan(self.loss) else 0.9 * self.loss + 0.1 * loss
+        if self.p:
+            self.p.update(self.task, advance=1, info=f"loss {self.loss:.4f} {self.extra}")
+
+    def note(self, s: str) -> None:
+        self.extra = s
+
+    def close(self) -> None:
+        if self.p:
+            self.p.stop()
