@@ -161,6 +161,13 @@ class Run:
         from .model import load_weights
         return load_weights(self.weights, batch_norm=self.batch_norm, device=device)
 
+    def load_split(self, data_dir=None):
+        """The run's own 50k/10k/10k split (same dataset, validation size and split seed)."""
+        from .data import load_split
+        cfg = self.info["config"]
+        return load_split(cfg.get("dataset", "mnist"), data_dir, cfg.get("val_size", 10_000),
+                          cfg.get("split_seed", 0))
+
     def analysis_dir(self, *parts: str) -> Path:
         d = self.path.joinpath("analysis", *parts)
         d.mkdir(parents=True, exist_ok=True)
