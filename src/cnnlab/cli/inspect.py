@@ -1,0 +1,225 @@
+"""`cnnlab summary`, `cnnlab filters`, `cnnlab activations`, `cnnlab occlusion`: thin wrappers
+around cnnlab.inspect that write PNG + JSON/NPZ into RUN/analysis/<command>/ (or --out)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .common import console, int_range, print_json
+
+
+def _fill(s: str):
+    if s == "mean":
+        return "mean"
+    from .common import float_range
+    return float_range()(s)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("summary", help="layer table, parameter and neuron counts (questions 1.3–1.5)",
+                       description="One row per layer with shapes measured by forward hooks; totals of "
+                                   "learnable parameters (conv / fc / batch-norm) and neurons. A neuron is "
+                                   "one output unit of a conv or fully connected layer.")
+    p.add_argument("--batch-norm", action="store_true", help="the network with BatchNorm2d after each conv")
+    p.add_argument("--json", action="store_true", help="print the table and totals as JSON")
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("filters", help="plot and measure conv1/conv2 kernels against the untrained network",
+                       description="Kernels on one shared symmetric colour scale, each decomposed into "
+                                   "gradient (edge), centre-surround (blob) and line energy, next to the "
+                                   "untrained network of the run's seed.")
+    p.add_argument("run", type=Path)
+    p.add_argument("--layer", choices=["conv1", "conv2"], default="conv1")
+    p.add_argument("--out", type=Path, help="output folder (default RUN/analysis/filters)")
+    p.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    p.set_defaults(func=cmd_filters)
+
+    p = sub.add_parser("activations", help="feature maps of conv1, pool1, conv2, pool2 for test images")
+    p.add_argument("run", type=Path)
+    p.add_argument("--index", type=int_range(0), action="append",
+                   help="test-set image index (repeatable; default 0)")
+    p.add_argument("--data-dir", help="folder with the MNIST IDX files (default: cache / CNNLAB_DATA_DIR)")
+    p.add_argument("--out", type=Path, help="output folder (default RUN/analysis/activations)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_activations)
+
+    p = sub.add_parser("occlusion", help="probability of the class as a patch slides over test images",
+                       description="Slide a square patch over every position of each image and record "
+                                   "p(class); then measure, over many correctly classified test images, "
+                                   "how much of the drop lands on the digit versus an untrained network.")
+    p.add_argument("run", type=Path)
+    p.add_argument("--index", type=int_range(0), action="append",
+                   help="test-set image index (repeatable; default 0)")
+    p.add_argument("--patch", type=int_range(1, 5), action="append",
+                   help="patch size in pixels, 1..5 (repeatable; default all five)")
+    p.add_argument("--stride", type=int_range(1, 27), default=1, help="pixels between positions (default 1)")
+    p.add_argument("--fill", type=_fill, default=0.5,
+                   help="patch value on the [0, 1] pixel scale, or 'mean' (training-pixel mean); default 0.5")
+    p.add_argument("--target", type=int_range(0, 9), help="class of interest (default: the true class)")
+    p.add_argument("--meaningful", type=int_range(0, 10000), default=100, metavar="N",
+                   help="also measure the share of the drop on the digit over N correctly classified "
+                        "test images, vs the untrained network (default 100; 0 skips)")
+    p.add_argument("--data-dir")
+    p.add_argument("--out", type=Path, help="output folder (default RUN/analysis/occlusion)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_occlusion)
+
+
+def cmd_summary(args) -> int:
+    from ..inspect import summary
+    s = summary(batch_norm=args.batch_norm)
+    if args.json:
+        print_json(s.to_dict())
+        return 0
+    from rich.table import Table
+    t = Table(title=f"the {'batch-norm' if s.batch_norm else 'plain'} network, layer by layer "
+                    f"(shapes per image, from forward hooks)")
+    for col, kw in (("layer", {}), ("kind", {}), ("input", {}), ("output", {}),
+                    ("params", {"justify": "right"}), ("neurons", {"justify": "right"}), ("detail", {})):
+        t.add_column(col, **kw)
+    shp = lambda v: "×".join(map(str, v))  # noqa: E731
+    for r in s.layers:
+        t.add_row(r["name"], r["kind"], shp(r["input_shape"]), shp(r["output_shape"]), f"{r['params']:,}",
+                  f"{r['neurons']:,}", r.get("detail", ""))
+    c = console()
+    c.print(t)
+    p, n, q = s.params, s.neurons, s.neurons_with_pooling
+    c.print(f"learnable parameters: [bold]{p['total']:,}[/bold] = conv {p['conv']:,} + fully connected "
+            f"{p['fc']:,}" + (f" + batch-norm {p['batch_norm']:,}" if s.batch_norm else ""))
+    c.print(f"neurons: [bold]{n['total']:,}[/bold] = conv {n['conv']:,} + fully connected {n['fc']:,}")
+    c.print("  (a neuron is one output unit of a conv or fully connected layer: a conv layer has "
+            "channels × height × width of them)")
+    c.print(f"counting the max-pooling outputs as neurons too: {q['total']:,} (+{q['pool']:,})")
+    return 0
+
+
+def _open(args):
+    from ..runs import open_run
+    run = open_run(args.run)
+    return run, run.load_model()
+
+
+def _out_dir(args, run, name: str) -> Path:
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        return args.out
+    return run.analysis_dir(name)
+
+
+def _check_indices(indices, split) -> list[int]:
+    from ..errors import ConfigError
+    n = len(split.test_x)
+    for i in indices:
+        if not 0 <= i < n:
+            raise ConfigError(f"test index {i} is out of range: the test set has {n} images (0..{n - 1})")
+    return list(dict.fromkeys(indices))
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def cmd_filters(args) -> int:
+    import numpy as np
+    from ..inspect import filters, untrained_for_run
+    from ..runs import write_json
+    run, model = _open(args)
+    res = filters(model, args.layer, reference=untrained_for_run(run, model))
+    out = _out_dir(args, run, "filters")
+    _save(res.figure(), out / f"filters_{args.layer}.png")
+    write_json(out / f"filters_{args.layer}.json", res.to_dict())
+    np.savez_compressed(out / f"filters_{args.layer}.npz", weights=res.weights, bias=res.bias,
+                        untrained=res.reference)
+    if args.json:
+        print_json(res.to_dict())
+        return 0
+    t, u = res.trained, res.untrained
+    c = console()
+    cc, uc = t["class_counts"], u["class_counts"]
+    c.print(f"{args.layer}: {t['kernels']} kernels 3×3 — edge {cc['edge']}, blob {cc['blob']}, line {cc['line']}, "
+            f"mixed {cc['mixed']} (untrained: {uc['edge']}, {uc['blob']}, {uc['line']}, {uc['mixed']})")
+    c.print(f"mean energy share in gradient (edges) {t['mean_share']['gradient']:.0%} vs "
+            f"{u['mean_share']['gradient']:.0%} untrained (chance {2 / 9:.0%}); low-order (mean + gradient) "
+            f"{t['low_order_share']:.0%} vs {u['low_order_share']:.0%}; cosine to initial kernels "
+            f"{t['mean_cosine_to_init']:.2f}")
+    if args.layer == "conv2":
+        c.print(f"effective input channels per output filter {t['mean_effective_inputs']:.1f} of 32 "
+                f"(untrained {u['mean_effective_inputs']:.1f})")
+    c.print(f"wrote {out / f'filters_{args.layer}.png'} (+ .json, .npz)")
+    return 0
+
+
+def cmd_activations(args) -> int:
+    import numpy as np
+    from ..inspect import activations
+    from ..runs import write_json
+    run, model = _open(args)
+    split = run.load_split(args.data_dir)
+    indices = _check_indices(args.index or [0], split)
+    out = _out_dir(args, run, "activations")
+    results = {}
+    c = console()
+    for i in indices:
+        res = activations(model, split.test_x[i], label=int(split.test_y[i]), name=f"test image #{i}")
+        _save(res.figure(), out / f"activations_{i}.png")
+        np.savez_compressed(out / f"activations_{i}.npz", image=res.image, **res.maps)
+        results[str(i)] = res.to_dict()
+        if not args.json:
+            row = "; ".join(f"{layer} {'×'.join(map(str, st['shape']))}: {st['active_fraction']:.0%} active, "
+                            f"spread {st['spread']:.0%}" for layer, st in res.stats.items())
+            c.print(f"#{i} (true {res.label}, predicted {res.pred}): {row}")
+    write_json(out / "activations.json", results)
+    if args.json:
+        print_json(results)
+    else:
+        c.print(f"wrote {len(indices)} figure(s) activations_<index>.png (+ .npz) and activations.json to {out}")
+    return 0
+
+
+def cmd_occlusion(args) -> int:
+    from ..inspect import PATCH_SIZES, meaningfulness_figure, occlusion, occlusion_meaningfulness, untrained_for_run
+    from ..runs import write_json
+    run, model = _open(args)
+    split = run.load_split(args.data_dir)
+    indices = _check_indices(args.index or [0], split)
+    out = _out_dir(args, run, "occlusion")
+    sizes = sorted(set(args.patch)) if args.patch else list(PATCH_SIZES)
+    c = console()
+    results = {}
+    for i in indices:
+        label = int(split.test_y[i])
+        target = label if args.target is None else args.target
+        res = occlusion(model, split.test_x[i], target=target, patch_sizes=sizes, stride=args.stride,
+                        fill=args.fill, label=label, name=f"test image #{i}")
+        d = out / f"test-{i}"
+        d.mkdir(parents=True, exist_ok=True)
+        res.save_npz(d / "occlusion.npz")
+        _save(res.figure(), d / "occlusion.png")
+        write_json(d / "occlusion.json", res.to_dict())
+        results[str(i)] = res.to_dict()
+        if not args.json:
+            mins = ", ".join(f"{k}×{k} {res.prob[k].min():.3f}" for k in sizes)
+            c.print(f"#{i} (true {label}): p({target}) = {res.base_prob:.4f} unoccluded; lowest with a patch: "
+                    f"{mins} — {res.seconds:.2f} s for {sum(p.size for p in res.prob.values())} occluded copies "
+                    f"→ {d}/occlusion.png")
+    summary = {"images": results}
+    if args.meaningful:
+        if not args.json:
+            print(f"measuring where the drop lands on {args.meaningful} correctly classified test images "
+                  f"(trained and untrained network)…", file=sys.stderr)
+        m = occlusion_meaningfulness(model, split.test_x, split.test_y, n=args.meaningful,
+                                     reference=untrained_for_run(run, model),
+                                     patch_size=3 if 3 in sizes else sizes[0], stride=args.stride, fill=args.fill)
+        write_json(out / "meaningfulness.json", m)
+        _save(meaningfulness_figure(m), out / "meaningfulness.png")
+        summary["meaningfulness"] = {k: v for k, v in m.items() if k not in ("per_image", "indices")}
+        if not args.json:
+            c.print(f"is the learning meaningful? {m['summary']} ({m['seconds']:.0f} s) → {out}/meaningfulness.png")
+    write_json(out / "occlusion_summary.json", summary)
+    if args.json:
+        print_json(summary)
+    return 0
