@@ -465,7 +465,8 @@ def _plot_conv1(res: FilterResult):
                label="untrained", color="C7")
     ax.set_xticks(bins, [f"{d}\n{45 * i}°" for i, d in enumerate(DIRECTIONS)], fontsize=7)
     ax.set(title="edge kernels by gradient direction\n(dark → bright)", ylabel="kernels")
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.35)
+    ax.legend(fontsize=7, ncol=2, loc="upper center")
     extra = ""
     if res.untrained is not None:
         extra = (f"; cosine to initial kernels {res.trained['mean_cosine_to_init']:.2f}, "
@@ -487,7 +488,8 @@ def _share_bars(ax, res: FilterResult) -> None:
     ax.set_xticks(x, ["mean\n(dc)", "gradient\n(edge)", "centre-\nsurround", "line\n(bar)", "higher"], fontsize=7)
     ax.set(ylabel="mean share of kernel energy", title=f"what the {res.layer} kernels are made of")
     ax.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.4)          # room for the legend above the bars
+    ax.legend(fontsize=7, ncol=3, loc="upper center")
 
 
 def _plot_conv2(res: FilterResult):
