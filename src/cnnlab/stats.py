@@ -1,0 +1,53 @@
+"""Small, exact statistics for the comparisons the report makes (no SciPy needed)."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+# Two-sided 95% critical values of Student's t, df = 1..30 (standard table values).
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+         2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+         2.052, 2.048, 2.045, 2.042]
+
+
+def mean_std(xs: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    n = len(xs)
+    if n == 0:
+        return float("nan"), float("nan")
+    m = sum(xs) / n
+    if n == 1:
+        return m, 0.0
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1))
+
+
+def t_critical(df: int) -> float:
+    if df < 1:
+        return float("inf")
+    return _T975[df - 1] if df <= len(_T975) else 1.96
+
+
+def paired_ci(a: Sequence[float], b: Sequence[float]) -> dict:
+    """Mean of b − a with a 95% confidence interval from the paired t distribution."""
+    d = [y - x for x, y in zip(a, b)]
+    m, s = mean_std(d)
+    n = len(d)
+    half = t_critical(n - 1) * s / math.sqrt(n) if n > 1 else float("inf")
+    return {"n": n, "mean": m, "std": s, "ci_low": m - half, "ci_high": m + half}
+
+
+def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict:
+    """Exact McNemar test of two classifiers on the same test images.
+
+    b = images only A gets right, c = images only B gets right; under "equally accurate" the
+    discordant images split 50/50, so the two-sided p-value is a binomial tail.
+    """
+    b = sum(1 for x, y in zip(correct_a, correct_b) if x and not y)
+    c = sum(1 for x, y in zip(correct_a, correct_b) if y and not x)
+    n = b + c
+    if n == 0:
+        return {"only_a": 0, "only_b": 0, "p_value": 1.0}
+    k = min(b, c)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return {"only_a": b, "only_b": c, "p_value": min(1.0, 2 * tail)}
