@@ -95,3 +95,25 @@ def plot_predictions(model, split, n: int = 32, seed: int = 0) -> plt.Figure:
     wrong = sum(c == "red" for c in colors)
     return image_grid(x.squeeze(1).numpy(), titles, colors, ncols=8, size=1.4,
                       suptitle=f"{n} random test images (seed {seed}): {n - wrong} right, {wrong} wrong (red)")
+
+
+def plot_bn_comparison(plain: list[list[dict]], bn: list[list[dict]]) -> plt.Figure:
+    """Validation accuracy against training seconds for every seed, plain vs batch-norm."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for runs, color, label in ((plain, "C0", "plain"), (bn, "C1", "batch-norm")):
+        for i, metrics in enumerate(runs):
+            t = [m["train_time_s"] for m in metrics]
+            acc = [100 * m["val_acc"] for m in metrics]
+            axes[0].plot(t, acc, "o-", ms=3, color=color, alpha=0.8, label=label if i == 0 else None)
+            axes[1].plot([m["images_seen"] / 1e3 for m in metrics], [100 * m["val_error"] for m in metrics],
+                         "o-", ms=3, color=color, alpha=0.8, label=label if i == 0 else None)
+    lo = min(100 * m["val_acc"] for runs in (plain, bn) for r in runs for m in r)
+    axes[0].set(xlabel="training time (s)", ylabel="validation accuracy (%)", ylim=(max(lo, 95) - 0.2, 100),
+                title="accuracy against wall-clock training time")
+    axes[1].set(xlabel="training images seen (thousands)", ylabel="validation error (%)", yscale="log",
+                title="error against images seen")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig
