@@ -1,0 +1,595 @@
+"""`cnnlab explore`: a local web page where you draw a digit and watch one or two trained networks think.
+
+The server is a small FastAPI app; the page is static HTML/JS/CSS shipped in `cnnlab/static`, with
+no outside fonts, scripts or styles, so it works with no internet at all. Every number the page
+shows comes from the functions the CLI and the report use — `cnnlab.predict` (the MNIST-style
+preprocessing and the decoder guards), `cnnlab.inspect` (layer table, filters, activations,
+occlusion) and `cnnlab.generate` (class models, targeted fakes). This module only moves arrays
+between them and the browser; it implements none of them a second time.
+
+Security: binds 127.0.0.1 unless told otherwise; never opens a path the browser sends (the only
+files served are the three page files, by fixed name); every request body is size-limited while
+it is read, before anything decodes it; images are decoded only by `cnnlab.predict`'s guards. The
+weights are loaded once, frozen (`requires_grad=False`) and only used for inference or input-only
+gradients.
+
+Images travel as base64 PNG data URLs (made here with Pillow, colour-mapped with matplotlib's
+lookup tables); the 28×28 input travels as 784 base64 bytes, so what the page shows is exactly
+what the network saw.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import json
+import random
+import sys
+import threading
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import CnnlabError, ConfigError, ImageError, RunError
+
+try:    # the optional `explore` extra; FastAPI resolves the (string) annotations in this module
+    from fastapi import Request
+except ImportError:                     # pragma: no cover - `cnnlab explore` says how to install
+    Request = None
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8179                     # EE5179; `--port 0` picks a free one
+MAX_BODY_BYTES = 8 * 1024 * 1024        # largest request body read (uploads, drawn canvases)
+MAX_JSON_BYTES = 12 * 1024 * 1024       # a canvas/photo data URL is base64: 4/3 of the bytes
+STATIC_FILES = {"explore.html": "text/html; charset=utf-8",
+                "explore.js": "text/javascript; charset=utf-8",
+                "explore.css": "text/css; charset=utf-8"}
+FEATURE_LAYERS = ("conv1", "pool1", "conv2", "pool2")
+CACHE_VERSION = 1                       # bump when the cached beliefs change meaning
+INSTALL_HINT = "pip install 'cnnlab[explore]'"
+
+
+# ---------------------------------------------------------------------------------------------
+# Pictures for the browser: arrays → PNG data URLs
+# ---------------------------------------------------------------------------------------------
+
+@lru_cache(maxsize=None)
+def _lut(cmap: str) -> np.ndarray:
+    """uint8 [256, 3] colour lookup table of a matplotlib colormap ('gray' is exact)."""
+    if cmap == "gray":
+        return np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+    import matplotlib
+    return (matplotlib.colormaps[cmap](np.linspace(0, 1, 256))[:, :3] * 255 + 0.5).astype(np.uint8)
+
+
+def png_url(arr: np.ndarray) -> str:
+    """A uint8 [H, W] (grey), [H, W, 3] or [H, W, 4] array as a PNG data URL."""
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG", compress_level=1)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def colorize(x: np.ndarray, vmin: float, vmax: float, cmap: str = "gray",
+             mask: np.ndarray | None = None) -> np.ndarray:
+    """Values → RGBA uint8 through `cmap` on [vmin, vmax]; pixels where mask is False are transparent."""
+    x = np.asarray(x, dtype=np.float64)
+    span = vmax - vmin if vmax > vmin else 1.0
+    idx = np.clip(np.nan_to_num((x - vmin) / span) * 255 + 0.5, 0, 255).astype(np.uint8)
+    rgba = np.empty(x.shape + (4,), dtype=np.uint8)
+    rgba[..., :3] = _lut(cmap)[idx]
+    rgba[..., 3] = 255 if mask is None else np.where(mask, 255, 0)
+    return rgba
+
+
+def mosaic(maps: np.ndarray, ncols: int, pad: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Tiles [N, h, w] → one [H, W] array in a grid of `ncols`, with a mask that is False in the gaps."""
+    n, h, w = maps.shape
+    nrows = -(-n // ncols)
+    out = np.zeros((nrows * (h + pad) - pad, ncols * (w + pad) - pad), dtype=np.float64)
+    mask = np.zeros(out.shape, dtype=bool)
+    for i in range(n):
+        r, c = divmod(i, ncols)
+        out[r * (h + pad): r * (h + pad) + h, c * (w + pad): c * (w + pad) + w] = maps[i]
+        mask[r * (h + pad): r * (h + pad) + h, c * (w + pad): c * (w + pad) + w] = True
+    return out, mask
+
+
+def image_url(img28: np.ndarray) -> str:
+    """An image on [0, 1] (what the network sees) as a grey PNG."""
+    return png_url(np.clip(np.asarray(img28, dtype=np.float64) * 255 + 0.5, 0, 255).astype(np.uint8))
+
+
+def colorbar_url(cmap: str, width: int = 128) -> str:
+    return png_url(np.repeat(_lut(cmap)[np.linspace(0, 255, width).astype(int)][None], 8, axis=0))
+
+
+# ---------------------------------------------------------------------------------------------
+# The 28×28 input: uint8 on the wire, [0, 1] float32 for the network
+# ---------------------------------------------------------------------------------------------
+
+def quantize(img: np.ndarray) -> np.ndarray:
+    """[28, 28] on [0, 1] → uint8, the form every input takes here (lossless on the wire)."""
+    img = np.asarray(img, dtype=np.float64)
+    if img.shape != (28, 28) or not np.isfinite(img).all():
+        raise ImageError(f"expected a finite 28×28 image, got shape {list(img.shape)}")
+    return np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+def encode_pixels(u8: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(u8, dtype=np.uint8).tobytes()).decode("ascii")
+
+
+def decode_pixels(text: str) -> np.ndarray:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        raise ImageError("'pixels' must be base64 of 784 bytes (a 28×28 uint8 image)") from None
+    if len(raw) != 784:
+        raise ImageError(f"'pixels' holds {len(raw)} bytes; a 28×28 image is 784")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(28, 28).copy()
+
+
+def decode_data_url(text: str, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The bytes of a `data:image/...;base64,` URL (the canvas or a photo); never a path or a URL."""
+    if not isinstance(text, str) or not text.startswith("data:") or ";base64," not in text[:100]:
+        raise ImageError("'image' must be a base64 data URL (data:image/png;base64,...)")
+    payload = text.split(",", 1)[1]
+    if len(payload) > (limit * 4) // 3 + 4:
+        raise ImageError(f"the image is larger than {limit // (1024 * 1024)} MiB")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageError("'image' is not valid base64") from None
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# The explorer: framework-free, so the page's numbers can be tested without a server
+# ---------------------------------------------------------------------------------------------
+
+class RunView:
+    """One run as the page sees it: frozen model, layer table and filters (computed once)."""
+
+    def __init__(self, path: Path):
+        from .runs import open_run
+        self.run = open_run(path)
+        self.model = self.run.load_model("cpu").eval()
+        from . import inspect
+        # The layer table counts parameters with requires_grad, so it is measured before freezing.
+        self.summary = inspect.summary(batch_norm=self.run.batch_norm, model=self.model).to_dict()
+        for p in self.model.parameters():           # inference and input-only gradients only
+            p.requires_grad_(False)
+        self.weights_sha256 = file_sha256(self.run.weights)
+        self.lock = threading.Lock()                # one belief computation at a time per run
+        self._static: dict | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.run.name} ({'batch-norm' if self.run.batch_norm else 'plain'})"
+
+    def static_info(self) -> dict:
+        """Name, accuracy, layer table and filter pictures: what does not depend on the input."""
+        if self._static is None:
+            from . import inspect
+            filters = {layer: filter_picture(inspect.filters(self.model, layer=layer))
+                       for layer in ("conv1", "conv2")}
+            test = self.run.info.get("test") or {}
+            self._static = {"name": self.run.name, "label": self.label, "path": str(self.run.path),
+                            "batch_norm": self.run.batch_norm,
+                            "test_accuracy": test.get("accuracy"),
+                            "dataset": self.run.info["config"].get("dataset", "mnist"),
+                            "summary": self.summary, "filters": filters}
+        return self._static
+
+
+def filter_picture(res) -> dict:
+    """A FilterResult as a picture. conv1: 32 kernels in rows of 8; conv2: a 32×32 grid (row =
+    output filter, column = input channel); one symmetric diverging scale per layer so the sign
+    of every weight reads the same. Plus inspect's count of edge/blob/line detectors."""
+    w = np.asarray(res.weights, dtype=np.float64)            # [out, in, 3, 3]
+    out_c, in_c, kh, kw = w.shape
+    if in_c == 1:
+        tiles, ncols = w[:, 0], 8
+    else:
+        tiles, ncols = w.reshape(out_c * in_c, kh, kw), in_c
+    vmax = float(np.abs(w).max()) or 1.0
+    grid, mask = mosaic(tiles, ncols=ncols, pad=1)
+    return {"png": png_url(colorize(grid, -vmax, vmax, "RdBu_r", mask)), "shape": [out_c, in_c, kh, kw],
+            "vmax": vmax, "class_counts": res.trained.get("class_counts", {})}
+
+
+class Explorer:
+    """Everything the page asks for, as plain dicts of numbers and PNG data URLs."""
+
+    def __init__(self, runs: list[Path], data_dir: str | Path | None = None):
+        if not 1 <= len(runs) <= 2:
+            raise ConfigError(f"explore takes one or two runs, got {len(runs)}")
+        self.views = [RunView(Path(r)) for r in runs]
+        datasets = {v.run.info["config"].get("dataset", "mnist") for v in self.views}
+        if len(datasets) > 1:
+            raise ConfigError(f"the runs were trained on different datasets ({', '.join(sorted(datasets))}); "
+                              f"compare runs of one dataset")
+        from .data import get_spec
+        self.dataset = datasets.pop()
+        self.class_names = list(get_spec(self.dataset).class_names)
+        self.data_dir = data_dir
+        self._test: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._test_lock = threading.Lock()
+        self._test_error: str | None = None
+
+    # -- inputs ---------------------------------------------------------------------------------
+
+    def test_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The 10,000 test images (uint8 [N, 1, 28, 28]) and labels, loaded and verified once."""
+        with self._test_lock:
+            if self._test is None:
+                split = self.views[0].run.load_split(self.data_dir)
+                self._test = (split.test_x.cpu(), split.test_y.cpu())
+            return self._test
+
+    def preload_test_set(self) -> None:
+        """Load the test set in the background so the first 'test image' click is instant."""
+        def work():
+            try:
+                self.test_set()
+            except CnnlabError as e:
+                self._test_error = str(e)
+        threading.Thread(target=work, name="cnnlab-explore-test-set", daemon=True).start()
+
+    def test_image(self, index: int | None) -> tuple[np.ndarray, dict]:
+        x, y = self.test_set()
+        n = len(x)
+        if index is None:
+            index = random.randrange(n)
+        if not isinstance(index, int) or not 0 <= index < n:
+            raise ImageError(f"test image index {index!r} is out of range: expected 0..{n - 1}")
+        return x[index, 0].numpy().astype(np.uint8), {"kind": "test", "index": index, "label": int(y[index])}
+
+    def image_from_bytes(self, data: bytes) -> np.ndarray:
+        """An uploaded photo or the drawn canvas → the 28×28 the network sees, through predict's
+        decoder guards and MNIST-style preprocessing."""
+        from .predict import preprocess_bytes
+        return quantize(np.asarray(preprocess_bytes(data, max_bytes=MAX_BODY_BYTES), dtype=np.float64))
+
+    def resolve_input(self, req: dict) -> tuple[np.ndarray, dict]:
+        """The request's one input: `pixels` (784 base64 bytes), `image` (a data URL), or `test`
+        (an index, or "random")."""
+        given = [k for k in ("pixels", "image", "test") if req.get(k) is not None]
+        if len(given) != 1:
+            raise ImageError("give exactly one of 'pixels', 'image' or 'test'")
+        kind = given[0]
+        if kind == "pixels":
+            return decode_pixels(req["pixels"]), {"kind": "pixels"}
+        if kind == "image":
+            kind = req.get("source") if req.get("source") in ("drawing", "upload") else "image"
+            return self.image_from_bytes(decode_data_url(req["image"])), {"kind": kind}
+        t = req["test"]
+        if t == "random":
+            return self.test_image(None)
+        if isinstance(t, bool) or not isinstance(t, int):
+            raise ImageError("'test' must be an image index or \"random\"")
+        return self.test_image(t)
+
+    # -- the live analysis ------------------------------------------------------------------------
+
+    def analyze(self, u8: np.ndarray, source: dict, target: int | None = None, patch: int = 3,
+                occlusion: bool = True) -> dict:
+        """Probabilities, feature maps and (unless `occlusion=False`: the page skips it while a
+        stroke is still being drawn) the occlusion map of every run for one 28×28 input."""
+        if target is not None and not (isinstance(target, int) and 0 <= target < len(self.class_names)):
+            raise ImageError(f"target class must be 0..{len(self.class_names) - 1}, got {target!r}")
+        if not (isinstance(patch, int) and 1 <= patch <= 5):
+            raise ImageError(f"patch size must be 1..5 pixels, got {patch!r}")
+        t0 = time.perf_counter()
+        image = u8.astype(np.float32) / 255.0
+        out = {"input": {"pixels": encode_pixels(u8), "png": png_url(u8), **source}, "runs": []}
+        for view in self.views:
+            out["runs"].append(self._analyze_one(view, image, target, patch, occlusion))
+        out["seconds"] = round(time.perf_counter() - t0, 4)
+        return out
+
+    def _analyze_one(self, view: RunView, image: np.ndarray, target: int | None, patch: int,
+                     with_occlusion: bool) -> dict:
+        from . import inspect
+        act = inspect.activations(view.model, image)
+        probs = np.asarray(act.probs, dtype=np.float64)
+        maps = {}
+        for layer in FEATURE_LAYERS:
+            a = np.asarray(act.maps[layer], dtype=np.float64)          # [C, h, w] after ReLU
+            st = act.stats[layer]
+            vmax = float(a.max())
+            grid, mask = mosaic(a, ncols=8, pad=1)
+            maps[layer] = {"png": png_url(colorize(grid, 0.0, vmax if vmax > 0 else 1.0, "magma", mask)),
+                           "shape": list(a.shape), "max": vmax, "active_channels": st["active_channels"],
+                           "active_fraction": st["active_fraction"], "receptive_field": st["receptive_field"]}
+        out = {"probs": [round(float(p), 6) for p in probs], "pred": act.pred, "features": maps}
+        if not with_occlusion:
+            return out
+        occ = inspect.occlusion(view.model, image, target=target, patch_sizes=(patch,))
+        pmap = np.asarray(occ.prob[patch], dtype=np.float64)             # [P, P], P = 29 − patch
+        # Shown on the 28×28 grid at each patch's centre, so the map lines up with the input;
+        # the (patch − 1) border rows/columns no patch is centred on stay transparent.
+        off = (patch - 1) // 2
+        full = np.full((28, 28), np.nan)
+        full[off:off + pmap.shape[0], off:off + pmap.shape[1]] = pmap
+        share, even = occ.stroke_shares()[patch]
+        iy, ix = np.unravel_index(int(np.argmin(pmap)), pmap.shape)
+        lo, hi = float(pmap.min()), float(pmap.max())
+        out["occlusion"] = {"target": occ.target, "patch": patch, "base_prob": occ.base_prob,
+                            "min": lo, "max": hi, "min_at": [int(iy), int(ix)],
+                            "stroke_share": None if np.isnan(share) else share, "even_share": even,
+                            # on the fixed 0–1 scale, and stretched to the map's own range (a
+                            # confident network's map is otherwise one colour)
+                            "png": png_url(colorize(full, 0.0, 1.0, "viridis", ~np.isnan(full))),
+                            "png_stretched": png_url(colorize(full, lo, hi, "viridis", ~np.isnan(full)))}
+        return out
+
+    # -- the images the network believes in (part 3) ------------------------------------------------
+
+    def beliefs(self, index: int) -> dict:
+        """The ten class models and the targeted fakes of run `index`: computed on first request
+        and cached in RUN/analysis/explore/beliefs.json (keyed on the weights file's SHA-256)."""
+        view = self._view(index)
+        with view.lock:
+            path = view.run.path / "analysis" / "explore" / "beliefs.json"
+            from . import generate
+            # The cache holds for these weights and these settings of generate's defaults.
+            key = {"version": CACHE_VERSION, "weights_sha256": view.weights_sha256,
+                   "settings": {"steps": generate.STEPS, "step_size": generate.STEP_SIZE,
+                                "sigma": generate.SIGMA, "beta": generate.BETA}}
+            cached = _read_json(path)
+            if cached and all(cached.get(k) == v for k, v in key.items()):
+                return {**cached, "cached": True}
+            t0 = time.perf_counter()
+            syn = generate.synthesize(view.model, targets=range(10))
+            source_u8, source_info = self.fake_source()
+            adv = generate.adversarial(view.model, source_u8, targets=range(10), scale="255",
+                                       source_label=source_info["label"])
+            result = {**key,
+                      "class_models": _belief_rows(view.model, syn), "fakes": _belief_rows(view.model, adv),
+                      "fake_source": {**source_info, "png": png_url(source_u8)},
+                      "seconds": round(time.perf_counter() - t0, 2)}
+            from .runs import write_json
+            write_json(view.run.analysis_dir("explore") / "beliefs.json", result)
+            return {**result, "cached": False}
+
+    def fake_source(self) -> tuple[np.ndarray, dict]:
+        """The digit the cached targeted fakes start from: the first test image of a 2, as in the
+        assignment's example (an image of 2 that the network should call 5)."""
+        x, y = self.test_set()
+        idx = int(torch.nonzero(y == 2)[0, 0]) if (y == 2).any() else 0
+        return x[idx, 0].numpy().astype(np.uint8), {"kind": "test", "index": idx, "label": int(y[idx])}
+
+    def attack(self, u8: np.ndarray, beta: float | None = None) -> dict:
+        """The targeted attack from this input, toward every class, on every run (input-only
+        gradients); `beta` weighs the likeness to the input (default generate.BETA)."""
+        from . import generate
+        beta = generate.BETA if beta is None else beta
+        t0 = time.perf_counter()
+        runs = []
+        for view in self.views:
+            adv = generate.adversarial(view.model, u8, targets=range(10), beta=beta, scale="255")
+            runs.append({"rows": _belief_rows(view.model, adv), "params": adv.params})
+        return {"input": {"pixels": encode_pixels(u8), "png": png_url(u8)}, "runs": runs,
+                "seconds": round(time.perf_counter() - t0, 2)}
+
+    def info(self) -> dict:
+        from . import generate
+        return {"runs": [v.static_info() for v in self.views], "class_names": self.class_names,
+                "betas": [b for b in generate.BETAS if b > 0], "beta": generate.BETA,
+                "dataset": self.dataset, "limits": {"max_upload_bytes": MAX_BODY_BYTES},
+                "occlusion_colorbar": colorbar_url("viridis"), "activation_colorbar": colorbar_url("magma")}
+
+    def _view(self, index: int) -> RunView:
+        if not isinstance(index, int) or not 0 <= index < len(self.views):
+            raise ConfigError(f"run index must be 0..{len(self.views) - 1}, got {index!r}")
+        return self.views[index]
+
+
+def _belief_rows(model, res) -> list[dict]:
+    """One {target, png, pred, confidence, target_prob} per generated image. `generate` keeps the
+    target's probability per step; the full distribution of the final image is one forward pass
+    of the image as the network was fed it (X / 255, unclipped)."""
+    images = np.asarray(res.images).astype(np.float32).reshape(-1, 28, 28)          # 0–255 scale
+    with torch.inference_mode():
+        probs = torch.softmax(model(torch.from_numpy(images / 255.0).unsqueeze(1)).float(), 1).numpy()
+    rows = []
+    for img, p, t in zip(images, probs, np.asarray(res.targets).tolist()):
+        rows.append({"target": int(t), "png": image_url(np.clip(img / 255.0, 0, 1)), "pred": int(p.argmax()),
+                     "confidence": float(p.max()), "target_prob": float(p[int(t)])})
+    return rows
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# The web app
+# ---------------------------------------------------------------------------------------------
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(request, limit: int) -> bytes:
+    """The request body, refused as soon as it is known to exceed `limit` (declared or streamed)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise _TooLarge()
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(runs: list[Path], data_dir: str | Path | None = None):
+    """The FastAPI app serving the page and its JSON API for one or two runs."""
+    try:
+        from fastapi import FastAPI
+        from fastapi.responses import JSONResponse, Response
+        from starlette.concurrency import run_in_threadpool
+    except ImportError:
+        raise CnnlabError(f"the explorer needs its optional dependencies: {INSTALL_HINT}") from None
+
+    explorer = Explorer(runs, data_dir=data_dir)
+    info = explorer.info()          # layer tables and filters once, and any API mismatch at start
+    explorer.preload_test_set()
+    app = FastAPI(title="cnnlab explore", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.explorer = explorer
+
+    def error(status: int, msg: str) -> JSONResponse:
+        return JSONResponse({"error": msg}, status_code=status)
+
+    @app.exception_handler(_TooLarge)
+    async def too_large(request, exc):
+        return error(413, f"the upload is larger than {MAX_BODY_BYTES // (1024 * 1024)} MiB; "
+                          f"choose a smaller image")
+
+    @app.exception_handler(CnnlabError)
+    async def user_error(request, exc):
+        return error(400, str(exc))
+
+    async def json_body(request: Request) -> dict:
+        raw = await _read_body(request, MAX_JSON_BYTES)
+        try:
+            obj = json.loads(raw or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            raise ImageError("the request body is not JSON") from None
+        if not isinstance(obj, dict):
+            raise ImageError("the request body must be a JSON object")
+        return obj
+
+    def options(req: dict) -> tuple[int | None, int]:
+        target, patch = req.get("target"), req.get("patch", 3)
+        if target is not None and (isinstance(target, bool) or not isinstance(target, int)):
+            raise ImageError("'target' must be a class index or null")
+        if isinstance(patch, bool) or not isinstance(patch, int):
+            raise ImageError("'patch' must be an integer 1..5")
+        return target, patch
+
+    @app.get("/")
+    async def page():
+        return _static_response("explore.html", Response)
+
+    @app.get("/static/{name}")
+    async def static(name: str):
+        if name not in STATIC_FILES:            # a fixed list: no path from the browser is opened
+            return error(404, "not found")
+        return _static_response(name, Response)
+
+    @app.get("/api/info")
+    async def api_info():
+        return info
+
+    @app.post("/api/analyze")
+    async def api_analyze(request: Request):
+        req = await json_body(request)
+        target, patch = options(req)
+
+        def work():
+            u8, source = explorer.resolve_input(req)
+            return explorer.analyze(u8, source, target, patch, occlusion=req.get("occlusion", True) is not False)
+        return await run_in_threadpool(work)
+
+    @app.post("/api/upload")
+    async def api_upload(request: Request, target: int | None = None, patch: int = 3):
+        data = await _read_body(request, MAX_BODY_BYTES)
+        if not data:
+            raise ImageError("the upload is empty; choose an image file")
+
+        def work():
+            u8 = explorer.image_from_bytes(data)
+            return explorer.analyze(u8, {"kind": "upload"}, target, patch)
+        return await run_in_threadpool(work)
+
+    @app.get("/api/beliefs/{index}")
+    async def api_beliefs(index: int):
+        return await run_in_threadpool(explorer.beliefs, index)
+
+    @app.post("/api/attack")
+    async def api_attack(request: Request):
+        req = await json_body(request)
+        u8, _ = explorer.resolve_input({"pixels": req.get("pixels")})
+        beta = req.get("beta")
+        if beta is not None and (isinstance(beta, bool) or not isinstance(beta, (int, float))):
+            raise ImageError("'beta' must be a number")
+        return await run_in_threadpool(explorer.attack, u8, None if beta is None else float(beta))
+
+    return app
+
+
+def _static_response(name: str, Response):
+    from importlib.resources import files
+    body = files("cnnlab").joinpath("static", name).read_bytes()
+    return Response(body, media_type=STATIC_FILES[name],
+                    headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+                             "Content-Security-Policy": CSP})
+
+
+# Everything from this server; images only from it or inline data URLs. The CSP makes the
+# "no outside requests" promise hold even if a future edit slipped a CDN link in.
+CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+       "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'")
+
+
+def serve(runs: list[Path], host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+          data_dir: str | Path | None = None, open_browser: bool = False,
+          log=lambda s: print(s, file=sys.stderr)) -> None:
+    """Serve the explorer until Ctrl-C. `port=0` picks a free port; the URL is printed on stdout."""
+    import socket
+    try:
+        import uvicorn
+    except ImportError:
+        raise CnnlabError(f"the explorer needs its optional dependencies: {INSTALL_HINT}") from None
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log(f"warning: serving on {host}: anyone who can reach this address can use the explorer "
+            f"(it reads no files the browser names, but it runs the model for them); the default "
+            f"127.0.0.1 keeps it on this machine")
+    app = create_app(runs, data_dir=data_dir)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise RunError(f"cannot listen on {host}:{port} ({e.strerror or e}); pass another --port "
+                       f"(0 picks a free one)") from None
+    sock.listen(64)
+    sock.setblocking(False)
+    actual = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{actual}/"
+    print(f"cnnlab explore: serving {', '.join(v.label for v in app.state.explorer.views)} at {url} "
+          f"(Ctrl-C to stop)", flush=True)
+    if open_browser:
+        import webbrowser
+        threading.Timer(0.5, webbrowser.open, args=(url,)).start()
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()

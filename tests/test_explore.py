@@ -1,0 +1,424 @@
+"""`cnnlab explore`: the JSON API against independent computations, its guards, and the page in a
+real browser (Debian's Chromium driven by Playwright; skipped with a reason where it is missing)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("fastapi", reason="the explore extra is not installed: pip install 'cnnlab[explore]'")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from cnnlab import explore  # noqa: E402
+from cnnlab.model import load_weights, weights_digest  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    """A private copy of a session run (the explorer writes its cache into the run directory)."""
+    dst.mkdir(parents=True)
+    for name in ("model.safetensors", "run.json"):
+        shutil.copy2(src / name, dst / name)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def run_dir(mnist_run, tmp_path_factory) -> Path:
+    return copy_run(mnist_run, tmp_path_factory.mktemp("explore") / "plain")
+
+
+@pytest.fixture(scope="module")
+def client(run_dir, mnist_dir):
+    app = explore.create_app([run_dir], data_dir=mnist_dir)
+    with TestClient(app) as c:
+        yield c
+
+
+def drawn_one_png() -> bytes:
+    """A white vertical stroke on a black 280×280 canvas, as the page's canvas would send it."""
+    from PIL import Image, ImageDraw
+    im = Image.new("RGB", (280, 280), "black")
+    ImageDraw.Draw(im).line([(140, 40), (138, 240)], fill="white", width=20)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def pixels_of(res: dict) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(res["input"]["pixels"]), dtype=np.uint8).reshape(28, 28)
+
+
+# ---------------------------------------------------------------------------------------------
+# The page is self-contained
+# ---------------------------------------------------------------------------------------------
+
+def test_page_and_assets_are_served_and_self_contained(client):
+    r = client.get("/")
+    assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+    assert "default-src 'self'" in r.headers["content-security-policy"]
+    for ref in re.findall(r'(?:src|href)="([^"]+)"', r.text):
+        assert ref.startswith("/static/") or ref.startswith("data:"), ref
+    for name in explore.STATIC_FILES:
+        body = client.get(f"/static/{name}").text
+        # the only absolute URL anywhere is the SVG namespace, an identifier that is never fetched
+        urls = set(re.findall(r"(?:https?:)?//[\w.-]+\.\w+[^\s'\"`)]*", body)) - {"http://www.w3.org/2000/svg"}
+        assert not {u for u in urls if u.startswith(("http", "//"))}, (name, urls)
+        assert "@import" not in body and "url(http" not in body
+
+
+@pytest.mark.parametrize("path", ["/static/../explore.py", "/static/..%2Fexplore.py", "/static/explore.py",
+                                  "/static/%2Fetc%2Fpasswd", "/static/", "/etc/passwd"])
+def test_no_path_from_the_browser_is_opened(client, path):
+    r = client.get(path)
+    assert r.status_code == 404
+    assert "import" not in r.text and "root:" not in r.text
+
+
+def test_info_layer_table_and_filters(client, run_dir):
+    info = client.get("/api/info").json()
+    (run,) = info["runs"]
+    assert run["name"] == "plain" and run["batch_norm"] is False
+    # the assignment's network: conv 320 + 9,248 and fc 784,500 + 5,010 parameters
+    assert run["summary"]["params"] == {"total": 799078, "conv": 9568, "fc": 789510, "batch_norm": 0}
+    model = load_weights(run_dir / "model.safetensors")
+    assert run["filters"]["conv1"]["shape"] == [32, 1, 3, 3]
+    assert run["filters"]["conv2"]["shape"] == [32, 32, 3, 3]
+    assert run["filters"]["conv1"]["vmax"] == pytest.approx(float(model.conv1.weight.detach().abs().max()))
+    assert info["class_names"] == [str(i) for i in range(10)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers against independent computations
+# ---------------------------------------------------------------------------------------------
+
+def test_test_image_probabilities_match_the_network(client, run_dir, mnist_split):
+    r = client.post("/api/analyze", json={"test": 17, "patch": 2})
+    assert r.status_code == 200, r.text
+    res = r.json()
+    x = mnist_split.test_x[17, 0].numpy()
+    assert res["input"]["index"] == 17 and res["input"]["label"] == int(mnist_split.test_y[17])
+    assert np.array_equal(pixels_of(res), x)
+    model = load_weights(run_dir / "model.safetensors")
+    with torch.no_grad():
+        oracle = torch.softmax(model(torch.from_numpy(x).float().div(255).reshape(1, 1, 28, 28)), 1)[0].numpy()
+    (out,) = res["runs"]
+    np.testing.assert_allclose(out["probs"], oracle, atol=1e-5)
+    assert out["pred"] == int(oracle.argmax())
+    assert {k: v["shape"] for k, v in out["features"].items()} == {
+        "conv1": [32, 28, 28], "pool1": [32, 14, 14], "conv2": [32, 14, 14], "pool2": [32, 7, 7]}
+    # the occlusion map for the predicted class, 2×2 patch: one forward pass per position, by hand
+    occ = out["occlusion"]
+    assert occ["target"] == out["pred"] and occ["patch"] == 2
+    img = torch.from_numpy(x).float().div(255)
+    batch = []
+    for i in range(27):
+        for j in range(27):
+            o = img.clone()
+            o[i:i + 2, j:j + 2] = 0.5
+            batch.append(o)
+    with torch.no_grad():
+        p = torch.softmax(model(torch.stack(batch)[:, None]).double(), 1)[:, out["pred"]].numpy()
+    assert occ["min"] == pytest.approx(p.min(), abs=1e-6)
+    assert occ["max"] == pytest.approx(p.max(), abs=1e-6)
+    assert occ["min_at"] == list(np.unravel_index(p.argmin(), (27, 27)))
+
+
+def test_drawn_canvas_goes_through_predicts_preprocessing(client):
+    from cnnlab.predict import preprocess_bytes
+    png = drawn_one_png()
+    res = client.post("/api/analyze", json={"image": data_url(png), "source": "drawing"}).json()
+    expected = np.clip(preprocess_bytes(png) * 255 + 0.5, 0, 255).astype(np.uint8)
+    assert np.array_equal(pixels_of(res), expected)
+    assert res["input"]["kind"] == "drawing"
+    assert res["runs"][0]["pred"] == 1
+
+
+def test_chosen_class_and_quick_updates(client):
+    res = client.post("/api/analyze", json={"test": 0, "target": 3, "patch": 5}).json()
+    assert res["runs"][0]["occlusion"]["target"] == 3
+    quick = client.post("/api/analyze", json={"pixels": res["input"]["pixels"], "occlusion": False}).json()
+    assert "occlusion" not in quick["runs"][0]
+    assert quick["runs"][0]["probs"] == res["runs"][0]["probs"]
+
+
+def test_upload_of_a_photo(client):
+    from PIL import Image, ImageDraw
+    im = Image.new("RGB", (400, 300), (235, 230, 220))          # dark ink on light paper
+    ImageDraw.Draw(im).line([(200, 40), (196, 260)], fill=(30, 30, 40), width=18)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=90)
+    r = client.post("/api/upload?patch=3", content=buf.getvalue(),
+                    headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 200, r.text
+    assert r.json()["input"]["kind"] == "upload" and r.json()["runs"][0]["pred"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Guards: bad input is a message, and the server keeps working
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("body, fragment", [
+    ({"test": 10000}, "out of range"),
+    ({"test": "seven"}, "index"),
+    ({"pixels": "AAAA"}, "784"),
+    ({"pixels": "not base64!"}, "base64"),
+    ({"image": "/etc/passwd"}, "data URL"),
+    ({"image": "data:image/png;base64," + base64.b64encode(b"GIF89a garbage").decode()}, "image"),
+    ({"image": data_url(b"\x89PNG\r\n\x1a\n" + b"\0" * 50)}, "upload"),
+    ({"test": 0, "patch": 9}, "patch"),
+    ({"test": 0, "target": 12}, "target"),
+    ({"test": 0, "image": "data:,"}, "exactly one"),
+    ({}, "exactly one"),
+])
+def test_bad_requests_are_one_line_messages(client, body, fragment):
+    r = client.post("/api/analyze", json=body)
+    assert r.status_code == 400, r.text
+    msg = r.json()["error"]
+    assert fragment.lower() in msg.lower() and "\n" not in msg and "Traceback" not in msg
+
+
+def test_bad_uploads_are_refused_and_the_server_keeps_running(client):
+    r = client.post("/api/upload", content=b"these are my notes, not a picture",
+                    headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 400 and re.search(r"not an? (readable )?image", r.json()["error"])
+    r = client.post("/api/upload", content=b"", headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 400 and "empty" in r.json()["error"]
+    r = client.post("/api/analyze", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "JSON" in r.json()["error"]
+    assert client.post("/api/analyze", json={"test": 1}).status_code == 200
+
+
+def test_oversized_bodies_are_refused_before_they_are_read(client):
+    # declared too large: refused on the header alone
+    r = client.post("/api/upload", content=b"x" * 16, headers={"Content-Length": str(explore.MAX_BODY_BYTES + 1),
+                                                                "Content-Type": "application/octet-stream"})
+    assert r.status_code == 413 and "larger than" in r.json()["error"]
+
+    # streamed without a length: refused as soon as the count passes the limit
+    sent = []
+
+    def chunks():
+        for _ in range(64):
+            sent.append(1)
+            yield b"\0" * (1 << 20)
+    r = client.post("/api/upload", content=chunks(), headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 413
+    assert client.post("/api/analyze", json={"test": 2}).status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------
+# The trained weights never change; beliefs are cached in the run directory
+# ---------------------------------------------------------------------------------------------
+
+def test_weights_are_never_modified_and_beliefs_are_cached(client, run_dir):
+    before_file = sha256(run_dir / "model.safetensors")
+    model = client.app.state.explorer.views[0].model
+    before = weights_digest(model)
+
+    res = client.post("/api/analyze", json={"test": 3}).json()
+    r = client.post("/api/attack", json={"pixels": res["input"]["pixels"], "beta": 0.01})
+    assert r.status_code == 200, r.text
+    rows = r.json()["runs"][0]["rows"]
+    assert [row["target"] for row in rows] == list(range(10))
+    assert sum(row["pred"] == row["target"] for row in rows) >= 5     # β = 0.01 fools it for most classes
+
+    b1 = client.get("/api/beliefs/0").json()
+    assert b1["cached"] is False and len(b1["class_models"]) == 10 and len(b1["fakes"]) == 10
+    assert b1["fake_source"]["label"] == 2
+    cache = run_dir / "analysis" / "explore" / "beliefs.json"
+    assert cache.is_file() and json.loads(cache.read_text())["weights_sha256"] == before_file
+    b2 = client.get("/api/beliefs/0").json()
+    assert b2["cached"] is True and b2["class_models"] == b1["class_models"]
+    assert client.get("/api/beliefs/5").status_code == 400
+
+    assert weights_digest(model) == before
+    assert sha256(run_dir / "model.safetensors") == before_file
+    assert all(not p.requires_grad for p in model.parameters())
+
+
+def test_two_runs_side_by_side(mnist_run, mnist_run_bn, mnist_dir):
+    app = explore.create_app([mnist_run, mnist_run_bn], data_dir=mnist_dir)
+    with TestClient(app) as c:
+        info = c.get("/api/info").json()
+        assert [r["batch_norm"] for r in info["runs"]] == [False, True]
+        assert info["runs"][1]["summary"]["params"]["batch_norm"] == 128
+        res = c.post("/api/analyze", json={"test": 0}).json()
+        assert len(res["runs"]) == 2 and all(r["pred"] == 7 for r in res["runs"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------------------
+
+def test_without_the_extra_the_command_says_how_to_install(monkeypatch, capsys, run_dir):
+    import importlib.util
+    from cnnlab.cli import main
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fastapi" else real(name, *a))
+    code = main(["explore", str(run_dir)])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1 and "pip install 'cnnlab[explore]'" in err
+
+
+def test_other_interfaces_get_a_warning(monkeypatch, run_dir, mnist_dir, capsys):
+    import uvicorn
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)
+    logs = []
+    explore.serve([run_dir], host="0.0.0.0", port=0, data_dir=mnist_dir, log=logs.append)
+    assert any("warning" in line and "0.0.0.0" in line for line in logs)
+    assert re.search(r"serving .* at http://0\.0\.0\.0:\d+/", capsys.readouterr().out)
+    logs.clear()
+    explore.serve([run_dir], port=0, data_dir=mnist_dir, log=logs.append)
+    assert logs == []
+
+
+def test_bad_runs_are_one_line_errors(tmp_path, capsys):
+    from cnnlab.cli import main
+    assert main(["explore", str(tmp_path / "nope")]) != 0
+    assert "does not exist" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# In a real browser
+# ---------------------------------------------------------------------------------------------
+
+def start_server(run: Path, data_dir: Path) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "cnnlab", "explore", str(run), "--port", "0",
+                             "--data-dir", str(data_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+        if ready:
+            line = proc.stdout.readline()
+            m = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
+            if m:
+                return proc, m.group(1)
+        if proc.poll() is not None:
+            raise AssertionError(f"cnnlab explore exited with {proc.returncode}: {proc.stderr.read()}")
+    proc.kill()
+    raise AssertionError("cnnlab explore did not print its URL within 120 s")
+
+
+def draw(page, strokes):
+    box = page.locator("#draw").bounding_box()
+    for stroke in strokes:
+        (x0, y0), rest = stroke[0], stroke[1:]
+        page.mouse.move(box["x"] + x0, box["y"] + y0)
+        page.mouse.down()
+        for x, y in rest:
+            page.mouse.move(box["x"] + x, box["y"] + y, steps=10)
+        page.mouse.up()
+
+
+def wait_until(page, expression: str, timeout_s: float = 30) -> None:
+    """Poll a JS expression (Playwright's wait_for_function evaluates strings, which the page's
+    Content-Security-Policy rightly forbids)."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {expression}")
+        page.wait_for_timeout(100)
+
+
+def wait_for_prediction(page, timeout_s: float = 30) -> str:
+    """The prediction shown once the page is idle and the full update (with the occlusion map)
+    for the last stroke has been drawn."""
+    wait_until(page, "document.body.dataset.busy === '0' && document.querySelector('#occlusion img') !== null"
+                     " && !document.getElementById('sec-occlusion').classList.contains('stale')", timeout_s)
+    return page.locator("[data-testid=pred-0]").inner_text()
+
+
+@pytest.mark.browser
+def test_in_chromium(mnist_run, mnist_dir, tmp_path):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"Debian's Chromium is not installed at {CHROMIUM}: "
+                    f"apt-get install chromium (CI's .ci/run does)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra)")
+    run = copy_run(mnist_run, tmp_path / "run")
+    digest = sha256(run / "model.safetensors")
+    proc, url = start_server(run, mnist_dir)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            console, requests = [], []
+            page.on("console", lambda m: console.append((m.type, m.text)))
+            page.on("pageerror", lambda e: console.append(("error", str(e))))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(url)
+            page.wait_for_selector("body[data-ready='1']")
+
+            # a clear "1", drawn with the mouse
+            draw(page, [[(140, 40), (138, 240)]])
+            assert wait_for_prediction(page) == "1"
+            page.locator("#seen").wait_for(state="visible")
+            # the cached beliefs are computed on first request: wait for them, then every image
+            page.locator("#beliefs .tiles img").first.wait_for(timeout=120_000)
+            page.wait_for_timeout(300)
+            broken = page.evaluate("Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt)")
+            assert broken == []
+            assert page.evaluate("document.images.length") >= 10
+            page.screenshot(path=str(tmp_path / "explore-1.png"), full_page=True)
+
+            # a test image picked at random, then a clear, then a "7"
+            page.click("#test-random")
+            wait_until(page, "document.getElementById('seen-caption').textContent.startsWith('test image')")
+            page.click("#clear")
+            draw(page, [[(70, 50), (210, 50), (120, 240)]])
+            assert wait_for_prediction(page) == "7"
+
+            # an upload that is not an image: reported in the page, and the page still works
+            errors_before = [c for c in console if c[0] == "error"]
+            page.set_input_files("#upload", files=[{"name": "notes.txt", "mimeType": "text/plain",
+                                                    "buffer": b"not a picture at all"}])
+            wait_until(page, "document.getElementById('message').className === 'error'")
+            msg = page.locator("#message").inner_text()
+            assert msg.startswith("Upload rejected") and re.search(r"not an? (readable )?image", msg)
+            page.click("#clear")
+            draw(page, [[(140, 40), (138, 240)]])
+            assert wait_for_prediction(page) == "1"
+            page.screenshot(path=str(tmp_path / "explore-after-bad-upload.png"), full_page=True)
+            browser.close()
+
+        assert errors_before == [], errors_before
+        # after the rejected upload the only error is the browser's note of the 400 answer
+        later = [c for c in console if c[0] == "error" and c not in errors_before]
+        assert all("status of 400" in text for _, text in later), later
+        origin = url.rstrip("/")
+        outside = [u for u in requests if not (u.startswith(origin + "/") or u == origin or u.startswith("data:"))]
+        assert outside == []
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in proc.stderr.read()
+    assert sha256(run / "model.safetensors") == digest
