@@ -406,8 +406,9 @@ def _fmt_s(x):
 
 
 def _builders() -> list[Callable[[Context], Any]]:
-    from . import report_inspect
-    return [section_1_1, section_1_2, *report_inspect.BUILDERS[:1], section_1_6, *report_inspect.BUILDERS[1:]]
+    from . import report_generate, report_inspect
+    return [section_1_1, section_1_2, *report_inspect.BUILDERS[:1], section_1_6, *report_inspect.BUILDERS[1:],
+            *report_generate.BUILDERS]
 
 
 # ---------------------------------------------------------------------------------------------
