@@ -231,6 +231,19 @@ def test_oversized_bodies_are_refused_before_they_are_read(client):
     assert client.post("/api/analyze", json={"test": 2}).status_code == 200
 
 
+def test_other_sites_get_no_answer(run_dir, mnist_dir, client):
+    # a page elsewhere posting to the explorer: its Origin names another site
+    r = client.post("/api/analyze", json={"test": 0}, headers={"Origin": "https://evil.example"})
+    assert r.status_code == 403
+    assert client.post("/api/analyze", json={"test": 0}, headers={"Origin": "http://testserver"}).status_code == 200
+    # a DNS-rebinding page reaches 127.0.0.1 under its own name: the loopback app refuses it
+    app = explore.create_app([run_dir], data_dir=mnist_dir, allowed_hosts=explore.LOOPBACK_HOSTS)
+    with TestClient(app, base_url="http://127.0.0.1:8179") as c:
+        assert c.get("/").status_code == 200
+        assert c.get("/api/info", headers={"Host": "localhost:8179"}).status_code == 200
+        assert c.get("/api/info", headers={"Host": "evil.example:8179"}).status_code == 400
+
+
 # ---------------------------------------------------------------------------------------------
 # The trained weights never change; beliefs are cached in the run directory
 # ---------------------------------------------------------------------------------------------

@@ -444,8 +444,16 @@ async def _read_body(request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(runs: list[Path], data_dir: str | Path | None = None):
-    """The FastAPI app serving the page and its JSON API for one or two runs."""
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+def create_app(runs: list[Path], data_dir: str | Path | None = None,
+               allowed_hosts: tuple[str, ...] | None = None):
+    """The FastAPI app serving the page and its JSON API for one or two runs.
+
+    `allowed_hosts`: Host header names to answer (any port); `serve` passes the loopback names
+    when it binds 127.0.0.1, so a web page that rebinds its own DNS name to 127.0.0.1 gets no
+    answer. Cross-site POSTs (an Origin header naming another site) are refused either way."""
     try:
         from fastapi import FastAPI
         from fastapi.responses import JSONResponse, Response
@@ -461,6 +469,17 @@ def create_app(runs: list[Path], data_dir: str | Path | None = None):
 
     def error(status: int, msg: str) -> JSONResponse:
         return JSONResponse({"error": msg}, status_code=status)
+
+    @app.middleware("http")
+    async def same_site_only(request: Request, call_next):
+        host = request.headers.get("host", "")
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        if allowed_hosts is not None and name not in allowed_hosts:
+            return error(400, f"unexpected Host {host!r}: open the explorer at the address it printed")
+        origin = request.headers.get("origin")
+        if request.method == "POST" and origin is not None and origin.split("://", 1)[-1] != host:
+            return error(403, "cross-site request refused")
+        return await call_next(request)
 
     @app.exception_handler(_TooLarge)
     async def too_large(request, exc):
@@ -563,11 +582,12 @@ def serve(runs: list[Path], host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
         import uvicorn
     except ImportError:
         raise CnnlabError(f"the explorer needs its optional dependencies: {INSTALL_HINT}") from None
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if host not in ("127.0.0.1", "localhost", "::1"):    # the default binds this machine only
         log(f"warning: serving on {host}: anyone who can reach this address can use the explorer "
             f"(it reads no files the browser names, but it runs the model for them); the default "
             f"127.0.0.1 keeps it on this machine")
-    app = create_app(runs, data_dir=data_dir)
+    loopback = host in ("127.0.0.1", "localhost", "::1")
+    app = create_app(runs, data_dir=data_dir, allowed_hosts=LOOPBACK_HOSTS if loopback else None)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
