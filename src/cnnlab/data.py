@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import io
 import os
 import shutil
@@ -88,15 +89,15 @@ def read_bytes(path: Path, limit: int = MAX_IDX_BYTES) -> bytes:
             with gzip.open(path, "rb") as f:
                 out = f.read(limit + 1)
         else:
-            if path.stat().st_size > limit:
-                raise DataError(f"{path}: {path.stat().st_size} bytes is larger than any MNIST-format file")
-            out = path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile, ValueError) as e:   # zlib.error is a ValueError? no: handled below
+            with open(path, "rb") as f:
+                out = f.read(limit + 1)
+    except (OSError, EOFError, gzip.BadGzipFile, ValueError) as e:
         raise DataError(f"{path}: cannot read ({e})") from None
     except Exception as e:  # zlib.error and friends from a corrupt stream
         raise DataError(f"{path}: corrupt compressed data ({e})") from None
     if len(out) > limit:
-        raise DataError(f"{path}: decompresses to more than {limit} bytes; refusing (corrupt or a gzip bomb)")
+        raise DataError(f"{path}: more than {limit} bytes (decompressed); no MNIST-format file is "
+                        f"that large, refusing it (corrupt, or a gzip bomb)")
     return out
 
 
@@ -217,17 +218,12 @@ def _verified_from_dir(spec: DatasetSpec, directory: Path) -> dict[str, bytes]:
 
 
 def _atomic_write(path: Path, content: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+    from .runs import atomic_write_bytes
+    from .errors import RunError
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_write_bytes(path, content)
+    except RunError as e:   # a full disk, a read-only cache: the previous file (if any) is intact
+        raise DataError(f"cannot store {path.name} in the cache: {e}") from None
 
 
 def _store_in_cache(spec: DatasetSpec, files: dict[str, bytes]) -> Path:
@@ -245,8 +241,9 @@ def _download(url: str, timeout: float, limit: int = MAX_IDX_BYTES) -> bytes:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             body = r.read(limit + 1)
             declared = r.headers.get("Content-Length")
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        raise DataError(f"{url}: {getattr(e, 'reason', e)}") from None
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
+        # HTTPException: IncompleteRead, a connection dropped mid-response, a garbled status line
+        raise DataError(f"{url}: {getattr(e, 'reason', None) or type(e).__name__ + ' ' + str(e)}") from None
     if len(body) > limit:
         raise DataError(f"{url}: larger than {limit} bytes")
     if declared is not None and declared.isdigit() and int(declared) != len(body):
@@ -361,7 +358,7 @@ def fetch(name: str = "mnist", data_dir: str | os.PathLike | None = None, *,
         _check_pair(spec, arrays)
         return RawData(spec.name, arrays["train_images"], arrays["train_labels"], arrays["test_images"],
                        arrays["test_labels"], source=where, sha256={k: spec.sha256[k] for k in FILE_KEYS})
-    raise DataError(f"could not obtain {spec.name}; tried: " + " | ".join(tried) +
+    raise DataError(f"could not obtain {spec.name}; tried: " + (" | ".join(tried) or "no source at all") +
                     ". Give a folder holding the four files with --data-dir, or make npm or the "
                     "internet reachable")
 

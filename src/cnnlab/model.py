@@ -22,6 +22,7 @@ from torch import nn
 from .errors import CheckpointError
 
 N_CLASSES = 10
+MAX_CHECKPOINT_BYTES = 256 * 1024 * 1024   # the network is 3.3 MB, its training state ~10 MB
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081   # defaults; training sets them from the training split
 
 
@@ -113,7 +114,14 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
-    data = path.read_bytes()
+    try:
+        size = path.stat().st_size
+        if size > MAX_CHECKPOINT_BYTES:
+            raise CheckpointError(f"{path} is {size} bytes; a cnnlab checkpoint is a few MB "
+                                  f"(limit {MAX_CHECKPOINT_BYTES}); refusing to read it")
+        data = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
     head = data[:2]
     if head in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or data[:2] == b"PK":
         raise CheckpointError(f"{path} is a pickle/torch.save file, not safetensors; cnnlab never "

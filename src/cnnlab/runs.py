@@ -103,8 +103,11 @@ class RunLock:
 
     def __enter__(self) -> "RunLock":
         import fcntl
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RunError(f"cannot use {self.path.parent} as a run directory: {e.strerror or e}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -194,8 +197,15 @@ def open_run(path: str | os.PathLike) -> Run:
     missing = [k for k in REQUIRED_FIELDS if k not in info]
     if missing:
         raise RunError(f"{rj} lacks the field(s) {', '.join(missing)}; was it written by cnnlab?")
-    if not isinstance(info["config"], dict):
-        raise RunError(f"{rj}: 'config' must be an object")
+    if info["format"] != RUN_FORMAT:
+        raise RunError(f"{rj} has format {info['format']!r}; this cnnlab reads format {RUN_FORMAT} "
+                       f"(a newer or older cnnlab wrote it)")
+    for key in ("config", "split"):
+        if not isinstance(info[key], dict):
+            raise RunError(f"{rj}: '{key}' must be an object, not {type(info[key]).__name__}")
+    if not isinstance(info["config"].get("batch_norm", False), bool):
+        raise RunError(f"{rj}: config.batch_norm must be true or false, "
+                       f"not {info['config']['batch_norm']!r}")
     if not (p / "model.safetensors").is_file():
         raise RunError(f"{p} holds no checkpoint (model.safetensors); training may have stopped "
                        f"before the first evaluation — resume it with `cnnlab train --out {p} --resume`")

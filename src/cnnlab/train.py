@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import math
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 
 from .config import TrainConfig
 from .data import Split, load_split, to_float
-from .errors import ConfigError, TrainingError
+from .errors import CnnlabError, ConfigError, RunError, TrainingError
 from .model import Net, save_weights, state_tensors
 from .runs import (RUN_FORMAT, RunLock, atomic_write_bytes, atomic_write_text, check_out_dir,
                    hardware, versions, write_json)
@@ -202,17 +203,45 @@ def _save_state(out: Path, model: Net, opt, sched, pos: dict) -> None:
         for k, v in st.items():
             tensors[f"opt.{pid}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous().clone()
     state_dir = out / "state"
-    atomic_write_bytes(state_dir / "state.safetensors", save(tensors))
-    meta = {"pos": pos, "sched": {k: v for k, v in sched.state_dict().items() if k != "anneal_func"},
+    # The tensors go to a file named after the step, and state.json (written last) names that
+    # file and its hash: a process killed between the two writes leaves the previous state.json
+    # pointing at the previous, still present, tensors. Only then are older tensor files removed.
+    name = f"state-{pos['step']}.safetensors"
+    blob = save(tensors)
+    atomic_write_bytes(state_dir / name, blob)
+    meta = {"tensors": name, "tensors_sha256": hashlib.sha256(blob).hexdigest(), "pos": pos,
+            "sched": {k: v for k, v in sched.state_dict().items() if k != "anneal_func"},
             "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in opt_state["param_groups"]]}
     write_json(state_dir / "state.json", meta)     # written last: it marks the state complete
+    for old in state_dir.glob("state*.safetensors"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+
+
+def _check_state(out: Path) -> tuple[dict, Path]:
+    """state.json and the tensors file it names, checked (before any data is loaded)."""
+    try:
+        meta = json.loads((out / "state" / "state.json").read_text(encoding="utf-8"))
+        tensors_path = out / "state" / meta.get("tensors", "state.safetensors")
+        if "tensors_sha256" in meta and hashlib.sha256(tensors_path.read_bytes()).hexdigest() != meta["tensors_sha256"]:
+            raise ValueError(f"{tensors_path.name} does not have the hash state.json records")
+        for key in ("pos", "sched", "param_groups"):
+            meta[key]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise RunError(f"cannot resume {out}: the saved training state is damaged ({str(e)[:200]}); "
+                       f"train again with --overwrite") from None
+    return meta, tensors_path
 
 
 def _load_state(out: Path, model: Net, opt, sched) -> dict:
     from .model import read_safetensors
-    meta = json.loads((out / "state" / "state.json").read_text())
-    tensors, _ = read_safetensors(out / "state" / "state.safetensors")
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    meta, tensors_path = _check_state(out)
+    try:
+        tensors, _ = read_safetensors(tensors_path)
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, CnnlabError) as e:
+        raise RunError(f"cannot resume {out}: the saved training state is damaged ({str(e)[:200]}); "
+                       f"train again with --overwrite") from None
     sd = opt.state_dict()
     state: dict = {}
     for k, v in tensors.items():
@@ -283,14 +312,26 @@ def train(cfg: TrainConfig, out: str | Path | None = None, *, split: Split | Non
     """
     log = log or (lambda s: print(s, file=sys.stderr))
     out = Path(out) if out is not None else None
-    if out is not None:
-        check_out_dir(out, overwrite=overwrite, resume=resume)
-        if resume:
-            saved = json.loads((out / "state" / "config.json").read_text())
-            cfg = TrainConfig.from_dict(saved)
+    if out is not None and out.exists() and not out.is_dir():
+        raise RunError(f"{out} exists and is not a directory")
+    # The lock comes first: a second process must not even look at (or clean) a directory that
+    # another one is training into.
     lock = RunLock(out) if out is not None else contextlib.nullcontext()
     with lock:
+        if out is not None:
+            check_out_dir(out, overwrite=overwrite, resume=resume)
+            if resume:
+                cfg = _saved_config(out)
+                _check_state(out)
         return _train_locked(cfg, out, split, data_dir, resume, progress, log, stop_at_step)
+
+
+def _saved_config(out: Path) -> TrainConfig:
+    path = out / "state" / "config.json"
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError, ConfigError) as e:
+        raise RunError(f"cannot resume {out}: {path} is missing or damaged ({e})") from None
 
 
 def _train_locked(cfg, out, split, data_dir, resume, progress, log, stop_at_step) -> TrainResult:
@@ -322,6 +363,8 @@ def _train_locked(cfg, out, split, data_dir, resume, progress, log, stop_at_step
         if resume:
             pos = _load_state(out, model, opt, sched)
             metrics = read_metrics(out / "metrics.csv") if (out / "metrics.csv").exists() else []
+            # Rows logged after the saved state (a process killed mid-epoch) are logged again.
+            metrics = [m for m in metrics if m["step"] <= pos["step"]]
             log(f"resuming {out} at epoch {pos['epoch'] + 1}, step {pos['step']}")
         else:
             for stale in ("state/state.json", "run.json", "model.safetensors", "metrics.csv"):
@@ -380,6 +423,7 @@ def _train_locked(cfg, out, split, data_dir, resume, progress, log, stop_at_step
                     logits = model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
                 if not torch.isfinite(loss):
+                    bar.close()
                     if out is not None:
                         _write_metrics(out, metrics)
                     raise TrainingError(f"the training loss became {loss.item()} at step {pos['step'] + 1} "
@@ -420,7 +464,10 @@ def _train_locked(cfg, out, split, data_dir, resume, progress, log, stop_at_step
                     if out is not None:
                         _save_state(out, model, opt, sched, pos)
                         if not (out / "model.safetensors").exists():
-                            log_point("step")
+                            # Stopped before the first evaluation: keep the current weights so
+                            # the run opens. No metrics row and no change to the saved state, so
+                            # that --resume continues exactly as if never stopped.
+                            save_weights(model, out / "model.safetensors")
                     break
             if stop or (stop_at_step is not None and pos["step"] >= stop_at_step):
                 interrupted = interrupted or pos["epoch"] < cfg.epochs

@@ -1,0 +1,112 @@
+"""`cnnlab predict RUN IMAGE...`: classify the user's own digit images."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .common import console, int_range, print_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("predict", help="classify your own digit images (PNG, JPEG, ...)",
+                       description="Convert each image the way MNIST digits were made (grey, dark "
+                                   "background, digit fitted into 20×20, centred by its centre of "
+                                   "mass in 28×28) and classify it with the run's network. Files "
+                                   "that cannot be read get one line each; the others are still "
+                                   "classified; the exit status is 1 if any file failed.")
+    p.add_argument("run", type=Path, help="run directory (from `cnnlab train`)")
+    p.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
+    p.add_argument("--json", action="store_true",
+                   help='print a JSON list of {"file", "prediction", "probabilities"} (or {"file", "error"})')
+    p.add_argument("--top", type=int_range(1, 10), default=3, help="classes shown per image (1..10, default 3)")
+    p.add_argument("--explain", action="store_true",
+                   help="save each preprocessed image beside its occlusion map")
+    p.add_argument("--out", type=Path,
+                   help="folder for the --explain figures (default RUN/analysis/predict)")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(args) -> int:
+    from ..data import DATASETS
+    from ..errors import ConfigError
+    from ..predict import predict_files
+    from ..runs import open_run
+    if args.out is not None and not args.explain:
+        raise ConfigError("--out is only used with --explain")
+    if args.out is not None and (args.out.exists() and not args.out.is_dir()):
+        raise ConfigError(f"--out {args.out} exists and is not a folder")
+    run = open_run(args.run)
+    model = run.load_model()
+    names = DATASETS[run.info["config"]["dataset"]].class_names if run.info["config"].get("dataset") in DATASETS else None
+    results = predict_files(model, args.images, keep_images=args.explain)
+    failed = [r for r in results if "error" in r]
+    for r in failed:
+        print(f"cnnlab predict: error: {r['file']}: {r['error']}", file=sys.stderr)
+
+    saved = []
+    if args.explain:
+        out = args.out or run.analysis_dir("predict")
+        out.mkdir(parents=True, exist_ok=True)
+        saved = _explain(model, [r for r in results if "error" not in r], out)
+
+    if args.json:
+        print_json([{k: v for k, v in r.items() if k != "image"} for r in results])
+    else:
+        _print_table(results, args.top, names)
+        for path in saved:
+            console().print(f"saved {path}")
+    return 1 if failed else 0
+
+
+def _print_table(results: list[dict], top: int, names=None) -> None:
+    from rich.table import Table
+    t = Table(title="predictions")
+    t.add_column("file")
+    t.add_column("prediction", justify="center")
+    t.add_column(f"top {top} (probability)")
+    for r in results:
+        if "error" in r:
+            t.add_row(r["file"], "[red]—[/red]", f"[red]error: {r['error']}[/red]")
+            continue
+        probs = r["probabilities"]
+        order = sorted(range(len(probs)), key=lambda c: -probs[c])[:top]
+        label = (lambda c: names[c]) if names else str
+        t.add_row(r["file"], f"[bold]{label(r['prediction'])}[/bold]",
+                  ", ".join(f"{label(c)} {probs[c] * 100:.1f}%" for c in order))
+    console().print(t)
+
+
+def _explain(model, results: list[dict], out: Path) -> list[Path]:
+    """For each classified image, a figure: the preprocessed 28×28 digit beside the occlusion
+    maps (probability of the predicted class as a function of the occluder's position)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from ..inspect import occlusion
+    paths, used = [], set()
+    for r in results:
+        stem = Path(r["file"]).stem or "image"
+        name, i = stem, 2
+        while name in used:                       # a/1.png and b/1.png must not collide
+            name, i = f"{stem}-{i}", i + 1
+        used.add(name)
+        res = occlusion(model, r["image"], target=r["prediction"])
+        maps = sorted(res.prob.items()) if isinstance(res.prob, dict) else list(enumerate(res.prob, 1))
+        fig, axes = plt.subplots(1, 1 + len(maps), figsize=(2.2 * (1 + len(maps)), 2.6))
+        axes = np.atleast_1d(axes)
+        axes[0].imshow(r["image"], cmap="gray", vmin=0, vmax=1)
+        axes[0].set_title(f"preprocessed\npredicted {r['prediction']} "
+                          f"({r['probabilities'][r['prediction']] * 100:.1f}%)", fontsize=8)
+        for ax, (k, m) in zip(axes[1:], maps):
+            im = ax.imshow(np.asarray(m), cmap="viridis", vmin=0, vmax=1)
+            ax.set_title(f"P({r['prediction']}), {k}×{k} occluder", fontsize=8)
+        if maps:
+            fig.colorbar(im, ax=list(axes[1:]), shrink=0.8)
+        for ax in axes:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        path = out / f"{name}-explain.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
