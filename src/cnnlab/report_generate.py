@@ -77,11 +77,10 @@ def section_class_models(ctx: Context) -> list[Section]:
     lp, lr = like_p["summary"], like_r["summary"]
     transfer_txt = ""
     if "transfer_agree_rate" in lp:
-        parts = [f"{name} {100 * v:.0f}%" for name, v in lp["transfer_agree_rate"].items()]
-        parts_r = [f"{100 * v:.0f}%" for v in lr.get("transfer_agree_rate", {}).values()]
+        parts = [f"{name} {p.pct(f'3.1.3.transfer.{name}', v, 0)}" for name, v in lp["transfer_agree_rate"].items()]
+        parts_r = [p.pct(f"3.1.3.transfer_reg.{name}", v, 0) for name, v in lr.get("transfer_agree_rate", {}).items()]
         transfer_txt = (f" Independently trained networks agree with the target for "
                         f"{', '.join(parts)} of the plain images (regularized: {', '.join(parts_r)}).")
-        ctx.printed("3.1.3.transfer_plain", float(np.mean(list(lp["transfer_agree_rate"].values()))), "{:.2f}")
     looks = lp["corr_target_mean_mean"] >= ref["corr_own_mean_p05"]
     s3.answer.append(
         f"Measured, not eyeballed: a real test digit correlates r = {p('3.1.3.real_r', ref['corr_own_mean_p50'], '{:.2f}')} "

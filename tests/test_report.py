@@ -1,0 +1,108 @@
+"""The report: every section present, numbers consistent, HTML checked in a real browser, PDF checked."""
+
+import html as htmllib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cnnlab.report import AnalysisConfig, build_report
+
+SECTIONS = ["1.1", "1.2", "1.3", "1.4", "1.5", "1.6", "2.1", "2.2", "2.3", "2.4",
+            "3.1.1", "3.1.2", "3.1.3", "3.1.4", "3.2.1"]
+TINY = AnalysisConfig(n_random_images=8, activation_images=1, occlusion_images=1, meaningfulness_n=10,
+                      synth_steps=40, adv_steps=40, robustness_n=100, pgd_steps=3)
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory, mnist_dir) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    build_report(out, preset="smoke", data_dir=str(mnist_dir), analysis=TINY,
+                 train_overrides={"train_subset": 3000}, log=lambda s: None, command="pytest")
+    return out
+
+
+def _text(html: str) -> str:
+    no_tags = re.sub(r"<[^>]+>", " ", re.sub(r"<(style|script)[^>]*>.*?</\1>", " ", html, flags=re.S))
+    return re.sub(r"\s+", " ", htmllib.unescape(no_tags))
+
+
+def test_outputs_and_sections(report_dir):
+    for f in ("report.html", "report.pdf", "results.json"):
+        assert (report_dir / f).stat().st_size > 1000
+    html = (report_dir / "report.html").read_text()
+    for s in SECTIONS:
+        assert f'data-section="{s}"' in html, s
+    assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html   # self-contained
+    assert html.count("data:image/png;base64,") >= 15
+    assert (report_dir / "runs" / "plain-seed0" / "model.safetensors").exists()
+    assert (report_dir / "runs" / "bn-seed0" / "model.safetensors").exists()
+
+
+def test_every_printed_number_is_in_the_html(report_dir):
+    results = json.loads((report_dir / "results.json").read_text())
+    text = _text((report_dir / "report.html").read_text())
+    printed = results["printed"]
+    assert len(printed) >= 40
+    missing = {k: v for k, v in printed.items() if v not in text}
+    assert not missing
+
+
+def test_conclusions_follow_the_numbers(report_dir):
+    results = json.loads((report_dir / "results.json").read_text())
+    text = _text((report_dir / "report.html").read_text())
+    bn = results["batch_norm"]
+    diff = bn["paired_diff"]["mean"]
+    significant = bn["mcnemar_seed0"]["p_value"] < 0.05          # one seed: the exact paired test decides
+    assert ("improved test accuracy" in text) == (significant and diff > 0)
+    assert ("lowered test accuracy" in text) == (significant and diff < 0)
+    assert ("Inconclusive" in text) == (not significant)
+    cm = results["class_models"]["plain"]
+    assert ("always sure" in text) == (cm["all_predicted_as_target"] and cm["min_target_prob"] >= 0.99)
+
+
+def test_pdf_pages_text_and_figures(report_dir):
+    pdfium = pytest.importorskip("pypdfium2")
+    import numpy as np
+    pdf = pdfium.PdfDocument(str(report_dir / "report.pdf"))
+    assert len(pdf) >= 6
+    text = " ".join(pdf[i].get_textpage().get_text_range() for i in range(len(pdf)))
+    text = re.sub(r"\s+", " ", text)
+    for title in ("Training curves and test accuracy", "Number of parameters", "Batch-normalization",
+                  "conv1 filters", "Occluding parts of the image", "The cost function", "Targeted fakes"):
+        assert title in text, title
+    page = np.asarray(pdf[0].render(scale=1).to_pil().convert("L"), dtype=float)
+    assert page.std() > 10                         # not blank
+    dark_pages = sum(np.asarray(pdf[i].render(scale=0.5).to_pil().convert("L"), dtype=float).std() > 20
+                     for i in range(len(pdf)))
+    assert dark_pages >= len(pdf) // 2             # figures render
+
+
+@pytest.mark.browser
+def test_report_in_a_real_browser(report_dir, tmp_path):
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    errors, requests = [], []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                          "--disable-component-update", "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto((report_dir / "report.html").as_uri())
+        page.wait_for_load_state("load")
+        for s in SECTIONS:
+            assert page.locator(f'section[data-section="{s}"]').count() == 1, s
+        widths = page.eval_on_selector_all("img", "els => els.map(e => e.complete ? e.naturalWidth : 0)")
+        assert widths and min(widths) > 0
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=False)
+        browser.close()
+    assert not errors
+    assert all(u.startswith(("file://", "data:")) for u in requests)
+    assert (tmp_path / "report.png").stat().st_size > 10_000
