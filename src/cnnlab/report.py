@@ -250,7 +250,7 @@ def section_1_1(ctx: Context) -> Section:
     s1.figures.append((fig_to_data_uri(fig), "Training and validation loss and error, and validation accuracy, "
                                              "logged four times per epoch (plain network, first seed)."))
     t = plain[0].info["timing"]
-    text = (f"The plain network trained for {p('1.1.epochs', cfg['epochs'], '{}')} epochs "
+    text = (f"The plain network trained for {p('1.1.epochs', cfg['epochs'], '{}')} epoch{'s' if cfg['epochs'] != 1 else ''} "
             f"({p('1.1.steps', plain[0].info['steps'], '{}')} steps of {cfg['batch_size']} images, AdamW with a one-cycle "
             f"schedule peaking at lr {cfg['lr']:g}) in {p('1.1.train_s', t['train_time_s'], '{:.1f}')} s of training on "
             f"{esc(plain[0].info['device'])} ({esc(plain[0].info['precision'])}). "

@@ -276,7 +276,7 @@ def read_metrics(path: Path) -> list[dict]:
         for k, v in r.items():
             if k == "kind":
                 d[k] = v
-            elif k in ("epoch", "step", "images_seen"):
+            elif k in ("step", "images_seen"):
                 d[k] = int(float(v))
             else:
                 d[k] = float(v) if v not in ("", None) else float("nan")
@@ -380,15 +380,14 @@ def _train_locked(cfg, out, split, data_dir, resume, progress, log, stop_at_step
     def log_point(kind: str) -> None:
         """Evaluate on validation, record a metrics row, keep the best checkpoint."""
         val = evaluate(model, split.val_x, split.val_y, precision=precision)
-        row = {"kind": kind, "epoch": pos["epoch"] + (1 if kind == "epoch" else 0), "step": pos["step"],
+        # epoch as a fraction of passes over the training set (1.25 = a quarter into the second)
+        row = {"kind": kind, "epoch": round(pos["step"] / steps_per_epoch, 4), "step": pos["step"],
                "images_seen": pos["images"],
                "lr": sched.get_last_lr()[0],
                "train_loss": pos["run_loss"] / max(pos["run_n"], 1),
                "train_error": pos["run_err"] / max(pos["run_n"], 1),
                "val_loss": val.loss, "val_error": val.error, "val_acc": val.accuracy,
                "train_time_s": pos["train_time_s"], "elapsed_s": time.perf_counter() - wall0}
-        if kind == "epoch":
-            row["epoch"] = pos["epoch"]
         metrics.append(row)
         pos["run_loss"] = pos["run_err"] = 0.0
         pos["run_n"] = 0
