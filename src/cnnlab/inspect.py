@@ -148,7 +148,7 @@ class Summary:
                 "neurons": self.neurons, "neurons_with_pooling": self.neurons_with_pooling,
                 "buffers": self.buffers,
                 "definitions": {"neuron": NEURON_DEFINITION, "neurons_with_pooling": POOLING_DEFINITION,
-                                "params": "learnable parameters (requires_grad); batch-norm γ and β "
+                                "params": "learnable parameters (every nn.Parameter, frozen or not); batch-norm γ and β "
                                           "are counted in 'batch_norm' and in the total, not in 'conv'",
                                 "shapes": SHAPE_NOTE}}
 
@@ -206,7 +206,7 @@ def summary(batch_norm: bool = False, model: Net | None = None) -> Summary:
         units = math.prod(out_shape)
         layers.append({"name": name, "kind": kind, "input_shape": list(in_shape),
                        "output_shape": list(out_shape),
-                       "params": sum(p.numel() for p in module.parameters() if p.requires_grad),
+                       "params": sum(p.numel() for p in module.parameters()),
                        "neurons": units if kind in ("conv", "fc") else 0, "units": units,
                        "detail": _describe(module)})
     layers.append({"name": "softmax", "kind": "softmax", "input_shape": list(logits.shape[1:]),
