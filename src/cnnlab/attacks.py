@@ -1,0 +1,223 @@
+"""Standard L∞ attacks (FGSM, PGD) and accuracy against ε — beyond the assignment.
+
+Everything here is on the [0, 1] pixel scale the network takes (ε = 0.1 ≈ 25 grey levels).
+Adversarial images are always clipped to [0, 1], and PGD projects back onto the ε-ball around the
+clean image after every step, so every returned image is a valid image within ε of the original.
+
+    FGSM (Goodfellow et al. 2015):  x' = clip(x + ε·sign(∇ₓ L(x, y)))          untargeted
+                                     x' = clip(x − ε·sign(∇ₓ L(x, t)))          targeted at t
+    PGD (Madry et al. 2018):         x ← clip(Π_ε(x ± α·sign(∇ₓ L)))  for `steps` steps,
+                                     from a uniform random start in the ε-ball (seeded)
+
+L is the cross-entropy of the logits. The weights are frozen (eval mode, no parameter requires
+grad, restored afterwards): only input gradients are computed and the model never changes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError
+from .generate import _check_int, _check_number, few_threads, frozen
+
+EPS_FGSM = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
+EPS_PGD = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
+PGD_STEPS = 20           # iterations
+PGD_ALPHA_PER_EPS = 2.5 / PGD_STEPS   # α = 2.5·ε/steps: can walk across the ball 2.5× (Madry et al.)
+
+
+def _check_eps(eps) -> float:
+    e = _check_number("eps", eps, 0.0)
+    if e > 1:
+        raise ConfigError(f"eps is on the [0, 1] pixel scale and must be ≤ 1; got {e:g}")
+    return e
+
+
+def _check_xy(model, x: torch.Tensor, y) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(np.asarray(x))
+    if x.dtype == torch.uint8:
+        raise ConfigError("x must be float pixels in [0, 1], not uint8 (use cnnlab.data.to_float)")
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    if x.dim() != 4 or tuple(x.shape[1:]) != (1, 28, 28):
+        raise ConfigError(f"x must be [N, 1, 28, 28] pixels in [0, 1]; got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all() or float(x.min()) < 0 or float(x.max()) > 1:
+        raise ConfigError("x must hold finite pixels in [0, 1]")
+    y = torch.as_tensor(y).long().reshape(-1)
+    if len(y) != len(x):
+        raise ConfigError(f"{len(y)} labels for {len(x)} images")
+    if len(y) and (int(y.min()) < 0 or int(y.max()) > 9):
+        raise ConfigError("labels/targets must be classes 0..9")
+    dev = next(model.parameters()).device
+    return x.to(dev, torch.float32), y.to(dev)
+
+
+def _loss_grad(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """∇ₓ of the summed cross-entropy (each image's own gradient: eval mode, no mixing)."""
+    x = x.detach().requires_grad_(True)
+    loss = F.cross_entropy(model(x), y, reduction="sum")
+    (g,) = torch.autograd.grad(loss, x)
+    return g
+
+
+def fgsm(model, x: torch.Tensor, y, eps: float, targeted: bool = False) -> torch.Tensor:
+    """One signed-gradient step of size `eps` ([0, 1] scale), clipped to [0, 1].
+
+    Untargeted: `y` are the true labels and the step increases their loss. Targeted: `y` are the
+    target classes and the step decreases their loss. Returns the adversarial images (detached).
+    """
+    eps = _check_eps(eps)
+    x, y = _check_xy(model, x, y)
+    with frozen(model), few_threads(len(x) if x.device.type == "cpu" else 10**9):
+        g = _loss_grad(model, x, y)
+    sign = -1.0 if targeted else 1.0
+    return (x + sign * eps * g.sign()).clamp(0.0, 1.0).detach()
+
+
+def pgd(model, x: torch.Tensor, y, eps: float, alpha: float | None = None, steps: int = PGD_STEPS,
+        targeted: bool = False, random_start: bool = True, seed: int = 0) -> torch.Tensor:
+    """Projected gradient descent in the L∞ ball of radius `eps` ([0, 1] scale).
+
+    Each step: x ← x ± alpha·sign(∇ₓ L) (+ untargeted, − targeted), then projection onto
+    [x₀ − eps, x₀ + eps] and clipping to [0, 1]. `alpha` defaults to 2.5·eps/steps. With
+    `random_start`, x starts at x₀ + U(−eps, eps) (clipped), drawn from a generator seeded with
+    `seed`, so the same call gives the same images.
+    """
+    eps = _check_eps(eps)
+    steps = _check_int("steps", steps, 1)
+    alpha = 2.5 * eps / steps if alpha is None else _check_number("alpha", alpha, 0.0)
+    seed = _check_int("seed", seed, 0)
+    x0, y = _check_xy(model, x, y)
+    sign = -1.0 if targeted else 1.0
+    xa = x0.clone()
+    if random_start and eps > 0:
+        g = torch.Generator().manual_seed(seed)
+        noise = torch.empty(x0.shape, dtype=torch.float32).uniform_(-eps, eps, generator=g)
+        xa = (x0 + noise.to(x0.device)).clamp(0.0, 1.0)
+    with frozen(model), few_threads(len(x0) if x0.device.type == "cpu" else 10**9):
+        for _ in range(steps):
+            grad = _loss_grad(model, xa, y)
+            xa = xa + sign * alpha * grad.sign()
+            xa = torch.min(torch.max(xa, x0 - eps), x0 + eps).clamp(0.0, 1.0).detach()
+    return xa
+
+
+def target_classes(y: torch.Tensor) -> torch.Tensor:
+    """The targets of targeted attacks in `robustness`: (true label + 1) mod 10, deterministic."""
+    return (y + 1) % 10
+
+
+@dataclass
+class RobustnessResult:
+    """Accuracy against ε. `table`: one row per (model, ε) with accuracy and, for targeted
+    attacks, the fraction classified as the target (success)."""
+    attack: str
+    targeted: bool
+    eps_list: list[float]
+    table: list[dict]
+    params: dict
+    n: int
+    seconds: float = 0.0
+
+    def models(self) -> list[str]:
+        return list(dict.fromkeys(r["model"] for r in self.table))
+
+    def to_dict(self) -> dict:
+        return {"attack": self.attack, "targeted": self.targeted, "norm": "Linf",
+                "pixel_scale": "[0, 1]", "n_images": self.n, "eps": self.eps_list, "params": self.params,
+                "seconds": round(self.seconds, 2), "table": self.table}
+
+    def text_table(self) -> str:
+        names = self.models()
+        head = "eps    " + "".join(f"{n[:22]:>24}" for n in names)
+        lines = [head]
+        for e in self.eps_list:
+            cells = []
+            for n in names:
+                r = next(r for r in self.table if r["model"] == n and r["eps"] == e)
+                c = f"{r['accuracy'] * 100:.2f}%"
+                if self.targeted:
+                    c += f" (hit {r['success_rate'] * 100:.1f}%)"
+                cells.append(f"{c:>24}")
+            lines.append(f"{e:<7g}" + "".join(cells))
+        return "\n".join(lines)
+
+    def figure(self):
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(6.2, 4))
+        for i, name in enumerate(self.models()):
+            rows = [r for r in self.table if r["model"] == name]
+            e = [r["eps"] for r in rows]
+            ax.plot(e, [100 * r["accuracy"] for r in rows], "o-", color=f"C{i}", label=f"{name}: accuracy")
+            if self.targeted:
+                ax.plot(e, [100 * r["success_rate"] for r in rows], "s--", color=f"C{i}", alpha=0.6,
+                        label=f"{name}: classified as target")
+        kind = "targeted (target = label+1 mod 10)" if self.targeted else "untargeted"
+        extra = f", {self.params['steps']} steps, α = {self.params['alpha_per_eps']:.3g}·ε" if self.attack == "pgd" else ""
+        ax.set(xlabel="ε (L∞, pixels on the [0, 1] scale; 0.1 ≈ 25 grey levels)", ylabel="% of test images",
+               title=f"{self.attack.upper()} {kind}{extra}\n{self.n} test images", ylim=(-2, 102))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        return fig
+
+
+@torch.inference_mode()
+def _predict(model, x: torch.Tensor) -> torch.Tensor:
+    return model(x).argmax(1)
+
+
+def robustness(models: Mapping[str, torch.nn.Module], x: torch.Tensor, y, attack: str = "fgsm",
+               eps_list: Sequence[float] | None = None, steps: int = PGD_STEPS, alpha_per_eps: float | None = None,
+               targeted: bool = False, batch_size: int = 1000, seed: int = 0) -> RobustnessResult:
+    """Accuracy of each model (name → Net) on `x` ([N, 1, 28, 28] in [0, 1]) under `attack`
+    ("fgsm" or "pgd") at each ε in `eps_list` ([0, 1] scale). Each model is attacked with its own
+    gradients (white box). Targeted attacks aim at (y + 1) mod 10 and also report the fraction
+    classified as that target. PGD: `steps` iterations of α = alpha_per_eps·ε (default 2.5/steps),
+    seeded random start."""
+    if attack not in ("fgsm", "pgd"):
+        raise ConfigError(f"attack must be 'fgsm' or 'pgd'; got {attack!r}")
+    if not models:
+        raise ConfigError("give at least one model")
+    eps_list = [_check_eps(e) for e in (eps_list if eps_list is not None else (EPS_FGSM if attack == "fgsm" else EPS_PGD))]
+    if not eps_list:
+        raise ConfigError("eps_list is empty")
+    steps = _check_int("steps", steps, 1)
+    a_per = 2.5 / steps if alpha_per_eps is None else _check_number("alpha_per_eps", alpha_per_eps, 0.0, lo_open=True)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    first = next(iter(models.values()))
+    x, y = _check_xy(first, x, y)
+    t_all = target_classes(y) if targeted else y
+    table = []
+    t0 = time.perf_counter()
+    for name, model in models.items():
+        dev = next(model.parameters()).device
+        for e in eps_list:
+            correct = hit = 0
+            for i in range(0, len(x), batch_size):
+                xb, yb, tb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev), t_all[i:i + batch_size].to(dev)
+                if e == 0:
+                    xa = xb
+                elif attack == "fgsm":
+                    xa = fgsm(model, xb, tb, e, targeted=targeted)
+                else:
+                    xa = pgd(model, xb, tb, e, alpha=a_per * e, steps=steps, targeted=targeted,
+                             seed=seed + i)
+                pred = _predict(model.eval(), xa)
+                correct += int((pred == yb).sum())
+                hit += int((pred == tb).sum())
+            row = {"model": name, "eps": e, "accuracy": correct / len(x)}
+            if targeted:
+                row["success_rate"] = hit / len(x)
+            table.append(row)
+    params = {"batch_size": batch_size, "seed": seed}
+    if attack == "pgd":
+        params.update(steps=steps, alpha_per_eps=a_per, random_start=True)
+    return RobustnessResult(attack, bool(targeted), eps_list, table, params, len(x), time.perf_counter() - t0)

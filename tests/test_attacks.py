@@ -1,0 +1,157 @@
+"""FGSM and PGD: hand-computed cases on a linear network, the ε-ball and pixel constraints, an
+independent per-image reference loop, robustness tables, frozen weights, CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlab import attacks as A
+from cnnlab.cli import main
+from cnnlab.errors import ConfigError
+
+
+class OneDirection(nn.Module):
+    """logits = [0, w·x, 0, …, 0]: the cross-entropy gradient of class 0 (untargeted) and of class 1
+    (targeted) both point along ±w, so FGSM moves every pixel by exactly eps·sign(w)."""
+
+    def __init__(self, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.w = nn.Parameter(torch.randn(784, generator=g) * 0.01)   # p stays away from 0 and 1
+
+    def forward(self, x):
+        s = x.flatten(1) @ self.w
+        z = torch.zeros(len(x), 10, dtype=x.dtype)
+        return z.index_copy(1, torch.tensor([1]), s[:, None])
+
+
+def test_fgsm_moves_by_eps_sign_w():
+    m = OneDirection()
+    x = torch.full((3, 1, 28, 28), 0.5)
+    eps = 0.1
+    want = (x + eps * m.w.detach().sign().view(1, 1, 28, 28)).clamp(0, 1)
+    torch.testing.assert_close(A.fgsm(m, x, torch.zeros(3, dtype=torch.long), eps), want)
+    # targeted at class 1: descend CE(·, 1) = ascend w·x: the same direction
+    torch.testing.assert_close(A.fgsm(m, x, torch.ones(3, dtype=torch.long), eps, targeted=True), want)
+    # clipping: a black image cannot go below 0
+    xb = torch.zeros(1, 1, 28, 28)
+    out = A.fgsm(m, xb, torch.zeros(1, dtype=torch.long), 0.3)
+    assert float(out.min()) == 0 and torch.allclose(out[0, 0].flatten()[m.w > 0], torch.tensor(0.3))
+
+
+def test_fgsm_matches_a_numpy_gradient_on_a_linear_softmax():
+    g = torch.Generator().manual_seed(1)
+    lin = nn.Linear(784, 10)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(10, 784, generator=g) * 0.05)
+    m = nn.Sequential(nn.Flatten(), lin)
+    x = torch.rand(4, 1, 28, 28, generator=g)
+    y = torch.tensor([0, 3, 7, 9])
+    W, b = lin.weight.detach().double().numpy(), lin.bias.detach().double().numpy()
+    z = x.flatten(1).double().numpy() @ W.T + b
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    grad = (p - np.eye(10)[y.numpy()]) @ W          # ∂CE/∂x for softmax regression, by hand
+    want = np.clip(x.flatten(1).double().numpy() + 0.07 * np.sign(grad), 0, 1)
+    got = A.fgsm(m, x, y, 0.07).flatten(1).double().numpy()
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def _reference_pgd(model, x0, y, eps, alpha, steps, noise, targeted):
+    """Madry et al. PGD, one image at a time (the same loop as torchattacks.PGD)."""
+    outs = []
+    for i in range(len(x0)):
+        xi, yi = x0[i:i + 1], y[i:i + 1]
+        xa = (xi + noise[i:i + 1]).clamp(0, 1)
+        for _ in range(steps):
+            xa = xa.clone().requires_grad_(True)
+            loss = F.cross_entropy(model(xa), yi)
+            cost = -loss if targeted else loss
+            (gr,) = torch.autograd.grad(cost, xa)
+            xa = xa.detach() + alpha * gr.sign()
+            xa = torch.clamp(xi + torch.clamp(xa - xi, -eps, eps), 0, 1)
+        outs.append(xa)
+    return torch.cat(outs)
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_pgd_equals_reference_loop_and_stays_in_the_ball(tiny_model, targeted):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 1, 28, 28, generator=g)
+    y = torch.tensor([0, 1, 2, 3])
+    eps, alpha, steps = 0.1, 0.03, 4
+    got = A.pgd(tiny_model, x, y, eps, alpha, steps, targeted=targeted, seed=7)
+    noise = torch.empty(x.shape).uniform_(-eps, eps, generator=torch.Generator().manual_seed(7))
+    from cnnlab.generate import few_threads
+    with few_threads(1):
+        want = _reference_pgd(tiny_model, x, y, eps, alpha, steps, noise, targeted)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    assert float((got - x).abs().max()) <= eps + 1e-6
+    assert float(got.min()) >= 0 and float(got.max()) <= 1
+
+
+def test_pgd_one_step_without_start_is_fgsm(tiny_model):
+    x = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    y = torch.arange(5)
+    torch.testing.assert_close(A.pgd(tiny_model, x, y, 0.2, alpha=0.2, steps=1, random_start=False),
+                               A.fgsm(tiny_model, x, y, 0.2))
+
+
+def test_errors(tiny_model):
+    x = torch.rand(2, 1, 28, 28)
+    with pytest.raises(ConfigError, match="≤ 1"):
+        A.fgsm(tiny_model, x, [0, 1], 2.0)
+    with pytest.raises(ConfigError, match="finite"):
+        A.pgd(tiny_model, x, [0, 1], float("nan"))
+    with pytest.raises(ConfigError, match="uint8"):
+        A.fgsm(tiny_model, (x * 255).to(torch.uint8), [0, 1], 0.1)
+    with pytest.raises(ConfigError, match="0..9"):
+        A.fgsm(tiny_model, x, [0, 11], 0.1)
+    with pytest.raises(ConfigError, match="attack"):
+        A.robustness({"m": tiny_model}, x, [0, 1], attack="cw")
+
+
+@pytest.fixture(scope="module")
+def models(mnist_run, mnist_run_bn):
+    from cnnlab.runs import open_run
+    return {"plain": open_run(mnist_run).load_model(), "batch-norm": open_run(mnist_run_bn).load_model()}
+
+
+def test_attacks_on_trained_models(models, mnist_split):
+    from cnnlab.data import to_float
+    from cnnlab.model import weights_digest
+    from cnnlab.train import evaluate
+    x, y = to_float(mnist_split.test_x[:400]), mnist_split.test_y[:400]
+    before = {k: weights_digest(m) for k, m in models.items()}
+    fg = A.robustness(models, x, y, "fgsm", eps_list=[0, 0.1, 0.25])
+    pg = A.robustness(models, x, y, "pgd", eps_list=[0.1], steps=10)
+    tg = A.robustness({"plain": models["plain"]}, x, y, "pgd", eps_list=[0.25], steps=10, targeted=True)
+    assert {k: weights_digest(m) for k, m in models.items()} == before
+    for name, m in models.items():
+        acc = [r["accuracy"] for r in fg.table if r["model"] == name]
+        clean = evaluate(m, x, y).accuracy                # ε = 0 is the plain evaluation
+        assert acc[0] == pytest.approx(clean, abs=1e-6)
+        assert acc[0] > 0.95 and acc[0] > acc[1] > acc[2]
+        pgd01 = next(r["accuracy"] for r in pg.table if r["model"] == name)
+        assert pgd01 <= acc[1] + 0.02                     # PGD is at least as strong as FGSM
+    assert tg.table[0]["success_rate"] > 0.5              # most images pushed into label+1
+    import json
+    import matplotlib.pyplot as plt
+    json.dumps(fg.to_dict())
+    plt.close(fg.figure()), plt.close(tg.figure())
+    assert "batch-norm" in fg.text_table()
+
+
+def test_cli_robustness(mnist_run, mnist_run_bn, mnist_dir, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["robustness", str(mnist_run), str(mnist_run_bn), "--attack", "pgd", "--eps", "0", "0.1",
+                 "--steps", "3", "--n", "200", "--data-dir", str(mnist_dir), "--out", str(out)]) == 0
+    assert (out / "robustness_pgd.png").is_file() and (out / "robustness_pgd.json").is_file()
+    assert "plain" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["robustness", str(mnist_run), "--eps", "2"])
+    assert e.value.code == 2 and "out of range" in capsys.readouterr().err.strip().splitlines()[-1]
