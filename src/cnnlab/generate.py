@@ -336,8 +336,10 @@ class SynthesisResult:
         return fig
 
     def cost_figure(self):
-        return _cost_figure(self.cost, self.prob, self.targets,
-                            f"{self.label or 'class models'}: cost C = logits[target] against step")
+        title = f"{self.label or 'class models'}: cost C = logits[target] against step"
+        if self.params.get("blur_every"):
+            title += f"\n(saw-tooth: the blur every {self.params['blur_every']} steps lowers C, the ascent wins it back)"
+        return _cost_figure(self.cost, self.prob, self.targets, title)
 
 
 def synthesize(model, targets: Iterable[int] = range(N_CLASSES), steps: int = STEPS,

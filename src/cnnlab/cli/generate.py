@@ -152,23 +152,28 @@ def _print_synthesis(results: dict, variants, out: Path) -> None:
     from rich.table import Table
     c = console()
     ref = results[variants[0]]["digit_likeness"]["reference_real_test_digits"]
-    t = Table(title="class models (0–255 scale; r = correlation with the class-mean training image)")
-    for col in ("", "predicted as target", "min confidence", "cost start → end", "mean r",
-                "nearest mean = target", "nearest training image = target", "background px", "transfer agree"):
-        t.add_column(col)
+    t = Table(title="class models (r: correlation with the class-mean training image)")
+    for col in ("", "pred=t", "min p", "C end", "r", "mean=t", "1NN=t", "bg"):
+        t.add_column(col, no_wrap=True)
     for v in variants:
         d = results[v]
         lk = d["digit_likeness"]["summary"]
-        tr = lk.get("transfer_agree_rate", {})
         t.add_row(v, f"{d['n_predicted_as_target']}/{len(d['targets'])}", f"{d['min_target_prob']:.4f}",
-                  f"{d['cost_start_mean']:.1f} → {d['cost_end_mean']:.1f}", f"{lk['corr_target_mean_mean']:+.2f}",
+                  f"{d['cost_end_mean']:.1f}", f"{lk['corr_target_mean_mean']:+.2f}",
                   f"{lk['nearest_is_target_rate'] * 100:.0f}%", f"{lk['nn_label_is_target_rate'] * 100:.0f}%",
-                  f"{lk['background_fraction_mean'] * 100:.0f}%",
-                  ", ".join(f"{k}: {v * 100:.0f}%" for k, v in tr.items()) or "—")
-    t.add_row("real test digits", "", "", "", f"{ref['corr_own_mean_mean']:+.2f}",
+                  f"{lk['background_fraction_mean'] * 100:.0f}%")
+    t.add_row("real digits", "", "", "", f"{ref['corr_own_mean_mean']:+.2f}",
               f"{ref['nearest_class_accuracy'] * 100:.0f}%", f"{ref['nn_label_accuracy'] * 100:.0f}%",
-              f"{ref['background_fraction_mean'] * 100:.0f}%", "")
+              f"{ref['background_fraction_mean'] * 100:.0f}%")
     c.print(t)
+    c.print("pred=t: predicted as the target; C end: mean final logit of the target; mean=t: the most "
+            "correlated class-mean image is the target's; 1NN=t: so is the label of the most correlated "
+            "training image; bg: pixels < 32 grey levels")
+    for v in variants:
+        tr = results[v]["digit_likeness"]["summary"].get("transfer_agree_rate", {})
+        if tr:
+            c.print(f"transfer ({v}): " + ", ".join(f"{k} predicts the target for {x * 100:.0f}%"
+                                                  for k, x in tr.items()))
     c.print(f"wrote {', '.join(results['files'])} and results.json to {out}")
 
 
