@@ -47,7 +47,7 @@ def mnist_run(tmp_path_factory, mnist_split) -> Path:
     from cnnlab.config import preset
     from cnnlab.train import train
     out = tmp_path_factory.mktemp("runs") / "plain"
-    train(preset("quick", epochs=1), out, split=mnist_split, progress=False, log=lambda s: None)
+    train(preset("quick", epochs=1, label_smoothing=0.0), out, split=mnist_split, progress=False, log=lambda s: None)
     return out
 
 
@@ -57,7 +57,7 @@ def mnist_run_bn(tmp_path_factory, mnist_split) -> Path:
     from cnnlab.config import preset
     from cnnlab.train import train
     out = tmp_path_factory.mktemp("runs") / "bn"
-    train(preset("quick", epochs=1, batch_norm=True), out, split=mnist_split, progress=False, log=lambda s: None)
+    train(preset("quick", epochs=1, label_smoothing=0.0, batch_norm=True), out, split=mnist_split, progress=False, log=lambda s: None)
     return out
 
 

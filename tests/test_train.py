@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from cnnlab.config import TrainConfig, preset
+from cnnlab.config import PRESETS, TrainConfig, preset
 from cnnlab.errors import ConfigError
 from cnnlab.model import load_weights, weights_digest
 from cnnlab.runs import open_run
@@ -64,5 +64,5 @@ def test_config_validation_and_presets():
         TrainConfig.from_dict({"epochs": 1, "learning_rate": 3})
     with pytest.raises(ConfigError, match="lr"):
         TrainConfig(lr=float("nan"))
-    assert preset("quick", epochs=5).epochs == 5 and preset("quick", epochs=None).epochs == 3
+    assert preset("quick", epochs=5).epochs == 5 and preset("quick", epochs=None).epochs == PRESETS["quick"]["epochs"]
     assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()

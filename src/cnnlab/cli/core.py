@@ -24,7 +24,7 @@ def register(sub) -> None:
                        description="Train conv1→pool→conv2→pool→fc1→fc2 on the 50k/10k/10k split. "
                                    "A preset gives defaults; flags override them.")
     p.add_argument("--preset", default="full", choices=["quick", "full", "smoke"],
-                   help="quick: 3 epochs (≥ 99.0%%); full: 12 epochs with augmentation (≥ 99.3%%); default full")
+                   help="quick: 2 epochs, ≈ 99.15%% in ~10 s on a 2-core CPU; full: 15 epochs with augmentation, ≈ 99.55%%; default full")
     p.add_argument("--out", type=Path, help="run directory (default runs/<preset>[-bn]-seed<S>)")
     p.add_argument("--batch-norm", action="store_true", default=None, help="BatchNorm2d after each conv")
     p.add_argument("--epochs", type=int_range(1, 1000))
