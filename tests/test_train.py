@@ -51,7 +51,7 @@ def test_same_seed_same_metrics(mnist_split, precision):
 
 
 def test_augmentation_and_batch_norm_train(mnist_split, tmp_path):
-    cfg = TrainConfig(epochs=1, train_subset=2048, batch_size=128, augment=True, batch_norm=True)
+    cfg = TrainConfig(epochs=1, train_subset=4096, batch_size=64, augment=True, batch_norm=True)
     res = train(cfg, tmp_path / "r", split=mnist_split, **QUIET)
     assert res.test_accuracy > 0.8
     assert load_weights(tmp_path / "r" / "model.safetensors").batch_norm

@@ -20,6 +20,7 @@ torch is kept). Training uses the GPU when one is attached (Runtime → Change r
 code("""
 # On Colab or any fresh environment, uncomment and point at the repository (or a local checkout):
 # %pip install -q "cnnlab @ git+https://github.com/<you>/cnnlab"
+%matplotlib inline
 import os, json
 import torch
 import cnnlab

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import matplotlib
 
-matplotlib.use("Agg")
+if "ipykernel" not in sys.modules:   # notebooks keep their inline backend; everything else needs no display
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
