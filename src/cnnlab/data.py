@@ -420,7 +420,11 @@ def make_split(raw: RawData, val_size: int = 10_000, split_seed: int = 0, train_
         train_idx = train_idx[:train_subset]
     as_x = lambda a: torch.from_numpy(np.ascontiguousarray(a)).unsqueeze(1)        # noqa: E731
     as_y = lambda a: torch.from_numpy(a.astype(np.int64))                          # noqa: E731
-    train_pixels = raw.train_images[train_idx].astype(np.float64) / 255.0
+    # mean and std from the histogram of the 256 grey levels: exact, and no float copy of the images
+    counts = np.bincount(raw.train_images[train_idx].ravel(), minlength=256).astype(np.float64)
+    levels = np.arange(256) / 255.0
+    mean = float((counts * levels).sum() / counts.sum())
+    std = float(np.sqrt((counts * (levels - mean) ** 2).sum() / counts.sum()))
     info = {"dataset": raw.name, "source": raw.source, "split_seed": split_seed,
             "train_size": int(len(train_idx)), "val_size": int(len(val_idx)), "test_size": int(len(raw.test_images)),
             "val_indices_sha256": indices_hash(val_idx), "train_subset": train_subset,
@@ -429,7 +433,7 @@ def make_split(raw: RawData, val_size: int = 10_000, split_seed: int = 0, train_
                  as_x(raw.train_images[train_idx]), as_y(raw.train_labels[train_idx]),
                  as_x(raw.train_images[val_idx]), as_y(raw.train_labels[val_idx]),
                  as_x(raw.test_images), as_y(raw.test_labels),
-                 mean=float(train_pixels.mean()), std=float(train_pixels.std()), info=info)
+                 mean=mean, std=std, info=info)
 
 
 def load_split(dataset: str = "mnist", data_dir=None, val_size: int = 10_000, split_seed: int = 0,

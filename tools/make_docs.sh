@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Regenerates the README's figures in docs/ from a report run: tools/make_docs.sh REPORT_DIR
+set -euo pipefail
+R=${1:?usage: tools/make_docs.sh REPORT_DIR}
+C=.venv/bin/cnnlab
+BEST=$(.venv/bin/python -c "import json,sys; print(json.load(open('$R/results.json'))['provenance']['best_run'])")
+RUN="$R/$BEST"
+OTHER=$(ls -d "$R"/runs/* | grep -v "$(basename "$RUN")" | head -1)
+T=$(mktemp -d)
+mkdir -p docs
+cp "$RUN/curves.png" docs/curves.png
+cp "$RUN/predictions.png" docs/predictions.png
+$C filters "$RUN" --layer conv1 --out "$T/f1" >/dev/null
+$C filters "$RUN" --layer conv2 --out "$T/f2" >/dev/null
+$C activations "$RUN" --index 18 --out "$T/a" >/dev/null
+$C occlusion "$RUN" --index 18 --meaningful 100 --out "$T/o" >/dev/null
+$C synthesize "$RUN" --transfer "$OTHER" --out "$T/s" >/dev/null
+$C adversarial "$RUN" --source-digit 2 --beta-sweep --out "$T/adv" >/dev/null
+$C robustness "$RUN" "$OTHER" --attack pgd --n 1000 --out "$T/r" >/dev/null
+find "$T" -name "*.png" | sort
+cp "$T/f1/filters_conv1.png" docs/filters_conv1.png
+cp "$T/f2/filters_conv2.png" docs/filters_conv2.png
+cp "$T"/a/activations_18.png docs/activations.png
+cp "$T"/o/test-18/occlusion.png docs/occlusion.png
+cp "$T"/o/meaningfulness.png docs/meaningfulness.png
+cp "$T"/s/synthesize.png docs/synthesize.png
+cp "$T"/s/likeness.png docs/likeness.png
+cp "$T"/s/synthesize_cost.png docs/synthesize_cost.png
+cp "$T"/adv/adversarial.png docs/adversarial.png
+cp "$T"/adv/beta_sweep.png docs/beta_sweep.png
+cp "$T"/r/robustness_pgd.png docs/robustness_pgd.png
