@@ -205,7 +205,7 @@ def test_class_models_reach_the_target_and_weights_never_change(trained, mnist_s
 
 def test_beta_sweep_trades_fooling_for_resemblance(trained, mnist_split):
     _, model = trained
-    sw = G.beta_sweep(model, mnist_split.test_x[0, 0], betas=(0.0, 0.1), targets=[3, 5], steps=60,
+    sw = G.beta_sweep(model, mnist_split.test_x[0, 0], betas=(0.0, 0.03), targets=[3, 5], steps=60,
                       source_label=int(mnist_split.test_y[0]))
     rows = sw.to_dict()["rows"]
     assert rows[0]["mean_corr_to_source"] < rows[1]["mean_corr_to_source"]

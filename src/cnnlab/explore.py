@@ -349,7 +349,7 @@ class Explorer:
             from . import generate
             # The cache holds for these weights and these settings of generate's defaults.
             key = {"version": CACHE_VERSION, "weights_sha256": view.weights_sha256,
-                   "settings": {"steps": generate.STEPS, "step_size": generate.STEP_SIZE,
+                   "settings": {"steps": generate.STEPS, "step_size": generate.STEP_SIZE, "synth_step_size": generate.SYNTH_STEP_SIZE,
                                 "sigma": generate.SIGMA, "beta": generate.BETA}}
             cached = _read_json(path)
             if cached and all(cached.get(k) == v for k, v in key.items()):

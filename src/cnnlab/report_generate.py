@@ -140,6 +140,13 @@ def section_targeted(ctx: Context) -> Section:
     sec.figures.append((fig_to_data_uri(sweep.figure()),
                         "How β trades fooling the network against resembling the source."))
     s = adv.summary()
+    sec.answer.append(
+        f"With β = {p('3.2.1.beta', adv.beta, '{:g}')}, {p('3.2.1.n_fooled', s['n_predicted_as_target'], '{}')} of the 10 "
+        f"fakes are classified as their target (lowest target probability "
+        f"{p.pct('3.2.1.min_prob', s['min_target_prob'], 2)}), while their root-mean-square distance to the "
+        f"source {d} is {p('3.2.1.rmse', s['mean_rmse_to_source'], '{:.1f}')} grey levels and their correlation "
+        f"with it {p('3.2.1.corr', s['mean_corr_to_source'], '{:.2f}')} on average (lowest "
+        f"{p('3.2.1.corr_min', s['min_corr_to_source'], '{:.2f}')}).")
     nearest = like["images"]["nearest_class"]
     nn_label = like["images"]["nn_label"]
     by_mean = sum(1 for c in nearest if c == d)
@@ -151,7 +158,8 @@ def section_targeted(ctx: Context) -> Section:
         + f": the most similar single training image (Pearson r over the 784 pixels) is a {d} for "
         f"{p('3.2.1.nn_source', by_nn, '{}')} of the 10 fakes (labels: {', '.join(str(int(c)) for c in nn_label)}), "
         f"and the nearest class-mean image is the {d}'s for {p('3.2.1.nearest_source', by_mean, '{}')} of 10 "
-        f"(nearest classes: {', '.join(str(int(c)) for c in nearest)}), while the network calls them 0, 1, …, 9. "
+        f"(nearest classes: {', '.join(str(int(c)) for c in nearest)}), while the network reads them as "
+        f"{', '.join(str(int(c)) for c in adv.final_pred)} (targets 0–9). "
         f"The MSE term pulls the image towards the {d}; what is left over, the difference from the source, is a "
         f"structured perturbation that moves the logits: a targeted adversarial example. The β sweep below shows "
         f"the trade-off: small β fools the network into every class but lets the noise stay; large β reproduces "

@@ -12,7 +12,7 @@ SCALE_NOTE = ("All pixel quantities are on the 0–255 scale: X starts at 128 + 
 
 
 def register(sub) -> None:
-    from ..generate import BETA, REGULARIZED, SIGMA, STEP_SIZE, STEPS
+    from ..generate import BETA, REGULARIZED, SIGMA, STEP_SIZE, STEPS, SYNTH_STEP_SIZE
     p = sub.add_parser(
         "synthesize", help="class models: images the network takes for each digit, from noise (§3.1)",
         description="Gradient ascent on C = logits[target] from Gaussian noise, X ← X + step_size·dC/dX, "
@@ -30,7 +30,7 @@ def register(sub) -> None:
                         "default both, side by side")
     p.add_argument("--steps", type=int_range(1, 100_000), default=STEPS, help=f"gradient steps (default {STEPS})")
     p.add_argument("--step-size", type=float_range(0, lo_open=True),
-                   help=f"multiplies dC/dX, X in grey levels (default {STEP_SIZE:g} plain, "
+                   help=f"multiplies dC/dX, X in grey levels (default {SYNTH_STEP_SIZE:g} plain, "
                         f"{REGULARIZED['step_size']:g} regularized)")
     p.add_argument("--sigma", type=float_range(0, 255), default=SIGMA,
                    help=f"std of the starting noise around 128, grey levels (default {SIGMA:g})")
