@@ -97,12 +97,32 @@ def main(argv=None) -> None:
              f"every speed claim is a ratio measured alternately in this run, median and range of {pairs} pairs.", "",
              "| what | reference (same run) | cnnlab | goal | met |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} | {d} | {'yes' if ok else '**no**'} |" for a, b, c, d, ok in rows]
-    lines += ["", gf, "", "<details><summary>raw results</summary>", "", "```json",
+    lines += ["", gf, "", TRIED, "", "<details><summary>raw results</summary>", "", "```json",
               json.dumps({"train_speed": ts, "time_to_accuracy": tta, "best_preset": best, "analysis": an,
                           "memory_e2e": me}, indent=1, default=str), "```", "</details>", ""]
     text = "\n".join(lines)
     print(text)
     (ROOT / "BENCHMARKS.md").write_text(text)
+
+
+TRIED = """## Goals not met, by how much, and what was tried
+
+- **Training throughput ≥ 3.0×**: between ×2.5 and ×3.6 in two full runs of this script on the same day
+  (the plain loop itself moved between 3,400 and 4,500 images/s; cnnlab between 12,200 and 12,500). Done:
+  bf16 autocast (oneDNN AVX-512-bf16/AMX), channels_last, max-pool before ReLU, in-memory uint8 data,
+  batch 256. Not done: torch.compile (measured slower on this CPU before this project started).
+- **Time to 99.0% ≥ 4× and ≤ 8 s**: ×3.7 in both runs, 7.7 s and 8.2 s of training. The reference is checked
+  on the test set after every epoch and stopped at the first epoch ≥ 99.0% (2–3 epochs), which favours it;
+  cnnlab's `quick` preset is a fixed 2-epoch schedule. Tried: batch 512 with a higher peak lr (slower per
+  image here, 98.88%), label smoothing 0.1 (what makes 2 epochs reach 99.1–99.2%). Next to try: a
+  1.5-epoch schedule or a larger first-phase lr.
+- **Occlusion ≥ 20×**: ×3–4 (0.19–0.24 s, so the ≤ 0.25 s part is met). The one-forward-per-image loop is
+  fast on this CPU (0.2 ms per 28×28 forward), so the batched version cannot be 20× faster at fp32; bf16
+  inference would roughly halve our time but perturbs the probabilities at the 1e-3 level, which the
+  occlusion tests compare exactly against a loop oracle.
+- **Class models ≥ 5×**: ×3.1 (0.55 s; ≤ 2 s met). The reference computes weight gradients one class at a
+  time; ours batches ten classes with input-only gradients and one thread for small batches.
+"""
 
 
 def best_preset_accuracy(n: int) -> dict:
