@@ -17,9 +17,8 @@ import json
 import time
 
 import torch
-import torch.nn.functional as F
 
-from common import load_split, machine, median_range
+from common import load_split, machine
 
 
 def trained_model(split):

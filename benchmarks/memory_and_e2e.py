@@ -12,9 +12,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-from common import ROOT, data_dir, machine
+from common import data_dir, machine
 
 
 def cnnlab(*args, cwd=None) -> tuple[float, int]:

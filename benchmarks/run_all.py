@@ -14,7 +14,6 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import analysis_speed
 import memory_and_e2e

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab import data
-from cnnlab.errors import ChecksumError, DataError, IdxFormatError
+from cnnlab.errors import DataError, IdxFormatError
 
 
 def idx_bytes(arr: np.ndarray, code: int = 0x08) -> bytes:
@@ -96,7 +96,8 @@ def test_checksum_mismatch_names_file_and_is_never_used(tmp_path, monkeypatch):
 
 
 def test_sources_are_tried_in_order_and_winner_is_cached(tmp_path, monkeypatch):
-    arrays, spec = _fake_dataset(tmp_path / "src", monkeypatch, gz=True) if (tmp_path / "src").mkdir() is None else None
+    (tmp_path / "src").mkdir()
+    _, spec = _fake_dataset(tmp_path / "src", monkeypatch, gz=True)
     calls = []
 
     def failing():

@@ -4,7 +4,6 @@ the scorecard printed at the end of `make test` (tests/scorecard.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import gzip
@@ -29,9 +28,9 @@ import torch
 
 from cnnlab import data
 from cnnlab.cli import main as cli_main
-from cnnlab.errors import (CheckpointError, CnnlabError, DataError, IdxFormatError, ImageError,
+from cnnlab.errors import (CheckpointError, DataError, IdxFormatError, ImageError,
                            RunError, TrainingError)
-from cnnlab.model import Net, load_weights, save_weights, weights_digest
+from cnnlab.model import Net, load_weights, weights_digest
 from cnnlab.runs import RunLock, open_run
 
 from faultkit import (STEPS_PER_EPOCH, TINY, comparable_metrics, fake_run, sha, snapshot,

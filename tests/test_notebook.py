@@ -1,6 +1,5 @@
 """The notebook runs top to bottom (small configuration), so it can never rot."""
 
-import os
 from pathlib import Path
 
 import pytest

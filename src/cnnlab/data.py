@@ -16,7 +16,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
-import io
 import os
 import shutil
 import subprocess

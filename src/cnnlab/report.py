@@ -10,21 +10,19 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
-import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from .config import TrainConfig, preset as make_preset
+from .config import preset as make_preset
 from .errors import ConfigError
-from .runs import RunError, open_run, versions, write_json
+from .runs import open_run, versions, write_json
 from .stats import mcnemar, mean_std, paired_ci
 
 ASSIGNMENT = "EE5179 Deep Learning for Imaging — Programming Assignment 2: Convolutional Neural Networks"
@@ -418,9 +416,7 @@ def _builders() -> list[Callable[[Context], Any]]:
 def render_html(sections: list[Section], ctx: Context) -> str:
     from jinja2 import Environment, PackageLoader, select_autoescape
     env = Environment(loader=PackageLoader("cnnlab", "templates"), autoescape=select_autoescape(["html", "j2"]))
-    order = {s.id: i for i, s in enumerate(sections)}
     sections = sorted(sections, key=lambda s: [int(x) for x in s.id.split(".") if x.isdigit()] or [99])
-    del order
     tpl = env.get_template("report.html.j2")
     prov = ctx.results["provenance"]
     return tpl.render(title="cnnlab report", assignment=ASSIGNMENT, sections=sections, prov=prov,

@@ -6,7 +6,6 @@ other trained models serve as independent judges (transfer).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from .report import Context, Section, fig_to_data_uri

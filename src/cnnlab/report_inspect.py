@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .report import Context, Section, esc, fig_to_data_uri
+from .report import Context, Section, fig_to_data_uri
 
 
 def _shape(s) -> str:

@@ -3,7 +3,6 @@ around cnnlab.inspect that write PNG + JSON/NPZ into RUN/analysis/<command>/ (or
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
