@@ -46,7 +46,8 @@ def synthetic_split(seed: int = 0) -> Split:
 def fake_run(path: Path, batch_norm: bool = False, seed: int = 0, **info_overrides) -> Path:
     """A run directory with an untrained network (seeded) and a minimal valid run.json."""
     from cnnlab.model import Net, save_weights
-    from cnnlab.runs import RUN_FORMAT, write_json
+    from cnnlab.output import write_json
+    from cnnlab.runs import RUN_FORMAT
     torch.manual_seed(seed)
     path.mkdir(parents=True, exist_ok=True)
     save_weights(Net(batch_norm=batch_norm), path / "model.safetensors")

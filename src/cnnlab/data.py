@@ -30,7 +30,8 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from .errors import ChecksumError, DataError, IdxFormatError
+from .errors import ChecksumError, DataError, IdxFormatError, RunError
+from .output import atomic_write_bytes
 
 # ---------------------------------------------------------------------------------------------
 # IDX parsing
@@ -217,8 +218,6 @@ def _verified_from_dir(spec: DatasetSpec, directory: Path) -> dict[str, bytes]:
 
 
 def _atomic_write(path: Path, content: bytes) -> None:
-    from .runs import atomic_write_bytes
-    from .errors import RunError
     try:
         atomic_write_bytes(path, content)
     except RunError as e:   # a full disk, a read-only cache: the previous file (if any) is intact

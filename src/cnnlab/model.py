@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import CheckpointError
+from .output import atomic_write_bytes
 
 N_CLASSES = 10
 MAX_CHECKPOINT_BYTES = 256 * 1024 * 1024   # the network is 3.3 MB, its training state ~10 MB
@@ -100,7 +101,6 @@ def state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_weights(model: Net, path: str | Path, extra: dict | None = None) -> None:
     from safetensors.torch import save
-    from .runs import atomic_write_bytes
     meta = {"format": "cnnlab.Net", "batch_norm": str(int(model.batch_norm))}
     if extra:
         meta.update({k: json.dumps(v) if not isinstance(v, str) else v for k, v in extra.items()})

@@ -29,8 +29,8 @@ from .config import TrainConfig
 from .data import Split, load_split, to_float
 from .errors import CnnlabError, ConfigError, RunError, TrainingError
 from .model import Net, save_weights, state_tensors
-from .runs import (RUN_FORMAT, RunLock, atomic_write_bytes, atomic_write_text, check_out_dir,
-                   hardware, versions, write_json)
+from .output import atomic_write_bytes, atomic_write_text, save_figure, write_json
+from .runs import RUN_FORMAT, RunLock, check_out_dir, hardware, versions
 
 METRIC_FIELDS = ("kind", "epoch", "step", "images_seen", "lr", "train_loss", "train_error",
                  "val_loss", "val_error", "val_acc", "train_time_s", "elapsed_s")

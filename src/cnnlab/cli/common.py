@@ -44,8 +44,8 @@ def _range_text(lo, hi) -> str:
 
 
 def print_json(obj) -> None:
-    from ..runs import _json_default
-    json.dump(obj, sys.stdout, indent=2, default=_json_default)
+    from ..output import json_default
+    json.dump(obj, sys.stdout, indent=2, default=json_default)
     sys.stdout.write("\n")
 
 
