@@ -1,39 +1,31 @@
-"""Standard L∞ attacks (FGSM, PGD) and accuracy against ε — beyond the assignment.
-
-Everything here is on the [0, 1] pixel scale the network takes (ε = 0.1 ≈ 25 grey levels).
-Adversarial images are always clipped to [0, 1], and PGD projects back onto the ε-ball around the
-clean image after every step, so every returned image is a valid image within ε of the original.
-
-    FGSM (Goodfellow et al. 2015):  x' = clip(x + ε·sign(∇ₓ L(x, y)))          untargeted
-                                     x' = clip(x − ε·sign(∇ₓ L(x, t)))          targeted at t
-    PGD (Madry et al. 2018):         x ← clip(Π_ε(x ± α·sign(∇ₓ L)))  for `steps` steps,
-                                     from a uniform random start in the ε-ball (seeded)
-
-L is the cross-entropy of the logits. The weights are frozen (eval mode, no parameter requires
-grad, restored afterwards): only input gradients are computed and the model never changes.
-"""
+"""Beyond the assignment: FGSM and PGD robustness curves of one or more networks."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
-from .generate import _check_int, _check_number, few_threads, frozen
-
-EPS_FGSM = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
-EPS_PGD = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
-PGD_STEPS = 20           # iterations
-PGD_ALPHA_PER_EPS = 2.5 / PGD_STEPS   # α = 2.5·ε/steps: can walk across the ball 2.5× (Madry et al.)
+from ..config import (
+    EPS_FGSM,
+    EPS_PGD,
+    PGD_STEPS,
+)
+from ..errors import ConfigError
+from ._shared import (
+    check_int,
+    check_number,
+    few_threads,
+    frozen,
+)
 
 
 def _check_eps(eps) -> float:
-    e = _check_number("eps", eps, 0.0)
+    e = check_number("eps", eps, 0.0)
     if e > 1:
         raise ConfigError(f"eps is on the [0, 1] pixel scale and must be ≤ 1; got {e:g}")
     return e
@@ -91,9 +83,9 @@ def pgd(model, x: torch.Tensor, y, eps: float, alpha: float | None = None, steps
     `seed`, so the same call gives the same images.
     """
     eps = _check_eps(eps)
-    steps = _check_int("steps", steps, 1)
-    alpha = 2.5 * eps / steps if alpha is None else _check_number("alpha", alpha, 0.0)
-    seed = _check_int("seed", seed, 0)
+    steps = check_int("steps", steps, 1)
+    alpha = 2.5 * eps / steps if alpha is None else check_number("alpha", alpha, 0.0)
+    seed = check_int("seed", seed, 0)
     x0, y = _check_xy(model, x, y)
     sign = -1.0 if targeted else 1.0
     xa = x0.clone()
@@ -189,9 +181,9 @@ def robustness(models: Mapping[str, torch.nn.Module], x: torch.Tensor, y, attack
     eps_list = [_check_eps(e) for e in (eps_list if eps_list is not None else (EPS_FGSM if attack == "fgsm" else EPS_PGD))]
     if not eps_list:
         raise ConfigError("eps_list is empty")
-    steps = _check_int("steps", steps, 1)
-    a_per = 2.5 / steps if alpha_per_eps is None else _check_number("alpha_per_eps", alpha_per_eps, 0.0, lo_open=True)
-    batch_size = _check_int("batch_size", batch_size, 1)
+    steps = check_int("steps", steps, 1)
+    a_per = 2.5 / steps if alpha_per_eps is None else check_number("alpha_per_eps", alpha_per_eps, 0.0, lo_open=True)
+    batch_size = check_int("batch_size", batch_size, 1)
     first = next(iter(models.values()))
     x, y = _check_xy(first, x, y)
     t_all = target_classes(y) if targeted else y

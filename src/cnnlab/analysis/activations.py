@@ -1,0 +1,154 @@
+"""Question 2.3: feature maps after ReLU and how they change with depth."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import (
+    STROKE_THRESHOLD,
+)
+from ..model import Net
+from ._shared import (
+    FEATURE_LAYERS,
+    as_image,
+    device_of,
+    evaluating,
+    mosaic,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Activations (question 2.3)
+# ---------------------------------------------------------------------------------------------
+
+def receptive_fields(model: Net) -> dict[str, int]:
+    """Receptive field (pixels on a side) of one unit of each feature layer, from the modules'
+    kernel sizes and strides: rf += (k − 1)·jump; jump *= stride."""
+    rf, jump, out = 1, 1, {}
+    for name in FEATURE_LAYERS:
+        m = getattr(model, name)
+        k = m.kernel_size[0] if isinstance(m.kernel_size, tuple) else m.kernel_size
+        s = m.stride[0] if isinstance(m.stride, tuple) else m.stride
+        rf += (k - 1) * jump
+        jump *= s
+        out[name] = rf
+    return out
+
+
+def _stroke_cells(image: torch.Tensor, size: int) -> np.ndarray:
+    """Cells of a size×size grid over the image that contain stroke pixels (max-pool of the mask)."""
+    mask = (image >= STROKE_THRESHOLD).float()[None, None]
+    return (F.adaptive_max_pool2d(mask, size)[0, 0] > 0).numpy()
+
+
+@dataclass
+class ActivationResult:
+    image: np.ndarray                 # [28, 28]
+    maps: dict[str, np.ndarray]       # layer -> [C, H, W] after ReLU
+    stats: dict[str, dict]
+    probs: np.ndarray
+    label: int | None = None
+    name: str = ""
+
+    @property
+    def pred(self) -> int:
+        return int(self.probs.argmax())
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "label": self.label, "pred": self.pred,
+                "prob_pred": float(self.probs[self.pred]),
+                "definitions": {
+                    "active_fraction": "share of units > 0 (after ReLU)",
+                    "active_channels": "channels with at least one unit > 0",
+                    "effective_positions": "per active channel, (Σa)²/Σa² over its spatial positions "
+                                           "(how many positions carry the response), averaged",
+                    "spread": "effective_positions / positions: 1 = evenly spread, small = localized",
+                    "stroke_mass_share": "share of the activation on grid cells that contain stroke "
+                                         f"pixels (≥ {STROKE_THRESHOLD}); stroke_area_share is the share "
+                                         "of cells that do",
+                    "receptive_field": "pixels on a side that one unit sees"},
+                "layers": self.stats}
+
+    def figure(self):
+        return _plot_activations(self)
+
+
+def activations(model: Net, image, label: int | None = None, name: str = "") -> ActivationResult:
+    """Feature maps after ReLU of conv1, pool1, conv2, pool2 for one image, and per-layer numbers
+    that show what changes with depth."""
+    img = as_image(image)
+    with evaluating(model):
+        feats = model.features(img[None, None].to(device_of(model)))
+    rfs = receptive_fields(model)
+    maps, stats = {}, {}
+    for layer in FEATURE_LAYERS:
+        a = feats[layer][0].float().cpu().numpy()
+        maps[layer] = a
+        C, H, W = a.shape
+        mass = a.reshape(C, -1).sum(1)
+        sq = (a.reshape(C, -1) ** 2).sum(1)
+        active = mass > 0
+        eff = mass[active] ** 2 / sq[active] if active.any() else np.zeros(0)
+        cells = _stroke_cells(img, H)
+        stats[layer] = {"shape": [C, H, W], "units": int(a.size), "positions": H * W,
+                        "receptive_field": rfs[layer],
+                        "active_fraction": float((a > 0).mean()),
+                        "active_channels": int(active.sum()),
+                        "mean_active_value": float(a[a > 0].mean()) if (a > 0).any() else 0.0,
+                        "effective_positions": float(eff.mean()) if eff.size else 0.0,
+                        "spread": float(eff.mean() / (H * W)) if eff.size else 0.0,
+                        "stroke_mass_share": float(a[:, cells].sum() / max(a.sum(), 1e-30)),
+                        "stroke_area_share": float(cells.mean())}
+    probs = feats["probs"][0].double().cpu().numpy()
+    return ActivationResult(img.numpy(), maps, stats, probs, label, name)
+
+
+def _plot_activations(res: ActivationResult):
+    import matplotlib.pyplot as plt
+    fig = plt.figure(figsize=(17, 10))
+    gs = fig.add_gridspec(4, 2, width_ratios=[1, 5.2], hspace=0.5, wspace=0.08)
+    ax = fig.add_subplot(gs[0:2, 0])
+    ax.imshow(res.image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
+    head = f"{res.name}\n" if res.name else ""
+    truth = f"true {res.label}, " if res.label is not None else ""
+    ax.set_title(f"{head}{truth}predicted {res.pred} ({res.probs[res.pred]:.1%})", fontsize=10)
+    axs = fig.add_subplot(gs[2:4, 0])
+    layers = list(FEATURE_LAYERS)
+    xs = np.arange(len(layers))
+    axs.plot(xs, [res.stats[l]["active_fraction"] for l in layers], "o-", label="active units")
+    axs.plot(xs, [res.stats[l]["spread"] for l in layers], "s-", label="spread (eff. positions / all)")
+    axs.plot(xs, [res.stats[l]["stroke_mass_share"] for l in layers], "^-", label="activation on stroke cells")
+    axs.plot(xs, [res.stats[l]["stroke_area_share"] for l in layers], "^--", color="C2", alpha=0.5,
+             label="stroke cells (area)")
+    axs.set_xticks(xs, layers)
+    axs.set_ylim(0, 1.05)
+    axs.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
+    axs.grid(alpha=0.3)
+    axs.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    axs.set_title("with depth", fontsize=10)
+    for i, layer in enumerate(layers):
+        a = res.maps[layer]
+        C, H, W = a.shape
+        st = res.stats[layer]
+        ax = fig.add_subplot(gs[i, 1])
+        vmax = float(a.max()) or 1.0
+        import matplotlib
+        cmap = matplotlib.colormaps["magma"].with_extremes(bad="white")
+        im = ax.imshow(mosaic(a, 16, 2, 2), cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for s in ax.spines.values():
+            s.set_visible(False)
+        ax.set_title(f"{layer} (after ReLU) {C}×{H}×{W}, receptive field {st['receptive_field']}×"
+                     f"{st['receptive_field']} px — {st['active_fraction']:.0%} of units active, "
+                     f"{st['active_channels']}/{C} channels respond; each response covers "
+                     f"{st['effective_positions']:.0f} of {H * W} positions ({st['spread']:.0%}); "
+                     f"{st['stroke_mass_share']:.0%} of it on stroke cells ({st['stroke_area_share']:.0%} of area)",
+                     fontsize=8, loc="left")
+        fig.colorbar(im, ax=ax, fraction=0.015, pad=0.025, label="activation")
+    fig.suptitle("feature maps of the 32 channels (one shared colour scale per layer, 0 = black)", fontsize=11)
+    return fig

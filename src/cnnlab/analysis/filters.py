@@ -1,0 +1,312 @@
+"""Questions 2.1–2.2: the learned filters, decomposed into gradient / blob / line energy, vs init."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..model import Net
+from ._shared import (
+    diverging_cmap,
+    mosaic,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Filters (questions 2.1–2.2)
+# ---------------------------------------------------------------------------------------------
+# Every 3×3 kernel is written in an orthonormal basis of polynomials over the grid x, y ∈ {−1, 0, 1}
+# (x to the right, y up), Gram–Schmidt in this order: 1 | x, y | x²+y² | x²−y², xy | x²y, xy² |
+# x²y². Its energy (squared L2 norm) splits exactly into
+#   dc               the mean: responds to brightness
+#   gradient         first order: an edge detector; (c_x, c_y) gives its direction
+#   center_surround  the rest of the part unchanged by 90° rotations and mirrors (x²+y², x²y²):
+#                    centre vs ring, a blob / spot detector (a 4-neighbour Laplacian is 100% this)
+#   line             oriented second order: a bar / line detector
+#   higher           x²y, xy²: the rest (no simple reading)
+# A random kernel with i.i.d. weights puts 1/9, 2/9, 2/9, 2/9 and 2/9 of its energy there on
+# average, which is why every number is shown next to the untrained network of the same seed.
+
+_GROUPS = ("dc", "gradient", "center_surround", "line", "higher")
+_GROUP_DIMS = {"dc": [0], "gradient": [1, 2], "center_surround": [3, 8], "line": [4, 5], "higher": [6, 7]}
+CHANCE_SHARE = {g: len(d) / 9 for g, d in _GROUP_DIMS.items()}
+CLASS_THRESHOLD = 0.5   # a kernel is an edge/blob/line detector when that part holds ≥ half its energy
+DIRECTIONS = ("→", "↗", "↑", "↖", "←", "↙", "↓", "↘")   # 8 compass bins of the gradient direction
+
+
+def _basis3() -> np.ndarray:
+    """[9, 9]: column j is the j-th orthonormal basis kernel (flattened row-major, row 0 on top)."""
+    r, c = np.meshgrid(np.arange(3), np.arange(3), indexing="ij")
+    x, y = (c - 1).ravel().astype(float), (1 - r).ravel().astype(float)
+    mono = np.stack([np.ones(9), x, y, x ** 2 + y ** 2, x ** 2 - y ** 2, x * y,
+                     x ** 2 * y, x * y ** 2, x ** 2 * y ** 2], axis=1)
+    q, rr = np.linalg.qr(mono)
+    return q * np.sign(np.diag(rr))     # keep each basis vector pointing like its monomial
+
+
+_B3 = _basis3()
+
+
+def kernel_stats(w) -> dict:
+    """Energy decomposition, class and gradient direction of every 3×3 kernel in `w` [..., 3, 3]."""
+    w = np.asarray(w, dtype=np.float64)
+    if w.shape[-2:] != (3, 3):
+        raise ConfigError(f"kernel_stats needs 3×3 kernels; got shape {list(w.shape)}")
+    coef = w.reshape(*w.shape[:-2], 9) @ _B3
+    energy = coef ** 2
+    tot = np.maximum(energy.sum(-1), 1e-30)
+    share = {g: energy[..., d].sum(-1) / tot for g, d in _GROUP_DIMS.items()}
+    blob = share["dc"] + share["center_surround"]
+    cls = np.full(w.shape[:-2], "mixed", dtype=object)
+    cls[blob >= CLASS_THRESHOLD] = "blob"
+    cls[share["line"] >= CLASS_THRESHOLD] = "line"
+    cls[share["gradient"] >= CLASS_THRESHOLD] = "edge"
+    direction = np.degrees(np.arctan2(coef[..., 2], coef[..., 1])) % 360.0
+    return {"coef": coef, "energy": energy.sum(-1), "share": share, "blob_share": blob, "class": cls,
+            "gradient_direction_deg": direction, "edge_orientation_deg": (direction + 90.0) % 180.0,
+            "norm": np.sqrt(energy.sum(-1)), "mean": w.reshape(*w.shape[:-2], 9).mean(-1)}
+
+
+def _direction_bin(deg: float) -> str:
+    return DIRECTIONS[int(((deg + 22.5) % 360) // 45)]
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a.reshape(a.shape[0], -1)
+    b = b.reshape(b.shape[0], -1)
+    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+
+
+def _layer_numbers(w: np.ndarray) -> dict:
+    """Averages over all kernels of a layer: energy shares and class counts."""
+    st = kernel_stats(w)
+    flat_cls = st["class"].ravel()
+    return {"kernels": int(flat_cls.size),
+            "mean_share": {g: float(st["share"][g].mean()) for g in _GROUPS},
+            "class_counts": {c: int((flat_cls == c).sum()) for c in ("edge", "blob", "line", "mixed")},
+            "low_order_share": float((st["share"]["dc"] + st["share"]["gradient"]).mean()),
+            "mean_norm": float(st["norm"].mean())}
+
+
+@dataclass
+class FilterResult:
+    layer: str
+    weights: np.ndarray                  # [out, in, 3, 3]
+    bias: np.ndarray
+    reference: np.ndarray | None         # the same layer of the untrained network of the same seed
+    kernels: list[dict]                  # conv1: one per kernel; conv2: one per output filter
+    trained: dict                        # layer-level numbers
+    untrained: dict | None
+    chance_share: dict = field(default_factory=lambda: dict(CHANCE_SHARE))
+
+    def to_dict(self) -> dict:
+        return {"layer": self.layer, "shape": list(self.weights.shape),
+                "definitions": {
+                    "share": "fraction of a kernel's energy (sum of squared weights) in each part of "
+                             "an orthonormal polynomial basis on the 3×3 grid: dc (mean), gradient "
+                             "(x, y: edges), center_surround (x²+y², x²y² beyond the mean: blobs), line "
+                             "(x²−y², xy: bars), higher (x²y, xy²)",
+                    "class": f"edge if gradient share ≥ {CLASS_THRESHOLD}, blob if dc + center_surround "
+                             f"≥ {CLASS_THRESHOLD}, line if line share ≥ {CLASS_THRESHOLD}, else mixed",
+                    "gradient_direction_deg": "direction in which the weights increase (0 = right, "
+                                              "90 = up): the kernel responds to images getting "
+                                              "brighter that way",
+                    "edge_orientation_deg": "orientation of the edge it detects (0 = horizontal, 90 = vertical)",
+                    "effective_inputs": "participation ratio (Σe)²/Σe² of the energies e of an output "
+                                        "filter's kernels over its input channels (32 = uses all equally)",
+                    "cosine_to_init": "cosine similarity of the trained kernel to the same kernel before training"},
+                "chance_share": self.chance_share, "trained": self.trained, "untrained": self.untrained,
+                "kernels": self.kernels}
+
+    def figure(self):
+        return _plot_conv1(self) if self.layer == "conv1" else _plot_conv2(self)
+
+
+def filters(model: Net, layer: str = "conv1", reference: Net | None = None) -> FilterResult:
+    """Kernels of `layer` ("conv1" or "conv2"), what kind of detector each is, and the same numbers
+    for `reference` (use `untrained_for_run(run)`: the untrained network of the run's seed)."""
+    if layer not in ("conv1", "conv2"):
+        raise ConfigError(f"unknown layer {layer!r}: choose conv1 or conv2")
+    conv = getattr(model, layer)
+    w = conv.weight.detach().cpu().double().numpy().copy()
+    b = conv.bias.detach().cpu().double().numpy().copy()
+    ref = getattr(reference, layer).weight.detach().cpu().double().numpy().copy() if reference is not None else None
+    st = kernel_stats(w)
+    cos = _cos(w, ref) if ref is not None else None
+    kernels = []
+    if layer == "conv1":
+        for i in range(w.shape[0]):
+            k = {"index": i, "class": str(st["class"][i, 0]),
+                 "share": {g: round(float(st["share"][g][i, 0]), 4) for g in _GROUPS},
+                 "gradient_direction_deg": round(float(st["gradient_direction_deg"][i, 0]), 1),
+                 "edge_orientation_deg": round(float(st["edge_orientation_deg"][i, 0]), 1),
+                 "direction": _direction_bin(float(st["gradient_direction_deg"][i, 0])),
+                 "norm": round(float(st["norm"][i, 0]), 4), "mean": round(float(st["mean"][i, 0]), 4),
+                 "bias": round(float(b[i]), 4)}
+            if cos is not None:
+                k["cosine_to_init"] = round(float(cos[i]), 4)
+            kernels.append(k)
+    else:
+        e = st["energy"]                                      # [out, in]
+        eff = e.sum(1) ** 2 / np.maximum((e ** 2).sum(1), 1e-30)
+        ref_eff = None
+        if ref is not None:
+            re = kernel_stats(ref)["energy"]
+            ref_eff = re.sum(1) ** 2 / np.maximum((re ** 2).sum(1), 1e-30)
+        for o in range(w.shape[0]):
+            wsh = {g: float((st["share"][g][o] * e[o]).sum() / max(e[o].sum(), 1e-30)) for g in _GROUPS}
+            counts = {c: int((st["class"][o] == c).sum()) for c in ("edge", "blob", "line", "mixed")}
+            top = np.argsort(-e[o])[:3]
+            k = {"index": o, "energy_weighted_share": {g: round(v, 4) for g, v in wsh.items()},
+                 "class_counts": counts, "effective_inputs": round(float(eff[o]), 2),
+                 "top_inputs": [int(t) for t in top],
+                 "top3_energy_share": round(float(e[o][top].sum() / max(e[o].sum(), 1e-30)), 4),
+                 "norm": round(float(np.sqrt(e[o].sum())), 4), "bias": round(float(b[o]), 4)}
+            if cos is not None:
+                k["cosine_to_init"] = round(float(cos[o]), 4)
+                k["untrained_effective_inputs"] = round(float(ref_eff[o]), 2)
+            kernels.append(k)
+
+    def layer_numbers(weights, cosines, effs):
+        d = _layer_numbers(weights)
+        if layer == "conv1":
+            edges = [k for k in kernel_stats(weights)["gradient_direction_deg"][kernel_stats(weights)["class"] == "edge"]]
+            d["edge_directions"] = {s: sum(_direction_bin(a) == s for a in edges) for s in DIRECTIONS}
+            d["edge_direction_bins_covered"] = sum(v > 0 for v in d["edge_directions"].values())
+        if effs is not None:
+            d["mean_effective_inputs"] = float(np.mean(effs))
+        if cosines is not None:
+            d["mean_cosine_to_init"] = float(np.mean(cosines))
+            d["relative_change_from_init"] = float(np.linalg.norm(w - ref) / np.linalg.norm(ref))
+        return d
+
+    trained = layer_numbers(w, cos, eff if layer == "conv2" else None)
+    untrained = None
+    if ref is not None:
+        untrained = layer_numbers(ref, None, ref_eff if layer == "conv2" else None)
+    return FilterResult(layer, w, b, ref, kernels, trained, untrained)
+
+
+_CLASS_LETTER = {"edge": "E", "blob": "B", "line": "L", "mixed": "·"}
+
+
+def _plot_conv1(res: FilterResult):
+    import matplotlib.pyplot as plt
+    panels = [("trained", res.weights, res.trained)]
+    if res.reference is not None:
+        panels.append(("untrained (same seed)", res.reference, res.untrained))
+    fig = plt.figure(figsize=(6.2 * len(panels) + 4.6, 5.0))
+    gs = fig.add_gridspec(2, len(panels) + 1, width_ratios=[6.2] * len(panels) + [4.2], hspace=0.45, wspace=0.25)
+    for j, (name, w, nums) in enumerate(panels):
+        ax = fig.add_subplot(gs[:, j])
+        st = kernel_stats(w)
+        v = float(np.abs(w).max())
+        im = ax.imshow(mosaic(w[:, 0], 8, 1, 2), cmap=diverging_cmap(), vmin=-v, vmax=v,
+                       interpolation="nearest")
+        for i in range(w.shape[0]):
+            r, c = divmod(i, 8)
+            cls = st["class"][i, 0]
+            label = f"{i} {_CLASS_LETTER[cls]}"
+            if cls == "edge":
+                label += _direction_bin(float(st["gradient_direction_deg"][i, 0]))
+            ax.text(c * 4 + 1, r * 5 + 3.1, label, ha="center", va="center", fontsize=7,
+                    color="black" if cls != "mixed" else "#777777")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for s in ax.spines.values():
+            s.set_visible(False)
+        cc = nums["class_counts"]
+        ax.set_title(f"conv1 {name}: {w.shape[0]} kernels 3×3, shared colour scale ±{v:.2f}\n"
+                     f"edge {cc['edge']} · blob {cc['blob']} · line {cc['line']} · mixed {cc['mixed']}"
+                     f"   (gradient share {nums['mean_share']['gradient']:.0%}, chance {CHANCE_SHARE['gradient']:.0%})",
+                     fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02, label="weight")
+    ax = fig.add_subplot(gs[0, -1])
+    _share_bars(ax, res)
+    ax = fig.add_subplot(gs[1, -1])
+    bins = np.arange(len(DIRECTIONS))
+    width = 0.38
+    ax.bar(bins - width / 2, [res.trained["edge_directions"][d] for d in DIRECTIONS], width, label="trained", color="C0")
+    if res.untrained is not None:
+        ax.bar(bins + width / 2, [res.untrained["edge_directions"][d] for d in DIRECTIONS], width,
+               label="untrained", color="C7")
+    ax.set_xticks(bins, [f"{d}\n{45 * i}°" for i, d in enumerate(DIRECTIONS)], fontsize=7)
+    ax.set(title="edge kernels by gradient direction\n(dark → bright)", ylabel="kernels")
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.35)
+    ax.legend(fontsize=7, ncol=2, loc="upper center")
+    extra = ""
+    if res.untrained is not None:
+        extra = (f"; cosine to initial kernels {res.trained['mean_cosine_to_init']:.2f}, "
+                 f"moved {res.trained['relative_change_from_init']:.0%} of their norm")
+    fig.suptitle("conv1 filters — E edge (arrow: direction of increasing brightness), B blob, L line, "
+                 "· mixed" + extra, fontsize=10)
+    return fig
+
+
+def _share_bars(ax, res: FilterResult) -> None:
+    groups = list(_GROUPS)
+    x = np.arange(len(groups))
+    width = 0.27
+    ax.bar(x - width, [res.trained["mean_share"][g] for g in groups], width, label="trained", color="C0")
+    if res.untrained is not None:
+        ax.bar(x, [res.untrained["mean_share"][g] for g in groups], width, label="untrained", color="C7")
+    ax.bar(x + width, [CHANCE_SHARE[g] for g in groups], width, label="i.i.d. chance", color="none",
+           edgecolor="black", hatch="//")
+    ax.set_xticks(x, ["mean\n(dc)", "gradient\n(edge)", "centre-\nsurround", "line\n(bar)", "higher"], fontsize=7)
+    ax.set(ylabel="mean share of kernel energy", title=f"what the {res.layer} kernels are made of")
+    ax.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.4)          # room for the legend above the bars
+    ax.legend(fontsize=7, ncol=3, loc="upper center")
+
+
+def _plot_conv2(res: FilterResult):
+    import matplotlib.pyplot as plt
+    panels = [("trained", res.weights)]
+    if res.reference is not None:
+        panels.append(("untrained (same seed)", res.reference))
+    fig = plt.figure(figsize=(8.2 * len(panels), 11.5))
+    gs = fig.add_gridspec(2, len(panels), height_ratios=[3.2, 1.25], hspace=0.22, wspace=0.12)
+    for j, (name, w) in enumerate(panels):
+        ax = fig.add_subplot(gs[0, j])
+        v = float(np.quantile(np.abs(w), 0.995))
+        im = ax.imshow(mosaic(w.reshape(-1, *w.shape[2:]), w.shape[1]), cmap=diverging_cmap(), vmin=-v, vmax=v, interpolation="nearest")
+        ticks = np.arange(0, 32, 4)
+        ax.set_xticks(ticks * 4 + 1, ticks)
+        ax.set_yticks(ticks * 4 + 1, ticks)
+        ax.set(xlabel="input channel (conv1 filter)", ylabel="output filter" if j == 0 else "")
+        nums = res.trained if j == 0 else res.untrained
+        cc = nums["class_counts"]
+        ax.set_title(f"conv2 {name}: 32×32 kernels 3×3, shared scale ±{v:.2f} (99.5th pct of |w|)\n"
+                     f"edge {cc['edge']} · blob {cc['blob']} · line {cc['line']} · mixed {cc['mixed']} of 1024; "
+                     f"mean effective inputs {nums['mean_effective_inputs']:.1f} of 32", fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="weight")
+    sub = gs[1, :].subgridspec(1, 2, width_ratios=[2.2, 1], wspace=0.22)
+    ax = fig.add_subplot(sub[0])
+    o = np.arange(len(res.kernels))
+    bottom = np.zeros(len(o))
+    colors = {"dc": "#bbbbbb", "gradient": "C0", "center_surround": "C1", "line": "C2", "higher": "C3"}
+    for g in _GROUPS:
+        vals = np.array([k["energy_weighted_share"][g] for k in res.kernels])
+        ax.bar(o, vals, bottom=bottom, color=colors[g], label=g.replace("_", "-"), width=0.85)
+        bottom += vals
+    ax.set(xlabel="output filter", ylabel="share of filter energy", xlim=(-0.6, len(o) - 0.4),
+           title="per output filter: what its 32 kernels are made of (energy-weighted)")
+    ax.set_xticks(o[::2])
+    ax.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
+    ax.legend(fontsize=7, ncol=5, loc="lower center", bbox_to_anchor=(0.5, 1.08), frameon=False)
+    ax2 = fig.add_subplot(sub[1])
+    ax2.plot(o, [k["effective_inputs"] for k in res.kernels], "o-", ms=3, label="trained")
+    if res.reference is not None:
+        ax2.plot(o, [k["untrained_effective_inputs"] for k in res.kernels], "s-", ms=3, color="C7", label="untrained")
+    ax2.set(xlabel="output filter", ylabel="effective input channels", ylim=(0, 32),
+            title="how many conv1 channels each filter uses")
+    ax2.legend(fontsize=8)
+    ax2.grid(alpha=0.3)
+    extra = ""
+    if res.untrained is not None:
+        extra = (f" — gradient share {res.trained['mean_share']['gradient']:.0%} trained vs "
+                 f"{res.untrained['mean_share']['gradient']:.0%} untrained; cosine to init "
+                 f"{res.trained['mean_cosine_to_init']:.2f}")
+    fig.suptitle("conv2 filters: rows = output filters, columns = input channels" + extra, fontsize=11, y=0.995)
+    return fig

@@ -1,0 +1,200 @@
+"""Does it look like a digit? Correlation with class means, nearest training image, transfer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from ._shared import (
+    N_CLASSES,
+    check_targets,
+    device_of,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Does it look like a digit?
+# ---------------------------------------------------------------------------------------------
+
+def pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of every row of a [n, d] with every row of b [m, d] → [n, m].
+    A constant row has correlation 0 with everything."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    na = np.linalg.norm(a, axis=1, keepdims=True)
+    nb = np.linalg.norm(b, axis=1, keepdims=True)
+    a = np.divide(a, na, out=np.zeros_like(a), where=na > 0)
+    b = np.divide(b, nb, out=np.zeros_like(b), where=nb > 0)
+    return a @ b.T
+
+
+def class_means(split) -> np.ndarray:
+    """[10, 28, 28] mean training image of each class, 0–255 scale."""
+    x = split.train_x.reshape(len(split.train_x), -1).double()
+    y = split.train_y
+    return np.stack([x[y == c].mean(0).numpy() for c in range(N_CLASSES)]).reshape(N_CLASSES, 28, 28)
+
+
+def _pixel_stats(x: np.ndarray) -> dict:
+    """Per-image pixel statistics on the 0–255 scale (x: [n, 784])."""
+    return {"mean": x.mean(1), "background_fraction": (x < 32).mean(1),
+            "ink_fraction": (x >= 128).mean(1), "outside_0_255_fraction": ((x < 0) | (x > 255)).mean(1)}
+
+
+def _unit_rows(a: np.ndarray) -> np.ndarray:
+    """Rows centred and scaled to unit norm (float32), so a dot product is a Pearson r."""
+    a = np.asarray(a, dtype=np.float32)
+    a = a - a.mean(1, keepdims=True)
+    n = np.linalg.norm(a, axis=1, keepdims=True)
+    return np.divide(a, n, out=np.zeros_like(a), where=n > 0)
+
+
+def _nearest_train(x: np.ndarray, train: np.ndarray, train_y: np.ndarray, chunk: int = 10000):
+    """Label and correlation of the most correlated training image for every row of x
+    (float32 matrix products over chunks of the training set)."""
+    best = np.full(len(x), -2.0)
+    lab = np.zeros(len(x), dtype=np.int64)
+    xu = _unit_rows(x)
+    for i in range(0, len(train), chunk):
+        r = xu @ _unit_rows(train[i:i + chunk]).T
+        j = r.argmax(1)
+        v = r[np.arange(len(x)), j]
+        better = v > best
+        best[better] = v[better]
+        lab[better] = train_y[i + j[better]]
+    return lab, best
+
+
+@torch.inference_mode()
+def _transfer(models: Mapping[str, torch.nn.Module], images: np.ndarray, targets) -> dict:
+    out = {}
+    x = torch.from_numpy(np.asarray(images, dtype=np.float32)).reshape(-1, 1, 28, 28) / 255.0
+    for name, m in models.items():
+        was = m.training
+        m.eval()
+        probs = m(x.to(device_of(m))).double().softmax(1).cpu().numpy()
+        m.train(was)
+        pred = probs.argmax(1)
+        entry = {"pred": pred.tolist(), "confidence": probs.max(1).tolist()}
+        if targets is not None:
+            t = np.asarray(targets)
+            entry["target_prob"] = probs[np.arange(len(t)), t].tolist()
+            entry["agree_rate"] = float((pred == t).mean())
+        out[name] = entry
+    return out
+
+
+def digit_likeness(images, split, models: Mapping[str, torch.nn.Module] | None = None, targets=None,
+                   n_real: int = 500, seed: int = 0, means: np.ndarray | None = None) -> dict:
+    """How much do `images` ([n, 28, 28], 0–255 scale) look like real digits? Numbers only.
+
+    Measures (each image as 784 numbers; Pearson correlation r is blind to brightness and
+    contrast, so a grey image is not penalized for being grey, only for its shape):
+      - corr_class_mean [n, 10]: r with each class's mean training image; `nearest_class` is the
+        class of the most correlated mean (a nearest-centroid classifier; on real test digits it
+        is right `reference.nearest_class_accuracy` of the time), `corr_target_mean` the r with
+        the target's mean, `real_percentile` where that r falls among real test digits of the
+        same class (their r with their own class mean): 50 = as digit-like as a median real digit.
+      - nn_label / nn_corr: the label and r of the most correlated single training image.
+      - pixel statistics: mean grey level, fraction of background (< 32) and ink (≥ 128) pixels
+        and of pixels outside [0, 255].
+      - reference: the same numbers for `n_real` seeded random test digits.
+      - transfer (with `models`, name → Net): each model's prediction for the images (fed X/255
+        exactly as the generating network saw them), confidence, and with `targets` the
+        probability of the target and the fraction predicted as the target.
+    """
+    x = np.asarray(images, dtype=np.float64).reshape(-1, 784)
+    if not np.isfinite(x).all():
+        raise ConfigError("images hold NaN or infinite values")
+    means = class_means(split) if means is None else np.asarray(means)
+    mflat = means.reshape(N_CLASSES, -1)
+    train = split.train_x.reshape(len(split.train_x), -1).numpy().astype(np.float32)
+    train_y = split.train_y.numpy()
+
+    # Reference: real test digits.
+    g = np.random.default_rng(seed)
+    idx = np.sort(g.choice(len(split.test_x), size=min(n_real, len(split.test_x)), replace=False))
+    real = split.test_x[idx].reshape(len(idx), -1).numpy().astype(np.float64)
+    real_y = split.test_y[idx].numpy()
+    r_real = pearson(real, mflat)
+    own_real = r_real[np.arange(len(idx)), real_y]
+    nn_lab_real, nn_r_real = _nearest_train(real, train, train_y)
+    ps_real = _pixel_stats(real)
+    reference = {"n": int(len(idx)), "seed": seed,
+                 "nearest_class_accuracy": float((r_real.argmax(1) == real_y).mean()),
+                 "corr_own_mean_mean": float(own_real.mean()),
+                 "corr_own_mean_p05": float(np.percentile(own_real, 5)),
+                 "corr_own_mean_p50": float(np.percentile(own_real, 50)),
+                 "nn_corr_mean": float(nn_r_real.mean()),
+                 "nn_corr_p05": float(np.percentile(nn_r_real, 5)),
+                 "nn_label_accuracy": float((nn_lab_real == real_y).mean()),
+                 **{f"{k}_mean": float(v.mean()) for k, v in ps_real.items()}}
+
+    r = pearson(x, mflat)
+    nearest = r.argmax(1)
+    nn_lab, nn_r = _nearest_train(x, train, train_y)
+    ps = _pixel_stats(x)
+    per = {"corr_class_mean": r.round(4).tolist(), "nearest_class": nearest.tolist(),
+           "nearest_class_corr": r.max(1).tolist(), "nn_label": nn_lab.tolist(), "nn_corr": nn_r.tolist(),
+           **{k: v.tolist() for k, v in ps.items()}}
+    summary = {"nearest_class_corr_mean": float(r.max(1).mean()), "nn_corr_mean": float(nn_r.mean()),
+               **{f"{k}_mean": float(v.mean()) for k, v in ps.items()}}
+    if targets is not None:
+        t = np.asarray(check_targets(targets))
+        if len(t) != len(x):
+            raise ConfigError(f"{len(t)} targets for {len(x)} images")
+        own = r[np.arange(len(t)), t]
+        pct = [float((own_real[real_y == c] <= v).mean() * 100) if (real_y == c).any() else float("nan")
+               for c, v in zip(t, own)]
+        per.update(corr_target_mean=own.tolist(), real_percentile=pct)
+        summary.update(corr_target_mean_mean=float(own.mean()),
+                       nearest_is_target_rate=float((nearest == t).mean()),
+                       nn_label_is_target_rate=float((nn_lab == t).mean()),
+                       real_percentile_median=float(np.median(pct)))
+    out = {"measure": "Pearson correlation over the 784 pixels (0-255 scale)",
+           "images": per, "summary": summary, "reference_real_test_digits": reference}
+    if models:
+        tr = _transfer(models, x.reshape(-1, 28, 28), targets)
+        out["transfer"] = tr
+        if targets is not None:
+            summary["transfer_agree_rate"] = {k: v["agree_rate"] for k, v in tr.items()}
+    return out
+
+
+def likeness_figure(rows: Sequence[tuple[str, np.ndarray, dict | None]], means: np.ndarray, title: str = ""):
+    """Rows of images (label, [10, 28, 28] 0–255, likeness dict or None) under the class-mean
+    training images, each titled with r (correlation with its class's mean) and the nearest class."""
+    import matplotlib.pyplot as plt
+    allrows = [("class-mean training images", means, None)] + list(rows)
+    n = len(allrows)
+    fig, axes = plt.subplots(n, N_CLASSES, figsize=(1.3 * N_CLASSES, 1.62 * n + 0.3), squeeze=False)
+    for i, (label, ims, lk) in enumerate(allrows):
+        for c in range(N_CLASSES):
+            ax = axes[i, c]
+            ax.imshow(np.clip(ims[c], 0, 255), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            if lk is not None:
+                rr = lk["images"]["corr_target_mean"][c]
+                nc = lk["images"]["nearest_class"][c]
+                ax.set_title(f"r={rr:+.2f} → {nc}", fontsize=8, color="tab:green" if nc == c else "tab:red")
+            elif i == 0:
+                ax.set_title(f"class {c}", fontsize=8)
+        lab = label
+        if lk is not None:
+            s = lk["summary"]
+            lab += f"\nmean r {s['corr_target_mean_mean']:+.2f}\nlooks like\ntarget {s['nearest_is_target_rate'] * 100:.0f}%"
+        axes[i, 0].set_ylabel(lab, fontsize=8, rotation=0, ha="right", va="center", labelpad=8)
+    ref = next((lk for _, _, lk in rows if lk is not None), None)
+    if ref is not None:
+        rr = ref["reference_real_test_digits"]
+        title = (title + "\n" if title else "") + (
+            f"r = correlation with the class-mean image (real test digits: mean {rr['corr_own_mean_mean']:.2f}, "
+            f"5th percentile {rr['corr_own_mean_p05']:.2f}); → nearest class by r (green = the target)")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

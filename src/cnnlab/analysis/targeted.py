@@ -1,0 +1,283 @@
+"""Question 3.2: targeted fakes, C = logits[target] − β·MSE(X, source), and the β sweep."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import (
+    BETA,
+    BETAS,
+    SIGMA,
+    STEP_SIZE,
+    STEPS,
+)
+from ..errors import ConfigError
+from ._shared import (
+    N_CLASSES,
+    ascend,
+    check_int,
+    check_number,
+    check_targets,
+    cost_figure,
+    initial_noise,
+    pct,
+)
+from .likeness import pearson
+
+# ---------------------------------------------------------------------------------------------
+# Targeted fakes (§3.2)
+# ---------------------------------------------------------------------------------------------
+
+def as_image_255(image, scale: str = "auto") -> torch.Tensor:
+    """A 28×28 image as float32 on the 0–255 scale.
+
+    `scale`: "255" (values in 0–255), "01" (values in [0, 1]) or "auto": uint8 arrays, and float
+    arrays with any value > 1, are taken as 0–255; other float arrays as [0, 1].
+    """
+    t = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
+    if t.numel() != 784:
+        raise ConfigError(f"the source image must have 28×28 = 784 pixels; got shape {tuple(t.shape)}")
+    is_int = not t.is_floating_point()
+    t = t.reshape(28, 28).double()
+    if not torch.isfinite(t).all():
+        raise ConfigError("the source image holds NaN or infinite pixels")
+    if scale not in ("auto", "01", "255"):
+        raise ConfigError(f"scale must be 'auto', '01' or '255'; got {scale!r}")
+    if scale == "auto":
+        scale = "255" if is_int or float(t.max()) > 1.0 else "01"
+    t = t * 255.0 if scale == "01" else t
+    if float(t.min()) < 0 or float(t.max()) > 255:
+        raise ConfigError(f"source pixels must lie in [0, 255] (or [0, 1]); got {float(t.min()):g}..{float(t.max()):g}")
+    return t.float()
+
+
+@dataclass
+class AdversarialResult:
+    """Targeted fakes of one source image: `images` [T, 28, 28] (0–255), `source` [28, 28]
+    (0–255), per step [steps+1, T]: `cost`, `prob`, `pred`, `logit`, `mse` (grey levels²)."""
+    images: np.ndarray
+    initial: np.ndarray
+    source: np.ndarray
+    source_label: int | None
+    targets: np.ndarray
+    beta: float
+    cost: np.ndarray
+    prob: np.ndarray
+    pred: np.ndarray
+    logit: np.ndarray
+    mse_history: np.ndarray
+    params: dict
+    seconds: float = 0.0
+
+    @property
+    def mse(self) -> np.ndarray:
+        """Final MSE to the source, [T], grey levels² (0–255 scale)."""
+        return self.mse_history[-1]
+
+    @property
+    def final_prob(self) -> np.ndarray:
+        return self.prob[-1]
+
+    @property
+    def final_pred(self) -> np.ndarray:
+        return self.pred[-1]
+
+    @property
+    def corr_to_source(self) -> np.ndarray:
+        return pearson(self.images.reshape(len(self.targets), -1), self.source.reshape(1, -1))[:, 0]
+
+    def summary(self) -> dict:
+        fooled = self.final_pred == self.targets
+        others = self.targets != self.source_label if self.source_label is not None else np.ones_like(fooled)
+        return {"n_predicted_as_target": int(fooled.sum()),
+                "all_predicted_as_target": bool(fooled.all()),
+                "fooling_rate_other_classes": float(fooled[others].mean()) if others.any() else float("nan"),
+                "min_target_prob": float(self.final_prob.min()),
+                "mean_target_prob": float(self.final_prob.mean()),
+                "mean_mse_to_source": float(self.mse.mean()),
+                "max_mse_to_source": float(self.mse.max()),
+                "mean_rmse_to_source": float(np.sqrt(self.mse).mean()),
+                "min_corr_to_source": float(self.corr_to_source.min()),
+                "mean_corr_to_source": float(self.corr_to_source.mean())}
+
+    def to_dict(self) -> dict:
+        return {"params": self.params, "beta": self.beta, "seconds": round(self.seconds, 3),
+                "source_label": self.source_label, "targets": self.targets.tolist(),
+                "final_target_prob": self.final_prob.tolist(), "final_pred": self.final_pred.tolist(),
+                "mse_to_source": self.mse.tolist(), "corr_to_source": self.corr_to_source.tolist(),
+                "final_cost": self.cost[-1].tolist(), **self.summary()}
+
+    def save_npz(self, path) -> Path:
+        """`images` [T, 28, 28] 0–255, `targets` [T], `source` [28, 28] 0–255, `cost`, `prob`
+        [steps+1, T], `beta` (plus `pred`, `mse` [steps+1, T], `initial`)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, images=self.images.astype(np.float32), targets=self.targets,
+                            source=self.source.astype(np.float32), cost=self.cost.astype(np.float32),
+                            prob=self.prob.astype(np.float32), beta=np.float64(self.beta),
+                            pred=self.pred, mse=self.mse_history.astype(np.float32),
+                            initial=self.initial.astype(np.float32))
+        return path
+
+    def figure(self, likeness: dict | None = None):
+        """Source, then one fake per target: target, prediction (confidence), MSE to the source
+        and, with `likeness` from `digit_likeness`, which digit it looks like: the label of the
+        most correlated training image (`nn_label`)."""
+        import matplotlib.pyplot as plt
+        T = len(self.targets)
+        fig, axes = plt.subplots(1, T + 1, figsize=(1.45 * (T + 1), 2.35), squeeze=False)
+        axes = axes[0]
+        axes[0].imshow(self.source, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        lab = f" (a {self.source_label})" if self.source_label is not None else ""
+        axes[0].set_title(f"source{lab}", fontsize=8, fontweight="bold")
+        for sp in axes[0].spines.values():
+            sp.set_visible(True)
+            sp.set_color("tab:blue")
+            sp.set_linewidth(2)
+        for i, ax in enumerate(axes[1:]):
+            t, p, c = int(self.targets[i]), int(self.final_pred[i]), float(self.final_prob[i])
+            ax.imshow(np.clip(self.images[i], 0, 255), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            title = f"target {t}\npred {p} ({pct(c)})\nMSE {self.mse[i]:.0f}"
+            if likeness is not None:
+                title += f"\nlooks like {likeness['images']['nn_label'][i]}"
+            ax.set_title(title, fontsize=8, color="tab:green" if p == t else "tab:red")
+        for ax in axes:
+            ax.set_xticks([]), ax.set_yticks([])
+        s = self.summary()
+        fig.suptitle(f"targeted fakes: C = logits[target] − β·MSE(X, source), β = {self.beta:g}, "
+                     f"{self.params['steps']} steps from {self.params['init']} — "
+                     f"{s['n_predicted_as_target']}/{T} fooled, mean RMSE to source "
+                     f"{s['mean_rmse_to_source']:.0f} grey levels", fontsize=9)
+        fig.tight_layout()
+        return fig
+
+    def cost_figure(self):
+        return cost_figure(self.cost, self.prob, self.targets,
+                            f"targeted fakes (β = {self.beta:g}): cost C = logits[target] − β·MSE against step")
+
+
+def adversarial(model, source_image, targets: Iterable[int] = range(N_CLASSES), beta: float = BETA,
+                steps: int = STEPS, step_size: float = STEP_SIZE, init: str = "noise",
+                sigma: float = SIGMA, seed: int = 0, clip: bool = False, source_label: int | None = None,
+                scale: str = "auto") -> AdversarialResult:
+    """Targeted fakes: maximize C = logits[target] − β·MSE(X, source) by X ← X + step_size · dC/dX.
+
+    `source_image`: 28×28 (any shape with 784 pixels), uint8 or float; `scale` says whether it is
+    on 0–255 or [0, 1] ("auto": uint8 or max > 1 means 0–255). Everything else is on the 0–255
+    scale: MSE is the mean over pixels of (X − source)² in grey levels² (so β·MSE is in logit
+    units; default β = 0.003), `step_size` default 1000, `steps` default 200. `init`: "noise" starts
+    from 128 + sigma·N(0, 1) as §3.1 (the assignment's choice), "source" starts from the source
+    itself. `clip`: keep X in [0, 255] after every step (off by default, as in the assignment).
+    """
+    targets = check_targets(targets)
+    beta = check_number("beta", beta, 0.0)
+    steps = check_int("steps", steps, 1)
+    step_size = check_number("step_size", step_size, 0.0, lo_open=True)
+    sigma = check_number("sigma", sigma, 0.0)
+    seed = check_int("seed", seed, 0)
+    if init not in ("noise", "source"):
+        raise ConfigError(f"init must be 'noise' or 'source'; got {init!r}")
+    if source_label is not None and not 0 <= int(source_label) < N_CLASSES:
+        raise ConfigError(f"source_label {source_label} is out of range 0..9")
+    # The MSE term pulls each pixel toward the source with rate step_size·β·2/784 per step; above
+    # 2 the pull overshoots and diverges.
+    if step_size * beta * 2 / 784 >= 1.0:
+        raise ConfigError(f"step_size·β = {step_size * beta:g} is too large: the MSE term would "
+                          f"overshoot (need step_size·β < 392; lower --beta or --step-size)")
+    src = as_image_255(source_image, scale)
+    T = len(targets)
+    x0 = initial_noise(T, sigma, seed) if init == "noise" else src.expand(T, 28, 28).clone()
+    t0 = time.perf_counter()
+    tr = ascend(model, x0, targets, steps=steps, step_size=step_size, source=src, beta=beta,
+                 clip=bool(clip), seed=seed)
+    seconds = time.perf_counter() - t0
+    params = dict(steps=steps, step_size=step_size, beta=beta, init=init, sigma=sigma, seed=seed,
+                  clip=bool(clip), scale="0-255 (network fed X/255; MSE in grey levels²)")
+    return AdversarialResult(tr.images.numpy(), x0.numpy(), src.numpy(),
+                             None if source_label is None else int(source_label),
+                             np.array(targets, dtype=np.int64), beta, tr.cost, tr.prob, tr.pred,
+                             tr.logit, tr.mse, params, seconds)
+
+
+
+
+@dataclass
+class BetaSweepResult:
+    """One `adversarial` run per β (same noise, same targets)."""
+    betas: list[float]
+    results: list[AdversarialResult]
+
+    def to_dict(self) -> dict:
+        rows = []
+        for b, r in zip(self.betas, self.results):
+            s = r.summary()
+            rows.append({"beta": b, "fooling_rate_other_classes": s["fooling_rate_other_classes"],
+                         "n_predicted_as_target": s["n_predicted_as_target"],
+                         "mean_target_prob": s["mean_target_prob"],
+                         "mean_mse_to_source": s["mean_mse_to_source"],
+                         "mean_corr_to_source": s["mean_corr_to_source"],
+                         "min_corr_to_source": s["min_corr_to_source"]})
+        return {"targets": self.results[0].targets.tolist(), "source_label": self.results[0].source_label,
+                "params": {k: v for k, v in self.results[0].params.items() if k != "beta"}, "rows": rows}
+
+    def figure(self):
+        """Left: fooling rate and resemblance (correlation with the source) against β. Right: the
+        fakes, one row per β, one column per target."""
+        import matplotlib.pyplot as plt
+        d = self.to_dict()["rows"]
+        T = len(self.results[0].targets)
+        nb = len(self.betas)
+        fig = plt.figure(figsize=(5.2 + 0.95 * (T + 1), max(3.8, 0.95 * nb + 1.0)))
+        outer = fig.add_gridspec(1, 2, width_ratios=[4.0, 0.95 * (T + 1)], wspace=0.22)
+        ax = fig.add_subplot(outer[0, 0])
+        gs = outer[0, 1].subgridspec(nb, T + 1, wspace=0.08, hspace=0.12)
+        xb = np.arange(nb)
+        ax.plot(xb, [100 * r["fooling_rate_other_classes"] for r in d], "o-", color="tab:red",
+                label="fooled: pred = target (%)")
+        ax.plot(xb, [100 * r["mean_corr_to_source"] for r in d], "s-", color="tab:blue",
+                label="looks like source: 100·corr")
+        ax.plot(xb, [100 * r["mean_target_prob"] for r in d], "^--", color="tab:red", alpha=0.5, ms=4,
+                label="mean target prob (%)")
+        ax.set_xticks(xb, [f"{b:g}" for b in self.betas], rotation=45)
+        ax.set(xlabel="β (MSE in grey levels²)", ylim=(-5, 105),
+               title="fooling vs resemblance")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1, frameon=False)
+        r0 = self.results[0]
+        for i, (b, r) in enumerate(zip(self.betas, self.results)):
+            a = fig.add_subplot(gs[i, 0])
+            a.imshow(r.source, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            a.set_xticks([]), a.set_yticks([])
+            a.set_ylabel(f"β={b:g}", fontsize=8, rotation=0, ha="right", va="center")
+            if i == 0:
+                a.set_title("source", fontsize=8)
+            for j in range(T):
+                a = fig.add_subplot(gs[i, j + 1])
+                a.imshow(np.clip(r.images[j], 0, 255), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+                a.set_xticks([]), a.set_yticks([])
+                ok = r.final_pred[j] == r.targets[j]
+                for sp in a.spines.values():
+                    sp.set_visible(True)
+                    sp.set_color("tab:green" if ok else "tab:red")
+                    sp.set_linewidth(1.5)
+                if i == 0:
+                    a.set_title(f"→ {int(r0.targets[j])}", fontsize=8)
+        fig.suptitle("β sweep: C = logits[target] − β·MSE(X, source); frame green = classified as target",
+                     fontsize=9)
+        return fig
+
+
+def beta_sweep(model, source_image, betas: Sequence[float] = BETAS, targets: Iterable[int] = range(N_CLASSES),
+               **kwargs) -> BetaSweepResult:
+    """`adversarial` for each β in `betas` (other kwargs as for `adversarial`)."""
+    betas = [check_number("beta", b, 0.0) for b in betas]
+    if not betas:
+        raise ConfigError("betas is empty")
+    targets = check_targets(targets)
+    return BetaSweepResult(betas, [adversarial(model, source_image, targets, beta=b, **kwargs) for b in betas])

@@ -1,0 +1,103 @@
+"""What every report section is made of: the context it reads, the Section it returns, and the
+formatter that registers each printed number in results.json."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import AnalysisConfig
+from ..runs import open_run
+
+ASSIGNMENT = "EE5179 Deep Learning for Imaging — Programming Assignment 2: Convolutional Neural Networks"
+
+
+def fig_to_data_uri(fig, dpi: int = 110) -> str:
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+@dataclass
+class Section:
+    id: str                      # "1.1", "2.4", "3.1.2", ...
+    title: str
+    question: str                # the assignment's words
+    answer: list[str] = field(default_factory=list)            # paragraphs (HTML-safe)
+    figures: list[tuple[str, str]] = field(default_factory=list)  # (data URI, caption)
+    tables: list[dict] = field(default_factory=list)            # {"caption", "header", "rows"}
+    numbers: dict = field(default_factory=dict)
+
+
+class Printed:
+    """Formats numbers for the text and remembers each formatted string for results.json."""
+
+    def __init__(self):
+        self.values: dict[str, Any] = {}
+        self.strings: dict[str, str] = {}
+
+    def __call__(self, key: str, value, fmt: str = "{:.2f}") -> str:
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            s = "n/a"
+        else:
+            s = fmt.format(value)
+        self.values[key] = value
+        self.strings[key] = s
+        return s
+
+    def pct(self, key: str, frac: float, digits: int = 2) -> str:
+        return self(key, 100.0 * frac if frac is not None else None, "{:.%df}%%" % digits)
+
+
+def esc(s: Any) -> str:
+    return html.escape(str(s))
+
+
+@dataclass
+class Context:
+    out: Path
+    split: Any
+    runs: dict[str, list[Path]]
+    best_run: Any
+    best_model: Any
+    analysis: AnalysisConfig
+    printed: Printed
+    results: dict
+
+
+def shape_text(s) -> str:
+    return "×".join(str(v) for v in s)
+
+
+def pick_images(ctx: Context, n: int) -> list[int]:
+    """The first test image of distinct digits (0, 1, 2, …), for reproducible examples."""
+    y = ctx.split.test_y
+    out = []
+    for d in range(10):
+        if len(out) >= n:
+            break
+        out.append(int(torch.nonzero(y == d)[0]))
+    return out
+
+
+def drop_images(d: dict) -> dict:
+    """digit_likeness output without the per-pixel lists (results.json stays small)."""
+    return {k: v for k, v in d.items() if k != "images"} | {"nearest_class": d["images"].get("nearest_class")}
+
+
+def other_models(ctx: Context) -> dict:
+    out = {}
+    for p in ctx.runs["plain"] + ctx.runs["batch_norm"]:
+        r = open_run(p)
+        if r.path.resolve() != ctx.best_run.path.resolve():
+            out[r.name] = r.load_model()
+    return out

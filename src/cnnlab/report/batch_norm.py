@@ -1,0 +1,120 @@
+"""1.6 batch-normalization: does it change test accuracy, and training time?"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..figures import plot_bn_comparison
+from ..runs import open_run
+from ..stats import mcnemar, mean_std, paired_ci
+from ..train import evaluate, read_metrics
+from .base import Context, Section, fig_to_data_uri
+
+
+def _time_to_reach(metrics: list[dict], target: float) -> float | None:
+    """Training seconds until validation accuracy first reached `target` (None if never)."""
+    for m in metrics:
+        if m["val_acc"] >= target:
+            return m["train_time_s"]
+    return None
+
+
+def section_1_6(ctx: Context) -> Section:
+    """1.6 batch-normalization study"""
+    p = ctx.printed
+    sec = Section("1.6", "Batch-normalization: accuracy and training time",
+                  "Use batch-normalization. Does it improve the test accuracy? Does it affect training time?")
+    plain = [open_run(r) for r in ctx.runs["plain"]]
+    bn = [open_run(r) for r in ctx.runs["batch_norm"]]
+    acc_p = [r.info["test"]["accuracy"] for r in plain]
+    acc_b = [r.info["test"]["accuracy"] for r in bn]
+    ep_p = [float(np.mean(r.info["timing"]["epoch_times_s"])) for r in plain]
+    ep_b = [float(np.mean(r.info["timing"]["epoch_times_s"])) for r in bn]
+    reach = []
+    for rp, rb in zip(plain, bn):
+        mp = read_metrics(rp.path / "metrics.csv")
+        mb = read_metrics(rb.path / "metrics.csv")
+        target = mp[-1]["val_acc"]
+        reach.append({"target": target, "plain_s": _time_to_reach(mp, target), "bn_s": _time_to_reach(mb, target)})
+    n = len(plain)
+
+    rows = []
+    for i, (rp, rb) in enumerate(zip(plain, bn)):
+        rows.append([str(rp.info["config"]["seed"]), f"{acc_p[i] * 100:.2f}%", f"{acc_b[i] * 100:.2f}%",
+                     f"{ep_p[i]:.2f}", f"{ep_b[i]:.2f}",
+                     _fmt_s(reach[i]["plain_s"]), _fmt_s(reach[i]["bn_s"])])
+    sec.tables.append({"caption": "Plain vs batch-norm network, same split, seeds, budget and schedule. "
+                                  "Reach = training seconds until validation accuracy first reached the plain "
+                                  "model's final validation accuracy.",
+                       "header": ["seed", "test acc (plain)", "test acc (BN)", "s/epoch (plain)", "s/epoch (BN)",
+                                  "reach (plain)", "reach (BN)"], "rows": rows})
+
+    mp_, sp_ = mean_std(acc_p)
+    mb_, sb_ = mean_std(acc_b)
+    diff = paired_ci(acc_p, acc_b)
+    # Paired exact test on the test images for the first seed (works with one seed).
+    ev_p = evaluate(plain[0].load_model(), ctx.split.test_x, ctx.split.test_y)
+    ev_b = evaluate(bn[0].load_model(), ctx.split.test_x, ctx.split.test_y)
+    y = ctx.split.test_y
+    mc = mcnemar((ev_p.predictions == y).tolist(), (ev_b.predictions == y).tolist())
+    d_pts = 100 * diff["mean"]
+    if n > 1:
+        acc_text = (f"Test accuracy over {n} seeds: plain {p.pct('1.6.acc_plain_mean', mp_)} ± "
+                    f"{p('1.6.acc_plain_std', 100 * sp_, '{:.2f}')}, batch-norm {p.pct('1.6.acc_bn_mean', mb_)} ± "
+                    f"{p('1.6.acc_bn_std', 100 * sb_, '{:.2f}')} (mean ± sd). The paired difference (BN − plain) is "
+                    f"{p('1.6.acc_diff', d_pts, '{:+.2f}')} points, 95% CI "
+                    f"[{p('1.6.acc_diff_lo', 100 * diff['ci_low'], '{:+.2f}')}, {p('1.6.acc_diff_hi', 100 * diff['ci_high'], '{:+.2f}')}]. ")
+        decided = diff["ci_low"] > 0 or diff["ci_high"] < 0
+    else:
+        acc_text = (f"Test accuracy: plain {p.pct('1.6.acc_plain_mean', mp_)}, batch-norm "
+                    f"{p.pct('1.6.acc_bn_mean', mb_)}, a difference of {p('1.6.acc_diff', d_pts, '{:+.2f}')} points "
+                    f"from a single seed. ")
+        decided = mc["p_value"] < 0.05
+    acc_text += (f"On the same 10,000 test images (seed {plain[0].info['config']['seed']}), "
+                 f"{p('1.6.only_plain', mc['only_a'], '{}')} are right only for the plain model and "
+                 f"{p('1.6.only_bn', mc['only_b'], '{}')} only for the batch-norm model "
+                 f"(exact McNemar test p = {p('1.6.mcnemar_p', mc['p_value'], '{:.3g}')}). ")
+    if decided and d_pts > 0:
+        verdict = (f"<b>Yes: batch-normalization improved test accuracy</b> in this run, by "
+                   f"{abs(d_pts):.2f} points{' on average' if n > 1 else ''}.")
+    elif decided and d_pts < 0:
+        verdict = (f"<b>No: batch-normalization lowered test accuracy</b> in this run, by {abs(d_pts):.2f} points"
+                   f"{' on average' if n > 1 else ''}.")
+    else:
+        verdict = ("<b>Inconclusive:</b> the difference is within what seed-to-seed and test-sampling noise "
+                   "produce, so this run does not show that batch-normalization changes test accuracy"
+                   + (" (run with more seeds, e.g. --seeds 3, to narrow it down)." if n < 3 else "."))
+    sec.answer.append(acc_text + verdict)
+
+    ratio = float(np.mean(ep_b) / np.mean(ep_p))
+    reach_b = [r["bn_s"] for r in reach if r["bn_s"] is not None]
+    reach_p = [r["plain_s"] for r in reach if r["plain_s"] is not None]
+    time_text = (f"Training time: one epoch takes {p('1.6.epoch_s_plain', float(np.mean(ep_p)), '{:.2f}')} s without and "
+                 f"{p('1.6.epoch_s_bn', float(np.mean(ep_b)), '{:.2f}')} s with batch-normalization "
+                 f"(×{p('1.6.epoch_ratio', ratio, '{:.2f}')} per epoch"
+                 + ("; the two normalization layers add their own forward and backward work). " if ratio > 1.05 else
+                    "; within the noise of the measurement). " if ratio > 0.95 else "). "))
+    if reach_b and len(reach_b) == n:
+        rb, rp = float(np.mean(reach_b)), float(np.mean(reach_p))
+        faster = rb < rp
+        time_text += (f"But to reach the plain model's final validation accuracy the batch-norm model needs "
+                      f"{p('1.6.reach_bn', rb, '{:.1f}')} s against {p('1.6.reach_plain', rp, '{:.1f}')} s for the plain one, "
+                      + ("so it gets there sooner: it converges in fewer steps." if faster else
+                         "so it is not faster to that accuracy in this run."))
+    else:
+        time_text += (f"The batch-norm model did not reach the plain model's final validation accuracy in "
+                      f"{n - len(reach_b)} of {n} seed(s) within the same budget.")
+    sec.answer.append(time_text)
+    sec.numbers = {"test_acc_plain": acc_p, "test_acc_bn": acc_b, "epoch_s_plain": ep_p, "epoch_s_bn": ep_b,
+                   "reach": reach, "paired_diff": diff, "mcnemar_seed0": mc, "epoch_time_ratio": ratio}
+    ctx.results["batch_norm"] = sec.numbers
+
+    fig = plot_bn_comparison([read_metrics(r.path / "metrics.csv") for r in plain],
+                             [read_metrics(r.path / "metrics.csv") for r in bn])
+    sec.figures.append((fig_to_data_uri(fig), "Validation accuracy against training seconds, every seed; "
+                                              "plain in blue, batch-norm in orange."))
+    return sec
+
+
+def _fmt_s(x):
+    return "never" if x is None else f"{x:.1f} s"

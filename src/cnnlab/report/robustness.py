@@ -1,0 +1,51 @@
+"""4.1 (beyond the assignment) FGSM and PGD robustness."""
+
+from __future__ import annotations
+
+from ..analysis.robustness import robustness
+from ..runs import open_run
+from .base import (
+    Context,
+    Section,
+    fig_to_data_uri,
+)
+
+
+def section_robustness(ctx: Context) -> Section:
+    """4.1 robustness to standard attacks"""
+    p = ctx.printed
+    n = ctx.analysis.robustness_n
+    x = ctx.split.test_x[:n].float() / 255
+    y = ctx.split.test_y[:n]
+    models = {"plain": open_run(ctx.runs["plain"][0]).load_model(),
+              "batch-norm": open_run(ctx.runs["batch_norm"][0]).load_model()}
+    fg = robustness(models, x, y, attack="fgsm")
+    pg = robustness(models, x, y, attack="pgd", steps=ctx.analysis.pgd_steps)
+    sec = Section("4.1", "Robustness to standard attacks (FGSM, PGD)",
+                  "Beyond the assignment: how much does an L∞-bounded perturbation (on the [0, 1] pixel scale) "
+                  "lower test accuracy, for the plain and the batch-norm network?")
+    sec.figures.append((fig_to_data_uri(fg.figure()), "FGSM, untargeted."))
+    sec.figures.append((fig_to_data_uri(pg.figure()), f"PGD-{ctx.analysis.pgd_steps}, untargeted, random start."))
+    eps = [e for e in pg.eps_list]
+    rows = []
+    for e in eps:
+        row = [f"{e:g} ({e * 255:.0f} grey levels)"]
+        for res in (fg, pg):
+            for name in models:
+                r = next(r for r in res.table if r["model"] == name and r["eps"] == e)
+                row.append(f"{100 * r['accuracy']:.1f}%")
+        rows.append(row)
+    sec.tables.append({"caption": f"Accuracy on the first {n} test images.",
+                       "header": ["ε", "FGSM plain", "FGSM BN", "PGD plain", "PGD BN"], "rows": rows})
+    at = lambda res, name, e: next(r["accuracy"] for r in res.table if r["model"] == name and r["eps"] == e)  # noqa: E731
+    e1 = 0.1 if 0.1 in eps else eps[len(eps) // 2]
+    sec.answer.append(
+        f"At ε = {e1:g} ({e1 * 255:.0f} grey levels per pixel, still plainly the same digit to a person) FGSM leaves "
+        f"{p.pct('4.1.fgsm_plain', at(fg, 'plain', e1), 1)} accuracy for the plain and "
+        f"{p.pct('4.1.fgsm_bn', at(fg, 'batch-norm', e1), 1)} for the batch-norm network; PGD leaves "
+        f"{p.pct('4.1.pgd_plain', at(pg, 'plain', e1), 1)} and {p.pct('4.1.pgd_bn', at(pg, 'batch-norm', e1), 1)}. "
+        f"Neither network was trained to resist attacks, and the iterative attack is "
+        f"{'stronger' if at(pg, 'plain', e1) <= at(fg, 'plain', e1) else 'not stronger'} than the one-step one, as expected.")
+    ctx.results["robustness"] = {"fgsm": fg.to_dict(), "pgd": pg.to_dict()}
+    sec.numbers = {"fgsm": fg.to_dict(), "pgd": pg.to_dict()}
+    return sec
