@@ -67,7 +67,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=3)
     args = ap.parse_args(argv)
-    from cnnlab import attacks, generate, inspect
+    from cnnlab.analysis import class_models, occlusion, robustness
     from cnnlab.train import evaluate
     split = load_split()
     model = trained_model(split)
@@ -77,7 +77,7 @@ def main(argv=None) -> dict:
     occ_ref, occ_ours = [], []
     for _ in range(args.pairs):
         t0 = time.perf_counter(); occlusion_loop(model, image); occ_ref.append(time.perf_counter() - t0)
-        t0 = time.perf_counter(); r = inspect.occlusion(model, image); occ_ours.append(time.perf_counter() - t0)
+        t0 = time.perf_counter(); r = occlusion.occlusion(model, image); occ_ours.append(time.perf_counter() - t0)
     ref_maps = occlusion_loop(model, image, sizes=(3,))
     res["occlusion"] = {"reference_s": occ_ref, "cnnlab_s": occ_ours,
                         "speedups": [a / b for a, b in zip(occ_ref, occ_ours)],
@@ -86,13 +86,13 @@ def main(argv=None) -> dict:
     syn_ref, syn_ours = [], []
     for _ in range(args.pairs):
         t0 = time.perf_counter(); synth_loop(model); syn_ref.append(time.perf_counter() - t0)
-        t0 = time.perf_counter(); generate.synthesize(model, steps=200); syn_ours.append(time.perf_counter() - t0)
+        t0 = time.perf_counter(); class_models.synthesize(model, steps=200); syn_ours.append(time.perf_counter() - t0)
     res["class_models"] = {"reference_s": syn_ref, "cnnlab_s": syn_ours,
                            "speedups": [a / b for a, b in zip(syn_ref, syn_ours)]}
 
     x = split.test_x.float() / 255
     t0 = time.perf_counter()
-    adv = attacks.pgd(model, x, split.test_y, eps=0.1, steps=40)
+    adv = robustness.pgd(model, x, split.test_y, eps=0.1, steps=40)
     dt = time.perf_counter() - t0
     with torch.inference_mode():
         acc = (model(adv).argmax(1) == split.test_y).float().mean().item()

@@ -1,4 +1,4 @@
-"""Contract tests for cnnlab.inspect and its commands: counts against independent counts and
+"""Contract tests for cnnlab.analysis (anatomy, filters, activations, occlusion) and their commands: counts against independent counts and
 torchinfo, occlusion against a one-image-at-a-time loop, hand-computed tiny cases, CLI errors,
 and weights that never change."""
 
@@ -13,7 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlab import inspect as I
+from cnnlab.analysis import _shared as shared
+from cnnlab.analysis import activations, anatomy, filters, occlusion
 from cnnlab.cli import main
 from cnnlab.errors import ConfigError
 from cnnlab.model import Net, weights_digest
@@ -26,7 +27,7 @@ def sha(path: Path) -> str:
 # --- anatomy -------------------------------------------------------------------------------
 
 def test_summary_pins_the_counts_and_shapes():
-    s = I.summary()
+    s = anatomy.summary()
     rows = {r["name"]: r for r in s.layers}
     assert [r["name"] for r in s.layers] == ["input", "conv1", "relu1", "pool1", "conv2", "relu2", "pool2",
                                             "flatten", "fc1", "relu3", "fc2", "softmax"]
@@ -47,7 +48,7 @@ def test_summary_pins_the_counts_and_shapes():
 
 
 def test_batch_norm_adds_128_learnable_parameters_in_diagram_order():
-    s = I.summary(batch_norm=True)
+    s = anatomy.summary(batch_norm=True)
     assert s.params["batch_norm"] == 128
     assert s.params["total"] == 799078 + 128
     assert [r["name"] for r in s.layers][1:5] == ["conv1", "bn1", "relu1", "pool1"]
@@ -66,7 +67,7 @@ def test_param_counts_match_independent_count_and_torchinfo(bn):
             by_type["fc"] += n
         elif isinstance(m, nn.BatchNorm2d):
             by_type["batch_norm"] += n
-    s = I.summary(batch_norm=bn)
+    s = anatomy.summary(batch_norm=bn)
     assert {k: s.params[k] for k in by_type} == by_type
     assert s.params["total"] == sum(p.numel() for p in net.parameters())
     net.pool_before_relu = False        # the diagram's order, as the layer table uses
@@ -81,7 +82,7 @@ def test_param_counts_match_independent_count_and_torchinfo(bn):
 def test_summary_of_a_given_model_leaves_it_untouched():
     net = Net(batch_norm=True).train()
     before = weights_digest(net)
-    I.summary(model=net)
+    anatomy.summary(model=net)
     assert weights_digest(net) == before and net.training and net.pool_before_relu
 
 
@@ -89,22 +90,22 @@ def test_summary_of_a_given_model_leaves_it_untouched():
 
 def test_kernel_stats_on_hand_made_kernels():
     prewitt_x = np.array([[-1, 0, 1]] * 3, float)                          # w = x: brighter to the right
-    st = I.kernel_stats(prewitt_x)
+    st = filters.kernel_stats(prewitt_x)
     assert st["class"] == "edge" and st["share"]["gradient"] == pytest.approx(1.0)
     assert st["gradient_direction_deg"] == pytest.approx(0.0)
-    assert I.kernel_stats(-prewitt_x.T)["gradient_direction_deg"] == pytest.approx(90.0)  # brighter upward
+    assert filters.kernel_stats(-prewitt_x.T)["gradient_direction_deg"] == pytest.approx(90.0)  # brighter upward
     # Sobel = x·(2 − y²): its x·y² part holds 1/9 of the energy (by hand: 32/36 vs 4/36)
     sobel_x = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], float)
-    assert I.kernel_stats(sobel_x)["share"]["gradient"] == pytest.approx(8 / 9)
+    assert filters.kernel_stats(sobel_x)["share"]["gradient"] == pytest.approx(8 / 9)
     lap = np.array([[0, -1, 0], [-1, 4, -1], [0, -1, 0]], float)
-    assert I.kernel_stats(lap)["class"] == "blob"
+    assert filters.kernel_stats(lap)["class"] == "blob"
     saddle = np.array([[-1, 0, 1], [0, 0, 0], [1, 0, -1]], float)           # w = x·y: diagonal lines
-    assert I.kernel_stats(saddle)["class"] == "line"
+    assert filters.kernel_stats(saddle)["class"] == "line"
     bar = np.array([[-1, 2, -1]] * 3, float)     # 2 − 3x² = half isotropic (x²+y²), half oriented (x²−y²)
-    assert I.kernel_stats(bar)["share"]["line"] == pytest.approx(0.5)
+    assert filters.kernel_stats(bar)["share"]["line"] == pytest.approx(0.5)
     rng = np.random.default_rng(0)
     w = rng.normal(size=(500, 3, 3))
-    st = I.kernel_stats(w)
+    st = filters.kernel_stats(w)
     total = sum(st["share"][g] for g in ("dc", "gradient", "center_surround", "line", "higher"))
     np.testing.assert_allclose(total, 1.0)                                   # the basis is orthonormal
     np.testing.assert_allclose(st["energy"], (w ** 2).sum((1, 2)))
@@ -113,25 +114,25 @@ def test_kernel_stats_on_hand_made_kernels():
 def test_untrained_reference_reproduces_the_init_of_the_seed():
     torch.manual_seed(5)
     direct = Net()
-    ref = I.untrained_like(Net(), seed=5)
+    ref = shared.untrained_like(Net(), seed=5)
     assert weights_digest(ref) == weights_digest(direct)
     other = Net()
     state = torch.random.get_rng_state()
-    I.untrained_like(other, seed=7)
+    shared.untrained_like(other, seed=7)
     assert torch.equal(state, torch.random.get_rng_state())                 # global RNG untouched
 
 
 def test_filters_layers_and_errors(tiny_model):
-    ref = I.untrained_like(tiny_model, 1)
-    r1 = I.filters(tiny_model, "conv1", ref)
+    ref = shared.untrained_like(tiny_model, 1)
+    r1 = filters.filters(tiny_model, "conv1", ref)
     assert len(r1.kernels) == 32 and r1.weights.shape == (32, 1, 3, 3)
     assert sum(r1.trained["class_counts"].values()) == 32
-    r2 = I.filters(tiny_model, "conv2", ref)
+    r2 = filters.filters(tiny_model, "conv2", ref)
     assert len(r2.kernels) == 32 and sum(r2.trained["class_counts"].values()) == 1024
     assert all(1 <= k["effective_inputs"] <= 32 for k in r2.kernels)
     json.dumps(r2.to_dict())
     with pytest.raises(ConfigError):
-        I.filters(tiny_model, "fc1")
+        filters.filters(tiny_model, "fc1")
 
 
 # --- activations ---------------------------------------------------------------------------
@@ -139,15 +140,15 @@ def test_filters_layers_and_errors(tiny_model):
 def test_activations_shapes_and_numbers_against_features(tiny_model):
     img = torch.zeros(28, 28)
     img[6:22, 12:15] = 1.0                                                  # a "1"
-    res = I.activations(tiny_model, img[None])
+    res = activations.activations(tiny_model, img[None])
     feats = tiny_model.features(img[None, None])
     for layer, shape in {"conv1": [32, 28, 28], "pool1": [32, 14, 14], "conv2": [32, 14, 14], "pool2": [32, 7, 7]}.items():
         assert res.stats[layer]["shape"] == shape
         a = feats[layer][0].detach().numpy()
         assert res.stats[layer]["active_fraction"] == pytest.approx(float((a > 0).mean()))
-    assert [res.stats[k]["receptive_field"] for k in I.FEATURE_LAYERS] == [3, 4, 8, 10]
+    assert [res.stats[k]["receptive_field"] for k in shared.FEATURE_LAYERS] == [3, 4, 8, 10]
     with pytest.raises(ConfigError):
-        I.activations(tiny_model, torch.zeros(3, 28, 28))
+        activations.activations(tiny_model, torch.zeros(3, 28, 28))
 
 
 # --- occlusion -----------------------------------------------------------------------------
@@ -155,7 +156,7 @@ def test_activations_shapes_and_numbers_against_features(tiny_model):
 def test_occlusion_matches_a_one_image_at_a_time_loop(tiny_model):
     torch.manual_seed(1)
     img = torch.rand(28, 28)
-    res = I.occlusion(tiny_model, img, target=3, patch_sizes=(1, 2, 3, 4, 5), stride=1, fill=0.5)
+    res = occlusion.occlusion(tiny_model, img, target=3, patch_sizes=(1, 2, 3, 4, 5), stride=1, fill=0.5)
     for k in (1, 2, 3, 4, 5):
         assert res.prob[k].shape == (28 - k + 1, 28 - k + 1)
     k = 4
@@ -172,32 +173,32 @@ def test_occlusion_matches_a_one_image_at_a_time_loop(tiny_model):
     finally:
         torch.set_num_threads(threads)
     np.testing.assert_allclose(res.prob[k], oracle, atol=1e-5)
-    strided = I.occlusion(tiny_model, img, target=3, patch_sizes=(3,), stride=2)
+    strided = occlusion.occlusion(tiny_model, img, target=3, patch_sizes=(3,), stride=2)
     assert strided.prob[3].shape == ((28 - 3) // 2 + 1,) * 2
     np.testing.assert_allclose(strided.prob[3], res.prob[3][::2, ::2], atol=1e-5)
 
 
 def test_occlusion_fill_mean_and_argument_errors(tiny_model):
     img = torch.zeros(1, 28, 28)
-    res = I.occlusion(tiny_model, img, patch_sizes=(2,), fill="mean")
+    res = occlusion.occlusion(tiny_model, img, patch_sizes=(2,), fill="mean")
     assert res.fill == pytest.approx(float(tiny_model.input_mean))
     assert res.target == res.base_pred
     for bad in (dict(patch_sizes=(9,)), dict(patch_sizes=(0,)), dict(stride=0), dict(fill="grey"),
                 dict(target=10), dict(fill=float("nan"))):
         with pytest.raises(ConfigError):
-            I.occlusion(tiny_model, img, **bad)
+            occlusion.occlusion(tiny_model, img, **bad)
 
 
 def test_drop_attribution_and_stroke_share_by_hand():
     # 2×2 patch, stride 1 on a 3×3 "image": positions 2×2; only position (0, 0) drops, by 0.4
     drop = np.array([[0.4, 0.0], [0.0, 0.0]])
-    a = I.drop_attribution(drop, 2, 1, size=3)
+    a = occlusion.drop_attribution(drop, 2, 1, size=3)
     np.testing.assert_allclose(a, [[0.1, 0.1, 0], [0.1, 0.1, 0], [0, 0, 0]])
     img = np.zeros((28, 28))
     img[0, 0] = 1.0                                                          # one stroke pixel in the corner
     prob = np.ones((27, 27))
     prob[0, 0] = 0.6                                                         # only the patch over it matters
-    share, expected = I.stroke_share(prob, 1.0, img, 2)
+    share, expected = occlusion.stroke_share(prob, 1.0, img, 2)
     assert share == pytest.approx(0.25)                                      # 1 of its 4 pixels is stroke
     assert expected == pytest.approx(1 / (4 * 27 * 27))                     # corner pixel: covered once
 
@@ -207,14 +208,14 @@ def test_occlusion_and_friends_never_change_a_model_in_train_mode():
     net = Net(batch_norm=True).train()
     before = weights_digest(net)
     img = torch.rand(28, 28)
-    I.occlusion(net, img, patch_sizes=(5,))
-    I.activations(net, img)
-    I.filters(net, "conv2", I.untrained_like(net, 0))
+    occlusion.occlusion(net, img, patch_sizes=(5,))
+    activations.activations(net, img)
+    filters.filters(net, "conv2", shared.untrained_like(net, 0))
     assert weights_digest(net) == before and net.training
 
 
 def test_occlusion_npz_format(tiny_model, tmp_path):
-    res = I.occlusion(tiny_model, torch.rand(28, 28), target=1, patch_sizes=(1, 5), stride=1, fill=0.25)
+    res = occlusion.occlusion(tiny_model, torch.rand(28, 28), target=1, patch_sizes=(1, 5), stride=1, fill=0.25)
     res.save_npz(tmp_path / "o.npz")
     z = np.load(tmp_path / "o.npz")
     assert z["prob_1"].shape == (28, 28) and z["prob_5"].shape == (24, 24)
@@ -228,8 +229,8 @@ def test_meaningfulness_on_the_trained_run(mnist_run, mnist_split):
     from cnnlab.runs import open_run
     run = open_run(mnist_run)
     model = run.load_model()
-    res = I.occlusion_meaningfulness(model, mnist_split.test_x[:500], mnist_split.test_y[:500], n=16,
-                                     reference=I.untrained_for_run(run, model))
+    res = occlusion.occlusion_meaningfulness(model, mnist_split.test_x[:500], mnist_split.test_y[:500], n=16,
+                                     reference=shared.untrained_for_run(run, model))
     t, u = res["trained"], res["untrained"]
     assert t["strokes"]["images"] + t["strokes"]["images_without_any_drop"] == 16
     for who in (t, u):
@@ -239,7 +240,7 @@ def test_meaningfulness_on_the_trained_run(mnist_run, mnist_split):
     # the trained network reacts to occlusion far more than the untrained one
     assert t["max_drop_median"] > u["max_drop_median"]
     json.dumps(res)
-    I.meaningfulness_figure(res)
+    occlusion.meaningfulness_figure(res)
 
 
 def test_cli_commands_write_outputs_and_keep_weights(mnist_run, mnist_dir, tmp_path, capsys):

@@ -10,7 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlab import generate as G
+from cnnlab import config
+from cnnlab.analysis import _shared as shared
+from cnnlab.analysis import class_models, likeness, targeted
 from cnnlab.cli import main
 from cnnlab.errors import ConfigError
 
@@ -41,9 +43,9 @@ def _digest(model):
 def test_class_model_on_linear_network_is_closed_form():
     m = Linear28().eval()
     steps, step = 7, 50.0
-    r = G.synthesize(m, targets=[3, 8], steps=steps, step_size=step, sigma=20.0, seed=4)
+    r = class_models.synthesize(m, targets=[3, 8], steps=steps, step_size=step, sigma=20.0, seed=4)
     W = m.fc.weight.detach().double().numpy()
-    x0 = G.initial_noise(1, 20.0, 4)[0].double().numpy().ravel()
+    x0 = shared.initial_noise(1, 20.0, 4)[0].double().numpy().ravel()
     for i, t in enumerate([3, 8]):
         # dC/dX = W[t] / 255 whatever X is, so X_k = X_0 + k·step·W[t]/255.
         want = x0 + steps * step * W[t] / 255.0
@@ -58,11 +60,11 @@ def test_targeted_fake_on_linear_network_matches_a_float64_loop():
     m = Linear28(1).eval()
     src = np.random.default_rng(0).integers(0, 256, (28, 28)).astype(np.uint8)
     beta, step, steps = 0.05, 200.0, 12
-    r = G.adversarial(m, src, targets=[0, 5], beta=beta, steps=steps, step_size=step, sigma=10.0, seed=2)
+    r = targeted.adversarial(m, src, targets=[0, 5], beta=beta, steps=steps, step_size=step, sigma=10.0, seed=2)
     W = m.fc.weight.detach().double().numpy()
     S = src.astype(np.float64).ravel()
     for i, t in enumerate([0, 5]):
-        x = G.initial_noise(1, 10.0, 2)[0].double().numpy().ravel()
+        x = shared.initial_noise(1, 10.0, 2)[0].double().numpy().ravel()
         for _ in range(steps):     # d/dX [W_t·X/255 − β·mean((X−S)²)] = W_t/255 − 2β(X−S)/784
             x = x + step * (W[t] / 255.0 - 2 * beta * (x - S) / 784.0)
         np.testing.assert_allclose(r.images[i].ravel(), x, atol=1e-2)
@@ -78,7 +80,7 @@ def test_network_is_fed_x_over_255():
             seen.append(x.detach().clone())
             return super().forward(x)
 
-    G.synthesize(Spy().eval(), targets=[0], steps=1, step_size=1.0, sigma=10.0)
+    class_models.synthesize(Spy().eval(), targets=[0], steps=1, step_size=1.0, sigma=10.0)
     x = seen[0]
     assert x.shape == (1, 1, 28, 28)
     assert abs(float(x.mean()) - 128 / 255) < 0.02       # noise centred at 128 on 0–255 → ≈ 0.5
@@ -87,41 +89,41 @@ def test_network_is_fed_x_over_255():
 
 def test_batch_of_ten_equals_one_at_a_time(tiny_model):
     kw = dict(steps=6, step_size=2000.0, seed=3, clip=True, l2=0.01, blur_every=2, jitter=2)
-    batch = G.synthesize(tiny_model, range(10), **kw)
+    batch = class_models.synthesize(tiny_model, range(10), **kw)
     for t in (0, 4, 9):
-        one = G.synthesize(tiny_model, [t], **kw)
+        one = class_models.synthesize(tiny_model, [t], **kw)
         np.testing.assert_allclose(one.images[0], batch.images[t], atol=1e-3)
         np.testing.assert_allclose(one.cost[:, 0], batch.cost[:, t], atol=1e-4)
     src = np.linspace(0, 1, 784).reshape(28, 28)
-    adv = G.adversarial(tiny_model, src, range(10), steps=5, step_size=2000.0)
-    one = G.adversarial(tiny_model, src, [7], steps=5, step_size=2000.0)
+    adv = targeted.adversarial(tiny_model, src, range(10), steps=5, step_size=2000.0)
+    one = targeted.adversarial(tiny_model, src, [7], steps=5, step_size=2000.0)
     np.testing.assert_allclose(one.images[0], adv.images[7], atol=1e-3)
 
 
 def test_seeded_and_regularizers_keep_pixels_valid(tiny_model):
-    a = G.synthesize(tiny_model, [1, 2], steps=5, **G.REGULARIZED)
-    b = G.synthesize(tiny_model, [1, 2], steps=5, **G.REGULARIZED)
+    a = class_models.synthesize(tiny_model, [1, 2], steps=5, **config.REGULARIZED)
+    b = class_models.synthesize(tiny_model, [1, 2], steps=5, **config.REGULARIZED)
     np.testing.assert_array_equal(a.images, b.images)
     assert a.images.min() >= 0 and a.images.max() <= 255
-    c = G.synthesize(tiny_model, [1, 2], steps=5, seed=1)
+    c = class_models.synthesize(tiny_model, [1, 2], steps=5, seed=1)
     assert not np.allclose(c.initial, a.initial)
 
 
 def test_blur_keeps_constants_and_mass():
     x = torch.full((2, 28, 28), 77.0)
-    torch.testing.assert_close(G.gaussian_blur(x, 1.0), x)
+    torch.testing.assert_close(shared.gaussian_blur(x, 1.0), x)
     d = torch.zeros(1, 28, 28)
     d[0, 14, 14] = 1.0
-    assert float(G.gaussian_blur(d, 0.7).sum()) == pytest.approx(1.0, abs=1e-6)
+    assert float(shared.gaussian_blur(d, 0.7).sum()) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_pearson_and_likeness_oracle(mnist_split):
     a = np.random.default_rng(0).normal(size=(3, 784))
     b = np.random.default_rng(1).normal(size=(4, 784))
     want = np.corrcoef(np.vstack([a, b]))[:3, 3:]
-    np.testing.assert_allclose(G._pearson(a, b), want, atol=1e-12)
-    means = G.class_means(mnist_split)
-    lk = G.digit_likeness(means, mnist_split, targets=range(10), n_real=200, means=means)
+    np.testing.assert_allclose(likeness.pearson(a, b), want, atol=1e-12)
+    means = likeness.class_means(mnist_split)
+    lk = likeness.digit_likeness(means, mnist_split, targets=range(10), n_real=200, means=means)
     np.testing.assert_allclose(lk["images"]["corr_target_mean"], 1.0, atol=1e-9)
     assert lk["images"]["nearest_class"] == list(range(10))
     ref = lk["reference_real_test_digits"]
@@ -130,21 +132,21 @@ def test_pearson_and_likeness_oracle(mnist_split):
 
 def test_source_scales_and_errors(tiny_model):
     u8 = np.full((28, 28), 255, np.uint8)
-    assert float(G.as_image_255(u8).max()) == 255
-    assert float(G.as_image_255(np.ones((28, 28)) * 1.0).max()) == 255       # [0, 1] float
-    assert float(G.as_image_255(np.ones(784) * 1.0, scale="255").max()) == 1
+    assert float(targeted.as_image_255(u8).max()) == 255
+    assert float(targeted.as_image_255(np.ones((28, 28)) * 1.0).max()) == 255       # [0, 1] float
+    assert float(targeted.as_image_255(np.ones(784) * 1.0, scale="255").max()) == 1
     with pytest.raises(ConfigError, match="784"):
-        G.as_image_255(np.zeros((28, 27)))
+        targeted.as_image_255(np.zeros((28, 27)))
     with pytest.raises(ConfigError, match="out of range"):
-        G.synthesize(tiny_model, [12])
+        class_models.synthesize(tiny_model, [12])
     with pytest.raises(ConfigError, match="finite"):
-        G.synthesize(tiny_model, [1], step_size=float("nan"))
+        class_models.synthesize(tiny_model, [1], step_size=float("nan"))
     with pytest.raises(ConfigError, match="beta"):
-        G.adversarial(tiny_model, u8, beta=-1)
+        targeted.adversarial(tiny_model, u8, beta=-1)
     with pytest.raises(ConfigError, match="overshoot"):
-        G.adversarial(tiny_model, u8, beta=1.0, step_size=1000)
+        targeted.adversarial(tiny_model, u8, beta=1.0, step_size=1000)
     with pytest.raises(ConfigError, match="init"):
-        G.adversarial(tiny_model, u8, init="zeros")
+        targeted.adversarial(tiny_model, u8, init="zeros")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,21 +167,21 @@ def test_class_models_reach_the_target_and_weights_never_change(trained, mnist_s
     digest, params = weights_digest(model), [p.detach().clone() for p in model.parameters()]
     flags = [p.requires_grad for p in model.parameters()]
     model.train()                                   # restored afterwards, eval inside
-    res = G.synthesize(model)
+    res = class_models.synthesize(model)
     assert model.training
     model.eval()
     assert (res.final_pred == np.arange(10)).all()
     assert res.final_prob.min() >= 0.99
     assert (np.diff(res.cost, axis=0) > 0).mean() > 0.95 and (res.cost[-1] > res.cost[0] + 5).all()
-    reg = G.synthesize_regularized(model)
+    reg = class_models.synthesize_regularized(model)
     assert (reg.final_pred == np.arange(10)).all() and reg.final_prob.min() >= 0.9
-    lk_plain = G.digit_likeness(res.images, mnist_split, targets=range(10), n_real=200)
-    lk_reg = G.digit_likeness(reg.images, mnist_split, targets=range(10), n_real=200)
+    lk_plain = likeness.digit_likeness(res.images, mnist_split, targets=range(10), n_real=200)
+    lk_reg = likeness.digit_likeness(reg.images, mnist_split, targets=range(10), n_real=200)
     # The plain class models look like no digit; the regularized ones are markedly closer.
     assert lk_plain["summary"]["corr_target_mean_mean"] < 0.25
     assert lk_reg["summary"]["corr_target_mean_mean"] > lk_plain["summary"]["corr_target_mean_mean"] + 0.15
     src = mnist_split.test_x[1, 0]
-    adv = G.adversarial(model, src, source_label=int(mnist_split.test_y[1]))
+    adv = targeted.adversarial(model, src, source_label=int(mnist_split.test_y[1]))
     assert hashlib.sha256(run.weights.read_bytes()).hexdigest() == file_hash
     assert weights_digest(model) == digest
     assert all(torch.equal(a, b.detach()) for a, b in zip(params, model.parameters()))
@@ -187,7 +189,7 @@ def test_class_models_reach_the_target_and_weights_never_change(trained, mnist_s
     # Targeted fakes: every target fooled, and still close to the source digit.
     assert (adv.final_pred == adv.targets).all() and adv.final_prob.min() >= 0.9
     assert adv.corr_to_source.min() > 0.4
-    lk = G.digit_likeness(adv.images, mnist_split, n_real=50)
+    lk = likeness.digit_likeness(adv.images, mnist_split, n_real=50)
     assert np.mean(np.array(lk["images"]["nn_label"]) == adv.source_label) >= 0.8
     # npz formats, keys exactly as the issue
     f = res.save_npz(tmp_path / "synthesize.npz")
@@ -198,14 +200,14 @@ def test_class_models_reach_the_target_and_weights_never_change(trained, mnist_s
     f = adv.save_npz(tmp_path / "adversarial.npz")
     with np.load(f) as z:
         assert {"images", "targets", "source", "cost", "prob", "beta"} <= set(z.files)
-        assert z["source"].shape == (28, 28) and float(z["beta"]) == G.BETA
+        assert z["source"].shape == (28, 28) and float(z["beta"]) == config.BETA
     import json
     json.dumps(res.to_dict()), json.dumps(adv.to_dict()), json.dumps(lk_reg)
 
 
 def test_beta_sweep_trades_fooling_for_resemblance(trained, mnist_split):
     _, model = trained
-    sw = G.beta_sweep(model, mnist_split.test_x[0, 0], betas=(0.0, 0.03), targets=[3, 5], steps=60,
+    sw = targeted.beta_sweep(model, mnist_split.test_x[0, 0], betas=(0.0, 0.03), targets=[3, 5], steps=60,
                       source_label=int(mnist_split.test_y[0]))
     rows = sw.to_dict()["rows"]
     assert rows[0]["mean_corr_to_source"] < rows[1]["mean_corr_to_source"]

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cnnlab.report import AnalysisConfig, build_report
+from cnnlab.config import AnalysisConfig
+from cnnlab.report import build_report
 
 SECTIONS = ["1.1", "1.2", "1.3", "1.4", "1.5", "1.6", "2.1", "2.2", "2.3", "2.4",
             "3.1.1", "3.1.2", "3.1.3", "3.1.4", "3.2.1"]

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab import attacks as A
+from cnnlab.analysis import robustness
 from cnnlab.cli import main
 from cnnlab.errors import ConfigError
 
@@ -34,12 +34,12 @@ def test_fgsm_moves_by_eps_sign_w():
     x = torch.full((3, 1, 28, 28), 0.5)
     eps = 0.1
     want = (x + eps * m.w.detach().sign().view(1, 1, 28, 28)).clamp(0, 1)
-    torch.testing.assert_close(A.fgsm(m, x, torch.zeros(3, dtype=torch.long), eps), want)
+    torch.testing.assert_close(robustness.fgsm(m, x, torch.zeros(3, dtype=torch.long), eps), want)
     # targeted at class 1: descend CE(·, 1) = ascend w·x: the same direction
-    torch.testing.assert_close(A.fgsm(m, x, torch.ones(3, dtype=torch.long), eps, targeted=True), want)
+    torch.testing.assert_close(robustness.fgsm(m, x, torch.ones(3, dtype=torch.long), eps, targeted=True), want)
     # clipping: a black image cannot go below 0
     xb = torch.zeros(1, 1, 28, 28)
-    out = A.fgsm(m, xb, torch.zeros(1, dtype=torch.long), 0.3)
+    out = robustness.fgsm(m, xb, torch.zeros(1, dtype=torch.long), 0.3)
     assert float(out.min()) == 0 and torch.allclose(out[0, 0].flatten()[m.w > 0], torch.tensor(0.3))
 
 
@@ -57,7 +57,7 @@ def test_fgsm_matches_a_numpy_gradient_on_a_linear_softmax():
     p /= p.sum(1, keepdims=True)
     grad = (p - np.eye(10)[y.numpy()]) @ W          # ∂CE/∂x for softmax regression, by hand
     want = np.clip(x.flatten(1).double().numpy() + 0.07 * np.sign(grad), 0, 1)
-    got = A.fgsm(m, x, y, 0.07).flatten(1).double().numpy()
+    got = robustness.fgsm(m, x, y, 0.07).flatten(1).double().numpy()
     np.testing.assert_allclose(got, want, atol=1e-6)
 
 
@@ -84,9 +84,9 @@ def test_pgd_equals_reference_loop_and_stays_in_the_ball(tiny_model, targeted):
     x = torch.rand(4, 1, 28, 28, generator=g)
     y = torch.tensor([0, 1, 2, 3])
     eps, alpha, steps = 0.1, 0.03, 4
-    got = A.pgd(tiny_model, x, y, eps, alpha, steps, targeted=targeted, seed=7)
+    got = robustness.pgd(tiny_model, x, y, eps, alpha, steps, targeted=targeted, seed=7)
     noise = torch.empty(x.shape).uniform_(-eps, eps, generator=torch.Generator().manual_seed(7))
-    from cnnlab.generate import few_threads
+    from cnnlab.analysis._shared import few_threads
     with few_threads(1):
         want = _reference_pgd(tiny_model, x, y, eps, alpha, steps, noise, targeted)
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
@@ -97,22 +97,22 @@ def test_pgd_equals_reference_loop_and_stays_in_the_ball(tiny_model, targeted):
 def test_pgd_one_step_without_start_is_fgsm(tiny_model):
     x = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(2))
     y = torch.arange(5)
-    torch.testing.assert_close(A.pgd(tiny_model, x, y, 0.2, alpha=0.2, steps=1, random_start=False),
-                               A.fgsm(tiny_model, x, y, 0.2))
+    torch.testing.assert_close(robustness.pgd(tiny_model, x, y, 0.2, alpha=0.2, steps=1, random_start=False),
+                               robustness.fgsm(tiny_model, x, y, 0.2))
 
 
 def test_errors(tiny_model):
     x = torch.rand(2, 1, 28, 28)
     with pytest.raises(ConfigError, match="≤ 1"):
-        A.fgsm(tiny_model, x, [0, 1], 2.0)
+        robustness.fgsm(tiny_model, x, [0, 1], 2.0)
     with pytest.raises(ConfigError, match="finite"):
-        A.pgd(tiny_model, x, [0, 1], float("nan"))
+        robustness.pgd(tiny_model, x, [0, 1], float("nan"))
     with pytest.raises(ConfigError, match="uint8"):
-        A.fgsm(tiny_model, (x * 255).to(torch.uint8), [0, 1], 0.1)
+        robustness.fgsm(tiny_model, (x * 255).to(torch.uint8), [0, 1], 0.1)
     with pytest.raises(ConfigError, match="0..9"):
-        A.fgsm(tiny_model, x, [0, 11], 0.1)
+        robustness.fgsm(tiny_model, x, [0, 11], 0.1)
     with pytest.raises(ConfigError, match="attack"):
-        A.robustness({"m": tiny_model}, x, [0, 1], attack="cw")
+        robustness.robustness({"m": tiny_model}, x, [0, 1], attack="cw")
 
 
 @pytest.fixture(scope="module")
@@ -127,9 +127,9 @@ def test_attacks_on_trained_models(models, mnist_split):
     from cnnlab.train import evaluate
     x, y = to_float(mnist_split.test_x[:400]), mnist_split.test_y[:400]
     before = {k: weights_digest(m) for k, m in models.items()}
-    fg = A.robustness(models, x, y, "fgsm", eps_list=[0, 0.1, 0.25])
-    pg = A.robustness(models, x, y, "pgd", eps_list=[0.1], steps=10)
-    tg = A.robustness({"plain": models["plain"]}, x, y, "pgd", eps_list=[0.25], steps=10, targeted=True)
+    fg = robustness.robustness(models, x, y, "fgsm", eps_list=[0, 0.1, 0.25])
+    pg = robustness.robustness(models, x, y, "pgd", eps_list=[0.1], steps=10)
+    tg = robustness.robustness({"plain": models["plain"]}, x, y, "pgd", eps_list=[0.25], steps=10, targeted=True)
     assert {k: weights_digest(m) for k, m in models.items()} == before
     for name, m in models.items():
         acc = [r["accuracy"] for r in fg.table if r["model"] == name]

@@ -58,8 +58,9 @@ md("## 1.2 Random test images with true and predicted labels")
 code("""display(Image(f"{OUT}/plain/predictions.png"))""")
 md("## 1.3–1.5 Layer shapes, parameters, neurons\nShapes come from a real forward pass with hooks. A neuron is one output unit of a layer with learnable weights (conv or FC).")
 code("""
-from cnnlab import inspect as cinspect
-s = cinspect.summary(batch_norm=False)
+from cnnlab.analysis import activations, anatomy, filters, occlusion
+from cnnlab.analysis._shared import untrained_for_run
+s = anatomy.summary(batch_norm=False)
 print(s.table_text())
 print(json.dumps({"params": s.params, "neurons": s.neurons}, indent=1))
 """)
@@ -74,28 +75,28 @@ md("## 2.1–2.2 Filters of conv1 and conv2, against the untrained network of th
 code("""
 run = open_run(f"{OUT}/plain")
 model = run.load_model()
-untrained = cinspect.untrained_for_run(run, model)
+untrained = untrained_for_run(run, model)
 for layer in ("conv1", "conv2"):
-    f = cinspect.filters(model, layer, reference=untrained)
+    f = filters.filters(model, layer, reference=untrained)
     display(f.figure())
 """)
 md("## 2.3 Activations as we go deeper")
 code("""
-act = cinspect.activations(model, split.test_x[0].float() / 255, label=int(split.test_y[0]))
+act = activations.activations(model, split.test_x[0].float() / 255, label=int(split.test_y[0]))
 display(act.figure())
 print(json.dumps(act.to_dict(), indent=1)[:1500])
 """)
 md("## 2.4 Occlusion: is the learning meaningful?")
 code("""
-occ = cinspect.occlusion(model, split.test_x[0].float() / 255, label=int(split.test_y[0]))
+occ = occlusion.occlusion(model, split.test_x[0].float() / 255, label=int(split.test_y[0]))
 display(occ.figure())
-m = cinspect.occlusion_meaningfulness(model, split.test_x, split.test_y, n=20 if SMALL else 100, reference=untrained)
-display(cinspect.meaningfulness_figure(m))
+m = occlusion.occlusion_meaningfulness(model, split.test_x, split.test_y, n=20 if SMALL else 100, reference=untrained)
+display(occlusion.meaningfulness_figure(m))
 """)
 md("## 3.1 Class models from noise (the assignment's non-targeted attack)")
 code("""
-from cnnlab import generate
-syn = generate.synthesize(model, steps=60 if SMALL else 200)
+from cnnlab.analysis import class_models, targeted
+syn = class_models.synthesize(model, steps=60 if SMALL else 200)
 display(syn.figure())
 display(syn.cost_figure())
 print("final target probabilities:", [round(float(p), 4) for p in syn.final_prob])
@@ -103,7 +104,7 @@ print("final target probabilities:", [round(float(p), 4) for p in syn.final_prob
 md("## 3.2 Targeted fakes: an image of 2 that the network calls anything")
 code("""
 two = int((split.test_y == 2).nonzero()[0])
-adv = generate.adversarial(model, split.test_x[two].float() / 255, steps=60 if SMALL else 200, source_label=2)
+adv = targeted.adversarial(model, split.test_x[two].float() / 255, steps=60 if SMALL else 200, source_label=2)
 display(adv.figure())
 display(adv.cost_figure())
 """)

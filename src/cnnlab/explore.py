@@ -3,8 +3,8 @@
 The server is a small FastAPI app; the page is static HTML/JS/CSS shipped in `cnnlab/static`, with
 no outside fonts, scripts or styles, so it works with no internet at all. Every number the page
 shows comes from the functions the CLI and the report use — `cnnlab.predict` (the MNIST-style
-preprocessing and the decoder guards), `cnnlab.inspect` (layer table, filters, activations,
-occlusion) and `cnnlab.generate` (class models, targeted fakes). This module only moves arrays
+preprocessing and the decoder guards), `cnnlab.analysis` (layer table, filters, activations,
+occlusion, class models, targeted fakes). This module only moves arrays
 between them and the browser; it implements none of them a second time.
 
 Security: binds 127.0.0.1 unless told otherwise; never opens a path the browser sends (the only
@@ -35,7 +35,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import config
+from .analysis import activations, anatomy, class_models, filters, occlusion, targeted
+from .analysis._shared import FEATURE_LAYERS, first_image_of, mosaic
+from .data import get_spec
 from .errors import CnnlabError, ConfigError, ImageError, RunError
+from .output import write_json
+from .predict import preprocess_bytes
+from .runs import open_run
 
 try:    # the optional `explore` extra; FastAPI resolves the (string) annotations in this module
     from fastapi import Request
@@ -49,7 +56,6 @@ MAX_JSON_BYTES = 12 * 1024 * 1024       # a canvas/photo data URL is base64: 4/3
 STATIC_FILES = {"explore.html": "text/html; charset=utf-8",
                 "explore.js": "text/javascript; charset=utf-8",
                 "explore.css": "text/css; charset=utf-8"}
-FEATURE_LAYERS = ("conv1", "pool1", "conv2", "pool2")
 CACHE_VERSION = 1                       # bump when the cached beliefs change meaning
 INSTALL_HINT = "pip install 'cnnlab[explore]'"
 
@@ -85,19 +91,6 @@ def colorize(x: np.ndarray, vmin: float, vmax: float, cmap: str = "gray",
     rgba[..., :3] = _lut(cmap)[idx]
     rgba[..., 3] = 255 if mask is None else np.where(mask, 255, 0)
     return rgba
-
-
-def mosaic(maps: np.ndarray, ncols: int, pad: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Tiles [N, h, w] → one [H, W] array in a grid of `ncols`, with a mask that is False in the gaps."""
-    n, h, w = maps.shape
-    nrows = -(-n // ncols)
-    out = np.zeros((nrows * (h + pad) - pad, ncols * (w + pad) - pad), dtype=np.float64)
-    mask = np.zeros(out.shape, dtype=bool)
-    for i in range(n):
-        r, c = divmod(i, ncols)
-        out[r * (h + pad): r * (h + pad) + h, c * (w + pad): c * (w + pad) + w] = maps[i]
-        mask[r * (h + pad): r * (h + pad) + h, c * (w + pad): c * (w + pad) + w] = True
-    return out, mask
 
 
 def image_url(img28: np.ndarray) -> str:
@@ -164,12 +157,10 @@ class RunView:
     """One run as the page sees it: frozen model, layer table and filters (computed once)."""
 
     def __init__(self, path: Path):
-        from .runs import open_run
         self.run = open_run(path)
         self.model = self.run.load_model("cpu").eval()
-        from . import inspect
         # The layer table counts parameters with requires_grad, so it is measured before freezing.
-        self.summary = inspect.summary(batch_norm=self.run.batch_norm, model=self.model).to_dict()
+        self.summary = anatomy.summary(batch_norm=self.run.batch_norm, model=self.model).to_dict()
         for p in self.model.parameters():           # inference and input-only gradients only
             p.requires_grad_(False)
         self.weights_sha256 = file_sha256(self.run.weights)
@@ -183,22 +174,21 @@ class RunView:
     def static_info(self) -> dict:
         """Name, accuracy, layer table and filter pictures: what does not depend on the input."""
         if self._static is None:
-            from . import inspect
-            filters = {layer: filter_picture(inspect.filters(self.model, layer=layer))
+            pictures = {layer: filter_picture(filters.filters(self.model, layer=layer))
                        for layer in ("conv1", "conv2")}
             test = self.run.info.get("test") or {}
             self._static = {"name": self.run.name, "label": self.label, "path": str(self.run.path),
                             "batch_norm": self.run.batch_norm,
                             "test_accuracy": test.get("accuracy"),
                             "dataset": self.run.info["config"].get("dataset", "mnist"),
-                            "summary": self.summary, "filters": filters}
+                            "summary": self.summary, "filters": pictures}
         return self._static
 
 
 def filter_picture(res) -> dict:
     """A FilterResult as a picture. conv1: 32 kernels in rows of 8; conv2: a 32×32 grid (row =
     output filter, column = input channel); one symmetric diverging scale per layer so the sign
-    of every weight reads the same. Plus inspect's count of edge/blob/line detectors."""
+    of every weight reads the same. Plus analysis.filters' count of edge/blob/line detectors."""
     w = np.asarray(res.weights, dtype=np.float64)            # [out, in, 3, 3]
     out_c, in_c, kh, kw = w.shape
     if in_c == 1:
@@ -206,7 +196,9 @@ def filter_picture(res) -> dict:
     else:
         tiles, ncols = w.reshape(out_c * in_c, kh, kw), in_c
     vmax = float(np.abs(w).max()) or 1.0
-    grid, mask = mosaic(tiles, ncols=ncols, pad=1)
+    grid = mosaic(tiles, ncols)
+    mask = ~np.isnan(grid)
+    grid = np.nan_to_num(grid)
     return {"png": png_url(colorize(grid, -vmax, vmax, "RdBu_r", mask)), "shape": [out_c, in_c, kh, kw],
             "vmax": vmax, "class_counts": res.trained.get("class_counts", {})}
 
@@ -222,7 +214,6 @@ class Explorer:
         if len(datasets) > 1:
             raise ConfigError(f"the runs were trained on different datasets ({', '.join(sorted(datasets))}); "
                               f"compare runs of one dataset")
-        from .data import get_spec
         self.dataset = datasets.pop()
         self.class_names = list(get_spec(self.dataset).class_names)
         self.data_dir = data_dir
@@ -261,7 +252,6 @@ class Explorer:
     def image_from_bytes(self, data: bytes) -> np.ndarray:
         """An uploaded photo or the drawn canvas → the 28×28 the network sees, through predict's
         decoder guards and MNIST-style preprocessing."""
-        from .predict import preprocess_bytes
         return quantize(np.asarray(preprocess_bytes(data, max_bytes=MAX_BODY_BYTES), dtype=np.float64))
 
     def resolve_input(self, req: dict) -> tuple[np.ndarray, dict]:
@@ -303,22 +293,23 @@ class Explorer:
 
     def _analyze_one(self, view: RunView, image: np.ndarray, target: int | None, patch: int,
                      with_occlusion: bool) -> dict:
-        from . import inspect
-        act = inspect.activations(view.model, image)
+        act = activations.activations(view.model, image)
         probs = np.asarray(act.probs, dtype=np.float64)
         maps = {}
         for layer in FEATURE_LAYERS:
             a = np.asarray(act.maps[layer], dtype=np.float64)          # [C, h, w] after ReLU
             st = act.stats[layer]
             vmax = float(a.max())
-            grid, mask = mosaic(a, ncols=8, pad=1)
+            grid = mosaic(a, 8)
+            mask = ~np.isnan(grid)
+            grid = np.nan_to_num(grid)
             maps[layer] = {"png": png_url(colorize(grid, 0.0, vmax if vmax > 0 else 1.0, "magma", mask)),
                            "shape": list(a.shape), "max": vmax, "active_channels": st["active_channels"],
                            "active_fraction": st["active_fraction"], "receptive_field": st["receptive_field"]}
         out = {"probs": [round(float(p), 6) for p in probs], "pred": act.pred, "features": maps}
         if not with_occlusion:
             return out
-        occ = inspect.occlusion(view.model, image, target=target, patch_sizes=(patch,))
+        occ = occlusion.occlusion(view.model, image, target=target, patch_sizes=(patch,))
         pmap = np.asarray(occ.prob[patch], dtype=np.float64)             # [P, P], P = 29 − patch
         # Shown on the 28×28 grid at each patch's centre, so the map lines up with the input;
         # the (patch − 1) border rows/columns no patch is centred on stay transparent.
@@ -345,24 +336,22 @@ class Explorer:
         view = self._view(index)
         with view.lock:
             path = view.run.path / "analysis" / "explore" / "beliefs.json"
-            from . import generate
-            # The cache holds for these weights and these settings of generate's defaults.
+            # The cache holds for these weights and these settings of the analysis defaults (config.py).
             key = {"version": CACHE_VERSION, "weights_sha256": view.weights_sha256,
-                   "settings": {"steps": generate.STEPS, "step_size": generate.STEP_SIZE, "synth_step_size": generate.SYNTH_STEP_SIZE,
-                                "sigma": generate.SIGMA, "beta": generate.BETA}}
+                   "settings": {"steps": config.STEPS, "step_size": config.STEP_SIZE, "synth_step_size": config.SYNTH_STEP_SIZE,
+                                "sigma": config.SIGMA, "beta": config.BETA}}
             cached = _read_json(path)
             if cached and all(cached.get(k) == v for k, v in key.items()):
                 return {**cached, "cached": True}
             t0 = time.perf_counter()
-            syn = generate.synthesize(view.model, targets=range(10))
+            syn = class_models.synthesize(view.model, targets=range(10))
             source_u8, source_info = self.fake_source()
-            adv = generate.adversarial(view.model, source_u8, targets=range(10), scale="255",
+            adv = targeted.adversarial(view.model, source_u8, targets=range(10), scale="255",
                                        source_label=source_info["label"])
             result = {**key,
                       "class_models": _belief_rows(view.model, syn), "fakes": _belief_rows(view.model, adv),
                       "fake_source": {**source_info, "png": png_url(source_u8)},
                       "seconds": round(time.perf_counter() - t0, 2)}
-            from .runs import write_json
             write_json(view.run.analysis_dir("explore") / "beliefs.json", result)
             return {**result, "cached": False}
 
@@ -370,26 +359,24 @@ class Explorer:
         """The digit the cached targeted fakes start from: the first test image of a 2, as in the
         assignment's example (an image of 2 that the network should call 5)."""
         x, y = self.test_set()
-        idx = int(torch.nonzero(y == 2)[0, 0]) if (y == 2).any() else 0
+        idx = first_image_of(y, 2) if (y == 2).any() else 0
         return x[idx, 0].numpy().astype(np.uint8), {"kind": "test", "index": idx, "label": int(y[idx])}
 
     def attack(self, u8: np.ndarray, beta: float | None = None) -> dict:
         """The targeted attack from this input, toward every class, on every run (input-only
-        gradients); `beta` weighs the likeness to the input (default generate.BETA)."""
-        from . import generate
-        beta = generate.BETA if beta is None else beta
+        gradients); `beta` weighs the likeness to the input (default config.BETA)."""
+        beta = config.BETA if beta is None else beta
         t0 = time.perf_counter()
         runs = []
         for view in self.views:
-            adv = generate.adversarial(view.model, u8, targets=range(10), beta=beta, scale="255")
+            adv = targeted.adversarial(view.model, u8, targets=range(10), beta=beta, scale="255")
             runs.append({"rows": _belief_rows(view.model, adv), "params": adv.params})
         return {"input": {"pixels": encode_pixels(u8), "png": png_url(u8)}, "runs": runs,
                 "seconds": round(time.perf_counter() - t0, 2)}
 
     def info(self) -> dict:
-        from . import generate
         return {"runs": [v.static_info() for v in self.views], "class_names": self.class_names,
-                "betas": [b for b in generate.BETAS if b > 0], "beta": generate.BETA,
+                "betas": [b for b in config.BETAS if b > 0], "beta": config.BETA,
                 "dataset": self.dataset, "limits": {"max_upload_bytes": MAX_BODY_BYTES},
                 "occlusion_colorbar": colorbar_url("viridis"), "activation_colorbar": colorbar_url("magma")}
 
@@ -400,7 +387,7 @@ class Explorer:
 
 
 def _belief_rows(model, res) -> list[dict]:
-    """One {target, png, pred, confidence, target_prob} per generated image. `generate` keeps the
+    """One {target, png, pred, confidence, target_prob} per generated image. `targeted` keeps the
     target's probability per step; the full distribution of the final image is one forward pass
     of the image as the network was fed it (X / 255, unclipped)."""
     images = np.asarray(res.images).astype(np.float32).reshape(-1, 28, 28)          # 0–255 scale
@@ -606,8 +593,8 @@ def serve(runs: list[Path], host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     if open_browser:
         import webbrowser
         threading.Timer(0.5, webbrowser.open, args=(url,)).start()
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-    server = uvicorn.Server(config)
+    server_config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    server = uvicorn.Server(server_config)
     try:
         server.run(sockets=[sock])
     finally:

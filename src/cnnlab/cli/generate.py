@@ -12,7 +12,7 @@ SCALE_NOTE = ("All pixel quantities are on the 0–255 scale: X starts at 128 + 
 
 
 def register(sub) -> None:
-    from ..generate import BETA, REGULARIZED, SIGMA, STEP_SIZE, STEPS, SYNTH_STEP_SIZE
+    from ..config import BETA, REGULARIZED, SIGMA, STEP_SIZE, STEPS, SYNTH_STEP_SIZE
     p = sub.add_parser(
         "synthesize", help="class models: images the network takes for each digit, from noise (§3.1)",
         description="Gradient ascent on C = logits[target] from Gaussian noise, X ← X + step_size·dC/dX, "
@@ -105,8 +105,11 @@ def _save(fig, path: Path) -> str:
 
 
 def cmd_synthesize(args) -> int:
-    from .. import generate as G
-    from ..runs import open_run, write_json
+    from ..analysis.class_models import synthesize
+    from ..analysis.likeness import class_means, digit_likeness, likeness_figure
+    from ..config import REGULARIZED
+    from ..output import write_json
+    from ..runs import open_run
     run = open_run(args.run)
     model = run.load_model()
     transfer = _transfer_models(args.transfer)
@@ -114,9 +117,9 @@ def cmd_synthesize(args) -> int:
     out = args.out or run.analysis_dir("synthesize")
     out.mkdir(parents=True, exist_ok=True)
     targets = sorted(set(args.target)) if args.target else list(range(10))
-    means = G.class_means(split)
+    means = class_means(split)
     common = dict(steps=args.steps, sigma=args.sigma, seed=args.seed)
-    reg = {**G.REGULARIZED, **{k: v for k, v in dict(clip=args.clip, l2=args.l2, blur_every=args.blur_every,
+    reg = {**REGULARIZED, **{k: v for k, v in dict(clip=args.clip, l2=args.l2, blur_every=args.blur_every,
                                                       blur_sigma=args.blur_sigma, jitter=args.jitter).items()
                                 if v is not None}}
     variants = ["plain", "regularized"] if args.variant == "both" else [args.variant]
@@ -127,8 +130,8 @@ def cmd_synthesize(args) -> int:
             kw.update(reg)
         if args.step_size is not None:
             kw["step_size"] = args.step_size
-        res = G.synthesize(model, targets, label=f"{v} class models", **kw)
-        lk = G.digit_likeness(res.images, split, models=transfer, targets=targets, means=means)
+        res = synthesize(model, targets, label=f"{v} class models", **kw)
+        lk = digit_likeness(res.images, split, models=transfer, targets=targets, means=means)
         stem = "synthesize" if v == "plain" else "synthesize_regularized"
         res.save_npz(out / f"{stem}.npz")
         files += [f"{stem}.npz", _save(res.figure(lk), out / f"{stem}.png"),
@@ -137,7 +140,7 @@ def cmd_synthesize(args) -> int:
         if len(targets) == 10:
             rows.append((v, res.images, lk))
     if rows:
-        files.append(_save(G.likeness_figure(rows, means, "do the class models look like digits?"),
+        files.append(_save(likeness_figure(rows, means, "do the class models look like digits?"),
                            out / "likeness.png"))
     results["files"] = files
     write_json(out / "results.json", results)
@@ -178,9 +181,13 @@ def _print_synthesis(results: dict, variants, out: Path) -> None:
 
 
 def cmd_adversarial(args) -> int:
-    from .. import generate as G
+    from ..analysis._shared import first_image_of
+    from ..analysis.likeness import digit_likeness
+    from ..analysis.targeted import adversarial, beta_sweep
+    from ..config import BETAS
     from ..errors import ConfigError
-    from ..runs import open_run, write_json
+    from ..output import write_json
+    from ..runs import open_run
     run = open_run(args.run)
     model = run.load_model()
     transfer = _transfer_models(args.transfer)
@@ -192,19 +199,16 @@ def cmd_adversarial(args) -> int:
                               f"{n} images (0..{n - 1})")
         idx = args.source_index
     else:
-        hits = (split.test_y == args.source_digit).nonzero()
-        if len(hits) == 0:
-            raise ConfigError(f"the test set holds no image of digit {args.source_digit}")
-        idx = int(hits[0])
+        idx = first_image_of(split.test_y, args.source_digit)
     source, label = split.test_x[idx, 0], int(split.test_y[idx])
     out = args.out or run.analysis_dir("adversarial")
     out.mkdir(parents=True, exist_ok=True)
     targets = sorted(set(args.target)) if args.target else list(range(10))
     kw = dict(steps=args.steps, step_size=args.step_size, init=args.init, sigma=args.sigma, seed=args.seed,
               clip=args.clip, source_label=label)
-    res = G.adversarial(model, source, targets, beta=args.beta, **kw)
-    lk = G.digit_likeness(res.images, split, models=transfer, targets=targets)
-    src_lk = G.digit_likeness(res.source[None], split, n_real=100)["images"]
+    res = adversarial(model, source, targets, beta=args.beta, **kw)
+    lk = digit_likeness(res.images, split, models=transfer, targets=targets)
+    src_lk = digit_likeness(res.source[None], split, n_real=100)["images"]
     res.save_npz(out / "adversarial.npz")
     files = ["adversarial.npz", _save(res.figure(lk), out / "adversarial.png"),
              _save(res.cost_figure(), out / "adversarial_cost.png")]
@@ -214,7 +218,7 @@ def cmd_adversarial(args) -> int:
                "looks_like_source_rate": float(sum(x == label for x in lk["images"]["nn_label"]) / len(targets)),
                "digit_likeness": lk}
     if args.beta_sweep is not None:
-        sw = G.beta_sweep(model, source, betas=args.beta_sweep or G.BETAS, targets=targets, **kw)
+        sw = beta_sweep(model, source, betas=args.beta_sweep or BETAS, targets=targets, **kw)
         results["beta_sweep"] = sw.to_dict()
         files.append(_save(sw.figure(), out / "beta_sweep.png"))
     results["files"] = files

@@ -67,7 +67,7 @@ def register(sub) -> None:
 
 
 def cmd_summary(args) -> int:
-    from ..inspect import summary
+    from ..analysis.anatomy import summary
     s = summary(batch_norm=args.batch_norm)
     if args.json:
         print_json(s.to_dict())
@@ -124,8 +124,9 @@ def _save(fig, path: Path) -> None:
 
 def cmd_filters(args) -> int:
     import numpy as np
-    from ..inspect import filters, untrained_for_run
-    from ..runs import write_json
+    from ..analysis._shared import untrained_for_run
+    from ..analysis.filters import filters
+    from ..output import write_json
     run, model = _open(args)
     res = filters(model, args.layer, reference=untrained_for_run(run, model))
     out = _out_dir(args, run, "filters")
@@ -154,8 +155,8 @@ def cmd_filters(args) -> int:
 
 def cmd_activations(args) -> int:
     import numpy as np
-    from ..inspect import activations
-    from ..runs import write_json
+    from ..analysis.activations import activations
+    from ..output import write_json
     run, model = _open(args)
     split = run.load_split(args.data_dir)
     indices = _check_indices(args.index or [0], split)
@@ -180,8 +181,10 @@ def cmd_activations(args) -> int:
 
 
 def cmd_occlusion(args) -> int:
-    from ..inspect import PATCH_SIZES, meaningfulness_figure, occlusion, occlusion_meaningfulness, untrained_for_run
-    from ..runs import write_json
+    from ..analysis._shared import untrained_for_run
+    from ..analysis.occlusion import meaningfulness_figure, occlusion, occlusion_meaningfulness
+    from ..config import PATCH_SIZES
+    from ..output import write_json
     run, model = _open(args)
     split = run.load_split(args.data_dir)
     indices = _check_indices(args.index or [0], split)

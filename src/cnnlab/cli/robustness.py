@@ -8,7 +8,7 @@ from .common import console, float_range, int_range, print_json
 
 
 def register(sub) -> None:
-    from ..attacks import EPS_FGSM, PGD_STEPS
+    from ..config import EPS_FGSM, PGD_STEPS
     p = sub.add_parser(
         "robustness", help="accuracy against ε under FGSM / PGD attacks, one or more runs side by side",
         description="White-box L∞ attacks on the test set: FGSM (one signed-gradient step) or PGD (iterated, "
@@ -35,9 +35,10 @@ def register(sub) -> None:
 
 def cmd_robustness(args) -> int:
     import matplotlib.pyplot as plt
-    from ..attacks import robustness
+    from ..analysis.robustness import robustness
     from ..data import to_float
-    from ..runs import open_run, write_json
+    from ..output import write_json
+    from ..runs import open_run
     runs = [open_run(p) for p in args.runs]
     models = {}
     for r in runs:
