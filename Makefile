@@ -7,20 +7,26 @@ STAMP  := $(VENV)/.setup-stamp
 # Tests and benchmarks may read the shared copy of MNIST; the product never does.
 SHARED_MNIST := $(abspath ../shared/datasets/mnist)
 
-.PHONY: setup test test-all demo bench clean
+.PHONY: setup lint test test-all demo bench clean
 
 setup: $(STAMP)
 
 # Re-run when the project's dependencies change; otherwise setup is a no-op (idempotent).
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	# The CPU wheel of torch 2.13.0; an unpinned torch would pull a multi-GB CUDA build.
 	$(PIP) install --quiet "torch==2.13.0"
-	$(PIP) install --quiet -e ".[explore,test]"
+	# The versions that were tested (constraints.txt), so a fresh machine gets the same ones.
+	$(PIP) install --quiet -c constraints.txt -e ".[explore,test]"
 	touch $(STAMP)
 
-test: setup
+# Lint (ruff: pyflakes, pycodestyle, import order, pyupgrade, bugbear) and types (mypy) on src/.
+lint: setup
+	$(VENV)/bin/ruff check src
+	$(VENV)/bin/mypy
+
+test: setup lint
 	CNNLAB_TEST_DATA=$${CNNLAB_TEST_DATA:-$(SHARED_MNIST)} $(PY) -m pytest -q -m "not slow"
 
 test-all: setup

@@ -133,14 +133,11 @@ def _child(argv: list[str]) -> int:
     split = synthetic_split()
     if mode == "signal":                    # deliver a real signal to ourselves during step K
         signum, k = getattr(signal, argv[2]), int(argv[3])
-        real_augment = T.augment
 
-        def augment(x, cfg, step):
-            if step == k - 1:               # `step` counts steps done: this is step K
+        def during_step(state, loss):
+            if state.step == k - 1:         # `state.step` counts steps done: this is step K
                 os.kill(os.getpid(), signum)
-            return real_augment(x, cfg, step)
-        T.augment = augment
-        res = T.train(TINY, out, split=split, progress=False, log=lambda s: None)
+        res = T.train(TINY, out, split=split, progress=False, log=lambda s: None, callback=during_step)
         print(json.dumps({"interrupted": res.interrupted, "steps": res.info["steps"]}))
         return 130 if res.interrupted else 0
     if mode == "kill":

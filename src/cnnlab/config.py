@@ -6,7 +6,10 @@ Presets give the defaults; flags the user gives override them. Unknown keys are 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -19,7 +22,7 @@ DATASET_NAMES = ("mnist", "fashion-mnist")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    dataset: str = "mnist"
+    dataset: str = "mnist"        # which images: handwritten digits or Zalando's clothes (same shapes)
     batch_norm: bool = False      # BatchNorm2d after conv1 and conv2, before their ReLU
     epochs: int = 12              # passes over the 50,000 training images
     batch_size: int = 256         # images per optimizer step
@@ -41,39 +44,61 @@ class TrainConfig:
     threads: int = 0              # torch intra-op threads (0 = torch's default)
 
     def __post_init__(self) -> None:
-        _check(self.dataset in DATASET_NAMES, "dataset", self.dataset, f"one of {', '.join(DATASET_NAMES)}")
-        _check(isinstance(self.epochs, int) and self.epochs >= 1, "epochs", self.epochs, "an integer ≥ 1")
-        _check(isinstance(self.batch_size, int) and 1 <= self.batch_size <= 60_000,
-               "batch-size", self.batch_size, "an integer between 1 and 60000")
-        _check(_finite(self.lr) and 0 < self.lr <= 10, "lr", self.lr, "a number in (0, 10]")
-        _check(_finite(self.pct_start) and 0 < self.pct_start < 1, "pct-start", self.pct_start, "a number in (0, 1)")
-        _check(_finite(self.weight_decay) and self.weight_decay >= 0, "weight-decay", self.weight_decay, "a number ≥ 0")
-        _check(_finite(self.label_smoothing) and 0 <= self.label_smoothing < 1,
-               "label-smoothing", self.label_smoothing, "a number in [0, 1)")
-        _check(_finite(self.max_shift) and 0 <= self.max_shift <= 8, "max-shift", self.max_shift, "pixels in [0, 8]")
-        _check(_finite(self.max_rotate) and 0 <= self.max_rotate <= 45, "max-rotate", self.max_rotate, "degrees in [0, 45]")
-        _check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an integer ≥ 0")
-        _check(isinstance(self.split_seed, int) and self.split_seed >= 0, "split-seed", self.split_seed, "an integer ≥ 0")
-        _check(isinstance(self.val_size, int) and 1 <= self.val_size < 60_000, "val-size", self.val_size, "an integer in [1, 59999]")
-        _check(isinstance(self.train_subset, int) and self.train_subset >= 0, "train-subset", self.train_subset, "an integer ≥ 0")
-        _check(isinstance(self.log_every, int) and self.log_every >= 0, "log-every", self.log_every, "an integer ≥ 0")
-        _check(self.device in DEVICES, "device", self.device, f"one of {', '.join(DEVICES)}")
-        _check(self.precision in PRECISIONS, "precision", self.precision, f"one of {', '.join(PRECISIONS)}")
-        _check(isinstance(self.threads, int) and self.threads >= 0, "threads", self.threads, "an integer ≥ 0")
+        for f in fields(self):
+            check_field(f.name, getattr(self, f.name))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"unknown configuration key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
         return cls(**d)
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+# What each field accepts: the config checks it, and the training CLI's flags use the same rule
+# (and show the same words) so the two never disagree.
+CHOICES: dict[str, tuple[str, ...]] = {"dataset": DATASET_NAMES, "device": DEVICES, "precision": PRECISIONS}
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "dataset": (lambda v: v in DATASET_NAMES, f"one of {', '.join(DATASET_NAMES)}"),
+    "batch_norm": (lambda v: isinstance(v, bool), "true or false"),
+    "epochs": (lambda v: _int(v) and v >= 1, "an integer ≥ 1"),
+    "batch_size": (lambda v: _int(v) and 1 <= v <= 60_000, "an integer between 1 and 60000"),
+    "lr": (lambda v: _finite(v) and 0 < v <= 10, "a number in (0, 10]"),
+    "pct_start": (lambda v: _finite(v) and 0 < v < 1, "a number in (0, 1)"),
+    "weight_decay": (lambda v: _finite(v) and v >= 0, "a number ≥ 0"),
+    "label_smoothing": (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "augment": (lambda v: isinstance(v, bool), "true or false"),
+    "max_shift": (lambda v: _finite(v) and 0 <= v <= 8, "pixels in [0, 8]"),
+    "max_rotate": (lambda v: _finite(v) and 0 <= v <= 45, "degrees in [0, 45]"),
+    "seed": (lambda v: _int(v) and v >= 0, "an integer ≥ 0"),
+    "split_seed": (lambda v: _int(v) and v >= 0, "an integer ≥ 0"),
+    "val_size": (lambda v: _int(v) and 1 <= v < 60_000, "an integer in [1, 59999]"),
+    "train_subset": (lambda v: _int(v) and v >= 0, "an integer ≥ 0"),
+    "log_every": (lambda v: _int(v) and v >= 0, "an integer ≥ 0"),
+    "device": (lambda v: v in DEVICES, f"one of {', '.join(DEVICES)}"),
+    "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+    "channels_last": (lambda v: isinstance(v, bool), "true or false"),
+    "threads": (lambda v: _int(v) and v >= 0, "an integer ≥ 0"),
+}
+
+
+def check_field(name: str, value: Any) -> None:
+    """ConfigError naming the flag and what it accepts, unless `value` is valid for field `name`."""
+    ok, expected = RULES[name]
+    _check(ok(value), name.replace("_", "-"), value, expected)
+
+
+def field_help() -> dict[str, str]:
+    """Each TrainConfig field's end-of-line comment in the class above (the flags' help text)."""
+    text = inspect.getsource(TrainConfig)
+    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^    (\w+): [^=]+= .*?#\s*(.*)$", text, re.M)}
 
 
 # Measured on the 2-core bf16 CPU this project is developed on (see README / BENCHMARKS.md).
@@ -96,6 +121,10 @@ def preset(name: str, **overrides: Any) -> TrainConfig:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     values = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
     return TrainConfig.from_dict(values)
+
+
+def _int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _finite(x: Any) -> bool:

@@ -23,9 +23,9 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -393,7 +393,7 @@ class Split:
     std: float
     info: dict                 # split seed, sizes, hash of the validation indices, source
 
-    def to(self, device: torch.device | str) -> "Split":
+    def to(self, device: torch.device | str) -> Split:
         for k in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y"):
             setattr(self, k, getattr(self, k).to(device))
         return self

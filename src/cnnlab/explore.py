@@ -29,7 +29,7 @@ import random
 import sys
 import threading
 import time
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +64,7 @@ INSTALL_HINT = "pip install 'cnnlab[explore]'"
 # Pictures for the browser: arrays → PNG data URLs
 # ---------------------------------------------------------------------------------------------
 
-@lru_cache(maxsize=None)
+@cache
 def _lut(cmap: str) -> np.ndarray:
     """uint8 [256, 3] colour lookup table of a matplotlib colormap ('gray' is exact)."""
     if cmap == "gray":

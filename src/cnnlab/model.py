@@ -67,7 +67,7 @@ class Net(nn.Module):
         x = self.relu3(self.fc1(self.flatten(x)))
         return self.fc2(x)
 
-    def features(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def features(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         """Every intermediate of the diagram, in order: conv1 (after ReLU), pool1, conv2 (after
         ReLU), pool2, fc1 (after ReLU), logits, probs."""
         out: OrderedDict[str, torch.Tensor] = OrderedDict()

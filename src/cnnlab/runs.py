@@ -8,11 +8,9 @@ file, fsync, rename), so a process killed mid-write leaves the previous file int
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import platform
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ REQUIRED_FIELDS = ("format", "config", "split", "versions", "status")
 def versions() -> dict[str, str]:
     import numpy
     import torch
+
     from . import __version__
     return {"cnnlab": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "numpy": numpy.__version__, "platform": platform.platform()}
@@ -57,7 +56,7 @@ class RunLock:
         self.path = Path(directory) / ".lock"
         self.fd: int | None = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         import fcntl
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,8 +9,9 @@ memory format, and max-pool before ReLU (see model.py). All randomness is a func
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import copy
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -18,17 +19,21 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save as save_safetensors
+from torch import nn
 
 from .config import TrainConfig
 from .data import Split, load_split, to_float
 from .errors import CnnlabError, ConfigError, RunError, TrainingError
-from .model import Net, save_weights, state_tensors
+from .figures import plot_curves, plot_predictions
+from .model import Net, load_weights, read_safetensors, save_weights, state_tensors
 from .output import atomic_write_bytes, atomic_write_text, save_figure, write_json
 from .runs import RUN_FORMAT, RunLock, check_out_dir, hardware, versions
 
@@ -106,14 +111,18 @@ def evaluate(model: Net, x: torch.Tensor, y: torch.Tensor, *, precision: str = "
     Batches of 500 with the model and inputs in channels_last: measured here 4–9× faster than
     contiguous weights or batches of 2500 (oneDNN's kernels and the L2 cache).
     """
+    device = next(model.parameters()).device
+    if device.type != "mps" and not _is_channels_last(model):
+        # A private channels_last copy: the caller's model keeps its memory format.
+        model = copy.deepcopy(model).to(memory_format=torch.channels_last)
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    if device.type != "mps":
-        with torch.no_grad():      # not inference mode: the parameters must stay trainable
-            model.to(memory_format=torch.channels_last)    # in place; the function is unchanged
     with torch.inference_mode():
         return _evaluate(model, x, y, device, precision, batch_size, keep_probs, was_training)
+
+
+def _is_channels_last(model: nn.Module) -> bool:
+    return all(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.dim() == 4)
 
 
 def _evaluate(model, x, y, device, precision, batch_size, keep_probs, was_training) -> EvalResult:
@@ -203,30 +212,172 @@ class StopFlag:
 
 
 # ---------------------------------------------------------------------------------------------
-# Saving and restoring loop state (safetensors + JSON; never pickle)
+# The loop's state: everything a resumed run needs besides the tensors (saved as JSON)
 # ---------------------------------------------------------------------------------------------
 
-def _save_state(out: Path, model: Net, opt, sched, pos: dict) -> None:
-    from safetensors.torch import save
-    tensors = {f"model.{k}": v for k, v in state_tensors(model).items()}
-    opt_state = opt.state_dict()
-    for pid, st in opt_state["state"].items():
-        for k, v in st.items():
-            tensors[f"opt.{pid}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous().clone()
-    state_dir = out / "state"
-    # The tensors go to a file named after the step, and state.json (written last) names that
-    # file and its hash: a process killed between the two writes leaves the previous state.json
-    # pointing at the previous, still present, tensors. Only then are older tensor files removed.
-    name = f"state-{pos['step']}.safetensors"
-    blob = save(tensors)
-    atomic_write_bytes(state_dir / name, blob)
-    meta = {"tensors": name, "tensors_sha256": hashlib.sha256(blob).hexdigest(), "pos": pos,
-            "sched": {k: v for k, v in sched.state_dict().items() if k != "anneal_func"},
-            "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in opt_state["param_groups"]]}
-    write_json(state_dir / "state.json", meta)     # written last: it marks the state complete
-    for old in state_dir.glob("state*.safetensors"):
-        if old.name != name:
-            old.unlink(missing_ok=True)
+@dataclass
+class LoopState:
+    """Where the loop is. Saved in state/state.json (under "pos") with every checkpoint of the
+    loop, so that `--resume` continues exactly."""
+    epoch: int = 0                  # epochs completed
+    batch: int = 0                  # batches done in the current epoch
+    step: int = 0                   # optimizer steps done
+    images: int = 0                 # training images seen
+    best_val_acc: float = -1.0      # best validation accuracy so far (0..1)
+    best_epoch: float = 0           # when it was reached, in passes over the training set
+    best_step: int = 0
+    train_time_s: float = 0.0       # seconds inside training steps (evaluation and saving excluded)
+    epoch_time_s: float = 0.0       # the same, for the current epoch
+    epoch_times_s: list[float] = field(default_factory=list)
+    run_loss: float = 0.0           # sums since the last logged point: loss × images, errors, images
+    run_err: float = 0.0
+    run_n: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LoopState:
+        return cls(**d)
+
+    def record_step(self, loss: float, errors: float, n: int, seconds: float) -> None:
+        self.run_loss += loss * n
+        self.run_err += errors
+        self.run_n += n
+        self.images += n
+        self.batch += 1
+        self.step += 1
+        self.train_time_s += seconds
+        self.epoch_time_s += seconds
+
+    def end_epoch(self) -> None:
+        self.epoch_times_s.append(self.epoch_time_s)
+        self.epoch_time_s = 0.0
+        self.epoch += 1
+        self.batch = 0
+
+    def metrics_row(self, kind: str, val: EvalResult, lr: float, steps_per_epoch: int, elapsed_s: float) -> dict:
+        """One metrics.csv row; starts the next running means."""
+        # epoch as a fraction of passes over the training set (1.25 = a quarter into the second)
+        row = {"kind": kind, "epoch": round(self.step / steps_per_epoch, 4), "step": self.step,
+               "images_seen": self.images, "lr": lr,
+               "train_loss": self.run_loss / max(self.run_n, 1),
+               "train_error": self.run_err / max(self.run_n, 1),
+               "val_loss": val.loss, "val_error": val.error, "val_acc": val.accuracy,
+               "train_time_s": self.train_time_s, "elapsed_s": elapsed_s}
+        self.run_loss = self.run_err = 0.0
+        self.run_n = 0
+        return row
+
+    def improves(self, row: dict) -> bool:
+        """True (and remembered) when this row's validation accuracy is the best so far."""
+        if row["val_acc"] > self.best_val_acc:
+            self.best_val_acc, self.best_epoch, self.best_step = row["val_acc"], row["epoch"], row["step"]
+            return True
+        return False
+
+
+# A hook into the loop, for tests and instrumentation: called once per step, after the loss of
+# the batch is computed and before the update, with the loop state (`state.step` = steps done
+# before this one) and the loss. Returning a tensor replaces the loss (a test injects a NaN this
+# way); returning None keeps it. Side effects (a signal to this process) land inside that step.
+StepCallback = Callable[[LoopState, torch.Tensor], "torch.Tensor | None"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The run directory: every file the loop writes, behind one object (safetensors + JSON; never pickle)
+# ---------------------------------------------------------------------------------------------
+
+class RunWriter:
+    """Writes a run directory: config, resumable state, the best checkpoint, metrics, run.json and
+    figures. Without a directory (`out=None`) it keeps the best weights in memory instead."""
+
+    def __init__(self, out: Path | None):
+        self.out = out
+        self._best_in_memory: dict[str, torch.Tensor] = {}
+
+    def start(self, cfg: TrainConfig, resume: bool, model: Net, opt, sched,
+              log: Callable[[str], None]) -> tuple[LoopState, list[dict]]:
+        """A fresh state (stale files of an earlier run removed), or the saved one on resume."""
+        if self.out is None:
+            return LoopState(), []
+        out = self.out
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            for stale in ("state/state.json", "run.json", "model.safetensors", "metrics.csv"):
+                (out / stale).unlink(missing_ok=True)
+            write_json(out / "state" / "config.json", cfg.to_dict())
+            return LoopState(), []
+        state = LoopState.from_dict(_load_state(out, model, opt, sched))
+        metrics = read_metrics(out / "metrics.csv") if (out / "metrics.csv").exists() else []
+        # Rows logged after the saved state (a process killed mid-epoch) are logged again.
+        metrics = [m for m in metrics if m["step"] <= state.step]
+        log(f"resuming {out} at epoch {state.epoch + 1}, step {state.step}")
+        return state, metrics
+
+    def keep_best(self, model: Net) -> None:
+        if self.out is not None:
+            save_weights(model, self.out / "model.safetensors")
+        else:
+            self._best_in_memory = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def write_metrics(self, rows: list[dict]) -> None:
+        if self.out is None:
+            return
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+        atomic_write_text(self.out / "metrics.csv", buf.getvalue())
+
+    def save_state(self, model: Net, opt, sched, state: LoopState) -> None:
+        if self.out is None:
+            return
+        tensors = {f"model.{k}": v for k, v in state_tensors(model).items()}
+        opt_state = opt.state_dict()
+        for pid, st in opt_state["state"].items():
+            for k, v in st.items():
+                tensors[f"opt.{pid}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous().clone()
+        state_dir = self.out / "state"
+        # The tensors go to a file named after the step, and state.json (written last) names that
+        # file and its hash: a process killed between the two writes leaves the previous
+        # state.json pointing at the previous, still present, tensors. Only then are older tensor
+        # files removed.
+        name = f"state-{state.step}.safetensors"
+        blob = save_safetensors(tensors)
+        atomic_write_bytes(state_dir / name, blob)
+        meta = {"tensors": name, "tensors_sha256": hashlib.sha256(blob).hexdigest(), "pos": state.to_dict(),
+                "sched": {k: v for k, v in sched.state_dict().items() if k != "anneal_func"},
+                "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in opt_state["param_groups"]]}
+        write_json(state_dir / "state.json", meta)     # written last: it marks the state complete
+        for old in state_dir.glob("state*.safetensors"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+
+    def keep_weights_if_none(self, model: Net) -> None:
+        """Stopped before the first evaluation: keep the current weights so the run opens. No
+        metrics row and no change to the saved state, so that --resume continues exactly as if
+        never stopped."""
+        if self.out is not None and not (self.out / "model.safetensors").exists():
+            save_weights(model, self.out / "model.safetensors")
+
+    def restore_best(self, model: Net, cfg: TrainConfig, device: torch.device) -> None:
+        """Load the best checkpoint's weights into `model`."""
+        if self.out is None:
+            if self._best_in_memory:
+                model.load_state_dict(self._best_in_memory)
+        elif (self.out / "model.safetensors").exists():
+            best = load_weights(self.out / "model.safetensors", batch_norm=cfg.batch_norm, device=device)
+            model.load_state_dict(best.state_dict())
+
+    def finish(self, info: dict, metrics: list[dict], model: Net, split: Split, cfg: TrainConfig) -> None:
+        """run.json, curves.png and predictions.png."""
+        if self.out is None:
+            return
+        write_json(self.out / "run.json", info)
+        save_figure(plot_curves(metrics, title=_title(cfg, info)), self.out / "curves.png", dpi=110)
+        save_figure(plot_predictions(model, split, seed=cfg.seed), self.out / "predictions.png", dpi=110)
 
 
 def _check_state(out: Path) -> tuple[dict, Path]:
@@ -245,7 +396,6 @@ def _check_state(out: Path) -> tuple[dict, Path]:
 
 
 def _load_state(out: Path, model: Net, opt, sched) -> dict:
-    from .model import read_safetensors
     meta, tensors_path = _check_state(out)
     try:
         tensors, _ = read_safetensors(tensors_path)
@@ -267,15 +417,6 @@ def _load_state(out: Path, model: Net, opt, sched) -> dict:
     sched_state.update(meta["sched"])
     sched.load_state_dict(sched_state)
     return meta["pos"]
-
-
-def _write_metrics(out: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    atomic_write_text(out / "metrics.csv", buf.getvalue())
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -316,10 +457,11 @@ class TrainResult:
 def train(cfg: TrainConfig, out: str | Path | None = None, *, split: Split | None = None,
           data_dir: str | None = None, resume: bool = False, overwrite: bool = False,
           progress: bool | None = None, log: Callable[[str], None] | None = None,
-          stop_at_step: int | None = None) -> TrainResult:
+          stop_at_step: int | None = None, callback: StepCallback | None = None) -> TrainResult:
     """Train the network of the assignment with `cfg`; write the run to `out` (if given).
 
-    `stop_at_step` stops after that global step as if Ctrl-C had been pressed (for tests).
+    `stop_at_step` stops after that global step as if Ctrl-C had been pressed (for tests);
+    `callback` is called once per step (see `StepCallback`).
     """
     log = log or (lambda s: print(s, file=sys.stderr))
     out = Path(out) if out is not None else None
@@ -334,7 +476,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, *, split: Split | Non
             if resume:
                 cfg = _saved_config(out)
                 _check_state(out)
-        return _train_locked(cfg, out, split, data_dir, resume, progress, log, stop_at_step)
+        return _run(cfg, RunWriter(out), split, data_dir, resume, progress, log, stop_at_step, callback)
 
 
 def _saved_config(out: Path) -> TrainConfig:
@@ -345,20 +487,31 @@ def _saved_config(out: Path) -> TrainConfig:
         raise RunError(f"cannot resume {out}: {path} is missing or damaged ({e})") from None
 
 
-def _train_locked(cfg, out, split, data_dir, resume, progress, log, stop_at_step) -> TrainResult:
-    # --- set up: device, precision, seeds, data, model, optimizer --------------------------
+def _training_split(cfg: TrainConfig, split: Split | None, data_dir: str | None, log) -> Split:
+    if split is None:
+        return load_split(cfg.dataset, data_dir, cfg.val_size, cfg.split_seed, cfg.train_subset, log=log)
+    if cfg.train_subset and len(split.train_x) > cfg.train_subset:
+        # the same first-N rule as data.make_split, applied to a split the caller loaded in full
+        split = dataclasses.replace(split, train_x=split.train_x[:cfg.train_subset],
+                                    train_y=split.train_y[:cfg.train_subset],
+                                    info={**split.info, "train_size": cfg.train_subset, "train_subset": cfg.train_subset})
+    return split
+
+
+def validate(model: Net, split: Split, precision: str) -> EvalResult:
+    """Loss and accuracy on the validation images (the model's mode is restored afterwards)."""
+    return evaluate(model, split.val_x, split.val_y, precision=precision)
+
+
+def _run(cfg: TrainConfig, writer: RunWriter, split: Split | None, data_dir: str | None, resume: bool,
+         progress: bool | None, log, stop_at_step: int | None, callback: StepCallback | None) -> TrainResult:
+    # --- set up: device, precision, seeds, data, model, optimizer, state --------------------
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    if split is None:
-        split = load_split(cfg.dataset, data_dir, cfg.val_size, cfg.split_seed, cfg.train_subset, log=log)
-    elif cfg.train_subset and len(split.train_x) > cfg.train_subset:
-        # the same first-N rule as data.make_split, applied to a split the caller loaded in full
-        split = dataclasses.replace(split, train_x=split.train_x[:cfg.train_subset],
-                                    train_y=split.train_y[:cfg.train_subset],
-                                    info={**split.info, "train_size": cfg.train_subset, "train_subset": cfg.train_subset})
+    split = _training_split(cfg, split, data_dir, log)
     split.to(device)
     n_train = len(split.train_x)
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)
@@ -369,138 +522,79 @@ def _train_locked(cfg, out, split, data_dir, resume, progress, log, stop_at_step
     model = Net(batch_norm=cfg.batch_norm, mean=split.mean, std=split.std).to(device)
     model = model.to(memory_format=memory_format)
     opt, sched = make_optimizer(model, cfg, total_steps)
-
-    pos = {"epoch": 0, "batch": 0, "step": 0, "best_val_acc": -1.0, "best_epoch": 0, "best_step": 0,
-           "train_time_s": 0.0, "epoch_times_s": [], "images": 0, "run_loss": 0.0, "run_err": 0.0, "run_n": 0,
-           "epoch_time_s": 0.0}
-    metrics: list[dict] = []
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        if resume:
-            pos = _load_state(out, model, opt, sched)
-            metrics = read_metrics(out / "metrics.csv") if (out / "metrics.csv").exists() else []
-            # Rows logged after the saved state (a process killed mid-epoch) are logged again.
-            metrics = [m for m in metrics if m["step"] <= pos["step"]]
-            log(f"resuming {out} at epoch {pos['epoch'] + 1}, step {pos['step']}")
-        else:
-            for stale in ("state/state.json", "run.json", "model.safetensors", "metrics.csv"):
-                (out / stale).unlink(missing_ok=True)
-            write_json(out / "state" / "config.json", cfg.to_dict())
+    state, metrics = writer.start(cfg, resume, model, opt, sched, log)
 
     show = progress if progress is not None else sys.stderr.isatty()
     stop = StopFlag()
     wall0 = time.perf_counter()
     bar = _Progress(show, total_steps)
-    bar.advance_to(pos["step"])
-
-    def log_point(kind: str) -> None:
-        """Evaluate on validation, record a metrics row, keep the best checkpoint."""
-        val = evaluate(model, split.val_x, split.val_y, precision=precision)
-        # epoch as a fraction of passes over the training set (1.25 = a quarter into the second)
-        row = {"kind": kind, "epoch": round(pos["step"] / steps_per_epoch, 4), "step": pos["step"],
-               "images_seen": pos["images"],
-               "lr": sched.get_last_lr()[0],
-               "train_loss": pos["run_loss"] / max(pos["run_n"], 1),
-               "train_error": pos["run_err"] / max(pos["run_n"], 1),
-               "val_loss": val.loss, "val_error": val.error, "val_acc": val.accuracy,
-               "train_time_s": pos["train_time_s"], "elapsed_s": time.perf_counter() - wall0}
-        metrics.append(row)
-        pos["run_loss"] = pos["run_err"] = 0.0
-        pos["run_n"] = 0
-        if val.accuracy > pos["best_val_acc"]:
-            pos["best_val_acc"], pos["best_epoch"], pos["best_step"] = val.accuracy, row["epoch"], pos["step"]
-            if out is not None:
-                save_weights(model, out / "model.safetensors")
-            else:
-                best_state.clear()
-                best_state.update({k: v.clone() for k, v in model.state_dict().items()})
-        if out is not None:
-            _write_metrics(out, metrics)
-        bar.note(f"val acc {val.accuracy * 100:.2f}%")
-
-    best_state: dict = {}
+    bar.advance_to(state.step)
     interrupted = False
+    perm = None
+
+    # --- the loop: batch, loss, update, bookkeeping, maybe validate, maybe save --------------
     with stop.installed():
-        # --- the loop ------------------------------------------------------------------------
         model.train()
-        while pos["epoch"] < cfg.epochs and not interrupted:
-            perm = epoch_permutation(n_train, cfg.seed, pos["epoch"]).to(device)
-            while pos["batch"] < steps_per_epoch:
-                t0 = time.perf_counter()
-                idx = perm[pos["batch"] * cfg.batch_size:(pos["batch"] + 1) * cfg.batch_size]
-                x = to_float(split.train_x[idx])
-                y = split.train_y[idx]
-                if cfg.augment:
-                    x = augment(x, cfg, pos["step"])
-                x = x.contiguous(memory_format=memory_format)
+        while state.epoch < cfg.epochs:
+            t0 = time.perf_counter()
+            if perm is None:
+                perm = epoch_permutation(n_train, cfg.seed, state.epoch).to(device)
+            idx = perm[state.batch * cfg.batch_size:(state.batch + 1) * cfg.batch_size]
+            x, y = to_float(split.train_x[idx]), split.train_y[idx]
+            if cfg.augment:
+                x = augment(x, cfg, state.step)
+            x = x.contiguous(memory_format=memory_format)
 
-                with autocast(device, precision):
-                    logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-                if not torch.isfinite(loss):
-                    bar.close()
-                    if out is not None:
-                        _write_metrics(out, metrics)
-                    raise TrainingError(f"the training loss became {loss.item()} at step {pos['step'] + 1} "
-                                        f"(epoch {pos['epoch'] + 1}); stopped. The last good checkpoint "
-                                        f"is kept{' in ' + str(out) if out else ''}. Try a smaller --lr "
-                                        f"or --precision fp32")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
+            with autocast(device, precision):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            if callback is not None:
+                loss = callback(state, loss) or loss
+            # The one CPU-GPU sync point of a step: loss and error count come back together.
+            loss_value, errors = torch.stack([loss.detach(), (logits.argmax(1) != y).sum().to(loss.dtype)]).tolist()
+            if not math.isfinite(loss_value):
+                bar.close()
+                writer.write_metrics(metrics)
+                raise TrainingError(f"the training loss became {loss_value} at step {state.step + 1} "
+                                    f"(epoch {state.epoch + 1}); stopped. The last good checkpoint "
+                                    f"is kept{' in ' + str(writer.out) if writer.out else ''}. Try a "
+                                    f"smaller --lr or --precision fp32")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
 
-                # bookkeeping: a CPU-GPU sync point, once per step, cheap next to the step itself
-                pos["run_loss"] += loss.item() * len(y)
-                pos["run_err"] += (logits.argmax(1) != y).sum().item()
-                pos["run_n"] += len(y)
-                pos["images"] += len(y)
-                pos["batch"] += 1
-                pos["step"] += 1
-                dt = time.perf_counter() - t0
-                pos["train_time_s"] += dt
-                pos["epoch_time_s"] += dt
-                bar.step(loss.item())
-
-                end_of_epoch = pos["batch"] == steps_per_epoch
-                if pos["step"] % log_every == 0 and not end_of_epoch:
-                    log_point("step")
-                if end_of_epoch:
-                    pos["epoch_times_s"].append(pos["epoch_time_s"])
-                    pos["epoch_time_s"] = 0.0
-                    pos["epoch"] += 1
-                    pos["batch"] = 0
-                    log_point("epoch")
-                    if out is not None:
-                        _save_state(out, model, opt, sched, pos)
-                    break
-                if stop or (stop_at_step is not None and pos["step"] >= stop_at_step):
-                    interrupted = True
-                    if out is not None:
-                        _save_state(out, model, opt, sched, pos)
-                        if not (out / "model.safetensors").exists():
-                            # Stopped before the first evaluation: keep the current weights so
-                            # the run opens. No metrics row and no change to the saved state, so
-                            # that --resume continues exactly as if never stopped.
-                            save_weights(model, out / "model.safetensors")
-                    break
-            if stop or (stop_at_step is not None and pos["step"] >= stop_at_step):
-                interrupted = interrupted or pos["epoch"] < cfg.epochs
+            state.record_step(loss_value, errors, len(y), time.perf_counter() - t0)
+            bar.step(loss_value)
+            end_of_epoch = state.batch == steps_per_epoch
+            if end_of_epoch:
+                state.end_epoch()
+                perm = None
+            if end_of_epoch or state.step % log_every == 0:
+                val = validate(model, split, precision)
+                row = state.metrics_row("epoch" if end_of_epoch else "step", val, sched.get_last_lr()[0],
+                                        steps_per_epoch, time.perf_counter() - wall0)
+                metrics.append(row)
+                if state.improves(row):
+                    writer.keep_best(model)
+                writer.write_metrics(metrics)
+                bar.note(f"val acc {val.accuracy * 100:.2f}%")
+            stopping = bool(stop) or (stop_at_step is not None and state.step >= stop_at_step)
+            if end_of_epoch or stopping:
+                writer.save_state(model, opt, sched, state)
+            if stopping:
+                writer.keep_weights_if_none(model)
+                interrupted = state.step < total_steps
                 break
     bar.close()
 
     # --- the end: best checkpoint on the test set, run.json, figures ------------------------
-    if out is None and best_state:
-        model.load_state_dict(best_state)
-    elif out is not None and (out / "model.safetensors").exists():
-        from .model import load_weights
-        best = load_weights(out / "model.safetensors", batch_norm=cfg.batch_norm, device=device)
-        model.load_state_dict(best.state_dict())
+    writer.restore_best(model, cfg, device)
     model.eval()
     t0 = time.perf_counter()
     test = evaluate(model, split.test_x, split.test_y, precision=precision)
     eval_time = time.perf_counter() - t0
-    val = evaluate(model, split.val_x, split.val_y, precision=precision)
+    val = validate(model, split, precision)
 
     info = {
         "format": RUN_FORMAT,
@@ -512,26 +606,19 @@ def _train_locked(cfg, out, split, data_dir, resume, progress, log, stop_at_step
         "hardware": hardware(device),
         "device": str(device),
         "precision": precision,
-        "steps": pos["step"], "steps_per_epoch": steps_per_epoch, "epochs_done": pos["epoch"],
-        "timing": {"train_time_s": pos["train_time_s"], "epoch_times_s": pos["epoch_times_s"],
+        "steps": state.step, "steps_per_epoch": steps_per_epoch, "epochs_done": state.epoch,
+        "timing": {"train_time_s": state.train_time_s, "epoch_times_s": state.epoch_times_s,
                    "wall_time_s": time.perf_counter() - wall0, "test_eval_s": eval_time,
-                   "images_per_s": pos["step"] * cfg.batch_size / max(pos["train_time_s"], 1e-9)},
-        "best": {"epoch": pos["best_epoch"], "step": pos["best_step"], "val_accuracy": val.accuracy,
+                   "images_per_s": state.step * cfg.batch_size / max(state.train_time_s, 1e-9)},
+        "best": {"epoch": state.best_epoch, "step": state.best_step, "val_accuracy": val.accuracy,
                  "val_loss": val.loss},
         "test": {"accuracy": test.accuracy, "loss": test.loss, "errors": int((test.predictions != split.test_y.cpu()).sum())},
         "params": sum(p.numel() for p in model.parameters()),
     }
-    result = TrainResult(out, model, cfg, info, metrics, interrupted)
-    if out is not None:
-        write_json(out / "run.json", info)
-        from .figures import plot_curves, plot_predictions
-        plot_curves(metrics, title=_title(cfg, info)).savefig(out / "curves.png", dpi=110)
-        plot_predictions(model, split, seed=cfg.seed).savefig(out / "predictions.png", dpi=110)
-        import matplotlib.pyplot as plt
-        plt.close("all")
+    writer.finish(info, metrics, model, split, cfg)
     model.cpu()
     split.to("cpu")
-    return result
+    return TrainResult(writer.out, model, cfg, info, metrics, interrupted)
 
 
 def _title(cfg: TrainConfig, info: dict) -> str:
@@ -546,7 +633,13 @@ class _Progress:
         self.p = None
         self.extra = ""
         if show:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
             self.p = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
                               TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False)
             self.p.start()

@@ -62,7 +62,8 @@ def kernel_stats(w) -> dict:
     cls[blob >= CLASS_THRESHOLD] = "blob"
     cls[share["line"] >= CLASS_THRESHOLD] = "line"
     cls[share["gradient"] >= CLASS_THRESHOLD] = "edge"
-    direction = np.degrees(np.arctan2(coef[..., 2], coef[..., 1])) % 360.0
+    # Round off float noise (~1e-16) first: arctan2(−1e-16, 1) would make a horizontal gradient 360°.
+    direction = np.degrees(np.arctan2(np.round(coef[..., 2], 12), np.round(coef[..., 1], 12))) % 360.0
     return {"coef": coef, "energy": energy.sum(-1), "share": share, "blob_share": blob, "class": cls,
             "gradient_direction_deg": direction, "edge_orientation_deg": (direction + 90.0) % 180.0,
             "norm": np.sqrt(energy.sum(-1)), "mean": w.reshape(*w.shape[:-2], 9).mean(-1)}

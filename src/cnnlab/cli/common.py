@@ -4,9 +4,13 @@ bad option is one clear line and exit status 2 before any work starts."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
+
+from ..config import CHOICES, RULES, TrainConfig, check_field, field_help
+from ..errors import ConfigError
 
 
 def int_range(lo: int | None = None, hi: int | None = None):
@@ -52,3 +56,37 @@ def print_json(obj) -> None:
 def console():
     from rich.console import Console
     return Console(stderr=False, highlight=False, soft_wrap=True)
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field: help from the field's comment, accepted values from the
+    config's own rule (so a bad value is refused by argparse, before any work, with the same words)."""
+
+    helps = field_help()
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        text = f"{helps.get(f.name, '')} ({RULES[f.name][1]})".replace("%", "%%")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=helps.get(f.name, "").replace("%", "%%"))
+        elif f.name in CHOICES:
+            parser.add_argument(flag, dest=f.name, choices=CHOICES[f.name], help=helps.get(f.name))
+        else:
+            parser.add_argument(flag, dest=f.name, type=_config_value(f.name, int if f.type in ("int", int) else float),
+                                help=text)
+
+
+def _config_value(name: str, kind: type):
+    def parse(s: str):
+        try:
+            v = kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{s!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if kind is float and not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"{s!r} is not a finite number")
+        try:
+            check_field(name, v)
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return v
+    return parse

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
 
-from .common import console, float_range, int_range, print_json
+from .common import add_config_flags, console, int_range, print_json
 
 
 def register(sub) -> None:
@@ -24,23 +24,10 @@ def register(sub) -> None:
                        description="Train conv1→pool→conv2→pool→fc1→fc2 on the 50k/10k/10k split. "
                                    "A preset gives defaults; flags override them.")
     p.add_argument("--preset", default="full", choices=["quick", "full", "smoke"],
-                   help="quick: 2 epochs, ≈ 99.15%% in ~10 s on a 2-core CPU; full: 15 epochs with augmentation, ≈ 99.55%%; default full")
+                   help="quick: 2 epochs; full: 15 epochs with augmentation; smoke: seconds, for tests "
+                        "(measured accuracy and time: BENCHMARKS.md); default full")
     p.add_argument("--out", type=Path, help="run directory (default runs/<preset>[-bn]-seed<S>)")
-    p.add_argument("--batch-norm", action="store_true", default=None, help="BatchNorm2d after each conv")
-    p.add_argument("--epochs", type=int_range(1, 1000))
-    p.add_argument("--batch-size", type=int_range(1, 60000))
-    p.add_argument("--lr", type=float_range(0, 10, lo_open=True), help="peak learning rate (one-cycle)")
-    p.add_argument("--weight-decay", type=float_range(0))
-    p.add_argument("--label-smoothing", type=float_range(0, 0.99))
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="random shifts/rotations of training images")
-    p.add_argument("--seed", type=int_range(0))
-    p.add_argument("--split-seed", type=int_range(0))
-    p.add_argument("--train-subset", type=int_range(0), help="use only N training images (smoke runs)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--threads", type=int_range(0), help="torch CPU threads (0 = default)")
-    p.add_argument("--dataset", choices=["mnist", "fashion-mnist"])
+    add_config_flags(p)
     p.add_argument("--data-dir")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
@@ -56,7 +43,7 @@ def register(sub) -> None:
 
 
 def cmd_data(args) -> int:
-    from ..data import make_split, fetch
+    from ..data import fetch, make_split
     t0 = time.perf_counter()
     raw = fetch(args.dataset, args.data_dir, log=lambda s: print(f"  tried {s}", file=sys.stderr))
     split = make_split(raw, split_seed=args.split_seed)
@@ -77,11 +64,9 @@ def cmd_data(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from ..config import preset
+    from ..config import TrainConfig, preset
     from ..train import train
-    overrides = {k: getattr(args, k) for k in ("batch_norm", "epochs", "batch_size", "lr", "weight_decay",
-                                               "label_smoothing", "augment", "seed", "split_seed",
-                                               "train_subset", "device", "precision", "threads", "dataset")}
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     cfg = preset(args.preset, **overrides)
     out = args.out or Path("runs") / f"{args.preset}{'-bn' if cfg.batch_norm else ''}-seed{cfg.seed}"
     progress = False if args.quiet else None

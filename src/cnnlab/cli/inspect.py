@@ -124,6 +124,7 @@ def _save(fig, path: Path) -> None:
 
 def cmd_filters(args) -> int:
     import numpy as np
+
     from ..analysis._shared import untrained_for_run
     from ..analysis.filters import filters
     from ..output import write_json
@@ -155,6 +156,7 @@ def cmd_filters(args) -> int:
 
 def cmd_activations(args) -> int:
     import numpy as np
+
     from ..analysis.activations import activations
     from ..output import write_json
     run, model = _open(args)

@@ -82,6 +82,7 @@ def _explain(model, results: list[dict], out: Path) -> list[Path]:
     maps (probability of the predicted class as a function of the occluder's position)."""
     import matplotlib.pyplot as plt
     import numpy as np
+
     from ..analysis.occlusion import occlusion
     paths, used = [], set()
     for r in results:

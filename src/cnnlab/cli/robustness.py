@@ -35,6 +35,7 @@ def register(sub) -> None:
 
 def cmd_robustness(args) -> int:
     import matplotlib.pyplot as plt
+
     from ..analysis.robustness import robustness
     from ..data import to_float
     from ..output import write_json

@@ -55,7 +55,7 @@ class Printed:
         return s
 
     def pct(self, key: str, frac: float, digits: int = 2) -> str:
-        return self(key, 100.0 * frac if frac is not None else None, "{:.%df}%%" % digits)
+        return self(key, 100.0 * frac if frac is not None else None, "{:." + str(digits) + "f}%")
 
 
 def esc(s: Any) -> str:

@@ -39,7 +39,7 @@ def section_1_6(ctx: Context) -> Section:
     n = len(plain)
 
     rows = []
-    for i, (rp, rb) in enumerate(zip(plain, bn)):
+    for i, rp in enumerate(plain):
         rows.append([str(rp.info["config"]["seed"]), f"{acc_p[i] * 100:.2f}%", f"{acc_b[i] * 100:.2f}%",
                      f"{ep_p[i]:.2f}", f"{ep_b[i]:.2f}",
                      _fmt_s(reach[i]["plain_s"]), _fmt_s(reach[i]["bn_s"])])
