@@ -214,9 +214,13 @@ def test_occlusion_and_friends_never_change_a_model_in_train_mode():
     assert weights_digest(net) == before and net.training
 
 
-def test_occlusion_npz_format(tiny_model, tmp_path):
+def test_occlusion_save_writes_npz_png_and_json(tiny_model, tmp_path):
     res = occlusion.occlusion(tiny_model, torch.rand(28, 28), target=1, patch_sizes=(1, 5), stride=1, fill=0.25)
-    res.save_npz(tmp_path / "o.npz")
+    paths = res.save(tmp_path, "o")
+    assert sorted(p.name for p in paths) == ["o.json", "o.npz", "o.png"]
+    assert json.loads((tmp_path / "o.json").read_text())["target"] == 1
+    assert (tmp_path / "o.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob(".*.tmp"))                 # atomic: no temporary files left
     z = np.load(tmp_path / "o.npz")
     assert z["prob_1"].shape == (28, 28) and z["prob_5"].shape == (24, 24)
     assert z["image"].shape == (28, 28) and int(z["target"]) == 1

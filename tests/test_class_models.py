@@ -192,13 +192,13 @@ def test_class_models_reach_the_target_and_weights_never_change(trained, mnist_s
     lk = likeness.digit_likeness(adv.images, mnist_split, n_real=50)
     assert np.mean(np.array(lk["images"]["nn_label"]) == adv.source_label) >= 0.8
     # npz formats, keys exactly as the issue
-    f = res.save_npz(tmp_path / "synthesize.npz")
-    with np.load(f) as z:
+    res.save(tmp_path, "synthesize")
+    with np.load(tmp_path / "synthesize.npz") as z:
         assert {"images", "targets", "cost", "prob", "initial"} <= set(z.files)
         assert z["images"].shape == (10, 28, 28) and z["cost"].shape == (201, 10) and z["prob"].shape == (201, 10)
         assert z["initial"].shape == (10, 28, 28) and z["targets"].tolist() == list(range(10))
-    f = adv.save_npz(tmp_path / "adversarial.npz")
-    with np.load(f) as z:
+    adv.save(tmp_path)
+    with np.load(tmp_path / "adversarial.npz") as z:
         assert {"images", "targets", "source", "cost", "prob", "beta"} <= set(z.files)
         assert z["source"].shape == (28, 28) and float(z["beta"]) == config.BETA
     import json

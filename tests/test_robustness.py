@@ -143,7 +143,7 @@ def test_attacks_on_trained_models(models, mnist_split):
     import matplotlib.pyplot as plt
     json.dumps(fg.to_dict())
     plt.close(fg.figure()), plt.close(tg.figure())
-    assert "batch-norm" in fg.text_table()
+    assert "batch-norm" in fg.table_text()
 
 
 def test_cli_robustness(mnist_run, mnist_run_bn, mnist_dir, tmp_path, capsys):

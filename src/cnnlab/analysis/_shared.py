@@ -12,6 +12,8 @@ import copy
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -21,10 +23,41 @@ from torch import nn
 from ..config import BLUR_SIGMA, NOISE_MEAN, SIGMA
 from ..errors import ConfigError
 from ..model import Net
+from ..output import save_figure, save_npz, write_json
 
 IMAGE_SIZE = 28                                       # pixels on a side of an MNIST image
 N_CLASSES = 10
 FEATURE_LAYERS = ("conv1", "pool1", "conv2", "pool2")  # the layers whose outputs are feature maps
+
+
+class AnalysisResult:
+    """The one protocol of every per-question result: `to_dict()` (numbers, JSON-ready),
+    `figure()` (a matplotlib Figure) and `save(directory)`, which writes STEM.json, STEM.png and,
+    when the result has arrays, STEM.npz, each atomically. Front ends (CLI, report, notebook,
+    explorer) call these and add only presentation."""
+    stem: ClassVar[str] = "result"
+
+    def to_dict(self) -> dict:
+        raise NotImplementedError
+
+    def figure(self) -> Any:
+        raise NotImplementedError
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays behind the figure (saved as .npz); none by default."""
+        return {}
+
+    def save(self, directory: str | Path, stem: str | None = None) -> list[Path]:
+        d = Path(directory)
+        stem = stem or self.stem
+        write_json(d / f"{stem}.json", self.to_dict())
+        save_figure(self.figure(), d / f"{stem}.png", dpi=110)
+        paths = [d / f"{stem}.json", d / f"{stem}.png"]
+        arrays = self.arrays()
+        if arrays:
+            save_npz(d / f"{stem}.npz", **arrays)
+            paths.append(d / f"{stem}.npz")
+        return paths
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from ..config import (
 from ..model import Net
 from ._shared import (
     FEATURE_LAYERS,
+    AnalysisResult,
     as_image,
     device_of,
     evaluating,
@@ -45,7 +46,8 @@ def _stroke_cells(image: torch.Tensor, size: int) -> np.ndarray:
 
 
 @dataclass
-class ActivationResult:
+class ActivationResult(AnalysisResult):
+    stem = "activations"
     image: np.ndarray                 # [28, 28]
     maps: dict[str, np.ndarray]       # layer -> [C, H, W] after ReLU
     stats: dict[str, dict]
@@ -71,6 +73,9 @@ class ActivationResult:
                                          "of cells that do",
                     "receptive_field": "pixels on a side that one unit sees"},
                 "layers": self.stats}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"image": self.image, **self.maps}
 
     def figure(self):
         return _plot_activations(self)

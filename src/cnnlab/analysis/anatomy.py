@@ -13,6 +13,7 @@ from torch import nn
 from ..model import Net
 from ._shared import (
     IMAGE_SIZE,
+    AnalysisResult,
 )
 
 NEURON_DEFINITION = ("a neuron is one output unit of a layer with learnable weights (conv or fully "
@@ -52,7 +53,8 @@ def _describe(module: nn.Module) -> str:
 
 
 @dataclass
-class Summary:
+class Summary(AnalysisResult):
+    stem = "summary"
     batch_norm: bool
     layers: list[dict]
     params: dict            # total, conv, fc, batch_norm (learnable parameters)
@@ -68,6 +70,14 @@ class Summary:
                                 "params": "learnable parameters (every nn.Parameter, frozen or not); batch-norm γ and β "
                                           "are counted in 'batch_norm' and in the total, not in 'conv'",
                                 "shapes": SHAPE_NOTE}}
+
+    def figure(self):
+        """The layer table as a figure (monospace text)."""
+        import matplotlib.pyplot as plt
+        text = self.table_text()
+        fig = plt.figure(figsize=(0.09 * max(len(line) for line in text.splitlines()), 0.22 * (text.count("\n") + 2)))
+        fig.text(0.01, 0.99, text, family="monospace", fontsize=9, va="top")
+        return fig
 
     def table_text(self) -> str:
         """The layer table and totals as plain text."""

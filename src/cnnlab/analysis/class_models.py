@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -19,6 +18,7 @@ from ..config import (
 from ..errors import ConfigError
 from ._shared import (
     N_CLASSES,
+    AnalysisResult,
     ascend,
     check_int,
     check_number,
@@ -33,7 +33,7 @@ from ._shared import (
 # ---------------------------------------------------------------------------------------------
 
 @dataclass
-class SynthesisResult:
+class SynthesisResult(AnalysisResult):
     """Class models: `images` [T, 28, 28] and `initial` [T, 28, 28] on the 0–255 scale; `cost`,
     `prob`, `pred`, `logit` [steps+1, T] per step (row 0 is the initial noise); `params` the
     settings used."""
@@ -78,15 +78,14 @@ class SynthesisResult:
                 "final_cost": self.cost[-1].tolist(), "initial_cost": self.cost[0].tolist(),
                 **self.summary()}
 
-    def save_npz(self, path) -> Path:
+    stem = "class_models"
+
+    def arrays(self) -> dict[str, np.ndarray]:
         """`images` [T, 28, 28] 0–255, `targets` [T], `cost` [steps+1, T], `prob` [steps+1, T],
         `initial` [T, 28, 28] (plus `pred` [steps+1, T])."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, images=self.images.astype(np.float32), targets=self.targets,
-                            cost=self.cost.astype(np.float32), prob=self.prob.astype(np.float32),
-                            initial=self.initial.astype(np.float32), pred=self.pred)
-        return path
+        return {"images": self.images.astype(np.float32), "targets": self.targets,
+                "cost": self.cost.astype(np.float32), "prob": self.prob.astype(np.float32),
+                "initial": self.initial.astype(np.float32), "pred": self.pred}
 
     def figure(self, likeness: dict | None = None):
         """The generated images with target, prediction and confidence (green: predicted as the

@@ -9,6 +9,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..model import Net
 from ._shared import (
+    AnalysisResult,
     diverging_cmap,
     mosaic,
 )
@@ -91,7 +92,8 @@ def _layer_numbers(w: np.ndarray) -> dict:
 
 
 @dataclass
-class FilterResult:
+class FilterResult(AnalysisResult):
+    stem = "filters"
     layer: str
     weights: np.ndarray                  # [out, in, 3, 3]
     bias: np.ndarray
@@ -119,6 +121,12 @@ class FilterResult:
                     "cosine_to_init": "cosine similarity of the trained kernel to the same kernel before training"},
                 "chance_share": self.chance_share, "trained": self.trained, "untrained": self.untrained,
                 "kernels": self.kernels}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {"weights": self.weights, "bias": self.bias}
+        if self.reference is not None:
+            out["untrained"] = self.reference
+        return out
 
     def figure(self):
         return _plot_conv1(self) if self.layer == "conv1" else _plot_conv2(self)

@@ -10,6 +10,7 @@ import torch
 from ..errors import ConfigError
 from ._shared import (
     N_CLASSES,
+    AnalysisResult,
     check_targets,
     device_of,
 )
@@ -88,8 +89,29 @@ def _transfer(models: Mapping[str, torch.nn.Module], images: np.ndarray, targets
     return out
 
 
+class LikenessResult(dict, AnalysisResult):
+    """What `digit_likeness` measured, as a JSON-ready dict (keys: measure, images, summary,
+    reference_real_test_digits, transfer), plus the protocol: figure() shows the images under
+    the class-mean training images."""
+    stem = "likeness"
+
+    def __init__(self, numbers: dict, images: np.ndarray, means: np.ndarray):
+        super().__init__(numbers)
+        self.image_array = images            # [n, 28, 28], 0–255
+        self.means = means                   # [10, 28, 28], 0–255
+
+    def to_dict(self) -> dict:
+        return dict(self)
+
+    def figure(self):
+        return likeness_figure([("images", self.image_array, self)], self.means)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"images": self.image_array.astype(np.float32), "class_means": self.means.astype(np.float32)}
+
+
 def digit_likeness(images, split, models: Mapping[str, torch.nn.Module] | None = None, targets=None,
-                   n_real: int = 500, seed: int = 0, means: np.ndarray | None = None) -> dict:
+                   n_real: int = 500, seed: int = 0, means: np.ndarray | None = None) -> LikenessResult:
     """How much do `images` ([n, 28, 28], 0–255 scale) look like real digits? Numbers only.
 
     Measures (each image as 784 numbers; Pearson correlation r is blind to brightness and
@@ -162,7 +184,7 @@ def digit_likeness(images, split, models: Mapping[str, torch.nn.Module] | None =
         out["transfer"] = tr
         if targets is not None:
             summary["transfer_agree_rate"] = {k: v["agree_rate"] for k, v in tr.items()}
-    return out
+    return LikenessResult(out, x.reshape(-1, 28, 28), means)
 
 
 def likeness_figure(rows: Sequence[tuple[str, np.ndarray, dict | None]], means: np.ndarray, title: str = ""):

@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from ..model import Net
 from ._shared import (
     IMAGE_SIZE,
+    AnalysisResult,
     as_image,
     device_of,
     evaluating,
@@ -114,7 +115,8 @@ def stroke_share(prob: np.ndarray, base_prob: float, image: np.ndarray, k: int, 
 
 
 @dataclass
-class OcclusionResult:
+class OcclusionResult(AnalysisResult):
+    stem = "occlusion"
     image: np.ndarray                # [28, 28] in [0, 1]
     target: int
     base_prob: float                 # probability of target without occlusion
@@ -150,13 +152,13 @@ class OcclusionResult:
                                                          "position's drop spread over the pixels its "
                                                          "patch covers) that lands on stroke pixels"}}
 
-    def save_npz(self, path) -> None:
+    def arrays(self) -> dict[str, np.ndarray]:
         arrays = {f"prob_{k}": p.astype(np.float32) for k, p in self.prob.items()}
         arrays.update({f"pred_{k}": p.astype(np.int8) for k, p in self.pred.items()})
-        np.savez_compressed(path, image=self.image.astype(np.float32), target=np.int64(self.target),
-                            fill=np.float32(self.fill), stride=np.int64(self.stride),
-                            base_prob=np.float64(self.base_prob),
-                            patch_sizes=np.array(sorted(self.prob), dtype=np.int64), **arrays)
+        return {"image": self.image.astype(np.float32), "target": np.int64(self.target),
+                "fill": np.float32(self.fill), "stride": np.int64(self.stride),
+                "base_prob": np.float64(self.base_prob),
+                "patch_sizes": np.array(sorted(self.prob), dtype=np.int64), **arrays}
 
     def figure(self):
         return _plot_occlusion(self)
@@ -251,9 +253,20 @@ def _plot_occlusion(res: OcclusionResult):
     return fig
 
 
+class MeaningfulnessResult(dict, AnalysisResult):
+    """What `occlusion_meaningfulness` measured, as a JSON-ready dict, plus the protocol."""
+    stem = "meaningfulness"
+
+    def to_dict(self) -> dict:
+        return dict(self)
+
+    def figure(self):
+        return meaningfulness_figure(self)
+
+
 def occlusion_meaningfulness(model: Net, images, labels, n: int = 200, reference: Net | None = None,
                              patch_size: int = 3, stride: int = 1, fill: float | str = 0.5,
-                             seed: int = 0, reference_seed: int = 0) -> dict:
+                             seed: int = 0, reference_seed: int = 0) -> MeaningfulnessResult:
     """Is the learning meaningful? Over `n` correctly classified images (a seeded random choice),
     the share of the drop in p(true class) that falls on the digit's stroke pixels, against the
     share expected if every patch position mattered equally, and the same for `reference` (default:
@@ -343,7 +356,7 @@ def occlusion_meaningfulness(model: Net, images, labels, n: int = 200, reference
            for r in regions}
     per.update({f"expected_{r}_share": trained[0][r][1].tolist() for r in regions})
     per.update({"trained_max_drop": trained[2].tolist(), "untrained_max_drop": untrained[2].tolist()})
-    return {"n_requested": int(n), "n_correct_available": int(len(correct)), "patch_size": k, "stride": stride,
+    return MeaningfulnessResult({"n_requested": int(n), "n_correct_available": int(len(correct)), "patch_size": k, "stride": stride,
             "fill": fill_value, "fill_spec": fill_spec, "stroke_threshold": STROKE_THRESHOLD,
             "digit_margin_px": DIGIT_MARGIN, "seed": seed, "reference_seed": reference_seed,
             "indices": chosen.tolist(), "trained": t, "untrained": u, "summary": verdict,
@@ -358,7 +371,7 @@ def occlusion_meaningfulness(model: Net, images, labels, n: int = 200, reference
                             "expected_share": "the same share if every position dropped equally "
                                               "(the region's area, weighted by patch coverage)",
                             "enrichment": "share / expected_share, per image (1 = no preference)",
-                            "share_ci95": "bootstrap 95% interval of the mean over images"}}
+                            "share_ci95": "bootstrap 95% interval of the mean over images"}})
 
 
 def meaningfulness_figure(result: dict):

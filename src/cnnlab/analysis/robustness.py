@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from ..config import (
 )
 from ..errors import ConfigError
 from ._shared import (
+    AnalysisResult,
     check_int,
     check_number,
     few_threads,
@@ -107,7 +109,7 @@ def target_classes(y: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class RobustnessResult:
+class RobustnessResult(AnalysisResult):
     """Accuracy against ε. `table`: one row per (model, ε) with accuracy and, for targeted
     attacks, the fraction classified as the target (success)."""
     attack: str
@@ -117,6 +119,7 @@ class RobustnessResult:
     params: dict
     n: int
     seconds: float = 0.0
+    stem: ClassVar[str] = "robustness"
 
     def models(self) -> list[str]:
         return list(dict.fromkeys(r["model"] for r in self.table))
@@ -126,7 +129,7 @@ class RobustnessResult:
                 "pixel_scale": "[0, 1]", "n_images": self.n, "eps": self.eps_list, "params": self.params,
                 "seconds": round(self.seconds, 2), "table": self.table}
 
-    def text_table(self) -> str:
+    def table_text(self) -> str:
         names = self.models()
         head = "eps    " + "".join(f"{n[:22]:>24}" for n in names)
         lines = [head]

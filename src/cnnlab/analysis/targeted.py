@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,6 +19,7 @@ from ..config import (
 from ..errors import ConfigError
 from ._shared import (
     N_CLASSES,
+    AnalysisResult,
     ascend,
     check_int,
     check_number,
@@ -58,7 +58,7 @@ def as_image_255(image, scale: str = "auto") -> torch.Tensor:
 
 
 @dataclass
-class AdversarialResult:
+class AdversarialResult(AnalysisResult):
     """Targeted fakes of one source image: `images` [T, 28, 28] (0–255), `source` [28, 28]
     (0–255), per step [steps+1, T]: `cost`, `prob`, `pred`, `logit`, `mse` (grey levels²)."""
     images: np.ndarray
@@ -113,17 +113,16 @@ class AdversarialResult:
                 "mse_to_source": self.mse.tolist(), "corr_to_source": self.corr_to_source.tolist(),
                 "final_cost": self.cost[-1].tolist(), **self.summary()}
 
-    def save_npz(self, path) -> Path:
+    stem = "adversarial"
+
+    def arrays(self) -> dict[str, np.ndarray]:
         """`images` [T, 28, 28] 0–255, `targets` [T], `source` [28, 28] 0–255, `cost`, `prob`
         [steps+1, T], `beta` (plus `pred`, `mse` [steps+1, T], `initial`)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, images=self.images.astype(np.float32), targets=self.targets,
-                            source=self.source.astype(np.float32), cost=self.cost.astype(np.float32),
-                            prob=self.prob.astype(np.float32), beta=np.float64(self.beta),
-                            pred=self.pred, mse=self.mse_history.astype(np.float32),
-                            initial=self.initial.astype(np.float32))
-        return path
+        return {"images": self.images.astype(np.float32), "targets": self.targets,
+                "source": self.source.astype(np.float32), "cost": self.cost.astype(np.float32),
+                "prob": self.prob.astype(np.float32), "beta": np.float64(self.beta),
+                "pred": self.pred, "mse": self.mse_history.astype(np.float32),
+                "initial": self.initial.astype(np.float32)}
 
     def figure(self, likeness: dict | None = None):
         """Source, then one fake per target: target, prediction (confidence), MSE to the source
@@ -208,8 +207,9 @@ def adversarial(model, source_image, targets: Iterable[int] = range(N_CLASSES), 
 
 
 @dataclass
-class BetaSweepResult:
+class BetaSweepResult(AnalysisResult):
     """One `adversarial` run per β (same noise, same targets)."""
+    stem = "beta_sweep"
     betas: list[float]
     results: list[AdversarialResult]
 

@@ -98,9 +98,8 @@ def _transfer_models(paths) -> dict:
 
 
 def _save(fig, path: Path) -> str:
-    import matplotlib.pyplot as plt
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    from ..output import save_figure
+    save_figure(fig, path, dpi=110)
     return path.name
 
 
@@ -108,7 +107,7 @@ def cmd_synthesize(args) -> int:
     from ..analysis.class_models import synthesize
     from ..analysis.likeness import class_means, digit_likeness, likeness_figure
     from ..config import REGULARIZED
-    from ..output import write_json
+    from ..output import save_npz, write_json
     from ..runs import open_run
     run = open_run(args.run)
     model = run.load_model()
@@ -133,7 +132,7 @@ def cmd_synthesize(args) -> int:
         res = synthesize(model, targets, label=f"{v} class models", **kw)
         lk = digit_likeness(res.images, split, models=transfer, targets=targets, means=means)
         stem = "synthesize" if v == "plain" else "synthesize_regularized"
-        res.save_npz(out / f"{stem}.npz")
+        save_npz(out / f"{stem}.npz", **res.arrays())
         files += [f"{stem}.npz", _save(res.figure(lk), out / f"{stem}.png"),
                   _save(res.cost_figure(), out / f"{stem}_cost.png")]
         results[v] = {**res.to_dict(), "digit_likeness": lk}
@@ -186,7 +185,7 @@ def cmd_adversarial(args) -> int:
     from ..analysis.targeted import adversarial, beta_sweep
     from ..config import BETAS
     from ..errors import ConfigError
-    from ..output import write_json
+    from ..output import save_npz, write_json
     from ..runs import open_run
     run = open_run(args.run)
     model = run.load_model()
@@ -209,7 +208,7 @@ def cmd_adversarial(args) -> int:
     res = adversarial(model, source, targets, beta=args.beta, **kw)
     lk = digit_likeness(res.images, split, models=transfer, targets=targets)
     src_lk = digit_likeness(res.source[None], split, n_real=100)["images"]
-    res.save_npz(out / "adversarial.npz")
+    save_npz(out / "adversarial.npz", **res.arrays())
     files = ["adversarial.npz", _save(res.figure(lk), out / "adversarial.png"),
              _save(res.cost_figure(), out / "adversarial_cost.png")]
     results = {"run": str(run.path), "source_index": idx, "source_label": label,

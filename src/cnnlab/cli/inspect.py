@@ -116,25 +116,14 @@ def _check_indices(indices, split) -> list[int]:
     return list(dict.fromkeys(indices))
 
 
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def cmd_filters(args) -> int:
-    import numpy as np
 
     from ..analysis._shared import untrained_for_run
     from ..analysis.filters import filters
-    from ..output import write_json
     run, model = _open(args)
     res = filters(model, args.layer, reference=untrained_for_run(run, model))
     out = _out_dir(args, run, "filters")
-    _save(res.figure(), out / f"filters_{args.layer}.png")
-    write_json(out / f"filters_{args.layer}.json", res.to_dict())
-    np.savez_compressed(out / f"filters_{args.layer}.npz", weights=res.weights, bias=res.bias,
-                        untrained=res.reference)
+    res.save(out, f"filters_{args.layer}")
     if args.json:
         print_json(res.to_dict())
         return 0
@@ -155,7 +144,6 @@ def cmd_filters(args) -> int:
 
 
 def cmd_activations(args) -> int:
-    import numpy as np
 
     from ..analysis.activations import activations
     from ..output import write_json
@@ -167,8 +155,7 @@ def cmd_activations(args) -> int:
     c = console()
     for i in indices:
         res = activations(model, split.test_x[i], label=int(split.test_y[i]), name=f"test image #{i}")
-        _save(res.figure(), out / f"activations_{i}.png")
-        np.savez_compressed(out / f"activations_{i}.npz", image=res.image, **res.maps)
+        res.save(out, f"activations_{i}")
         results[str(i)] = res.to_dict()
         if not args.json:
             row = "; ".join(f"{layer} {'×'.join(map(str, st['shape']))}: {st['active_fraction']:.0%} active, "
@@ -184,7 +171,7 @@ def cmd_activations(args) -> int:
 
 def cmd_occlusion(args) -> int:
     from ..analysis._shared import untrained_for_run
-    from ..analysis.occlusion import meaningfulness_figure, occlusion, occlusion_meaningfulness
+    from ..analysis.occlusion import occlusion, occlusion_meaningfulness
     from ..config import PATCH_SIZES
     from ..output import write_json
     run, model = _open(args)
@@ -201,9 +188,7 @@ def cmd_occlusion(args) -> int:
                         fill=args.fill, label=label, name=f"test image #{i}")
         d = out / f"test-{i}"
         d.mkdir(parents=True, exist_ok=True)
-        res.save_npz(d / "occlusion.npz")
-        _save(res.figure(), d / "occlusion.png")
-        write_json(d / "occlusion.json", res.to_dict())
+        res.save(d, "occlusion")
         results[str(i)] = res.to_dict()
         if not args.json:
             mins = ", ".join(f"{k}×{k} {res.prob[k].min():.3f}" for k in sizes)
@@ -218,8 +203,7 @@ def cmd_occlusion(args) -> int:
         m = occlusion_meaningfulness(model, split.test_x, split.test_y, n=args.meaningful,
                                      reference=untrained_for_run(run, model),
                                      patch_size=3 if 3 in sizes else sizes[0], stride=args.stride, fill=args.fill)
-        write_json(out / "meaningfulness.json", m)
-        _save(meaningfulness_figure(m), out / "meaningfulness.png")
+        m.save(out)
         summary["meaningfulness"] = {k: v for k, v in m.items() if k not in ("per_image", "indices")}
         if not args.json:
             c.print(f"is the learning meaningful? {m['summary']} ({m['seconds']:.0f} s) → {out}/meaningfulness.png")

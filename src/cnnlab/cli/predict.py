@@ -84,6 +84,7 @@ def _explain(model, results: list[dict], out: Path) -> list[Path]:
     import numpy as np
 
     from ..analysis.occlusion import occlusion
+    from ..output import save_figure
     paths, used = [], set()
     for r in results:
         stem = Path(r["file"]).stem or "image"
@@ -107,7 +108,6 @@ def _explain(model, results: list[dict], out: Path) -> list[Path]:
             ax.set_xticks([])
             ax.set_yticks([])
         path = out / f"{name}-explain.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        save_figure(fig, path, dpi=110)
         paths.append(path)
     return paths

@@ -34,11 +34,9 @@ def register(sub) -> None:
 
 
 def cmd_robustness(args) -> int:
-    import matplotlib.pyplot as plt
-
     from ..analysis.robustness import robustness
     from ..data import to_float
-    from ..output import write_json
+    from ..output import save_figure, write_json
     from ..runs import open_run
     runs = [open_run(p) for p in args.runs]
     models = {}
@@ -53,9 +51,7 @@ def cmd_robustness(args) -> int:
     out = args.out or runs[0].analysis_dir("robustness")
     out.mkdir(parents=True, exist_ok=True)
     stem = f"robustness_{args.attack}{'_targeted' if args.targeted else ''}"
-    fig = res.figure()
-    fig.savefig(out / f"{stem}.png", dpi=110)
-    plt.close(fig)
+    save_figure(res.figure(), out / f"{stem}.png", dpi=110)
     d = {**res.to_dict(), "runs": [str(r.path) for r in runs]}
     write_json(out / f"{stem}.json", d)
     if args.json:
@@ -64,6 +60,6 @@ def cmd_robustness(args) -> int:
     c = console()
     c.print(f"{args.attack.upper()} {'targeted' if args.targeted else 'untargeted'}, {n} test images, "
             f"{res.seconds:.1f} s — accuracy{' (classified as target)' if args.targeted else ''}:")
-    c.print(res.text_table())
+    c.print(res.table_text())
     c.print(f"wrote {stem}.png and {stem}.json to {out}")
     return 0

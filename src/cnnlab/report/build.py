@@ -17,7 +17,7 @@ from ..config import ANALYSIS_PRESETS, AnalysisConfig
 from ..config import preset as make_preset
 from ..data import load_split
 from ..errors import ConfigError
-from ..output import atomic_write_text, write_json
+from ..output import atomic_write_bytes, atomic_write_text, write_json
 from ..runs import open_run, versions
 from ..train import train
 from . import (
@@ -158,4 +158,4 @@ def render_pdf(html_path: Path, pdf_path: Path) -> None:
     from weasyprint import HTML
     logging.getLogger("weasyprint").setLevel(logging.ERROR)
     logging.getLogger("fontTools").setLevel(logging.ERROR)
-    HTML(filename=str(html_path)).write_pdf(str(pdf_path))
+    atomic_write_bytes(pdf_path, HTML(filename=str(html_path)).write_pdf())
