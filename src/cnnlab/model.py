@@ -86,10 +86,6 @@ class Net(nn.Module):
         return out
 
 
-def build(batch_norm: bool = False, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> Net:
-    return Net(batch_norm=batch_norm, mean=mean, std=std)
-
-
 # ---------------------------------------------------------------------------------------------
 # Checkpoints: safetensors only; nothing is ever unpickled.
 # ---------------------------------------------------------------------------------------------

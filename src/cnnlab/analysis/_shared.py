@@ -60,6 +60,33 @@ class AnalysisResult:
         return paths
 
 
+class AscentResult(AnalysisResult):
+    """Results of the input-gradient ascent (class models, targeted fakes): `cost`, `prob`,
+    `pred` are [steps+1, T] histories over the T targets."""
+    prob: np.ndarray
+    pred: np.ndarray
+    targets: np.ndarray
+
+    @property
+    def final_prob(self) -> np.ndarray:
+        return self.prob[-1]
+
+    @property
+    def final_pred(self) -> np.ndarray:
+        return self.pred[-1]
+
+    def draw_targets(self, axes, images: np.ndarray, extras: list[str]) -> None:
+        """One panel per target: the image (0–255), target, prediction and confidence in the
+        title (green when predicted as the target), plus `extras[i]`; no ticks on any of `axes`."""
+        for i, ax in enumerate(axes[1:]):
+            t, p, c = int(self.targets[i]), int(self.final_pred[i]), float(self.final_prob[i])
+            ax.imshow(np.clip(images[i], 0, 255), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            ax.set_title(f"target {t}\npred {p} ({pct(c)})" + extras[i], fontsize=8,
+                         color="tab:green" if p == t else "tab:red")
+        for ax in axes:
+            ax.set_xticks([]), ax.set_yticks([])
+
+
 @contextmanager
 def evaluating(model: nn.Module):
     """Eval mode for the duration, then the model's previous mode again (batch-norm running

@@ -8,18 +8,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import (
-    STROKE_THRESHOLD,
-)
+from ..config import STROKE_THRESHOLD
 from ..model import Net
-from ._shared import (
-    FEATURE_LAYERS,
-    AnalysisResult,
-    as_image,
-    device_of,
-    evaluating,
-    mosaic,
-)
+from ._shared import FEATURE_LAYERS, AnalysisResult, as_image, device_of, evaluating, mosaic
 
 # ---------------------------------------------------------------------------------------------
 # Activations (question 2.3)

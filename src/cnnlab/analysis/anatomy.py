@@ -11,10 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model import Net
-from ._shared import (
-    IMAGE_SIZE,
-    AnalysisResult,
-)
+from ._shared import IMAGE_SIZE, AnalysisResult
 
 NEURON_DEFINITION = ("a neuron is one output unit of a layer with learnable weights (conv or fully "
                      "connected): a conv layer has channels × height × width neurons, a fully "

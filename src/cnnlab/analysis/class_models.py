@@ -8,32 +8,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import (
-    BLUR_SIGMA,
-    REGULARIZED,
-    SIGMA,
-    STEPS,
-    SYNTH_STEP_SIZE,
-)
+from ..config import BLUR_SIGMA, REGULARIZED, SIGMA, STEPS, SYNTH_STEP_SIZE
 from ..errors import ConfigError
-from ._shared import (
-    N_CLASSES,
-    AnalysisResult,
-    ascend,
-    check_int,
-    check_number,
-    check_targets,
-    cost_figure,
-    initial_noise,
-    pct,
-)
+from ._shared import N_CLASSES, AscentResult, ascend, check_int, check_number, check_targets, cost_figure, initial_noise, pct
 
 # ---------------------------------------------------------------------------------------------
 # Class models from noise (§3.1)
 # ---------------------------------------------------------------------------------------------
 
 @dataclass
-class SynthesisResult(AnalysisResult):
+class SynthesisResult(AscentResult):
     """Class models: `images` [T, 28, 28] and `initial` [T, 28, 28] on the 0–255 scale; `cost`,
     `prob`, `pred`, `logit` [steps+1, T] per step (row 0 is the initial noise); `params` the
     settings used."""
@@ -47,14 +31,6 @@ class SynthesisResult(AnalysisResult):
     params: dict
     seconds: float = 0.0
     label: str = ""
-
-    @property
-    def final_prob(self) -> np.ndarray:
-        return self.prob[-1]
-
-    @property
-    def final_pred(self) -> np.ndarray:
-        return self.pred[-1]
 
     def summary(self) -> dict:
         hit = self.final_pred == self.targets
@@ -98,15 +74,8 @@ class SynthesisResult(AnalysisResult):
         axes = axes[0]
         axes[0].imshow(self.initial[0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         axes[0].set_title(f"start: noise\n128 ± {self.params.get('sigma', 0):g}", fontsize=8)
-        for i, ax in enumerate(axes[1:]):
-            t, p, c = int(self.targets[i]), int(self.final_pred[i]), float(self.final_prob[i])
-            ax.imshow(self.images[i], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-            title = f"target {t}\npred {p} ({pct(c)})"
-            if likeness is not None:
-                title += f"\nr = {likeness['images']['corr_target_mean'][i]:+.2f}"
-            ax.set_title(title, fontsize=8, color="tab:green" if p == t else "tab:red")
-        for ax in axes:
-            ax.set_xticks([]), ax.set_yticks([])
+        self.draw_targets(axes, self.images, [f"\nr = {likeness['images']['corr_target_mean'][i]:+.2f}"
+                                              if likeness is not None else "" for i in range(T)])
         s = self.summary()
         shown = (f"; pixels span {s['pixel_min']:.0f}..{s['pixel_max']:.0f}, shown clipped to 0..255"
                  if s["fraction_pixels_outside_0_255"] > 0 else "")
@@ -129,9 +98,9 @@ def synthesize(model, targets: Iterable[int] = range(N_CLASSES), steps: int = ST
                label: str = "") -> SynthesisResult:
     """Class models from noise: maximize C = logits[target] by X ← X + step_size · dC/dX.
 
-    Units (0–255 pixel scale): X starts at 128 + sigma·N(0, 1) (`sigma` grey levels, default 32;
+    Units (0–255 pixel scale): X starts at 128 + sigma·N(0, 1) (`sigma` grey levels, default `config.SIGMA`;
     the same seeded noise for every target); the network is fed X / 255; `step_size` multiplies
-    dC/dX where X is in grey levels (default 1000); `steps` default 200. Off by default, the
+    dC/dX where X is in grey levels (default `config.SYNTH_STEP_SIZE`); `steps` default `config.STEPS`. Off by default, the
     regularizers (see REGULARIZED): `clip` X to [0, 255] after every step; `l2`: X ← (1 − l2)·X
     after every step (decay toward black, i.e. ascent on C − l2/(2·step_size)·‖X‖²);
     `blur_every` k steps a Gaussian blur of `blur_sigma` pixels; `jitter` j: each step's gradient

@@ -8,11 +8,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..model import Net
-from ._shared import (
-    AnalysisResult,
-    diverging_cmap,
-    mosaic,
-)
+from ._shared import AnalysisResult, diverging_cmap, mosaic
 
 # ---------------------------------------------------------------------------------------------
 # Filters (questions 2.1–2.2)

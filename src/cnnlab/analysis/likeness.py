@@ -8,12 +8,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ._shared import (
-    N_CLASSES,
-    AnalysisResult,
-    check_targets,
-    device_of,
-)
+from ._shared import N_CLASSES, AnalysisResult, check_targets, device_of
 
 # ---------------------------------------------------------------------------------------------
 # Does it look like a digit?

@@ -11,22 +11,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import (
-    DIGIT_MARGIN,
-    PATCH_SIZES,
-    STROKE_THRESHOLD,
-)
+from ..config import DIGIT_MARGIN, PATCH_SIZES, STROKE_THRESHOLD
 from ..errors import ConfigError
 from ..model import Net
-from ._shared import (
-    IMAGE_SIZE,
-    AnalysisResult,
-    as_image,
-    device_of,
-    evaluating,
-    inference_copy,
-    untrained_like,
-)
+from ._shared import IMAGE_SIZE, AnalysisResult, as_image, device_of, evaluating, inference_copy, untrained_like
 
 # ---------------------------------------------------------------------------------------------
 # Occlusion (question 2.4)
@@ -398,9 +386,9 @@ def meaningfulness_figure(result: dict):
         ax.legend(fontsize=8, loc="upper left")
         ax.grid(alpha=0.3)
     t, u = result["trained"], result["untrained"]
-    fig.suptitle(f"is the learning meaningful? {t['strokes']['images']} correctly classified test images, "
-                 f"{result['patch_size']}×{result['patch_size']} patch of {result['fill_spec']}; one dot per "
-                 f"image. Median largest drop: trained {t['max_drop_median']:.3g}, untrained "
-                 f"{u['max_drop_median']:.3g}", fontsize=10)
+    title = (f"is the learning meaningful? {t['strokes']['images']} correctly classified test images, "
+             f"{result['patch_size']}×{result['patch_size']} patch of {result['fill_spec']}; one dot per image. "
+             f"Median largest drop: trained {t['max_drop_median']:.3g}, untrained {u['max_drop_median']:.3g}")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

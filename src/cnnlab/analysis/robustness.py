@@ -11,19 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import (
-    EPS_FGSM,
-    EPS_PGD,
-    PGD_STEPS,
-)
+from ..config import EPS_FGSM, EPS_PGD, PGD_STEPS
 from ..errors import ConfigError
-from ._shared import (
-    AnalysisResult,
-    check_int,
-    check_number,
-    few_threads,
-    frozen,
-)
+from ._shared import AnalysisResult, check_int, check_number, few_threads, frozen
 
 
 def _check_eps(eps) -> float:

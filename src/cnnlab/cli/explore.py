@@ -11,11 +11,7 @@ from .common import int_range
 
 def register(sub) -> None:
     p = sub.add_parser("explore", help="draw a digit in the browser and watch the network think",
-                       description="Serve a local web page: draw, pick a test image or upload a "
-                                   "photo and see, live, the probabilities, feature maps, occlusion "
-                                   "map, filters, layer table, class models and targeted fakes of "
-                                   "one run, or of two side by side. Works offline; binds "
-                                   "127.0.0.1 unless --host says otherwise.")
+                       description="Serve a local web page: draw, pick a test image or upload a photo and see, live, the probabilities, feature maps, occlusion map, filters, layer table, class models and targeted fakes of one run, or of two side by side. Works offline; binds 127.0.0.1 unless --host says otherwise.")
     p.add_argument("runs", type=Path, nargs="+", metavar="RUN",
                    help="run directory; give two (e.g. plain and batch-norm) to compare them")
     p.add_argument("--host", default="127.0.0.1",

@@ -15,12 +15,7 @@ def register(sub) -> None:
     from ..config import BETA, REGULARIZED, SIGMA, STEP_SIZE, STEPS, SYNTH_STEP_SIZE
     p = sub.add_parser(
         "synthesize", help="class models: images the network takes for each digit, from noise (§3.1)",
-        description="Gradient ascent on C = logits[target] from Gaussian noise, X ← X + step_size·dC/dX, "
-                    "for every target class in one batch; the weights never change. Writes the images "
-                    "with target/prediction/confidence, the cost curves, synthesize.npz and results.json, "
-                    "and measures how digit-like the images are (correlation with class-mean training "
-                    "images, nearest training image, real-digit reference, transfer to --transfer runs). "
-                    "'plain' is the assignment's update; 'regularized' adds clipping to [0, 255], L2 decay, "
+        description="Gradient ascent on C = logits[target] from Gaussian noise, X ← X + step_size·dC/dX, for every target class in one batch; the weights never change. Writes the images with target/prediction/confidence, the cost curves, synthesize.npz and results.json, and measures how digit-like the images are (correlation with class-mean training images, nearest training image, real-digit reference, transfer to --transfer runs). 'plain' is the assignment's update; 'regularized' adds clipping to [0, 255], L2 decay, "
                     "blur and jitter. " + SCALE_NOTE)
     p.add_argument("run", type=Path, help="run directory (from `cnnlab train`)")
     p.add_argument("--target", type=int_range(0, 9), action="append",
@@ -50,11 +45,7 @@ def register(sub) -> None:
 
     p = sub.add_parser(
         "adversarial", help="targeted fakes: a real digit the network takes for another class (§3.2)",
-        description="Gradient ascent on C = logits[target] − β·MSE(X, source) for every target class in one "
-                    "batch, X ← X + step_size·dC/dX, where source is a real test image (by --source-index, "
-                    "or the first test image of --source-digit). MSE is in grey levels² (mean over the 784 "
-                    "pixels). Writes the fakes with target/prediction/confidence/MSE, cost curves, "
-                    "adversarial.npz, results.json, and with --beta-sweep the fooling-vs-resemblance "
+        description="Gradient ascent on C = logits[target] − β·MSE(X, source) for every target class in one batch, X ← X + step_size·dC/dX, where source is a real test image (by --source-index, or the first test image of --source-digit). MSE is in grey levels² (mean over the 784 pixels). Writes the fakes with target/prediction/confidence/MSE, cost curves, adversarial.npz, results.json, and with --beta-sweep the fooling-vs-resemblance "
                     "trade-off. " + SCALE_NOTE)
     p.add_argument("run", type=Path)
     src = p.add_mutually_exclusive_group(required=True)
@@ -107,7 +98,7 @@ def cmd_synthesize(args) -> int:
     from ..analysis.class_models import synthesize
     from ..analysis.likeness import class_means, digit_likeness, likeness_figure
     from ..config import REGULARIZED
-    from ..output import save_npz, write_json
+    from ..output import save_npz
     from ..runs import open_run
     run = open_run(args.run)
     model = run.load_model()
@@ -142,11 +133,17 @@ def cmd_synthesize(args) -> int:
         files.append(_save(likeness_figure(rows, means, "do the class models look like digits?"),
                            out / "likeness.png"))
     results["files"] = files
+    return _finish(args, results, out, lambda: _print_synthesis(results, variants, out))
+
+
+def _finish(args, results: dict, out: Path, show) -> int:
+    """results.json, then the results as JSON (--json) or as `show()` prints them."""
+    from ..output import write_json
     write_json(out / "results.json", results)
     if args.json:
         print_json(results)
-        return 0
-    _print_synthesis(results, variants, out)
+    else:
+        show()
     return 0
 
 
@@ -185,7 +182,7 @@ def cmd_adversarial(args) -> int:
     from ..analysis.targeted import adversarial, beta_sweep
     from ..config import BETAS
     from ..errors import ConfigError
-    from ..output import save_npz, write_json
+    from ..output import save_npz
     from ..runs import open_run
     run = open_run(args.run)
     model = run.load_model()
@@ -221,12 +218,7 @@ def cmd_adversarial(args) -> int:
         results["beta_sweep"] = sw.to_dict()
         files.append(_save(sw.figure(), out / "beta_sweep.png"))
     results["files"] = files
-    write_json(out / "results.json", results)
-    if args.json:
-        print_json(results)
-        return 0
-    _print_adversarial(results, res, out)
-    return 0
+    return _finish(args, results, out, lambda: _print_adversarial(results, res, out))
 
 
 def _print_adversarial(results: dict, res, out: Path) -> None:

@@ -18,17 +18,13 @@ def _fill(s: str):
 
 def register(sub) -> None:
     p = sub.add_parser("summary", help="layer table, parameter and neuron counts (questions 1.3–1.5)",
-                       description="One row per layer with shapes measured by forward hooks; totals of "
-                                   "learnable parameters (conv / fc / batch-norm) and neurons. A neuron is "
-                                   "one output unit of a conv or fully connected layer.")
+                       description="One row per layer with shapes measured by forward hooks; totals of learnable parameters (conv / fc / batch-norm) and neurons. A neuron is one output unit of a conv or fully connected layer.")
     p.add_argument("--batch-norm", action="store_true", help="the network with BatchNorm2d after each conv")
     p.add_argument("--json", action="store_true", help="print the table and totals as JSON")
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("filters", help="plot and measure conv1/conv2 kernels against the untrained network",
-                       description="Kernels on one shared symmetric colour scale, each decomposed into "
-                                   "gradient (edge), centre-surround (blob) and line energy, next to the "
-                                   "untrained network of the run's seed.")
+                       description="Kernels on one shared symmetric colour scale, each decomposed into gradient (edge), centre-surround (blob) and line energy, next to the untrained network of the run's seed.")
     p.add_argument("run", type=Path)
     p.add_argument("--layer", choices=["conv1", "conv2"], default="conv1")
     p.add_argument("--out", type=Path, help="output folder (default RUN/analysis/filters)")
@@ -45,9 +41,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_activations)
 
     p = sub.add_parser("occlusion", help="probability of the class as a patch slides over test images",
-                       description="Slide a square patch over every position of each image and record "
-                                   "p(class); then measure, over many correctly classified test images, "
-                                   "how much of the drop lands on the digit versus an untrained network.")
+                       description="Slide a square patch over every position of each image and record p(class); then measure, over many correctly classified test images, how much of the drop lands on the digit versus an untrained network.")
     p.add_argument("run", type=Path)
     p.add_argument("--index", type=int_range(0), action="append",
                    help="test-set image index (repeatable; default 0)")
@@ -100,6 +94,13 @@ def _open(args):
     return run, run.load_model()
 
 
+def _open_with_images(args, name: str):
+    """The run, its model, its split, the checked test indices (default: image 0) and the output folder."""
+    run, model = _open(args)
+    split = run.load_split(args.data_dir)
+    return run, model, split, _check_indices(args.index or [0], split), _out_dir(args, run, name)
+
+
 def _out_dir(args, run, name: str) -> Path:
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -147,10 +148,7 @@ def cmd_activations(args) -> int:
 
     from ..analysis.activations import activations
     from ..output import write_json
-    run, model = _open(args)
-    split = run.load_split(args.data_dir)
-    indices = _check_indices(args.index or [0], split)
-    out = _out_dir(args, run, "activations")
+    run, model, split, indices, out = _open_with_images(args, "activations")
     results = {}
     c = console()
     for i in indices:
@@ -174,10 +172,7 @@ def cmd_occlusion(args) -> int:
     from ..analysis.occlusion import occlusion, occlusion_meaningfulness
     from ..config import PATCH_SIZES
     from ..output import write_json
-    run, model = _open(args)
-    split = run.load_split(args.data_dir)
-    indices = _check_indices(args.index or [0], split)
-    out = _out_dir(args, run, "occlusion")
+    run, model, split, indices, out = _open_with_images(args, "occlusion")
     sizes = sorted(set(args.patch)) if args.patch else list(PATCH_SIZES)
     c = console()
     results = {}

@@ -10,11 +10,7 @@ from .common import console, int_range, print_json
 
 def register(sub) -> None:
     p = sub.add_parser("predict", help="classify your own digit images (PNG, JPEG, ...)",
-                       description="Convert each image the way MNIST digits were made (grey, dark "
-                                   "background, digit fitted into 20×20, centred by its centre of "
-                                   "mass in 28×28) and classify it with the run's network. Files "
-                                   "that cannot be read get one line each; the others are still "
-                                   "classified; the exit status is 1 if any file failed.")
+                       description="Convert each image the way MNIST digits were made (grey, dark background, digit fitted into 20×20, centred by its centre of mass in 28×28) and classify it with the run's network. Files that cannot be read get one line each; the others are still classified; the exit status is 1 if any file failed.")
     p.add_argument("run", type=Path, help="run directory (from `cnnlab train`)")
     p.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
     p.add_argument("--json", action="store_true",

@@ -11,11 +11,7 @@ def register(sub) -> None:
     from ..config import EPS_FGSM, PGD_STEPS
     p = sub.add_parser(
         "robustness", help="accuracy against ε under FGSM / PGD attacks, one or more runs side by side",
-        description="White-box L∞ attacks on the test set: FGSM (one signed-gradient step) or PGD (iterated, "
-                    "projected onto the ε-ball, random start), untargeted or targeted at (label + 1) mod 10. "
-                    "ε is on the [0, 1] pixel scale (0.1 ≈ 25 grey levels); images are always clipped to "
-                    "[0, 1]. Give the plain and the batch-norm run to compare them. Writes robustness.png "
-                    "and robustness.json.")
+        description="White-box L∞ attacks on the test set: FGSM (one signed-gradient step) or PGD (iterated, projected onto the ε-ball, random start), untargeted or targeted at (label + 1) mod 10. ε is on the [0, 1] pixel scale (0.1 ≈ 25 grey levels); images are always clipped to [0, 1]. Give the plain and the batch-norm run to compare them. Writes robustness.png and robustness.json.")
     p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run directories")
     p.add_argument("--attack", choices=["fgsm", "pgd"], default="fgsm")
     p.add_argument("--eps", type=float_range(0, 1), nargs="+",

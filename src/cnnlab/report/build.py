@@ -20,17 +20,7 @@ from ..errors import ConfigError
 from ..output import atomic_write_bytes, atomic_write_text, write_json
 from ..runs import open_run, versions
 from ..train import train
-from . import (
-    activations,
-    anatomy,
-    batch_norm,
-    class_models,
-    filters,
-    occlusion,
-    robustness,
-    targeted,
-    training,
-)
+from . import activations, anatomy, batch_norm, class_models, filters, occlusion, robustness, targeted, training
 from .base import ASSIGNMENT, Context, Printed, Section
 
 # The report's sections in the assignment's order; each builder returns a Section or a list of them.

@@ -4,13 +4,7 @@ from __future__ import annotations
 
 from ..analysis.class_models import synthesize, synthesize_regularized
 from ..analysis.likeness import digit_likeness
-from .base import (
-    Context,
-    Section,
-    drop_images,
-    fig_to_data_uri,
-    other_models,
-)
+from .base import Context, Section, drop_images, fig_to_data_uri, other_models
 
 
 def section_class_models(ctx: Context) -> list[Section]:

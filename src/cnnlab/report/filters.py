@@ -17,11 +17,8 @@ def section_filters(ctx: Context) -> list[Section]:
     f2 = filters(ctx.best_model, "conv2", reference=untrained)
     ctx.results["filters"] = {"conv1": f1.to_dict(), "conv2": f2.to_dict()}
 
-    s1 = Section("2.1", "conv1 filters",
-                 "Plot the conv1 layer filters. Do you observe interesting patterns?")
-    s1.figures.append((fig_to_data_uri(f1.figure()),
-                       "The 32 learned 3×3 kernels of conv1 on one symmetric colour scale (white = 0), beside the "
-                       "same kernels before training (the run's seed), with what each detects."))
+    s1 = Section("2.1", "conv1 filters", "Plot the conv1 layer filters. Do you observe interesting patterns?",
+                 figures=[(fig_to_data_uri(f1.figure()), "The 32 learned 3×3 kernels of conv1 on one symmetric colour scale (white = 0), beside the same kernels before training (the run's seed), with what each detects.")])
     t, u = f1.trained, f1.untrained
     tc, uc = t["class_counts"], u["class_counts"]
     cos = [k.get("cosine_to_init") for k in f1.kernels if k.get("cosine_to_init") is not None]
@@ -45,11 +42,8 @@ def section_filters(ctx: Context) -> list[Section]:
     s1.answer.append(text)
     s1.numbers = {"trained": t, "untrained": u}
 
-    s2 = Section("2.2", "Filters of a higher layer (conv2)",
-                 "Plot filters of a higher layer. Compare it with conv1 layer filters.")
-    s2.figures.append((fig_to_data_uri(f2.figure()),
-                       "All 32×32 kernels of conv2 (rows: output filters, columns: input channels), with a "
-                       "per-filter summary."))
+    s2 = Section("2.2", "Filters of a higher layer (conv2)", "Plot filters of a higher layer. Compare it with conv1 layer filters.",
+                 figures=[(fig_to_data_uri(f2.figure()), "All 32×32 kernels of conv2 (rows: output filters, columns: input channels), with a per-filter summary.")])
     t2, u2 = f2.trained, f2.untrained
     eff = [k.get("effective_inputs") for k in f2.kernels if k.get("effective_inputs") is not None]
     txt = (f"conv2's 1,024 kernels each see one conv1 feature map. Their energy in smooth low-order patterns is "

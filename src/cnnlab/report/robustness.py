@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from ..analysis.robustness import robustness
 from ..runs import open_run
-from .base import (
-    Context,
-    Section,
-    fig_to_data_uri,
-)
+from .base import Context, Section, fig_to_data_uri
 
 
 def section_robustness(ctx: Context) -> Section:

@@ -6,12 +6,7 @@ from ..analysis._shared import first_image_of
 from ..analysis.likeness import digit_likeness
 from ..analysis.targeted import adversarial, beta_sweep
 from ..config import BETA
-from .base import (
-    Context,
-    Section,
-    drop_images,
-    fig_to_data_uri,
-)
+from .base import Context, Section, drop_images, fig_to_data_uri
 
 
 def section_targeted(ctx: Context) -> Section:
