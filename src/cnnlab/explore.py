@@ -31,6 +31,7 @@ import threading
 import time
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ from .runs import open_run
 try:    # the optional `explore` extra; FastAPI resolves the (string) annotations in this module
     from fastapi import Request
 except ImportError:                     # pragma: no cover - `cnnlab explore` says how to install
-    Request = None
+    Request = None  # type: ignore[misc,assignment]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8179                     # EE5179; `--port 0` picks a free one
@@ -264,8 +265,8 @@ class Explorer:
         if kind == "pixels":
             return decode_pixels(req["pixels"]), {"kind": "pixels"}
         if kind == "image":
-            kind = req.get("source") if req.get("source") in ("drawing", "upload") else "image"
-            return self.image_from_bytes(decode_data_url(req["image"])), {"kind": kind}
+            source = req.get("source") if req.get("source") in ("drawing", "upload") else "image"
+            return self.image_from_bytes(decode_data_url(req["image"])), {"kind": source}
         t = req["test"]
         if t == "random":
             return self.test_image(None)
@@ -285,7 +286,7 @@ class Explorer:
             raise ImageError(f"patch size must be 1..5 pixels, got {patch!r}")
         t0 = time.perf_counter()
         image = u8.astype(np.float32) / 255.0
-        out = {"input": {"pixels": encode_pixels(u8), "png": png_url(u8), **source}, "runs": []}
+        out: dict[str, Any] = {"input": {"pixels": encode_pixels(u8), "png": png_url(u8), **source}, "runs": []}
         for view in self.views:
             out["runs"].append(self._analyze_one(view, image, target, patch, occlusion))
         out["seconds"] = round(time.perf_counter() - t0, 4)
@@ -547,7 +548,7 @@ def create_app(runs: list[Path], data_dir: str | Path | None = None,
 
 def _static_response(name: str, Response):
     from importlib.resources import files
-    body = files("cnnlab").joinpath("static", name).read_bytes()
+    body = files("cnnlab").joinpath("static").joinpath(name).read_bytes()
     return Response(body, media_type=STATIC_FILES[name],
                     headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
                              "Content-Security-Policy": CSP})

@@ -114,7 +114,7 @@ def evaluate(model: Net, x: torch.Tensor, y: torch.Tensor, *, precision: str = "
     device = next(model.parameters()).device
     if device.type != "mps" and not _is_channels_last(model):
         # A private channels_last copy: the caller's model keeps its memory format.
-        model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        model = copy.deepcopy(model).to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit memory_format
     was_training = model.training
     model.eval()
     with torch.inference_mode():
@@ -520,7 +520,7 @@ def _run(cfg: TrainConfig, writer: RunWriter, split: Split | None, data_dir: str
     memory_format = torch.channels_last if (cfg.channels_last and device.type != "mps") else torch.contiguous_format
 
     model = Net(batch_norm=cfg.batch_norm, mean=split.mean, std=split.std).to(device)
-    model = model.to(memory_format=memory_format)
+    model = model.to(memory_format=memory_format)  # type: ignore[call-overload]  # torch's stubs omit memory_format
     opt, sched = make_optimizer(model, cfg, total_steps)
     state, metrics = writer.start(cfg, resume, model, opt, sched, log)
 

@@ -99,6 +99,14 @@ class FilterResult(AnalysisResult):
     untrained: dict | None
     chance_share: dict = field(default_factory=lambda: dict(CHANCE_SHARE))
 
+    @property
+    def untrained_numbers(self) -> dict:
+        """The untrained network's layer numbers (measured only when `filters` got a reference)."""
+        if self.untrained is None:
+            raise ConfigError("these filters were measured without a reference network: pass "
+                              "reference=untrained_like(model, seed) to filters()")
+        return self.untrained
+
     def to_dict(self) -> dict:
         return {"layer": self.layer, "shape": list(self.weights.shape),
                 "definitions": {
@@ -168,7 +176,7 @@ def filters(model: Net, layer: str = "conv1", reference: Net | None = None) -> F
                  "top_inputs": [int(t) for t in top],
                  "top3_energy_share": round(float(e[o][top].sum() / max(e[o].sum(), 1e-30)), 4),
                  "norm": round(float(np.sqrt(e[o].sum())), 4), "bias": round(float(b[o]), 4)}
-            if cos is not None:
+            if cos is not None and ref_eff is not None:
                 k["cosine_to_init"] = round(float(cos[o]), 4)
                 k["untrained_effective_inputs"] = round(float(ref_eff[o]), 2)
             kernels.append(k)
@@ -200,7 +208,7 @@ def _plot_conv1(res: FilterResult):
     import matplotlib.pyplot as plt
     panels = [("trained", res.weights, res.trained)]
     if res.reference is not None:
-        panels.append(("untrained (same seed)", res.reference, res.untrained))
+        panels.append(("untrained (same seed)", res.reference, res.untrained_numbers))
     fig = plt.figure(figsize=(6.2 * len(panels) + 4.6, 5.0))
     gs = fig.add_gridspec(2, len(panels) + 1, width_ratios=[6.2] * len(panels) + [4.2], hspace=0.45, wspace=0.25)
     for j, (name, w, nums) in enumerate(panels):
@@ -280,7 +288,7 @@ def _plot_conv2(res: FilterResult):
         ax.set_xticks(ticks * 4 + 1, ticks)
         ax.set_yticks(ticks * 4 + 1, ticks)
         ax.set(xlabel="input channel (conv1 filter)", ylabel="output filter" if j == 0 else "")
-        nums = res.trained if j == 0 else res.untrained
+        nums = res.trained if j == 0 else res.untrained_numbers
         cc = nums["class_counts"]
         ax.set_title(f"conv2 {name}: 32×32 kernels 3×3, shared scale ±{v:.2f} (99.5th pct of |w|)\n"
                      f"edge {cc['edge']} · blob {cc['blob']} · line {cc['line']} · mixed {cc['mixed']} of 1024; "

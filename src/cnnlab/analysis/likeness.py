@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -158,7 +159,7 @@ def digit_likeness(images, split, models: Mapping[str, torch.nn.Module] | None =
     per = {"corr_class_mean": r.round(4).tolist(), "nearest_class": nearest.tolist(),
            "nearest_class_corr": r.max(1).tolist(), "nn_label": nn_lab.tolist(), "nn_corr": nn_r.tolist(),
            **{k: v.tolist() for k, v in ps.items()}}
-    summary = {"nearest_class_corr_mean": float(r.max(1).mean()), "nn_corr_mean": float(nn_r.mean()),
+    summary: dict[str, Any] = {"nearest_class_corr_mean": float(r.max(1).mean()), "nn_corr_mean": float(nn_r.mean()),
                **{f"{k}_mean": float(v.mean()) for k, v in ps.items()}}
     if targets is not None:
         t = np.asarray(check_targets(targets))

@@ -209,7 +209,7 @@ def _plot_occlusion(res: OcclusionResult):
                     "bottom row: drop\np(clean) − p(occluded),\none scale for all sizes\n\n"
                     "blue outline:\ndigit strokes (≥ 0.5)",
                     transform=axes[1, 0].transAxes, va="center", fontsize=8.5)
-    ims = [None, None]
+    ims: list = [None, None]
     for j, k in enumerate(sizes, start=1):
         p = res.prob[k]
         P = p.shape[0]

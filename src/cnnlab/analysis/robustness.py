@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -202,7 +202,7 @@ def robustness(models: Mapping[str, torch.nn.Module], x: torch.Tensor, y, attack
             if targeted:
                 row["success_rate"] = hit / len(x)
             table.append(row)
-    params = {"batch_size": batch_size, "seed": seed}
+    params: dict[str, Any] = {"batch_size": batch_size, "seed": seed}
     if attack == "pgd":
         params.update(steps=steps, alpha_per_eps=a_per, random_start=True)
     return RobustnessResult(attack, bool(targeted), eps_list, table, params, len(x), time.perf_counter() - t0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from .common import console, float_range, int_range, print_json
 
@@ -113,7 +114,9 @@ def cmd_synthesize(args) -> int:
                                                       blur_sigma=args.blur_sigma, jitter=args.jitter).items()
                                 if v is not None}}
     variants = ["plain", "regularized"] if args.variant == "both" else [args.variant]
-    results, files, rows = {"run": str(run.path), "weights": str(run.weights)}, [], []
+    results: dict[str, Any] = {"run": str(run.path), "weights": str(run.weights)}
+    files: list[str] = []
+    rows: list = []
     for v in variants:
         kw = dict(common)
         if v == "regularized":

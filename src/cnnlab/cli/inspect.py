@@ -69,9 +69,8 @@ def cmd_summary(args) -> int:
     from rich.table import Table
     t = Table(title=f"the {'batch-norm' if s.batch_norm else 'plain'} network, layer by layer "
                     f"(shapes per image, from forward hooks)")
-    for col, kw in (("layer", {}), ("kind", {}), ("input", {}), ("output", {}),
-                    ("params", {"justify": "right"}), ("neurons", {"justify": "right"}), ("detail", {})):
-        t.add_column(col, **kw)
+    for col in ("layer", "kind", "input", "output", "params", "neurons", "detail"):
+        t.add_column(col, justify="right" if col in ("params", "neurons") else "left")
     shp = lambda v: "×".join(map(str, v))  # noqa: E731
     for r in s.layers:
         t.add_row(r["name"], r["kind"], shp(r["input_shape"]), shp(r["output_shape"]), f"{r['params']:,}",
@@ -128,7 +127,7 @@ def cmd_filters(args) -> int:
     if args.json:
         print_json(res.to_dict())
         return 0
-    t, u = res.trained, res.untrained
+    t, u = res.trained, res.untrained_numbers
     c = console()
     cc, uc = t["class_counts"], u["class_counts"]
     c.print(f"{args.layer}: {t['kernels']} kernels 3×3 — edge {cc['edge']}, blob {cc['blob']}, line {cc['line']}, "

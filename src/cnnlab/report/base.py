@@ -81,7 +81,7 @@ def shape_text(s) -> str:
 def pick_images(ctx: Context, n: int) -> list[int]:
     """The first test image of distinct digits (0, 1, 2, …), for reproducible examples."""
     y = ctx.split.test_y
-    out = []
+    out: list[int] = []
     for d in range(10):
         if len(out) >= n:
             break

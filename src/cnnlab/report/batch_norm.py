@@ -95,10 +95,10 @@ def section_1_6(ctx: Context) -> Section:
                  + ("; the two normalization layers add their own forward and backward work). " if ratio > 1.05 else
                     "; within the noise of the measurement). " if ratio > 0.95 else "). "))
     if reach_b and len(reach_b) == n:
-        rb, rp = float(np.mean(reach_b)), float(np.mean(reach_p))
-        faster = rb < rp
+        secs_bn, secs_plain = float(np.mean(reach_b)), float(np.mean(reach_p))
+        faster = secs_bn < secs_plain
         time_text += (f"But to reach the plain model's final validation accuracy the batch-norm model needs "
-                      f"{p('1.6.reach_bn', rb, '{:.1f}')} s against {p('1.6.reach_plain', rp, '{:.1f}')} s for the plain one, "
+                      f"{p('1.6.reach_bn', secs_bn, '{:.1f}')} s against {p('1.6.reach_plain', secs_plain, '{:.1f}')} s for the plain one, "
                       + ("so it gets there sooner: it converges in fewer steps." if faster else
                          "so it is not faster to that accuracy in this run."))
     else:

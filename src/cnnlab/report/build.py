@@ -7,6 +7,7 @@ evidence does not decide a question, the text says so. Each printed number is re
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from collections.abc import Callable
@@ -104,8 +105,8 @@ def build_report(out: str | Path = "reports/latest", preset: str = "quick", seed
 
     sections: list[Section] = []
     for builder in SECTIONS:
-        title = builder.__doc__.strip().splitlines()[0]
-        produced = stages.run(title, lambda b=builder: b(ctx))
+        title = (builder.__doc__ or builder.__name__).strip().splitlines()[0]
+        produced = stages.run(title, functools.partial(builder, ctx))
         sections.extend(produced if isinstance(produced, list) else [produced])
 
     ctx.results["stage_seconds"] = stages.times

@@ -19,9 +19,9 @@ def section_filters(ctx: Context) -> list[Section]:
 
     s1 = Section("2.1", "conv1 filters", "Plot the conv1 layer filters. Do you observe interesting patterns?",
                  figures=[(fig_to_data_uri(f1.figure()), "The 32 learned 3×3 kernels of conv1 on one symmetric colour scale (white = 0), beside the same kernels before training (the run's seed), with what each detects.")])
-    t, u = f1.trained, f1.untrained
+    t, u = f1.trained, f1.untrained_numbers
     tc, uc = t["class_counts"], u["class_counts"]
-    cos = [k.get("cosine_to_init") for k in f1.kernels if k.get("cosine_to_init") is not None]
+    cos = [float(k["cosine_to_init"]) for k in f1.kernels if k.get("cosine_to_init") is not None]
     text = (f"Of the 32 kernels, {p('2.1.edge', tc['edge'], '{}')} are edge detectors (most of their energy in a "
             f"smooth gradient), {p('2.1.blob', tc['blob'], '{}')} blob/centre-surround detectors, "
             f"{tc['line']} line detectors and {tc['mixed']} mixed; before training the same kernels counted "
@@ -44,8 +44,8 @@ def section_filters(ctx: Context) -> list[Section]:
 
     s2 = Section("2.2", "Filters of a higher layer (conv2)", "Plot filters of a higher layer. Compare it with conv1 layer filters.",
                  figures=[(fig_to_data_uri(f2.figure()), "All 32×32 kernels of conv2 (rows: output filters, columns: input channels), with a per-filter summary.")])
-    t2, u2 = f2.trained, f2.untrained
-    eff = [k.get("effective_inputs") for k in f2.kernels if k.get("effective_inputs") is not None]
+    t2, u2 = f2.trained, f2.untrained_numbers
+    eff = [float(k["effective_inputs"]) for k in f2.kernels if k.get("effective_inputs") is not None]
     txt = (f"conv2's 1,024 kernels each see one conv1 feature map. Their energy in smooth low-order patterns is "
            f"{p('2.2.low_order', 100 * t2['low_order_share'], '{:.0f}')}% (initialization "
            f"{p('2.2.low_order_init', 100 * u2['low_order_share'], '{:.0f}')}%) against "

@@ -64,10 +64,11 @@ def section_1_2(ctx: Context) -> Section:
     # The mistakes are more informative than random hits: show some of them too.
     ev = evaluate(ctx.best_model, ctx.split.test_x, ctx.split.test_y, keep_probs=True)
     wrong = torch.nonzero(ev.predictions != ctx.split.test_y).flatten()[:16]
+    probs = ev.probs if ev.probs is not None else torch.ones(len(ev.predictions), 1)   # kept: keep_probs=True
     if len(wrong):
         imgs = ctx.split.test_x[wrong].squeeze(1).float().div(255).numpy()
         titles = [f"#{int(i)} true {int(ctx.split.test_y[i])}\npred {int(ev.predictions[i])} "
-                  f"({float(ev.probs[i].max()) * 100:.0f}%)" for i in wrong]
+                  f"({float(probs[i].max()) * 100:.0f}%)" for i in wrong]
         fig = image_grid(imgs, titles, ["red"] * len(wrong), ncols=8, size=1.4)
         sec.figures.append((fig_to_data_uri(fig), "The first misclassified test images, with the model's confidence."))
     n_wrong = int((ev.predictions != ctx.split.test_y).sum())
