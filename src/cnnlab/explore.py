@@ -26,10 +26,12 @@ import hashlib
 import io
 import json
 import random
+import socket
 import sys
 import threading
 import time
 from functools import cache
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -547,7 +549,6 @@ def create_app(runs: list[Path], data_dir: str | Path | None = None,
 
 
 def _static_response(name: str, Response):
-    from importlib.resources import files
     body = files("cnnlab").joinpath("static").joinpath(name).read_bytes()
     return Response(body, media_type=STATIC_FILES[name],
                     headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
@@ -564,7 +565,6 @@ def serve(runs: list[Path], host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           data_dir: str | Path | None = None, open_browser: bool = False,
           log=lambda s: print(s, file=sys.stderr)) -> None:
     """Serve the explorer until Ctrl-C. `port=0` picks a free port; the URL is printed on stdout."""
-    import socket
     try:
         import uvicorn
     except ImportError:

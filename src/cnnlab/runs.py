@@ -15,17 +15,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy
+import torch
+
+from . import __version__
+from .data import load_split
 from .errors import RunError
+from .model import load_weights
 
 RUN_FORMAT = 1
 REQUIRED_FIELDS = ("format", "config", "split", "versions", "status")
 
 
 def versions() -> dict[str, str]:
-    import numpy
-    import torch
 
-    from . import __version__
     return {"cnnlab": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "numpy": numpy.__version__, "platform": platform.platform()}
 
@@ -57,7 +60,7 @@ class RunLock:
         self.fd: int | None = None
 
     def __enter__(self) -> RunLock:
-        import fcntl
+        import fcntl  # POSIX only: imported where used so that importing runs works everywhere
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -75,7 +78,7 @@ class RunLock:
         return self
 
     def __exit__(self, *exc) -> None:
-        import fcntl
+        import fcntl  # POSIX only: imported where used so that importing runs works everywhere
         if self.fd is not None:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
@@ -116,12 +119,10 @@ class Run:
         return self.path.name
 
     def load_model(self, device="cpu"):
-        from .model import load_weights
         return load_weights(self.weights, batch_norm=self.batch_norm, device=device)
 
     def load_split(self, data_dir=None):
         """The run's own 50k/10k/10k split (same dataset, validation size and split seed)."""
-        from .data import load_split
         cfg = self.info["config"]
         return load_split(cfg.get("dataset", "mnist"), data_dir, cfg.get("val_size", 10_000),
                           cfg.get("split_seed", 0))

@@ -8,6 +8,7 @@ evidence does not decide a question, the text says so. Each printed number is re
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -144,8 +145,6 @@ def render_html(sections: list[Section], ctx: Context) -> str:
 
 
 def render_pdf(html_path: Path, pdf_path: Path) -> None:
-    import logging
-
     from weasyprint import HTML
     logging.getLogger("weasyprint").setLevel(logging.ERROR)
     logging.getLogger("fontTools").setLevel(logging.ERROR)
