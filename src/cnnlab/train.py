@@ -548,8 +548,8 @@ def _run(cfg: TrainConfig, writer: RunWriter, split: Split | None, data_dir: str
             with autocast(device, precision):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            if callback is not None:
-                loss = callback(state, loss) or loss
+            if callback is not None and (replaced := callback(state, loss)) is not None:
+                loss = replaced
             # The one CPU-GPU sync point of a step: loss and error count come back together.
             loss_value, errors = torch.stack([loss.detach(), (logits.argmax(1) != y).sum().to(loss.dtype)]).tolist()
             if not math.isfinite(loss_value):
