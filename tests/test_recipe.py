@@ -49,7 +49,7 @@ def test_a_callback_that_scales_the_loss_changes_the_run():
     init = untrained_like(plain.model, TINY.seed)
     assert not torch.equal(zeroed.model.fc2.weight, plain.model.fc2.weight)
     # no gradient: only the decoupled weight decay moved fc2, so it stays parallel to its init
-    cos = torch.nn.functional.cosine_similarity(zeroed.model.fc2.weight.flatten(), init.fc2.weight.flatten(), dim=0)
+    cos = torch.nn.functional.cosine_similarity(zeroed.model.fc2.weight.detach().flatten(), init.fc2.weight.detach().flatten(), dim=0)
     assert float(cos) == pytest.approx(1.0, abs=1e-6)
 
 
