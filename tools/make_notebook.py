@@ -59,7 +59,7 @@ code("""display(Image(f"{OUT}/plain/predictions.png"))""")
 md("## 1.3–1.5 Layer shapes, parameters, neurons\nShapes come from a real forward pass with hooks. A neuron is one output unit of a layer with learnable weights (conv or FC).")
 code("""
 from cnnlab.analysis import activations, anatomy, filters, occlusion
-from cnnlab.analysis._shared import untrained_for_run
+from cnnlab.analysis import untrained_for_run
 s = anatomy.summary(batch_norm=False)
 print(s.table_text())
 print(json.dumps({"params": s.params, "neurons": s.neurons}, indent=1))

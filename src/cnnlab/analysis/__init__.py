@@ -11,3 +11,7 @@
 
 Each question returns a result with `to_dict()`, `figure()` and `save(dir)`.
 """
+
+from ._shared import untrained_for_run, untrained_like
+
+__all__ = ["untrained_for_run", "untrained_like"]

@@ -118,7 +118,7 @@ def _check_indices(indices, split) -> list[int]:
 
 def cmd_filters(args) -> int:
 
-    from ..analysis._shared import untrained_for_run
+    from ..analysis import untrained_for_run
     from ..analysis.filters import filters
     run, model = _open(args)
     res = filters(model, args.layer, reference=untrained_for_run(run, model))
@@ -167,7 +167,7 @@ def cmd_activations(args) -> int:
 
 
 def cmd_occlusion(args) -> int:
-    from ..analysis._shared import untrained_for_run
+    from ..analysis import untrained_for_run
     from ..analysis.occlusion import occlusion, occlusion_meaningfulness
     from ..config import PATCH_SIZES
     from ..output import write_json

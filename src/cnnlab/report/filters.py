@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..analysis._shared import untrained_for_run
+from ..analysis import untrained_for_run
 from ..analysis.filters import filters
 from .base import Context, Section, fig_to_data_uri
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..analysis._shared import untrained_for_run
+from ..analysis import untrained_for_run
 from ..analysis.occlusion import meaningfulness_figure, occlusion, occlusion_meaningfulness
 from .base import Context, Section, fig_to_data_uri, pick_images
 
