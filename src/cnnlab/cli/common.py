@@ -11,6 +11,7 @@ import sys
 
 from ..config import CHOICES, RULES, TrainConfig, check_field, field_help
 from ..errors import ConfigError
+from ..output import json_default
 
 
 def int_range(lo: int | None = None, hi: int | None = None):
@@ -48,7 +49,6 @@ def _range_text(lo, hi) -> str:
 
 
 def print_json(obj) -> None:
-    from ..output import json_default
     json.dump(obj, sys.stdout, indent=2, default=json_default)
     sys.stdout.write("\n")
 

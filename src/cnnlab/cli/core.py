@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..config import TrainConfig, preset
 from .common import add_config_flags, console, int_range, print_json
 
 
@@ -62,7 +63,6 @@ def cmd_data(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from ..config import TrainConfig, preset
     from ..train import train
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     cfg = preset(args.preset, **overrides)

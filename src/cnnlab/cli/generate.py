@@ -6,6 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..config import BETA, BETAS, REGULARIZED, SIGMA, STEP_SIZE, STEPS, SYNTH_STEP_SIZE
+from ..errors import ConfigError
+from ..output import save_figure, save_npz, write_json
 from .common import console, float_range, int_range, print_json
 
 SCALE_NOTE = ("All pixel quantities are on the 0–255 scale: X starts at 128 + sigma·N(0,1), the "
@@ -13,7 +16,6 @@ SCALE_NOTE = ("All pixel quantities are on the 0–255 scale: X starts at 128 + 
 
 
 def register(sub) -> None:
-    from ..config import BETA, REGULARIZED, SIGMA, STEP_SIZE, STEPS, SYNTH_STEP_SIZE
     p = sub.add_parser(
         "synthesize", help="class models: images the network takes for each digit, from noise (§3.1)",
         description="Gradient ascent on C = logits[target] from Gaussian noise, X ← X + step_size·dC/dX, for every target class in one batch; the weights never change. Writes the images with target/prediction/confidence, the cost curves, synthesize.npz and results.json, and measures how digit-like the images are (correlation with class-mean training images, nearest training image, real-digit reference, transfer to --transfer runs). 'plain' is the assignment's update; 'regularized' adds clipping to [0, 255], L2 decay, "
@@ -90,7 +92,6 @@ def _transfer_models(paths) -> dict:
 
 
 def _save(fig, path: Path) -> str:
-    from ..output import save_figure
     save_figure(fig, path, dpi=110)
     return path.name
 
@@ -98,8 +99,6 @@ def _save(fig, path: Path) -> str:
 def cmd_synthesize(args) -> int:
     from ..analysis.class_models import synthesize
     from ..analysis.likeness import class_means, digit_likeness, likeness_figure
-    from ..config import REGULARIZED
-    from ..output import save_npz
     from ..runs import open_run
     run = open_run(args.run)
     model = run.load_model()
@@ -141,7 +140,6 @@ def cmd_synthesize(args) -> int:
 
 def _finish(args, results: dict, out: Path, show) -> int:
     """results.json, then the results as JSON (--json) or as `show()` prints them."""
-    from ..output import write_json
     write_json(out / "results.json", results)
     if args.json:
         print_json(results)
@@ -183,9 +181,6 @@ def cmd_adversarial(args) -> int:
     from ..analysis._shared import first_image_of
     from ..analysis.likeness import digit_likeness
     from ..analysis.targeted import adversarial, beta_sweep
-    from ..config import BETAS
-    from ..errors import ConfigError
-    from ..output import save_npz
     from ..runs import open_run
     run = open_run(args.run)
     model = run.load_model()

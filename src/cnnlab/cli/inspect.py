@@ -6,13 +6,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import console, int_range, print_json
+from ..config import PATCH_SIZES
+from ..errors import ConfigError
+from ..output import write_json
+from .common import console, float_range, int_range, print_json
 
 
 def _fill(s: str):
     if s == "mean":
         return "mean"
-    from .common import float_range
     return float_range()(s)
 
 
@@ -108,7 +110,6 @@ def _out_dir(args, run, name: str) -> Path:
 
 
 def _check_indices(indices, split) -> list[int]:
-    from ..errors import ConfigError
     n = len(split.test_x)
     for i in indices:
         if not 0 <= i < n:
@@ -146,7 +147,6 @@ def cmd_filters(args) -> int:
 def cmd_activations(args) -> int:
 
     from ..analysis.activations import activations
-    from ..output import write_json
     run, model, split, indices, out = _open_with_images(args, "activations")
     results = {}
     c = console()
@@ -169,8 +169,6 @@ def cmd_activations(args) -> int:
 def cmd_occlusion(args) -> int:
     from ..analysis import untrained_for_run
     from ..analysis.occlusion import occlusion, occlusion_meaningfulness
-    from ..config import PATCH_SIZES
-    from ..output import write_json
     run, model, split, indices, out = _open_with_images(args, "occlusion")
     sizes = sorted(set(args.patch)) if args.patch else list(PATCH_SIZES)
     c = console()

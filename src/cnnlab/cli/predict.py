@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..errors import ConfigError
+from ..output import save_figure
 from .common import console, int_range, print_json
 
 
@@ -25,7 +27,6 @@ def register(sub) -> None:
 
 def cmd_predict(args) -> int:
     from ..data import DATASETS
-    from ..errors import ConfigError
     from ..predict import predict_files
     from ..runs import open_run
     if args.out is not None and not args.explain:
@@ -80,7 +81,6 @@ def _explain(model, results: list[dict], out: Path) -> list[Path]:
     import numpy as np
 
     from ..analysis.occlusion import occlusion
-    from ..output import save_figure
     paths, used = [], set()
     for r in results:
         stem = Path(r["file"]).stem or "image"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..config import EPS_FGSM, PGD_STEPS
+from ..output import save_figure, write_json
 from .common import console, float_range, int_range, print_json
 
 
 def register(sub) -> None:
-    from ..config import EPS_FGSM, PGD_STEPS
     p = sub.add_parser(
         "robustness", help="accuracy against ε under FGSM / PGD attacks, one or more runs side by side",
         description="White-box L∞ attacks on the test set: FGSM (one signed-gradient step) or PGD (iterated, projected onto the ε-ball, random start), untargeted or targeted at (label + 1) mod 10. ε is on the [0, 1] pixel scale (0.1 ≈ 25 grey levels); images are always clipped to [0, 1]. Give the plain and the batch-norm run to compare them. Writes robustness.png and robustness.json.")
@@ -32,7 +33,6 @@ def register(sub) -> None:
 def cmd_robustness(args) -> int:
     from ..analysis.robustness import robustness
     from ..data import to_float
-    from ..output import save_figure, write_json
     from ..runs import open_run
     runs = [open_run(p) for p in args.runs]
     models = {}
