@@ -230,9 +230,16 @@ def load_images_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if not p.is_file():
         raise DataError(f"no file at {p}: give an .npz holding 'images' (uint8 [N, 28, 28]) and 'labels' (int [N])")
     try:
+        with open(p, "rb") as f:
+            head = f.read(6)
+    except OSError as e:
+        raise DataError(f"cannot read {p}: {e.strerror or e}") from None
+    if head.startswith(b"\x93NUMPY"):
+        raise DataError(f"{p} is a single .npy array, not an .npz with 'images' and 'labels'")
+    if not head.startswith(b"PK"):
+        raise DataError(f"{p} is not an .npz file (no zip header); save with np.savez(path, images=..., labels=...)")
+    try:
         with np.load(p, allow_pickle=False) as z:
-            if not hasattr(z, "files"):
-                raise DataError(f"{p} is a single .npy array, not an .npz with 'images' and 'labels'")
             missing = [k for k in ("images", "labels") if k not in z.files]
             if missing:
                 raise DataError(f"{p} lacks {', '.join(missing)} (holds: {', '.join(z.files) or 'nothing'}); "

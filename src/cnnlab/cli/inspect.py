@@ -57,9 +57,13 @@ def register(sub) -> None:
     p.add_argument("--fill", type=_fill, default=0.5,
                    help="patch value on the [0, 1] pixel scale, or 'mean' (training-pixel mean); default 0.5")
     p.add_argument("--target", type=int_range(0, 9), help="class of interest (default: the true class)")
-    p.add_argument("--meaningful", type=int_range(0, 10000), default=100, metavar="N",
-                   help="also measure the share of the drop on the digit over N correctly classified "
-                        "test images, vs the untrained network (default 100; 0 skips)")
+    p.add_argument("--meaningful", type=int_range(0, 10000), default=100, metavar="N", nargs="?", const=-1,
+                   help="alone: decide 2.4 by the controlled experiment (behaviour, then occlusion, with "
+                        "a shortcut, a digit-only and an untrained control) and print its verdict; with "
+                        "N: the older drop-share measurement over N images (default 100; 0 skips)")
+    p.add_argument("--images", type=Path, metavar="FILE.npz",
+                   help="with --meaningful: test these images instead of MNIST's test set (.npz with "
+                        "'images' uint8 [N, 28, 28], 0 = background, and 'labels' int [N] in 0..9)")
     p.add_argument("--data-dir")
     p.add_argument("--out", type=Path, help="output folder (default RUN/analysis/occlusion)")
     p.add_argument("--json", action="store_true")
@@ -180,6 +184,11 @@ def cmd_activations(args) -> int:
 
 
 def cmd_occlusion(args) -> int:
+    if args.meaningful == -1:
+        return _cmd_meaningful(args)
+    if args.images is not None:
+        from ..errors import ConfigError
+        raise ConfigError("--images is used by --meaningful (the controlled experiment); add --meaningful")
     from ..inspect import PATCH_SIZES, meaningfulness_figure, occlusion, occlusion_meaningfulness, untrained_for_run
     from ..runs import write_json
     run, model = _open(args)
@@ -221,4 +230,26 @@ def cmd_occlusion(args) -> int:
     write_json(out / "occlusion_summary.json", summary)
     if args.json:
         print_json(summary)
+    return 0
+
+
+def _cmd_meaningful(args) -> int:
+    """`cnnlab occlusion RUN --meaningful [--images FILE.npz] [--json]`: the controlled experiment."""
+    from ..analysis.meaningful import load_images_npz, meaningful_experiment
+    run, model = _open(args)
+    images = labels = None
+    if args.images is not None:
+        images, labels = load_images_npz(args.images)
+    if not args.json:
+        print("training the shortcut control and measuring M, N, P, R…", file=sys.stderr)
+    res = meaningful_experiment(model, images, labels, split=run.load_split(args.data_dir))
+    out = _out_dir(args, run, "occlusion")
+    paths = res.save(out)
+    if args.json:
+        print_json(res.to_dict())
+        return 0
+    c = console()
+    c.print(f"is the learning meaningful? [bold]{res.verdict}[/bold] ({res.seconds['total']:.0f} s)")
+    c.print(res.answer_text())
+    c.print(f"wrote {paths['png']} (+ .json, .npz)")
     return 0
