@@ -237,3 +237,38 @@ def test_the_same_seed_gives_the_same_result(models, mnist_split):
     b = mm.meaningful_experiment(models["digit"], x, y, seed=3, **kw).to_dict()
     a.pop("seconds"), b.pop("seconds")
     assert a == b
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line: `cnnlab occlusion RUN --meaningful [--images FILE.npz] [--json]`
+# ---------------------------------------------------------------------------------------------
+
+def _fake_run(path, model):
+    """A minimal run directory holding `model` (what `cnnlab train` writes, less the history)."""
+    from cnnlab.model import save_weights
+    from cnnlab.runs import RUN_FORMAT, write_json
+    path.mkdir(parents=True)
+    save_weights(model, path / "model.safetensors")
+    write_json(path / "run.json", {"format": RUN_FORMAT, "status": "complete", "versions": {},
+                                   "config": {"dataset": "mnist", "batch_norm": False, "val_size": 10000,
+                                              "split_seed": 0},
+                                   "split": {}})
+    return path
+
+
+@pytest.mark.mnist
+def test_cli_prints_the_whole_result_as_json_and_refuses_a_bad_file(models, mnist_split, mnist_dir, tmp_path, capsys):
+    from cnnlab.cli import main
+    run = _fake_run(tmp_path / "run", models["digit"])
+    npz = tmp_path / "mine.npz"
+    np.savez(npz, images=mnist_split.test_x[:12, 0].numpy(), labels=mnist_split.test_y[:12].numpy())
+    assert main(["occlusion", str(run), "--meaningful", "--images", str(npz), "--data-dir", str(mnist_dir),
+                 "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["verdict"] in mm.VERDICTS and d["settings"]["n_behaviour"] == 12 and d["rule"] == mm.RULE
+    assert (run / "analysis" / "occlusion" / "meaningful.png").is_file()
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, images=mnist_split.test_x[:4, 0].numpy().astype(np.float32), labels=np.arange(4))
+    assert main(["occlusion", str(run), "--meaningful", "--images", str(bad), "--data-dir", str(mnist_dir)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "uint8" in err and "\n" not in err

@@ -61,8 +61,8 @@ Choices beyond the minimum design of issue 11, and why:
   - N is trained on MNIST even when other images are tested: it only has to read the marker.
 
 Cost: `seconds` in every result. Measured on this project's 2-core CPU with the defaults (500
-images for behaviour, 50 for occlusion, 80 training steps for N): about 6–12 s in all, of which
-N's training 2–4 s (numbers in the commit that introduced this file; they vary with the load).
+images for behaviour, 50 for occlusion, 80 training steps for N), 8 runs under the shared CPU
+lock on 2026-11-25: 7.1–11.0 s in all, of which N's training 1.6–4.2 s (torch 2.13, 2 threads).
 """
 
 from __future__ import annotations
