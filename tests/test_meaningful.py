@@ -152,7 +152,7 @@ def test_bad_npz_files_give_a_one_line_data_error(tmp_path):
 # The verdict, both ways, on models whose answer is known by construction (real MNIST)
 # ---------------------------------------------------------------------------------------------
 
-SMALL = dict(n_behaviour=150, n_occlusion=20)
+SMALL = {"n_behaviour": 150, "n_occlusion": 20}
 
 
 def _digit_model(split, steps: int = 150, seed: int = 0):
@@ -196,7 +196,7 @@ def test_a_digit_reading_model_is_meaningful_and_the_controls_come_out_as_they_m
     a = s["M"]["behaviour"]["accuracy_digit_alone"]
     text = r.answer_text()
     assert text.startswith("By the stated rule the learning is meaningful.")
-    assert f"{a['rate']:.0%} of {a['n']} (95% {a['lo']:.0%}–{a['hi']:.0%})" in text
+    assert f"{a['rate']:.0%} of {a['n']} images (95% interval {a['lo']:.0%}–{a['hi']:.0%})" in text
     assert not any(w in text for w in ("clearly", "far ", "strongly"))
     paths = r.save(tmp_path)
     assert json.loads(paths["json"].read_text())["verdict"] == "meaningful"
@@ -232,7 +232,7 @@ def test_swapping_a_control_makes_the_experiment_invalid(models, mnist_split):
 @pytest.mark.mnist
 def test_the_same_seed_gives_the_same_result(models, mnist_split):
     x, y = mnist_split.test_x[:200, 0].numpy(), mnist_split.test_y[:200].numpy()
-    kw = dict(negative=models["negative"], n_behaviour=60, n_occlusion=8)
+    kw = {"negative": models["negative"], "n_behaviour": 60, "n_occlusion": 8}
     a = mm.meaningful_experiment(models["digit"], x, y, seed=3, **kw).to_dict()
     b = mm.meaningful_experiment(models["digit"], x, y, seed=3, **kw).to_dict()
     a.pop("seconds"), b.pop("seconds")

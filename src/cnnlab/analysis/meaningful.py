@@ -74,7 +74,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+
 
 import numpy as np
 import torch
@@ -506,20 +506,21 @@ class MeaningfulResult:
         b, o = m["behaviour"], m["occlusion"]
 
         def pc(x):
-            return f"{x['rate']:.0%} of {x['n']} (95% {x['lo']:.0%}–{x['hi']:.0%})" if x["n"] else "no images"
+            return (f"{x['rate']:.0%} of {x['n']} images (95% interval {x['lo']:.0%}–{x['hi']:.0%})"
+                    if x["n"] else "none of 0 images")
         head = {"meaningful": "By the stated rule the learning is meaningful.",
                 "not meaningful": "By the stated rule the learning is not meaningful.",
                 "inconclusive": "By the stated rule the experiment does not decide whether the learning is meaningful.",
                 "invalid": "The experiment is invalid, so it does not answer whether the learning is meaningful."}[self.verdict]
         s = [head,
-             f"With only the digit left, the model gives the label on {pc(b['accuracy_digit_alone'])} images; "
+             f"With only the digit left, the model gives the label on {pc(b['accuracy_digit_alone'])}; "
              f"with the digit erased, on {pc(b['accuracy_digit_removed'])}; a marker moved to another class's "
              f"position takes the prediction on {pc(b['follows_moved_marker'])} (behaviour: {m['behaviour_call']}).",
              f"Erasing 3×3 patches of marked images, the largest drop of log p(label) falls on the digit on "
-             f"{pc(o['largest_drop_on_digit'])} images and most of the drop lies off the digit on "
+             f"{pc(o['largest_drop_on_digit'])} and most of the drop lies off the digit on "
              f"{pc(o['most_drop_mass_off_digit'])} (occlusion: {m['occlusion_call']}).",
              f"Controls: the marker-trained network N follows a moved marker on "
-             f"{pc(n['behaviour']['follows_moved_marker'])} images and its largest drop falls on the digit on "
+             f"{pc(n['behaviour']['follows_moved_marker'])} and its largest drop falls on the digit on "
              f"{pc(n['occlusion']['largest_drop_on_digit'])} ({n['verdict']}); the digit-only network P's largest "
              f"drop falls on the digit on {pc(p['occlusion']['largest_drop_on_digit'])} (occlusion: "
              f"{p['occlusion_call']}); the untrained network R gives the label with the digit alone on "
@@ -660,8 +661,8 @@ def meaningful_experiment(model: nn.Module, images=None, labels=None, *, split=N
     seconds["total"] = time.perf_counter() - t0
     arrays.update(images=x_u8[take[correct]], labels=y_np[take[correct]], regions=regions[correct],
                   sample_indices=take.astype(np.int64), occlusion_indices=take[correct].astype(np.int64))
-    settings = {"seed": int(seed), "images_given": int(len(y_np)), "n_behaviour": int(len(take)),
-                "n_occlusion": int(len(correct)), "shortcut_steps": int(shortcut_steps),
+    settings = {"seed": int(seed), "images_given": len(y_np), "n_behaviour": len(take),
+                "n_occlusion": len(correct), "shortcut_steps": int(shortcut_steps),
                 "ink_level_uint8": INK_LEVEL, "digit_grow_px": DIGIT_GROW, "mask_grow_px": MASK_GROW,
                 "marker_px": MARKER, "marker_slots_yx": [list(v) for v in MARKER_SLOTS],
                 "occlusion": {"patch": OCC_PATCH, "stride": OCC_STRIDE, "fill": OCC_FILL,
