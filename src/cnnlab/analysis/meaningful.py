@@ -75,7 +75,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 import numpy as np
 import torch
 import torch.nn.functional as F
