@@ -1,5 +1,5 @@
 """`cnnlab summary`, `cnnlab filters`, `cnnlab activations`, `cnnlab occlusion`: thin wrappers
-around cnnlab.inspect that write PNG + JSON/NPZ into RUN/analysis/<command>/ (or --out)."""
+around cnnlab.analysis that write PNG + JSON/NPZ into RUN/analysis/<command>/ (or --out)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,10 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_activations)
 
     p = sub.add_parser("occlusion", help="probability of the class as a patch slides over test images",
-                       description="Slide a square patch over every position of each image and record p(class); then measure, over many correctly classified test images, how much of the drop lands on the digit versus an untrained network.")
+                       description="Slide a square patch over every position of each image and record p(class) (the "
+                                   "assignment's maps). With --meaningful: decide whether the learning is meaningful "
+                                   "by a controlled experiment with a shortcut-trained, a digit-only and an untrained "
+                                   "control.")
     p.add_argument("run", type=Path)
     p.add_argument("--index", type=int_range(0), action="append",
                    help="test-set image index (repeatable; default 0)")
@@ -53,9 +56,12 @@ def register(sub) -> None:
     p.add_argument("--fill", type=_fill, default=0.5,
                    help="patch value on the [0, 1] pixel scale, or 'mean' (training-pixel mean); default 0.5")
     p.add_argument("--target", type=int_range(0, 9), help="class of interest (default: the true class)")
-    p.add_argument("--meaningful", type=int_range(0, 10000), default=100, metavar="N",
-                   help="also measure the share of the drop on the digit over N correctly classified "
-                        "test images, vs the untrained network (default 100; 0 skips)")
+    p.add_argument("--meaningful", action="store_true",
+                   help="decide 2.4 by the controlled experiment (behaviour, then occlusion, with a "
+                        "shortcut, a digit-only and an untrained control) and print its verdict")
+    p.add_argument("--images", type=Path, metavar="FILE.npz",
+                   help="with --meaningful: test these images instead of MNIST's test set (.npz with "
+                        "'images' uint8 [N, 28, 28], 0 = background, and 'labels' int [N] in 0..9)")
     p.add_argument("--data-dir")
     p.add_argument("--out", type=Path, help="output folder (default RUN/analysis/occlusion)")
     p.add_argument("--json", action="store_true")
@@ -167,8 +173,11 @@ def cmd_activations(args) -> int:
 
 
 def cmd_occlusion(args) -> int:
-    from ..analysis import untrained_for_run
-    from ..analysis.occlusion import occlusion, occlusion_meaningfulness
+    if args.meaningful:
+        return _cmd_meaningful(args)
+    if args.images is not None:
+        raise ConfigError("--images is used by --meaningful (the controlled experiment); add --meaningful")
+    from ..analysis.occlusion import occlusion
     run, model, split, indices, out = _open_with_images(args, "occlusion")
     sizes = sorted(set(args.patch)) if args.patch else list(PATCH_SIZES)
     c = console()
@@ -188,18 +197,29 @@ def cmd_occlusion(args) -> int:
                     f"{mins} — {res.seconds:.2f} s for {sum(p.size for p in res.prob.values())} occluded copies "
                     f"→ {d}/occlusion.png")
     summary = {"images": results}
-    if args.meaningful:
-        if not args.json:
-            print(f"measuring where the drop lands on {args.meaningful} correctly classified test images "
-                  f"(trained and untrained network)…", file=sys.stderr)
-        m = occlusion_meaningfulness(model, split.test_x, split.test_y, n=args.meaningful,
-                                     reference=untrained_for_run(run, model),
-                                     patch_size=3 if 3 in sizes else sizes[0], stride=args.stride, fill=args.fill)
-        m.save(out)
-        summary["meaningfulness"] = {k: v for k, v in m.items() if k not in ("per_image", "indices")}
-        if not args.json:
-            c.print(f"is the learning meaningful? {m['summary']} ({m['seconds']:.0f} s) → {out}/meaningfulness.png")
     write_json(out / "occlusion_summary.json", summary)
     if args.json:
         print_json(summary)
+    return 0
+
+
+def _cmd_meaningful(args) -> int:
+    """`cnnlab occlusion RUN --meaningful [--images FILE.npz] [--json]`: the controlled experiment."""
+    from ..analysis.meaningful import load_images_npz, meaningful_experiment
+    run, model = _open(args)
+    images = labels = None
+    if args.images is not None:
+        images, labels = load_images_npz(args.images)
+    if not args.json:
+        print("training the shortcut control and measuring M, N, P, R…", file=sys.stderr)
+    res = meaningful_experiment(model, images, labels, split=run.load_split(args.data_dir))
+    out = _out_dir(args, run, "occlusion")
+    paths = res.save(out)
+    if args.json:
+        print_json(res.to_dict())
+        return 0
+    c = console()
+    c.print(f"is the learning meaningful? [bold]{res.verdict}[/bold] ({res.seconds['total']:.0f} s)")
+    c.print(res.answer_text())
+    c.print(f"wrote {paths['png']} (+ .json, .npz)")
     return 0
