@@ -13,6 +13,7 @@ Occlusion (one test image, k = 1..5, stride 1, fill 0.5, 3390 occluded copies):
   bf16_one   the same under bf16 autocast (probabilities still from a float64 softmax of the
              float32-cast logits)
   bf16_1t    bf16_one with torch.set_num_threads(1)
+  *_cN       the same in forwards of N images each (cache-sized chunks)
 Tolerance reported: max |p_variant - p_today| over every map entry, and whether every map's
 argmin position and every predicted class agree.
 
@@ -22,6 +23,7 @@ Robustness (the quick report's stage: 1000 test images, FGSM and PGD-10 at 7 ε,
              (per-image ε as a [6000,1,1,1] tensor), the same seeded random start as today's pgd
              (seed 0 for the first 1000-image batch), one forward+input-backward per PGD step
   fast_bf16  fast_fp32 under bf16 autocast
+  *_cN       the stacked batch in chunks of N images, each chunk through all its PGD steps
 Tolerance reported: max |accuracy difference| over (network, ε), in percentage points.
 """
 
@@ -72,16 +74,15 @@ def occlusion_batch_all(img: torch.Tensor, fill: float = 0.5, sizes=SIZES) -> tu
     return torch.cat(parts), counts
 
 
-def occlusion_fast(net, img: torch.Tensor, bf16: bool, target: int | None = None) -> dict:
-    """net: an eval-mode channels_last model (made once by the caller, as _inference_copy does)."""
+def occlusion_fast(net, img: torch.Tensor, bf16: bool, target: int | None = None, chunk: int = 4096) -> dict:
+    """net: an eval-mode channels_last model (made once by the caller, as _inference_copy does).
+    `chunk`: images per forward (the conv1 activations of a chunk should stay in L2: 256 images
+    x 32 x 28 x 28 x 2 bytes = 13 MB in bf16)."""
     with torch.inference_mode():
         x, counts = occlusion_batch_all(img)
         x = torch.cat([img[None, None], x]).contiguous(memory_format=torch.channels_last)
-        if bf16:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                logits = net(x)
-        else:
-            logits = net(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = torch.cat([net(x[i:i + chunk]).float() for i in range(0, len(x), chunk)])
         probs = F.softmax(logits.double(), dim=1)
     base = probs[0]
     t = int(base.argmax()) if target is None else target
@@ -98,16 +99,19 @@ def run_occlusion(pairs: int, split) -> dict:
     img = split.test_x[0, 0].float() / 255
     net = copy.deepcopy(net_user).eval().to(memory_format=torch.channels_last)
     ref = occlusion(net_user, img)
-    times = {"today": [], "fp32_one": [], "bf16_one": [], "bf16_1t": []}
+    variants = {"fp32_one": (False, 4096), "bf16_one": (True, 4096), "bf16_1t": (True, 4096),
+                "fp32_c256": (False, 256), "bf16_c256": (True, 256), "bf16_c128": (True, 128),
+                "bf16_c512": (True, 512), "bf16_c128_1t": (True, 128)}
+    times = {"today": [], **{v: [] for v in variants}}
     results = {}
     n0 = torch.get_num_threads()
     for _ in range(pairs):
         t0 = time.perf_counter(); occlusion(net_user, img); times["today"].append(time.perf_counter() - t0)
-        for v in ("fp32_one", "bf16_one", "bf16_1t"):
-            if v == "bf16_1t":
+        for v, (bf16, chunk) in variants.items():
+            if v.endswith("_1t"):
                 torch.set_num_threads(1)
             t0 = time.perf_counter()
-            results[v] = occlusion_fast(net, img, bf16=v != "fp32_one")
+            results[v] = occlusion_fast(net, img, bf16=bf16, chunk=chunk)
             times[v].append(time.perf_counter() - t0)
             torch.set_num_threads(n0)
     out = {"images": sum((28 - k + 1) ** 2 for k in SIZES), "rows": {}}
@@ -132,8 +136,10 @@ EPS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
 
 
 def robustness_fast(models_: dict, x: torch.Tensor, y: torch.Tensor, pgd_steps: int = 10,
-                    bf16: bool = False, seed: int = 0) -> dict:
-    """{"fgsm": {(name, eps): acc}, "pgd": {...}}: all ε of one attack in one batch per network.
+                    bf16: bool = False, seed: int = 0, chunk: int = 6000) -> dict:
+    """{"fgsm": {(name, eps): acc}, "pgd": {...}}: all ε of one attack stacked into one batch per
+    network, processed in chunks of `chunk` stacked images (each chunk runs all its PGD steps
+    while its activations are still in cache).
 
     Same attacks as cnnlab.attacks: FGSM x' = clip(x + ε sign ∇), PGD with α = 2.5ε/steps, seeded
     uniform start U(-ε, ε) drawn exactly as attacks.pgd draws it (generator seeded `seed`, one draw
@@ -141,45 +147,48 @@ def robustness_fast(models_: dict, x: torch.Tensor, y: torch.Tensor, pgd_steps: 
     """
     eps_nz = [e for e in EPS if e > 0]
     n = len(x)
-    E = torch.tensor(eps_nz).repeat_interleave(n).view(-1, 1, 1, 1)      # per-image ε
-    X0 = x.repeat(len(eps_nz), 1, 1, 1)
-    Y = y.repeat(len(eps_nz))
+    E_all = torch.tensor(eps_nz).repeat_interleave(n).view(-1, 1, 1, 1)      # per-image ε
+    X0_all = x.repeat(len(eps_nz), 1, 1, 1)
+    Y_all = y.repeat(len(eps_nz))
     start = []
     for e in eps_nz:                                   # attacks.pgd: uniform_(-e, e) from seed
         g = torch.Generator().manual_seed(seed)
         start.append(torch.empty(x.shape).uniform_(-e, e, generator=g))
-    noise = torch.cat(start)
-    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else (lambda: torch.autocast("cpu", enabled=False))
+    noise_all = torch.cat(start)
+    cl = torch.channels_last
     out = {"fgsm": {}, "pgd": {}}
     for name, m in models_.items():
-        net = copy.deepcopy(m).eval().to(memory_format=torch.channels_last)
+        net = copy.deepcopy(m).eval().to(memory_format=cl)
         for p in net.parameters():
             p.requires_grad_(False)
 
-        def grad(xa):
-            xa = xa.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
-            with ctx():
+        def grad(xa, Y):
+            xa = xa.detach().contiguous(memory_format=cl).requires_grad_(True)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 logits = net(xa)
             loss = F.cross_entropy(logits.float(), Y, reduction="sum")
             (g,) = torch.autograd.grad(loss, xa)
             return g
 
-        def acc(xa):
-            with torch.inference_mode(), ctx():
-                pred = net(xa.contiguous(memory_format=torch.channels_last)).argmax(1)
-            ok = (pred == Y).view(len(eps_nz), n).float().mean(1)
-            return [float(v) for v in ok]
+        def predict(xa):
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                return net(xa.contiguous(memory_format=cl)).argmax(1)
 
-        with torch.inference_mode(), ctx():
-            clean = float((net(x.contiguous(memory_format=torch.channels_last)).argmax(1) == y).float().mean())
-        xf = (X0 + E * grad(X0).sign()).clamp(0, 1)
-        out["fgsm"].update({(name, 0.0): clean, **{(name, e): a for e, a in zip(eps_nz, acc(xf))}})
-        alpha = 2.5 * E / pgd_steps
-        xa = (X0 + noise).clamp(0, 1)
-        for _ in range(pgd_steps):
-            xa = xa + alpha * grad(xa).sign()
-            xa = torch.min(torch.max(xa, X0 - E), X0 + E).clamp(0, 1).detach()
-        out["pgd"].update({(name, 0.0): clean, **{(name, e): a for e, a in zip(eps_nz, acc(xa))}})
+        clean = float((predict(x) == y).float().mean())
+        ok_f, ok_p = [], []
+        for i in range(0, len(X0_all), chunk):
+            X0, Y, E = X0_all[i:i + chunk], Y_all[i:i + chunk], E_all[i:i + chunk]
+            xf = (X0 + E * grad(X0, Y).sign()).clamp(0, 1)
+            ok_f.append(predict(xf) == Y)
+            alpha = 2.5 * E / pgd_steps
+            xa = (X0 + noise_all[i:i + chunk]).clamp(0, 1)
+            for _ in range(pgd_steps):
+                xa = xa + alpha * grad(xa, Y).sign()
+                xa = torch.min(torch.max(xa, X0 - E), X0 + E).clamp(0, 1).detach()
+            ok_p.append(predict(xa) == Y)
+        for key, ok in (("fgsm", ok_f), ("pgd", ok_p)):
+            acc = torch.cat(ok).view(len(eps_nz), n).float().mean(1)
+            out[key].update({(name, 0.0): clean, **{(name, e): float(a) for e, a in zip(eps_nz, acc)}})
     return out
 
 
@@ -188,7 +197,9 @@ def run_robustness(pairs: int, split, n: int = 1000, steps: int = 10) -> dict:
     ms = models(split)
     x = split.test_x[:n].float() / 255
     y = split.test_y[:n]
-    times = {"today": [], "fast_fp32": [], "fast_bf16": []}
+    variants = {"fast_fp32_c500": (False, 500),
+                "fast_bf16_c500": (True, 500), "fast_bf16_c250": (True, 250)}
+    times = {"today": [], **{v: [] for v in variants}}
     res = {}
     for _ in range(pairs):
         t0 = time.perf_counter()
@@ -197,9 +208,9 @@ def run_robustness(pairs: int, split, n: int = 1000, steps: int = 10) -> dict:
         times["today"].append(time.perf_counter() - t0)
         res["today"] = {"fgsm": {(r["model"], r["eps"]): r["accuracy"] for r in fg.table},
                         "pgd": {(r["model"], r["eps"]): r["accuracy"] for r in pg.table}}
-        for v in ("fast_fp32", "fast_bf16"):
+        for v, (bf16, chunk) in variants.items():
             t0 = time.perf_counter()
-            res[v] = robustness_fast(ms, x, y, steps, bf16=v == "fast_bf16")
+            res[v] = robustness_fast(ms, x, y, steps, bf16=bf16, chunk=chunk)
             times[v].append(time.perf_counter() - t0)
     out = {"n": n, "pgd_steps": steps, "rows": {}}
     for v, ts in times.items():
