@@ -24,6 +24,9 @@ Robustness (the quick report's stage: 1000 test images, FGSM and PGD-10 at 7 ε,
              (seed 0 for the first 1000-image batch), one forward+input-backward per PGD step
   fast_bf16  fast_fp32 under bf16 autocast
   *_cN       the stacked batch in chunks of N images, each chunk through all its PGD steps
+             (robustness_fast; earlier runs)
+  stacked_*  robustness_stacked: the same as a drop-in replacement of attacks.robustness (same
+             arguments and result, + precision and chunk); measured in the latest run
 Tolerance reported: max |accuracy difference| over (network, ε), in percentage points.
 """
 
@@ -192,13 +195,90 @@ def robustness_fast(models_: dict, x: torch.Tensor, y: torch.Tensor, pgd_steps: 
     return out
 
 
+def robustness_stacked(models_, x, y, attack: str = "fgsm", eps_list=None, steps: int = 20,
+                       alpha_per_eps=None, targeted: bool = False, batch_size: int = 1000, seed: int = 0,
+                       precision: str = "fp32", chunk: int = 500):
+    """Drop-in body for cnnlab.attacks.robustness (same arguments and same RobustnessResult), with
+    `precision` ("fp32" or "bf16") and `chunk` added. Every (ε, image) pair is one row of a stacked
+    batch; rows go through the attack `chunk` at a time on a channels_last copy of the network.
+    The PGD random start of image j at ε is drawn exactly as today: a generator seeded
+    `seed + i` (i = the start of j's `batch_size` batch), uniform_(-ε, ε) over that batch, so fp32
+    results equal today's up to float summation order."""
+    from cnnlab.attacks import (EPS_FGSM, EPS_PGD, PGD_STEPS, RobustnessResult, _check_eps, _check_xy,
+                                target_classes)
+    from cnnlab.errors import ConfigError
+    from cnnlab.generate import _check_int, _check_number, frozen
+    if attack not in ("fgsm", "pgd"):
+        raise ConfigError(f"attack must be 'fgsm' or 'pgd'; got {attack!r}")
+    if not models_:
+        raise ConfigError("give at least one model")
+    eps_list = [_check_eps(e) for e in (eps_list if eps_list is not None else (EPS_FGSM if attack == "fgsm" else EPS_PGD))]
+    if not eps_list:
+        raise ConfigError("eps_list is empty")
+    steps = _check_int("steps", steps, 1)
+    a_per = 2.5 / steps if alpha_per_eps is None else _check_number("alpha_per_eps", alpha_per_eps, 0.0, lo_open=True)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    x, y = _check_xy(next(iter(models_.values())), x, y)
+    t_all = target_classes(y) if targeted else y
+    n = len(x)
+    E = torch.tensor(eps_list, dtype=torch.float32).repeat_interleave(n).view(-1, 1, 1, 1)
+    X0, Y, T = x.repeat(len(eps_list), 1, 1, 1), y.repeat(len(eps_list)), t_all.repeat(len(eps_list))
+    start = X0
+    if attack == "pgd":
+        noise = []
+        for e in eps_list:
+            for i in range(0, n, batch_size):
+                g = torch.Generator().manual_seed(seed + i)
+                shape = (min(batch_size, n - i), *x.shape[1:])
+                noise.append(torch.empty(shape).uniform_(-e, e, generator=g) if e > 0 else torch.zeros(shape))
+        start = (X0 + torch.cat(noise)).clamp(0.0, 1.0)
+    sign = -1.0 if targeted else 1.0
+    bf16 = precision == "bf16"
+    cl = torch.channels_last
+    table = []
+    t0 = time.perf_counter()
+    for name, model in models_.items():
+        dev = next(model.parameters()).device
+        net = copy.deepcopy(model).to(memory_format=cl)
+        correct = torch.zeros(len(eps_list), dtype=torch.long)
+        hit = torch.zeros(len(eps_list), dtype=torch.long)
+        with frozen(net):
+            for i in range(0, len(X0), chunk):
+                x0, tb, e = X0[i:i + chunk].to(dev), T[i:i + chunk].to(dev), E[i:i + chunk].to(dev)
+                xa = start[i:i + chunk].to(dev)
+                for _ in range(1 if attack == "fgsm" else steps):
+                    xg = xa.detach().contiguous(memory_format=cl).requires_grad_(True)
+                    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                        logits = net(xg)
+                    (g,) = torch.autograd.grad(F.cross_entropy(logits.float(), tb, reduction="sum"), xg)
+                    if attack == "fgsm":
+                        xa = (x0 + sign * e * g.sign()).clamp(0.0, 1.0)
+                    else:
+                        xa = xa + sign * (a_per * e) * g.sign()
+                        xa = torch.min(torch.max(xa, x0 - e), x0 + e).clamp(0.0, 1.0)
+                xa = torch.where(e == 0, x0, xa.detach())          # ε = 0: the clean images, as today
+                with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                    pred = net(xa.contiguous(memory_format=cl)).argmax(1).cpu()
+                row = torch.div(torch.arange(i, i + len(pred)), n, rounding_mode="floor")
+                correct.index_add_(0, row, (pred == Y[i:i + chunk]).long())
+                hit.index_add_(0, row, (pred == T[i:i + chunk]).long())
+        for k, e in enumerate(eps_list):
+            r = {"model": name, "eps": e, "accuracy": int(correct[k]) / n}
+            if targeted:
+                r["success_rate"] = int(hit[k]) / n
+            table.append(r)
+    params = {"batch_size": batch_size, "seed": seed}
+    if attack == "pgd":
+        params.update(steps=steps, alpha_per_eps=a_per, random_start=True)
+    return RobustnessResult(attack, bool(targeted), eps_list, table, params, n, time.perf_counter() - t0)
+
+
 def run_robustness(pairs: int, split, n: int = 1000, steps: int = 10) -> dict:
     from cnnlab.attacks import robustness
     ms = models(split)
     x = split.test_x[:n].float() / 255
     y = split.test_y[:n]
-    variants = {"fast_fp32_c500": (False, 500),
-                "fast_bf16_c500": (True, 500), "fast_bf16_c250": (True, 250)}
+    variants = {"stacked_fp32_c500": (False, 500), "stacked_bf16_c500": (True, 500)}
     times = {"today": [], **{v: [] for v in variants}}
     res = {}
     for _ in range(pairs):
@@ -210,7 +290,11 @@ def run_robustness(pairs: int, split, n: int = 1000, steps: int = 10) -> dict:
                         "pgd": {(r["model"], r["eps"]): r["accuracy"] for r in pg.table}}
         for v, (bf16, chunk) in variants.items():
             t0 = time.perf_counter()
-            res[v] = robustness_fast(ms, x, y, steps, bf16=bf16, chunk=chunk)
+            prec = "bf16" if bf16 else "fp32"
+            fg = robustness_stacked(ms, x, y, attack="fgsm", precision=prec, chunk=chunk)
+            pg = robustness_stacked(ms, x, y, attack="pgd", steps=steps, precision=prec, chunk=chunk)
+            res[v] = {"fgsm": {(r["model"], r["eps"]): r["accuracy"] for r in fg.table},
+                      "pgd": {(r["model"], r["eps"]): r["accuracy"] for r in pg.table}}
             times[v].append(time.perf_counter() - t0)
     out = {"n": n, "pgd_steps": steps, "rows": {}}
     for v, ts in times.items():
@@ -226,9 +310,36 @@ def run_robustness(pairs: int, split, n: int = 1000, steps: int = 10) -> dict:
     return out
 
 
+def run_evaluate(pairs: int, split) -> dict:
+    """cnnlab.train.evaluate on the 10,000 validation images at several batch sizes (bf16 and
+    fp32), alternated; the predictions must not depend on the batch size."""
+    from cnnlab.train import evaluate
+    net = models(split)["plain"]
+    variants = [(p, b) for p in ("bf16", "fp32") for b in (500, 256, 128)]
+    times = {v: [] for v in variants}
+    preds = {}
+    for _ in range(pairs):
+        for p, b in variants:
+            t0 = time.perf_counter()
+            r = evaluate(net, split.val_x, split.val_y, precision=p, batch_size=b)
+            times[(p, b)].append(time.perf_counter() - t0)
+            preds[(p, b)] = r
+    out = {"rows": {}}
+    for (p, b), ts in times.items():
+        ref = preds[(p, 500)]
+        row = {"median_s": round(statistics.median(ts), 3), "range_s": [round(min(ts), 3), round(max(ts), 3)],
+               "speedup_vs_b500": round(statistics.median(a / c for a, c in zip(times[(p, 500)], ts)), 2),
+               "accuracy": preds[(p, b)].accuracy,
+               "predictions_differ_from_b500": int((preds[(p, b)].predictions != ref.predictions).sum()),
+               "loss_diff_vs_b500": abs(preds[(p, b)].loss - ref.loss)}
+        out["rows"][f"{p}@b{b}"] = row
+        print("evaluate", p, b, json.dumps(row), flush=True)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["occlusion", "robustness"])
+    ap.add_argument("what", choices=["occlusion", "robustness", "evaluate"])
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--steps", type=int, default=10)
@@ -236,6 +347,8 @@ def main(argv=None):
     split = load_split()
     if args.what == "occlusion":
         out = run_occlusion(args.pairs, split)
+    elif args.what == "evaluate":
+        out = run_evaluate(args.pairs, split)
     else:
         out = run_robustness(args.pairs, split, args.n, args.steps)
     out["machine"] = machine()
