@@ -221,16 +221,16 @@ def robustness_stacked(models_, x, y, attack: str = "fgsm", eps_list=None, steps
     x, y = _check_xy(next(iter(models_.values())), x, y)
     t_all = target_classes(y) if targeted else y
     n = len(x)
-    E = torch.tensor(eps_list, dtype=torch.float32).repeat_interleave(n).view(-1, 1, 1, 1)
-    X0, Y, T = x.repeat(len(eps_list), 1, 1, 1), y.repeat(len(eps_list)), t_all.repeat(len(eps_list))
+    nz = [e for e in eps_list if e > 0]                # ε = 0 rows are the clean images: no attack
+    E = torch.tensor(nz, dtype=torch.float32).repeat_interleave(n).view(-1, 1, 1, 1)
+    X0, Y, T = x.repeat(len(nz), 1, 1, 1), y.repeat(len(nz)), t_all.repeat(len(nz))
     start = X0
-    if attack == "pgd":
+    if attack == "pgd" and nz:
         noise = []
-        for e in eps_list:
+        for e in nz:
             for i in range(0, n, batch_size):
                 g = torch.Generator().manual_seed(seed + i)
-                shape = (min(batch_size, n - i), *x.shape[1:])
-                noise.append(torch.empty(shape).uniform_(-e, e, generator=g) if e > 0 else torch.zeros(shape))
+                noise.append(torch.empty((min(batch_size, n - i), *x.shape[1:])).uniform_(-e, e, generator=g))
         start = (X0 + torch.cat(noise)).clamp(0.0, 1.0)
     sign = -1.0 if targeted else 1.0
     bf16 = precision == "bf16"
@@ -240,9 +240,16 @@ def robustness_stacked(models_, x, y, attack: str = "fgsm", eps_list=None, steps
     for name, model in models_.items():
         dev = next(model.parameters()).device
         net = copy.deepcopy(model).to(memory_format=cl)
-        correct = torch.zeros(len(eps_list), dtype=torch.long)
-        hit = torch.zeros(len(eps_list), dtype=torch.long)
+        correct = torch.zeros(len(nz), dtype=torch.long)
+        hit = torch.zeros(len(nz), dtype=torch.long)
+
+        def predict(xa):
+            with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                return torch.cat([net(xa[i:i + chunk].to(dev).contiguous(memory_format=cl)).argmax(1).cpu()
+                                  for i in range(0, len(xa), chunk)])
+
         with frozen(net):
+            clean = predict(x) if len(nz) < len(eps_list) else None
             for i in range(0, len(X0), chunk):
                 x0, tb, e = X0[i:i + chunk].to(dev), T[i:i + chunk].to(dev), E[i:i + chunk].to(dev)
                 xa = start[i:i + chunk].to(dev)
@@ -256,16 +263,20 @@ def robustness_stacked(models_, x, y, attack: str = "fgsm", eps_list=None, steps
                     else:
                         xa = xa + sign * (a_per * e) * g.sign()
                         xa = torch.min(torch.max(xa, x0 - e), x0 + e).clamp(0.0, 1.0)
-                xa = torch.where(e == 0, x0, xa.detach())          # ε = 0: the clean images, as today
-                with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-                    pred = net(xa.contiguous(memory_format=cl)).argmax(1).cpu()
+                pred = predict(xa.detach())
                 row = torch.div(torch.arange(i, i + len(pred)), n, rounding_mode="floor")
                 correct.index_add_(0, row, (pred == Y[i:i + chunk]).long())
                 hit.index_add_(0, row, (pred == T[i:i + chunk]).long())
-        for k, e in enumerate(eps_list):
-            r = {"model": name, "eps": e, "accuracy": int(correct[k]) / n}
+        k = 0
+        for e in eps_list:
+            if e > 0:
+                c, h = int(correct[k]), int(hit[k])
+                k += 1
+            else:
+                c, h = int((clean == y.cpu()).sum()), int((clean == t_all.cpu()).sum())
+            r = {"model": name, "eps": e, "accuracy": c / n}
             if targeted:
-                r["success_rate"] = int(hit[k]) / n
+                r["success_rate"] = h / n
             table.append(r)
     params = {"batch_size": batch_size, "seed": seed}
     if attack == "pgd":
