@@ -289,7 +289,7 @@ def run_robustness(pairs: int, split, n: int = 1000, steps: int = 10) -> dict:
     ms = models(split)
     x = split.test_x[:n].float() / 255
     y = split.test_y[:n]
-    variants = {"stacked_fp32_c500": (False, 500), "stacked_bf16_c500": (True, 500)}
+    variants = {"stacked_bf16_c500": (True, 500), "stacked_bf16_c128": (True, 128)}
     times = {"today": [], **{v: [] for v in variants}}
     res = {}
     for _ in range(pairs):
