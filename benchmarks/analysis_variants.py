@@ -197,7 +197,7 @@ def robustness_fast(models_: dict, x: torch.Tensor, y: torch.Tensor, pgd_steps: 
 
 def robustness_stacked(models_, x, y, attack: str = "fgsm", eps_list=None, steps: int = 20,
                        alpha_per_eps=None, targeted: bool = False, batch_size: int = 1000, seed: int = 0,
-                       precision: str = "fp32", chunk: int = 500):
+                       precision: str = "fp32", chunk: int = 128):
     """Drop-in body for cnnlab.attacks.robustness (same arguments and same RobustnessResult), with
     `precision` ("fp32" or "bf16") and `chunk` added. Every (ε, image) pair is one row of a stacked
     batch; rows go through the attack `chunk` at a time on a channels_last copy of the network.
@@ -289,7 +289,7 @@ def run_robustness(pairs: int, split, n: int = 1000, steps: int = 10) -> dict:
     ms = models(split)
     x = split.test_x[:n].float() / 255
     y = split.test_y[:n]
-    variants = {"stacked_bf16_c500": (True, 500), "stacked_bf16_c128": (True, 128)}
+    variants = {"stacked_bf16_c128": (True, 128), "stacked_fp32_c128": (False, 128), "stacked_bf16_c64": (True, 64)}
     times = {"today": [], **{v: [] for v in variants}}
     res = {}
     for _ in range(pairs):
