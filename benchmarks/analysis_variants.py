@@ -104,7 +104,8 @@ def run_occlusion(pairs: int, split) -> dict:
     ref = occlusion(net_user, img)
     variants = {"fp32_one": (False, 4096), "bf16_one": (True, 4096), "bf16_1t": (True, 4096),
                 "fp32_c256": (False, 256), "bf16_c256": (True, 256), "bf16_c128": (True, 128),
-                "bf16_c512": (True, 512), "bf16_c128_1t": (True, 128)}
+                "bf16_c512": (True, 512), "bf16_c128_1t": (True, 128), "fp32_c128": (False, 128),
+                "bf16_c64": (True, 64)}
     times = {"today": [], **{v: [] for v in variants}}
     results = {}
     n0 = torch.get_num_threads()
