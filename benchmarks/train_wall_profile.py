@@ -29,6 +29,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default="/tmp/p11-wall")
     ap.add_argument("--cli", action="store_true", help="also time the real CLI as a subprocess")
     ap.add_argument("--set", nargs="*", default=[], help="key=value TrainConfig overrides")
+    ap.add_argument("--eval-batch", type=int, default=0,
+                    help="simulate recipe R5: train.evaluate's default batch size (0 = unchanged)")
+    ap.add_argument("--no-figures", action="store_true",
+                    help="simulate recipe R6: curves.png / predictions.png not drawn by train()")
     args = ap.parse_args(argv)
     phases: dict[str, float] = {}
     t = time.perf_counter()
@@ -62,7 +66,11 @@ def main(argv=None) -> dict:
 
     import cnnlab.figures as figs
     import matplotlib.figure
-    tr.evaluate = timed("evaluate (val + test passes)", tr.evaluate)
+    evaluate = tr.evaluate
+    if args.eval_batch:
+        import functools
+        evaluate = functools.partial(tr.evaluate, batch_size=args.eval_batch)
+    tr.evaluate = timed("evaluate (val + test passes)", evaluate)
     tr._save_state = timed("_save_state (per epoch)", tr._save_state)
     tr.save_weights = timed("save_weights (best checkpoint)", tr.save_weights)
     tr._write_metrics = timed("_write_metrics", tr._write_metrics)
@@ -70,6 +78,12 @@ def main(argv=None) -> dict:
     figs.plot_curves = timed("plot_curves", figs.plot_curves)
     figs.plot_predictions = timed("plot_predictions", figs.plot_predictions)
     matplotlib.figure.Figure.savefig = timed("savefig (2 PNGs)", matplotlib.figure.Figure.savefig)
+    if args.no_figures:
+        class _NoFigure:
+            def savefig(self, *a, **k):
+                pass
+        figs.plot_curves = lambda *a, **k: _NoFigure()
+        figs.plot_predictions = lambda *a, **k: _NoFigure()
     over = {}
     for kv in args.set:
         k, v = kv.split("=", 1)
