@@ -41,7 +41,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from common import load_split, machine
 
 RUNS = Path("/work/runs")
@@ -166,7 +165,7 @@ def robustness_fast(models_: dict, x: torch.Tensor, y: torch.Tensor, pgd_steps: 
         for p in net.parameters():
             p.requires_grad_(False)
 
-        def grad(xa, Y):
+        def grad(xa, Y, net=net):
             xa = xa.detach().contiguous(memory_format=cl).requires_grad_(True)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 logits = net(xa)
@@ -174,7 +173,7 @@ def robustness_fast(models_: dict, x: torch.Tensor, y: torch.Tensor, pgd_steps: 
             (g,) = torch.autograd.grad(loss, xa)
             return g
 
-        def predict(xa):
+        def predict(xa, net=net):
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 return net(xa.contiguous(memory_format=cl)).argmax(1)
 
@@ -205,8 +204,14 @@ def robustness_stacked(models_, x, y, attack: str = "fgsm", eps_list=None, steps
     The PGD random start of image j at ε is drawn exactly as today: a generator seeded
     `seed + i` (i = the start of j's `batch_size` batch), uniform_(-ε, ε) over that batch, so fp32
     results equal today's up to float summation order."""
-    from cnnlab.attacks import (EPS_FGSM, EPS_PGD, PGD_STEPS, RobustnessResult, _check_eps, _check_xy,
-                                target_classes)
+    from cnnlab.attacks import (
+        EPS_FGSM,
+        EPS_PGD,
+        RobustnessResult,
+        _check_eps,
+        _check_xy,
+        target_classes,
+    )
     from cnnlab.errors import ConfigError
     from cnnlab.generate import _check_int, _check_number, frozen
     if attack not in ("fgsm", "pgd"):
@@ -244,7 +249,7 @@ def robustness_stacked(models_, x, y, attack: str = "fgsm", eps_list=None, steps
         correct = torch.zeros(len(nz), dtype=torch.long)
         hit = torch.zeros(len(nz), dtype=torch.long)
 
-        def predict(xa):
+        def predict(xa, net=net, dev=dev):
             with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
                 return torch.cat([net(xa[i:i + chunk].to(dev).contiguous(memory_format=cl)).argmax(1).cpu()
                                   for i in range(0, len(xa), chunk)])

@@ -33,8 +33,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-
-from common import FWD_FLOPS, TRAIN_FLOPS, load_split, machine, matmul_peak
+from common import TRAIN_FLOPS, load_split, machine, matmul_peak
 
 VARIANTS = ("base", "foreach", "fused", "fused_nosync", "nocl", "fp32", "bf16w", "compile",
             "compile_mat", "compile_step")

@@ -64,8 +64,9 @@ def main(argv=None) -> dict:
                 counts[name] = counts.get(name, 0) + 1
         return wrapper
 
-    import cnnlab.figures as figs
     import matplotlib.figure
+
+    import cnnlab.figures as figs
     evaluate = tr.evaluate
     if args.eval_batch:
         import functools

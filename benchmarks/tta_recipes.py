@@ -13,7 +13,7 @@ import json
 import statistics
 import time
 
-from common import load_split, machine
+from common import load_split
 
 
 def main(argv=None) -> dict:
