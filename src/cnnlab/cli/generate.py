@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..config import MAX_SEED
 from .common import console, float_range, int_range, print_json
 
 SCALE_NOTE = ("All pixel quantities are on the 0–255 scale: X starts at 128 + sigma·N(0,1), the "
@@ -34,7 +35,7 @@ def register(sub) -> None:
                         f"{REGULARIZED['step_size']:g} regularized)")
     p.add_argument("--sigma", type=float_range(0, 255), default=SIGMA,
                    help=f"std of the starting noise around 128, grey levels (default {SIGMA:g})")
-    p.add_argument("--seed", type=int_range(0), default=0, help="noise and jitter seed (default 0)")
+    p.add_argument("--seed", type=int_range(0, MAX_SEED), default=0, help="noise and jitter seed (default 0)")
     g = p.add_argument_group("regularized variant (defaults: the REGULARIZED preset)")
     g.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
                    help="clip X to [0, 255] after every step (preset: on)")
@@ -58,7 +59,7 @@ def register(sub) -> None:
                     "trade-off. " + SCALE_NOTE)
     p.add_argument("run", type=Path)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--source-index", type=int_range(0), help="index of the source image in the test set")
+    src.add_argument("--source-index", type=int_range(0, 59_999), help="index of the source image in the test set")
     src.add_argument("--source-digit", type=int_range(0, 9), help="use the first test image of this digit")
     p.add_argument("--target", type=int_range(0, 9), action="append",
                    help="target class 0–9 (repeat for several; default all ten)")
@@ -74,7 +75,7 @@ def register(sub) -> None:
     p.add_argument("--sigma", type=float_range(0, 255), default=SIGMA,
                    help=f"std of the starting noise, grey levels (default {SIGMA:g})")
     p.add_argument("--clip", action="store_true", help="clip X to [0, 255] after every step (default off)")
-    p.add_argument("--seed", type=int_range(0), default=0)
+    p.add_argument("--seed", type=int_range(0, MAX_SEED), default=0)
     _common(p)
     p.set_defaults(func=cmd_adversarial)
 
