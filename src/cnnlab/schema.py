@@ -19,7 +19,7 @@ import re
 import zlib
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .config import TrainConfig
 from .errors import CnnlabError, ConfigError, RunError

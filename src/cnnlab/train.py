@@ -13,7 +13,6 @@ import dataclasses
 import csv
 import hashlib
 import io
-import json
 import math
 import signal
 import sys
