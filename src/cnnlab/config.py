@@ -18,6 +18,11 @@ from .errors import ConfigError
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DATASET_NAMES = ("mnist", "fashion-mnist")
+# Seeds feed torch.Generator.manual_seed after the loop mixes them (seed * 1_000_003 + epoch must
+# fit in int64) and numpy's default_rng; 2^32 - 1 keeps every use in range.
+MAX_SEED = 2**32 - 1
+MAX_THREADS = 1024            # torch.set_num_threads takes a C int; no machine has more cores
+MIN_LR = 1e-8                 # below this an fp32 weight of ~1e-2 cannot change (eps ≈ 1.2e-7)
 
 
 @dataclass(frozen=True)
@@ -68,24 +73,24 @@ CHOICES: dict[str, tuple[str, ...]] = {"dataset": DATASET_NAMES, "device": DEVIC
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "dataset": (lambda v: v in DATASET_NAMES, f"one of {', '.join(DATASET_NAMES)}"),
     "batch_norm": (lambda v: isinstance(v, bool), "true or false"),
-    "epochs": (lambda v: _int(v) and v >= 1, "an integer ≥ 1"),
+    "epochs": (lambda v: _int(v) and 1 <= v <= 100_000, "an integer in [1, 100000]"),
     "batch_size": (lambda v: _int(v) and 1 <= v <= 60_000, "an integer between 1 and 60000"),
-    "lr": (lambda v: _finite(v) and 0 < v <= 10, "a number in (0, 10]"),
+    "lr": (lambda v: _finite(v) and MIN_LR <= v <= 10, f"a number in [{MIN_LR:g}, 10]"),
     "pct_start": (lambda v: _finite(v) and 0 < v < 1, "a number in (0, 1)"),
     "weight_decay": (lambda v: _finite(v) and v >= 0, "a number ≥ 0"),
     "label_smoothing": (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)"),
     "augment": (lambda v: isinstance(v, bool), "true or false"),
     "max_shift": (lambda v: _finite(v) and 0 <= v <= 8, "pixels in [0, 8]"),
     "max_rotate": (lambda v: _finite(v) and 0 <= v <= 45, "degrees in [0, 45]"),
-    "seed": (lambda v: _int(v) and v >= 0, "an integer ≥ 0"),
-    "split_seed": (lambda v: _int(v) and v >= 0, "an integer ≥ 0"),
+    "seed": (lambda v: _int(v) and 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
+    "split_seed": (lambda v: _int(v) and 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
     "val_size": (lambda v: _int(v) and 1 <= v < 60_000, "an integer in [1, 59999]"),
-    "train_subset": (lambda v: _int(v) and v >= 0, "an integer ≥ 0"),
-    "log_every": (lambda v: _int(v) and v >= 0, "an integer ≥ 0"),
+    "train_subset": (lambda v: _int(v) and 0 <= v <= 60_000, "an integer in [0, 60000]"),
+    "log_every": (lambda v: _int(v) and 0 <= v <= 2**31 - 1, "an integer in [0, 2147483647]"),
     "device": (lambda v: v in DEVICES, f"one of {', '.join(DEVICES)}"),
     "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
     "channels_last": (lambda v: isinstance(v, bool), "true or false"),
-    "threads": (lambda v: _int(v) and v >= 0, "an integer ≥ 0"),
+    "threads": (lambda v: _int(v) and 0 <= v <= MAX_THREADS, f"an integer in [0, {MAX_THREADS}]"),
 }
 
 
@@ -131,7 +136,9 @@ def _finite(x: Any) -> bool:
 
 def _check(ok: bool, name: str, value: Any, expected: str) -> None:
     if not ok:
-        raise ConfigError(f"invalid --{name} {value!r}: expected {expected}")
+        shown = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else f"<a {value.bit_length()}-bit integer>"
+        shown = shown if len(shown) <= 40 else shown[:37] + "…"      # a 4000-digit seed stays one short line
+        raise ConfigError(f"invalid --{name} {shown}: expected {expected}")
 
 
 # ---------------------------------------------------------------------------------------------

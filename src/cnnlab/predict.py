@@ -108,16 +108,35 @@ def load_image(path_or_bytes, max_bytes: int = MAX_IMAGE_BYTES,
 
 def preprocess_bytes(data: bytes, max_bytes: int = MAX_IMAGE_BYTES) -> np.ndarray:
     """An uploaded file's bytes -> the MNIST-style float32 [28, 28] digit (same guards as files)."""
-    return to_mnist(load_image(data, max_bytes=max_bytes))
+    return _digit(data, max_bytes)
+
+
+def _digit(source, max_bytes: int = MAX_IMAGE_BYTES) -> np.ndarray:
+    """load_image + to_mnist, where anything but an ImageError (a pixel format the conversion
+    does not expect: Pillow and numpy raise ValueError, TypeError, ...) also becomes one
+    ImageError, so one odd file never stops the others or becomes an HTTP 500."""
+    try:
+        return to_mnist(load_image(source, max_bytes=max_bytes))
+    except ImageError:
+        raise
+    except (ValueError, TypeError, ArithmeticError, IndexError) as e:
+        name = "upload" if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
+        raise ImageError(f"{name}: cannot convert this image to a digit ({type(e).__name__}: "
+                         f"{str(e)[:120]})") from None
 
 
 def _grey(img: Image.Image) -> np.ndarray:
     """float64 [H, W] grey levels in [0, 1]. Transparency is flattened onto a contrasting colour
     (a digit drawn on a transparent canvas has its ink only in the alpha channel)."""
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         a = np.asarray(img.convert("F"), dtype=np.float64)
+        if not np.isfinite(a).all():      # a float TIFF may hold NaN/inf: no grey level to read
+            raise ImageError("the image holds NaN or infinite pixel values; save it with "
+                             "ordinary (8- or 16-bit) grey levels")
+        if img.mode == "F" and a.max() <= 1.0:
+            return np.clip(a, 0, 1)       # float images on the [0, 1] scale
         hi = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
-        return np.clip(a / hi, 0, 1) if img.mode != "F" else np.clip(a, 0, 1)
+        return np.clip(a / hi, 0, 1)
     if img.mode == "P" or "A" in img.getbands() or img.mode in ("LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
         arr = np.asarray(rgba, dtype=np.float64) / 255.0
@@ -190,7 +209,8 @@ def to_mnist(img: Image.Image) -> np.ndarray:
 def predict(model, images: Sequence[np.ndarray]) -> list[dict]:
     """Classify MNIST-style digits (each float [28, 28] in [0, 1]).
 
-    Returns one {"prediction": int, "probabilities": [10 floats]} per image, in order.
+    Returns one {"prediction": int, "probabilities": [10 floats]} per image, in order. A network
+    that computes a non-finite probability is a CheckpointError, never a NaN in the output.
     """
     if len(images) == 0:
         return []
@@ -202,29 +222,41 @@ def predict(model, images: Sequence[np.ndarray]) -> list[dict]:
     device = next(model.parameters()).device
     probs = model(x.unsqueeze(1).to(device)).float().softmax(1).cpu()
     model.train(was_training)
+    if not torch.isfinite(probs).all():
+        from .errors import CheckpointError
+        raise CheckpointError("the network computed non-finite probabilities (NaN or inf): its "
+                              "weights are damaged or out of range; retrain or use another run")
     return [{"prediction": int(p.argmax()), "probabilities": [float(v) for v in p]} for p in probs]
 
 
-def predict_files(model, paths: Sequence, keep_images: bool = False) -> list[dict]:
+PREDICT_BATCH = 256      # images per forward pass: memory stays flat in the number of files
+
+
+def predict_files(model, paths: Sequence, keep_images: bool = False,
+                  batch_size: int = PREDICT_BATCH) -> list[dict]:
     """Classify image files. One dict per path, in order: {"file", "prediction", "probabilities"},
     or {"file", "error"} for a file that could not be read (the others are still classified).
-    `keep_images=True` adds "image", the preprocessed float32 [28, 28] digit."""
+    `keep_images=True` adds "image", the preprocessed float32 [28, 28] digit.
+
+    Files are read and classified `batch_size` at a time, so 20,000 files need the memory of
+    one batch (plus the small result dicts), not of all their images at once."""
     results: list[dict] = []
-    ok: list[int] = []
-    arrays: list[np.ndarray] = []
-    for p in paths:
-        try:
-            a = to_mnist(load_image(p))
-        except ImageError as e:
-            msg = str(e)
-            prefix = f"{p}: "
-            results.append({"file": str(p), "error": msg[len(prefix):] if msg.startswith(prefix) else msg})
-            continue
-        ok.append(len(results))
-        arrays.append(a)
-        results.append({"file": str(p)})
-    for i, a, r in zip(ok, arrays, predict(model, arrays)):
-        results[i].update(r)
-        if keep_images:
-            results[i]["image"] = a
+    for start in range(0, len(paths), batch_size):
+        ok: list[int] = []
+        arrays: list[np.ndarray] = []
+        for p in paths[start:start + batch_size]:
+            try:
+                a = _digit(p)
+            except ImageError as e:
+                msg = str(e)
+                prefix = f"{p}: "
+                results.append({"file": str(p), "error": msg[len(prefix):] if msg.startswith(prefix) else msg})
+                continue
+            ok.append(len(results))
+            arrays.append(a)
+            results.append({"file": str(p)})
+        for i, a, r in zip(ok, arrays, predict(model, arrays)):
+            results[i].update(r)
+            if keep_images:
+                results[i]["image"] = a
     return results

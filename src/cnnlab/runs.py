@@ -8,7 +8,6 @@ file, fsync, rename), so a process killed mid-write leaves the previous file int
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from dataclasses import dataclass
@@ -144,24 +143,28 @@ def open_run(path: str | os.PathLike) -> Run:
     if not rj.is_file():
         raise RunError(f"{p} holds no run.json: not a cnnlab run directory (or training never "
                        f"got far enough to write one)")
-    try:
-        info = json.loads(rj.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunError(f"{rj} is not valid JSON ({e}); the run directory is damaged") from None
+    from .schema import config_from_dict, read_json
+    info = read_json(rj, RunError, what="run.json")      # size- and depth-limited, one-line errors
     if not isinstance(info, dict):
         raise RunError(f"{rj} must hold a JSON object")
     missing = [k for k in REQUIRED_FIELDS if k not in info]
     if missing:
         raise RunError(f"{rj} lacks the field(s) {', '.join(missing)}; was it written by cnnlab?")
     if info["format"] != RUN_FORMAT:
-        raise RunError(f"{rj} has format {info['format']!r}; this cnnlab reads format {RUN_FORMAT} "
-                       f"(a newer or older cnnlab wrote it)")
+        raise RunError(f"{rj} has format {repr(info['format'])[:40]}; this cnnlab reads format "
+                       f"{RUN_FORMAT} (a newer or older cnnlab wrote it)")
     for key in ("config", "split"):
         if not isinstance(info[key], dict):
             raise RunError(f"{rj}: '{key}' must be an object, not {type(info[key]).__name__}")
-    if not isinstance(info["config"].get("batch_norm", False), bool):
-        raise RunError(f"{rj}: config.batch_norm must be true or false, "
-                       f"not {info['config']['batch_norm']!r}")
+    # Every config field typed and in range (a hand-edited seed:"zero" or val_size:5000.5 is one
+    # line naming the field); downstream code reads the validated values.
+    info["config"] = config_from_dict(info["config"], str(rj)).to_dict()
+    for key in ("test", "best", "timing", "hardware"):      # optional, read by report and explore
+        if key in info and not isinstance(info[key], dict):
+            raise RunError(f"{rj}: '{key}' must be an object, not {type(info[key]).__name__}")
+    acc = info.get("test", {}).get("accuracy")
+    if acc is not None and not (isinstance(acc, (int, float)) and not isinstance(acc, bool) and 0 <= acc <= 1):
+        raise RunError(f"{rj}: 'test.accuracy' must be a number in [0, 1], not {repr(acc)[:40]}")
     if not (p / "model.safetensors").is_file():
         raise RunError(f"{p} holds no checkpoint (model.safetensors); training may have stopped "
                        f"before the first evaluation — resume it with `cnnlab train --out {p} --resume`")

@@ -14,7 +14,6 @@ import csv
 import dataclasses
 import hashlib
 import io
-import json
 import math
 import signal
 import sys
@@ -382,14 +381,21 @@ class RunWriter:
 
 def _check_state(out: Path) -> tuple[dict, Path]:
     """state.json and the tensors file it names, checked (before any data is loaded)."""
+    from .schema import MAX_STATE_BYTES, read_bytes_limited, read_json
     try:
-        meta = json.loads((out / "state" / "state.json").read_text(encoding="utf-8"))
-        tensors_path = out / "state" / meta.get("tensors", "state.safetensors")
-        if "tensors_sha256" in meta and hashlib.sha256(tensors_path.read_bytes()).hexdigest() != meta["tensors_sha256"]:
+        # Both reads are size-limited before anything is parsed or hashed (a 3 GB sparse file or
+        # a link to /dev/zero is refused at once), and state.json's nesting depth is bounded.
+        meta = read_json(out / "state" / "state.json", RunError, what="state.json")
+        name = meta.get("tensors", "state.safetensors")
+        if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
+            raise ValueError(f"state.json names the tensors file {str(name)[:60]!r}, not a file in state/")
+        tensors_path = out / "state" / name
+        blob = read_bytes_limited(tensors_path, MAX_STATE_BYTES, RunError, "training state file")
+        if "tensors_sha256" in meta and hashlib.sha256(blob).hexdigest() != meta["tensors_sha256"]:
             raise ValueError(f"{tensors_path.name} does not have the hash state.json records")
         for key in ("pos", "sched", "param_groups"):
             meta[key]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RunError) as e:
         raise RunError(f"cannot resume {out}: the saved training state is damaged ({str(e)[:200]}); "
                        f"train again with --overwrite") from None
     return meta, tensors_path
@@ -481,9 +487,10 @@ def train(cfg: TrainConfig, out: str | Path | None = None, *, split: Split | Non
 
 def _saved_config(out: Path) -> TrainConfig:
     path = out / "state" / "config.json"
+    from .schema import config_from_dict, read_json
     try:
-        return TrainConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError, ConfigError) as e:
+        return config_from_dict(read_json(path, RunError, what="config.json"), str(path))
+    except RunError as e:
         raise RunError(f"cannot resume {out}: {path} is missing or damaged ({e})") from None
 
 

@@ -49,8 +49,22 @@ def _range_text(lo, hi) -> str:
 
 
 def print_json(obj) -> None:
-    json.dump(obj, sys.stdout, indent=2, default=json_default)
+    """`obj` as JSON on stdout; always valid JSON: a non-finite float (which json would write as
+    the bare token NaN, which no JSON parser accepts) is written as null."""
+    json.dump(_finite_or_null(obj), sys.stdout, indent=2, default=json_default, allow_nan=False)
     sys.stdout.write("\n")
+
+
+def _finite_or_null(obj):
+    if type(obj).__module__ == "numpy" and hasattr(obj, "tolist"):     # numpy scalars and arrays
+        obj = obj.tolist()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_null(v) for v in obj]
+    return obj
 
 
 def console():

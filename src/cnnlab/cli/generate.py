@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..config import BETA, BETAS, REGULARIZED, SIGMA, STEP_SIZE, STEPS, SYNTH_STEP_SIZE
+from ..config import BETA, BETAS, MAX_SEED, REGULARIZED, SIGMA, STEP_SIZE, STEPS, SYNTH_STEP_SIZE
 from ..errors import ConfigError
 from ..output import save_figure, save_npz, write_json
 from .common import console, float_range, int_range, print_json
@@ -32,7 +32,7 @@ def register(sub) -> None:
                         f"{REGULARIZED['step_size']:g} regularized)")
     p.add_argument("--sigma", type=float_range(0, 255), default=SIGMA,
                    help=f"std of the starting noise around 128, grey levels (default {SIGMA:g})")
-    p.add_argument("--seed", type=int_range(0), default=0, help="noise and jitter seed (default 0)")
+    p.add_argument("--seed", type=int_range(0, MAX_SEED), default=0, help="noise and jitter seed (default 0)")
     g = p.add_argument_group("regularized variant (defaults: the REGULARIZED preset)")
     g.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
                    help="clip X to [0, 255] after every step (preset: on)")
@@ -52,7 +52,7 @@ def register(sub) -> None:
                     "trade-off. " + SCALE_NOTE)
     p.add_argument("run", type=Path)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--source-index", type=int_range(0), help="index of the source image in the test set")
+    src.add_argument("--source-index", type=int_range(0, 59_999), help="index of the source image in the test set")
     src.add_argument("--source-digit", type=int_range(0, 9), help="use the first test image of this digit")
     p.add_argument("--target", type=int_range(0, 9), action="append",
                    help="target class 0–9 (repeat for several; default all ten)")
@@ -68,7 +68,7 @@ def register(sub) -> None:
     p.add_argument("--sigma", type=float_range(0, 255), default=SIGMA,
                    help=f"std of the starting noise, grey levels (default {SIGMA:g})")
     p.add_argument("--clip", action="store_true", help="clip X to [0, 255] after every step (default off)")
-    p.add_argument("--seed", type=int_range(0), default=0)
+    p.add_argument("--seed", type=int_range(0, MAX_SEED), default=0)
     _common(p)
     p.set_defaults(func=cmd_adversarial)
 

@@ -35,7 +35,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("activations", help="feature maps of conv1, pool1, conv2, pool2 for test images")
     p.add_argument("run", type=Path)
-    p.add_argument("--index", type=int_range(0), action="append",
+    p.add_argument("--index", type=int_range(0, 59_999), action="append",
                    help="test-set image index (repeatable; default 0)")
     p.add_argument("--data-dir", help="folder with the MNIST IDX files (default: cache / CNNLAB_DATA_DIR)")
     p.add_argument("--out", type=Path, help="output folder (default RUN/analysis/activations)")
@@ -48,7 +48,7 @@ def register(sub) -> None:
                                    "by a controlled experiment with a shortcut-trained, a digit-only and an untrained "
                                    "control.")
     p.add_argument("run", type=Path)
-    p.add_argument("--index", type=int_range(0), action="append",
+    p.add_argument("--index", type=int_range(0, 59_999), action="append",
                    help="test-set image index (repeatable; default 0)")
     p.add_argument("--patch", type=int_range(1, 5), action="append",
                    help="patch size in pixels, 1..5 (repeatable; default all five)")

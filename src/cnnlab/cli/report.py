@@ -18,7 +18,7 @@ def register(sub) -> None:
                    help="train both networks for N seeds and report mean ± sd (default 1)")
     p.add_argument("--data-dir", help="folder holding the four MNIST IDX files (else cache, npm, ...)")
     p.add_argument("--no-pdf", action="store_true", help="skip the PDF")
-    p.add_argument("--train-subset", type=int_range(0), default=None, help="train on N images only (smoke tests)")
+    p.add_argument("--train-subset", type=int_range(0, 60_000), default=None, help="train on N images only (smoke tests)")
     p.add_argument("--epochs", type=int_range(1, 1000), default=None, help="override the preset's epochs")
     p.set_defaults(func=cmd_report)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import EPS_FGSM, PGD_STEPS
+from ..config import EPS_FGSM, MAX_SEED, PGD_STEPS
 from ..output import save_figure, write_json
 from .common import console, float_range, int_range, print_json
 
@@ -20,10 +20,10 @@ def register(sub) -> None:
     p.add_argument("--targeted", action="store_true", help="aim at (label + 1) mod 10 instead of any wrong class")
     p.add_argument("--steps", type=int_range(1, 10_000), default=PGD_STEPS,
                    help=f"PGD iterations (default {PGD_STEPS}); step α = 2.5·ε/steps")
-    p.add_argument("--n", type=int_range(1), help="attack only the first N test images (default: all 10,000; "
+    p.add_argument("--n", type=int_range(1, 60_000), help="attack only the first N test images (default: all 10,000; "
                                                   "PGD costs `steps` forward+backward passes per image and ε)")
     p.add_argument("--batch-size", type=int_range(1, 100_000), default=1000)
-    p.add_argument("--seed", type=int_range(0), default=0, help="PGD random start (default 0)")
+    p.add_argument("--seed", type=int_range(0, MAX_SEED), default=0, help="PGD random start (default 0)")
     p.add_argument("--data-dir", help="folder with the MNIST IDX files (else cache / CNNLAB_DATA_DIR)")
     p.add_argument("--out", type=Path, help="output folder (default FIRST_RUN/analysis/robustness)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
