@@ -92,7 +92,7 @@ def test_every_config_field_has_a_flag_with_its_comment_as_help():
     for f in dataclasses.fields(TrainConfig):
         assert f.name in dests, f.name
         assert dests[f.name].help, f.name
-    assert "peak learning rate" in dests["lr"].help and "(0, 10]" in dests["lr"].help
+    assert "peak learning rate" in dests["lr"].help and "[1e-08, 10]" in dests["lr"].help
 
 
 @pytest.mark.parametrize("flag, field, value, ok", [
