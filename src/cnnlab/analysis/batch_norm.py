@@ -14,6 +14,7 @@ from ..stats import paired_ci
 from .verdict import Verdict
 
 ALPHA = 0.05          # significance level of the exact McNemar test (one seed)
+SUGGESTED_SEEDS = 3   # an inconclusive run with fewer seeds suggests this many
 SAME_TIME = 0.05      # per-epoch times within ±5% of each other count as the same
 
 ACCURACY_RULE = (
@@ -58,9 +59,10 @@ def accuracy_verdict(acc_plain: Sequence[float], acc_bn: Sequence[float], mcnema
     answer = f"{head} ({evidence})."
     if key == "inconclusive":
         answer += " This run does not show that batch-normalization changes test accuracy"
-        answer += " (run with more seeds, e.g. --seeds 3, to narrow it down)." if n < 3 else "."
+        answer += f" (run with more seeds, e.g. --seeds {SUGGESTED_SEEDS}, to narrow it down)." if n < SUGGESTED_SEEDS else "."
     numbers = {"seeds": n, "diff_points": d, "ci_low_points": lo, "ci_high_points": hi, "mcnemar_p": p,
                "only_plain": int(mcnemar["only_a"]), "only_bn": int(mcnemar["only_b"]), "alpha": ALPHA,
+               "suggested_seeds": SUGGESTED_SEEDS,
                "acc_plain": list(acc_plain), "acc_bn": list(acc_bn)}
     return Verdict("1.6.accuracy", key, answer, ACCURACY_RULE, numbers)
 
