@@ -235,11 +235,13 @@ def _tables(clean, fgsm, pgd):
     ((0.30, 0.25), (0.02, 0.01), "fragile", True),
     ((0.97, 0.96), (0.95, 0.94), "robust", True),
     ((0.60, 0.20), (0.70, 0.10), "partly robust", False),   # plain keeps 71%, BN 10%; PGD weaker on plain
+    ((0.80, 0.80), (0.70, 0.75), "partly robust", True),    # both keep between half and 90%
 ])
 def test_robustness_each_way(fgsm, pgd, key, stronger):
     fg, pg = _tables(0.99, fgsm, pgd)
     v = check(robustness_verdict(fg, pg, 0.1))
     assert v.key == key and v.numbers["pgd_stronger"] == stronger
+    assert ("stronger than the one-step one for every model" in v.answer) == stronger
 
 
 def test_robustness_needs_the_clean_accuracy():

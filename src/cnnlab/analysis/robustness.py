@@ -243,9 +243,11 @@ def robustness_verdict(fgsm_table: Sequence[Mapping], pgd_table: Sequence[Mappin
                        f"less than half of its clean accuracy",
             "robust": f"Robust: at ε = {eps:g} ({eps * 255:.0f} grey levels per pixel) PGD leaves every network "
                       f"at least {100 * ROBUST:.0f}% of its clean accuracy",
-            "partly robust": f"Partly robust: at ε = {eps:g} ({eps * 255:.0f} grey levels per pixel) PGD leaves some "
-                             f"network between half and {100 * ROBUST:.0f}% of its clean accuracy, or the networks "
-                             f"differ"}[key]
+            "partly robust": f"Partly robust: at ε = {eps:g} ({eps * 255:.0f} grey levels per pixel) PGD leaves "
+                             + (f"every network between half and {100 * ROBUST:.0f}% of its clean accuracy"
+                                if min(kept) >= FRAGILE and max(kept) < ROBUST else
+                                f"the networks different shares of their clean accuracy (from {100 * min(kept):.0f}% "
+                                f"to {100 * max(kept):.0f}%)")}[key]
     text = (f"{head} ({'; '.join(parts)}). The iterative attack is "
             + ("stronger than" if stronger else "not stronger than") + " the one-step one for "
             + ("every" if stronger else "some") + " model.")
