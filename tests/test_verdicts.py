@@ -161,7 +161,7 @@ def test_confidence_each_way():
     assert check(confidence_verdict(sure, sure)).key == "yes"
     unsure = {**sure, "final_target_prob": [0.999] * 9 + [0.60]}          # right, but one at 60%
     v = check(confidence_verdict(unsure))
-    assert v.key == "no" and "60.00%" in v.answer
+    assert v.key == "no" and "60.000%" in v.answer
     wrong = {**sure, "final_pred": [1] + t[1:]}                            # sure, but one predicted wrong
     v = check(confidence_verdict(wrong))
     assert v.key == "no" and v.numbers["n_predicted_as_target"] == 9

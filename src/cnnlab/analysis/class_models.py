@@ -164,7 +164,7 @@ def confidence_verdict(plain: Mapping, regularized: Mapping | None = None) -> Ve
             f"{100 * HIGH_CONFIDENCE:.0f}%" if key == "yes" else
             f"Not always: {hit} of {n} plain class models are predicted as their target, and the lowest "
             f"target probability is below {100 * HIGH_CONFIDENCE:.0f}%")
-    text = f"{head} (lowest {100 * lo:.2f}%, mean {100 * mean:.2f}%)."
+    text = f"{head} (lowest {100 * lo:.3f}%, mean {100 * mean:.3f}%)."      # 3 decimals: 99.997% is not 100%
     numbers: dict = {"n": n, "n_predicted_as_target": hit, "min_target_prob": lo, "mean_target_prob": mean,
                      "threshold": HIGH_CONFIDENCE}
     if regularized is not None:

@@ -291,8 +291,8 @@ def resemblance_verdict(source_digit: int, targets: Sequence[int], nearest_class
             "neither": f"Fewer than {RESEMBLES} of them resemble the source {d} or their targets by these measures"}[key]
     text = (f"{head}: the most correlated training image is a {d} for {by_nn} of the {len(t)} fakes (labels: "
             f"{', '.join(str(int(c)) for c in nn)}) and the nearest class-mean image is the {d}'s for {by_mean} "
-            f"(nearest classes: {', '.join(str(int(c)) for c in near)}); by the same two measures the fake's own target "
-            f"for {t_nn} and {t_mean} of them. "
+            f"(nearest classes: {', '.join(str(int(c)) for c in near)}). The fake's own target is the most correlated "
+            f"training image's label for {t_nn} and the nearest class mean for {t_mean} of them. "
             f"The network reads them as {', '.join(str(int(c)) for c in predicted)} "
             f"(targets {', '.join(str(int(c)) for c in t)}).")
     numbers = {"source_digit": d, "n": len(t), "nn_is_source": by_nn, "nearest_is_source": by_mean,
