@@ -61,7 +61,87 @@ def test_conclusions_follow_the_numbers(report_dir):
     assert ("lowered test accuracy" in text) == (significant and diff < 0)
     assert ("Inconclusive" in text) == (not significant)
     cm = results["class_models"]["plain"]
-    assert ("always sure" in text) == (cm["all_predicted_as_target"] and cm["min_target_prob"] >= 0.99)
+    sure = results["verdicts"]["3.1.2"]["key"] == "yes"
+    assert sure == (cm["all_predicted_as_target"] and cm["min_target_prob"] >= 0.99)
+
+
+VERDICTS = ["1.6.accuracy", "1.6.time", "2.1", "2.2", "2.3", "3.1.2", "3.1.3", "3.1.4", "3.2.1", "4.1"]
+
+
+def _rule_key(vid: str, n: dict) -> str:
+    """Each verdict's rule applied again, independently, to the numbers results.json carries."""
+    if vid == "1.6.accuracy":
+        decided = (n["ci_low_points"] is not None and (n["ci_low_points"] > 0 or n["ci_high_points"] < 0)
+                   if n["seeds"] > 1 else n["mcnemar_p"] < n["alpha"])
+        return "inconclusive" if not decided or n["diff_points"] == 0 else "yes" if n["diff_points"] > 0 else "no"
+    if vid == "1.6.time":
+        r, b = n["ratio"], n["same_band"]
+        epoch = "slower" if r > 1 + b else "faster" if r < 1 - b else "same"
+        if n["seeds_reached"] < n["seeds"]:
+            return f"{epoch}/not reached"
+        return f"{epoch}/{'sooner' if n['reach_s_bn'] < n['reach_s_plain'] else 'not sooner'}"
+    if vid in ("2.1", "2.2"):
+        ok = n["margin"] >= n["required_margin"] and n["edge_or_blob"] > n["edge_or_blob_init"]
+        return "yes" if ok else "no"
+    if vid == "2.3":
+        b = n["band"]
+        da, ds = n["active_conv2"] - n["active_conv1"], n["spread_conv2"] - n["spread_conv1"]
+        return (("sparser" if da < -b else "denser" if da > b else "similar") + "/"
+                + ("more localized" if ds < -b else "more spread" if ds > b else "similar"))
+    if vid == "3.1.2":
+        return "yes" if n["n_predicted_as_target"] == n["n"] and n["min_target_prob"] >= n["threshold"] else "no"
+    if vid == "3.1.3":
+        first = next(iter(n["rows"].values()))
+        like = first["corr_target_mean"] >= n["real_p05"] and first["nearest_is_target_rate"] >= n["nearest_required"]
+        return "yes" if like else "no"
+    if vid == "3.1.4":
+        if n["end_mean"] > n["start_mean"] and n["fraction_rising"] >= 0.5:
+            return "increasing"
+        return "decreasing" if n["end_mean"] < n["start_mean"] and n["fraction_falling"] >= 0.5 else "neither"
+    if vid == "3.2.1":
+        if max(n["nn_is_source"], n["nearest_is_source"]) >= n["required"]:
+            return "source"
+        return "target" if max(n["nn_is_target"], n["nearest_is_target"]) >= n["required"] else "neither"
+    if vid == "4.1":
+        kept = [m["pgd"] / m["clean"] for m in n["models"].values()]
+        return "fragile" if max(kept) < n["fragile_below"] else "robust" if min(kept) >= n["robust_from"] else "partly robust"
+    raise AssertionError(vid)
+
+
+def test_every_verdict_follows_its_rule_and_its_numbers(report_dir):
+    """Each answer sentence: shown in the HTML with its rule, its key what the rule gives on its
+    numbers, every number it prints among them, and those numbers the measured ones."""
+    from verdictkit import unbacked_numbers
+    results = json.loads((report_dir / "results.json").read_text())
+    html = (report_dir / "report.html").read_text()
+    text = _text(html)
+    verdicts = results["verdicts"]
+    assert set(VERDICTS) <= set(verdicts)
+    for vid in VERDICTS:
+        v = verdicts[vid]
+        assert v["id"] == vid
+        assert _text(htmllib.escape(v["answer"])) in text, vid
+        assert _text(htmllib.escape(v["rule"])) in text, vid
+        assert f'data-verdict="{vid}" data-key="{htmllib.escape(v["key"])}"' in html, vid
+        assert v["key"] == _rule_key(vid, v["numbers"]), (vid, v["key"])
+        assert not unbacked_numbers(v["answer"], v["numbers"]), (vid, v["answer"])
+        for word in ("far ", "clearly", "strongly"):
+            assert word not in v["answer"].lower(), (vid, word)
+    # The verdicts judge the numbers the sections measured, not copies that could drift.
+    bn, cm, tg = results["batch_norm"], results["class_models"], results["targeted"]
+    assert verdicts["1.6.accuracy"]["numbers"]["acc_bn"] == bn["test_acc_bn"]
+    assert verdicts["1.6.accuracy"]["numbers"]["mcnemar_p"] == bn["mcnemar_seed0"]["p_value"]
+    assert verdicts["1.6.time"]["numbers"]["ratio"] == pytest.approx(bn["epoch_time_ratio"])
+    assert verdicts["2.1"]["numbers"]["low_order_share"] == results["filters"]["conv1"]["trained"]["low_order_share"]
+    assert verdicts["3.1.2"]["numbers"]["min_target_prob"] == cm["plain"]["min_target_prob"]
+    assert verdicts["3.1.3"]["numbers"]["rows"]["plain"]["corr_target_mean"] == \
+        cm["likeness_plain"]["summary"]["corr_target_mean_mean"]
+    assert verdicts["3.1.4"]["numbers"]["start_mean"] == pytest.approx(cm["plain"]["cost_start_mean"])
+    assert verdicts["3.2.1"]["numbers"]["nearest_class"] == tg["likeness"]["nearest_class"]
+    assert verdicts["3.2.1"]["numbers"]["predicted"] == tg["result"]["final_pred"]
+    pgd = results["robustness"]["pgd"]["table"]
+    for name, m in verdicts["4.1"]["numbers"]["models"].items():
+        assert m["pgd"] == next(r["accuracy"] for r in pgd if r["model"] == name and r["eps"] == verdicts["4.1"]["numbers"]["eps"])
 
 
 def test_pdf_pages_text_and_figures(report_dir):

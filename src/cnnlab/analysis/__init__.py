@@ -8,8 +8,13 @@
     targeted.py       3.2      adversarial(), beta_sweep()
     likeness.py       3.x      digit_likeness(): does an image look like a digit?
     robustness.py     beyond   fgsm(), pgd(), robustness()
+    batch_norm.py     1.6      accuracy_verdict(), time_verdict() (the runs come from cnnlab.train)
+    verdict.py                 Verdict: key, answer, rule, numbers of one judgment answer
 
-Each question returns a result with `to_dict()`, `figure()` and `save(dir)`.
+Each question returns a result with `to_dict()`, `figure()` and `save(dir)`. Each judgment the
+report states comes from one `*_verdict()` function beside the analysis it judges (filters:
+patterns_verdict; activations: depth_verdict; class_models: confidence_verdict, cost_verdict;
+likeness: looks_like_digits; targeted: resemblance_verdict; robustness: robustness_verdict).
 """
 
 from ._shared import untrained_for_run, untrained_like

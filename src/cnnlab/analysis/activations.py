@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,8 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from ..config import STROKE_THRESHOLD
+from ..errors import ConfigError
 from ..model import Net
 from ._shared import FEATURE_LAYERS, AnalysisResult, as_image, device_of, evaluating, mosaic
+from .verdict import Verdict
 
 # ---------------------------------------------------------------------------------------------
 # Activations (question 2.3)
@@ -100,6 +103,50 @@ def activations(model: Net, image, label: int | None = None, name: str = "") -> 
                         "stroke_area_share": float(cells.mean())}
     probs = feats["probs"][0].double().cpu().numpy()
     return ActivationResult(img.numpy(), maps, stats, probs, label, name)
+
+
+DEPTH_BAND = 0.02   # changes in active share or spread smaller than 2 points count as "similar"
+
+DEPTH_RULE = (
+    "Averaged over the images shown, conv2 against conv1 (both after ReLU): 'sparser' when the share of active "
+    f"units falls by more than {100 * DEPTH_BAND:.0f} percentage points, 'denser' when it rises by more, otherwise "
+    f"'similar'; 'more localized' when the spread (effective positions / positions per active channel) falls by "
+    f"more than {100 * DEPTH_BAND:.0f} points, 'more spread' when it rises by more, otherwise 'similar'. The key "
+    "is '<density>/<spread>'.")
+
+
+def depth_verdict(stats: Sequence[Mapping]) -> Verdict:
+    """2.3 "What do you observe as you go deeper?" from the per-layer `stats` of one or more
+    `activations()` results (ActivationResult.stats)."""
+    if not stats:
+        raise ConfigError("depth_verdict needs the stats of at least one image")
+    mean = lambda k, l: float(np.mean([s[l][k] for s in stats]))      # noqa: E731
+    a1, a2 = mean("active_fraction", "conv1"), mean("active_fraction", "conv2")
+    s1, s2 = mean("spread", "conv1"), mean("spread", "conv2")
+    m1, m2 = mean("stroke_mass_share", "conv1"), mean("stroke_mass_share", "conv2")
+    c1, c2 = mean("stroke_area_share", "conv1"), mean("stroke_area_share", "conv2")
+    density = "sparser" if a2 < a1 - DEPTH_BAND else "denser" if a2 > a1 + DEPTH_BAND else "similar"
+    spread = "more localized" if s2 < s1 - DEPTH_BAND else "more spread" if s2 > s1 + DEPTH_BAND else "similar"
+    first = stats[0]
+    sizes = [first[l]["shape"][1] for l in FEATURE_LAYERS]
+    rf = [first[l]["receptive_field"] for l in FEATURE_LAYERS]
+    text = (f"Going deeper, the maps shrink ({sizes[0]}×{sizes[0]} → {sizes[1]}×{sizes[1]} → "
+            f"{sizes[3]}×{sizes[3]}) while each unit sees more of the image (receptive field {rf[0]} → {rf[-1]} "
+            f"pixels). {100 * a1:.0f}% of conv1's units are active and {100 * a2:.0f}% of conv2's: "
+            + {"sparser": "conv2 is sparser", "denser": "conv2 is denser",
+               "similar": f"the same within {100 * DEPTH_BAND:.0f} points"}[density]
+            + f". The spread of a channel's response goes from {s1:.2f} to {s2:.2f}: "
+            + {"more localized": "each conv2 channel responds on fewer positions of its map than a conv1 channel, "
+                                 "so its map follows less of the input and more a part of it",
+               "more spread": "conv2 channels respond over more of their maps than conv1 channels",
+               "similar": f"the same within {100 * DEPTH_BAND:.0f} points"}[spread]
+            + f". On stroke cells lie {100 * m1:.0f}% of conv1's activation ({100 * c1:.0f}% of its cells) and "
+              f"{100 * m2:.0f}% of conv2's ({100 * c2:.0f}% of its cells).")
+    numbers = {"images": len(stats), "map_sizes": sizes, "receptive_fields": rf,
+               "active_conv1": a1, "active_conv2": a2, "spread_conv1": s1, "spread_conv2": s2,
+               "stroke_mass_conv1": m1, "stroke_mass_conv2": m2, "stroke_area_conv1": c1, "stroke_area_conv2": c2,
+               "band": DEPTH_BAND}
+    return Verdict("2.3", f"{density}/{spread}", text, DEPTH_RULE, numbers)
 
 
 def _plot_activations(res: ActivationResult):

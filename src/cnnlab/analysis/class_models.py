@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +11,7 @@ import numpy as np
 from ..config import BLUR_SIGMA, REGULARIZED, SIGMA, STEPS, SYNTH_STEP_SIZE
 from ..errors import ConfigError
 from ._shared import N_CLASSES, AscentResult, ascend, check_int, check_number, check_targets, cost_figure, initial_noise, pct
+from .verdict import Verdict
 
 # ---------------------------------------------------------------------------------------------
 # Class models from noise (§3.1)
@@ -134,3 +135,78 @@ def synthesize(model, targets: Iterable[int] = range(N_CLASSES), steps: int = ST
 def synthesize_regularized(model, targets: Iterable[int] = range(N_CLASSES), **kwargs) -> SynthesisResult:
     """`synthesize` with the REGULARIZED preset (clip, L2 decay, blur, jitter); kwargs override."""
     return synthesize(model, targets, **{**REGULARIZED, "label": "regularized class models", **kwargs})
+
+
+# ---------------------------------------------------------------------------------------------
+# Verdicts (3.1.2 confidence, 3.1.4 cost)
+# ---------------------------------------------------------------------------------------------
+
+HIGH_CONFIDENCE = 0.99   # "high confidence": probability of the target at least 99%
+
+CONFIDENCE_RULE = (f"'yes' when every image is predicted as its target with probability at least "
+                   f"{100 * HIGH_CONFIDENCE:.0f}% (what the answer calls high confidence); otherwise 'no'.")
+
+
+def _hits(r: Mapping) -> tuple[int, int, float, float]:
+    t = np.asarray(r["targets"])
+    pred, prob = np.asarray(r["final_pred"]), np.asarray(r["final_target_prob"], dtype=np.float64)
+    if not (len(t) == len(pred) == len(prob)) or len(t) == 0:
+        raise ConfigError("targets, final_pred and final_target_prob must have the same, non-zero length")
+    return int((pred == t).sum()), len(t), float(prob.min()), float(prob.mean())
+
+
+def confidence_verdict(plain: Mapping, regularized: Mapping | None = None) -> Verdict:
+    """3.1.2 "Is the network always predicting target_class with high confidence?" from the
+    class models' `targets`, `final_pred` and `final_target_prob` (SynthesisResult.to_dict())."""
+    hit, n, lo, mean = _hits(plain)
+    key = "yes" if hit == n and lo >= HIGH_CONFIDENCE else "no"
+    head = (f"Yes: all {n} plain class models are predicted as their target with probability at least "
+            f"{100 * HIGH_CONFIDENCE:.0f}%" if key == "yes" else
+            f"Not always: {hit} of {n} plain class models are predicted as their target, and the lowest "
+            f"target probability is below {100 * HIGH_CONFIDENCE:.0f}%")
+    text = f"{head} (lowest {100 * lo:.3f}%, mean {100 * mean:.3f}%)."      # 3 decimals: 99.997% is not 100%
+    numbers: dict = {"n": n, "n_predicted_as_target": hit, "min_target_prob": lo, "mean_target_prob": mean,
+                     "threshold": HIGH_CONFIDENCE}
+    if regularized is not None:
+        rh, rn, rlo, rmean = _hits(regularized)
+        numbers["regularized"] = {"n": rn, "n_predicted_as_target": rh, "min_target_prob": rlo,
+                                  "mean_target_prob": rmean}
+        text += f" The regularized ones: {rh} of {rn} predicted as their target, lowest probability {100 * rlo:.2f}%."
+    return Verdict("3.1.2", key, text, CONFIDENCE_RULE, numbers)
+
+
+LATE_SHARE = 0.1   # "at the end": the last 10% of the steps
+
+COST_RULE = ("'increasing' when the mean cost over the targets is higher after the last step than on the "
+             "initial noise and the cost rises on at least half of all (target, step) pairs; 'decreasing' when "
+             "it is lower and falls on at least half; otherwise 'neither'. It is 'still rising' at the end when "
+             f"over the last {100 * LATE_SHARE:.0f}% of the steps it rises on at least half of the (target, step) "
+             "pairs and its mean gain there is positive.")
+
+
+def cost_verdict(cost) -> Verdict:
+    """3.1.4 "Is the cost increasing or decreasing?" from the cost per step and target
+    ([steps + 1, T]; row 0 is the initial noise)."""
+    c = np.asarray(cost, dtype=np.float64)
+    if c.ndim != 2 or c.shape[0] < 2:
+        raise ConfigError(f"cost must be [steps + 1, targets] with at least one step; got shape {list(c.shape)}")
+    steps = c.shape[0] - 1
+    d = np.diff(c, axis=0)
+    start, end = float(c[0].mean()), float(c[-1].mean())
+    rising, falling = float((d > 0).mean()), float((d < 0).mean())
+    late = max(1, int(round(LATE_SHARE * steps)))
+    late_rising = float((d[-late:] > 0).mean())
+    late_gain = float((c[-1] - c[-1 - late]).mean())
+    still = late_rising >= 0.5 and late_gain > 0
+    key = ("increasing" if end > start and rising >= 0.5 else
+           "decreasing" if end < start and falling >= 0.5 else "neither")
+    head = {"increasing": "The cost increases", "decreasing": "The cost decreases",
+            "neither": "The cost neither increases nor decreases steadily"}[key]
+    text = (f"{head}: from a mean of {start:.2f} on the noise to {end:.2f} after {steps} steps, rising on "
+            f"{100 * rising:.1f}% of the steps. Over the last {late} steps it rises on {100 * late_rising:.0f}% of "
+            f"them (mean change {late_gain:+.2f}), so "
+            + ("it is still rising at the end." if still else "it is not still rising at the end."))
+    numbers = {"steps": steps, "start_mean": start, "end_mean": end, "fraction_rising": rising,
+               "fraction_falling": falling, "late_steps": late, "late_fraction_rising": late_rising,
+               "late_gain": late_gain, "still_rising": still}
+    return Verdict("3.1.4", key, text, COST_RULE, numbers)

@@ -9,6 +9,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..model import Net
 from ._shared import AnalysisResult, diverging_cmap, mosaic
+from .verdict import Verdict
 
 # ---------------------------------------------------------------------------------------------
 # Filters (questions 2.1–2.2)
@@ -199,6 +200,55 @@ def filters(model: Net, layer: str = "conv1", reference: Net | None = None) -> F
     if ref is not None:
         untrained = layer_numbers(ref, None, ref_eff if layer == "conv2" else None)
     return FilterResult(layer, w, b, ref, kernels, trained, untrained)
+
+
+LOW_ORDER_MARGIN = 0.05   # trained low-order share must beat the untrained kernels' by ≥ 5 points
+RESHAPED_COSINE = 0.8     # mean cosine to the initial kernels below this: training "reshaped" them
+
+PATTERN_RULE = (
+    f"'yes' (training made smooth edge/blob patterns) when the trained kernels' mean share of energy in the "
+    f"low-order patterns (mean + gradient) exceeds the same kernels' share before training by at least "
+    f"{100 * LOW_ORDER_MARGIN:.0f} percentage points and more kernels are edge or blob detectors than before "
+    f"training; otherwise 'no'. A kernel is an edge (blob, line) detector when its gradient (mean + "
+    f"centre-surround, oriented second-order) part holds at least {100 * CLASS_THRESHOLD:.0f}% of its energy. "
+    f"Training 'reshaped' the kernels when their mean cosine similarity to their initial values is below "
+    f"{RESHAPED_COSINE:g}.")
+
+
+def patterns_verdict(res: FilterResult, compare: FilterResult | None = None) -> Verdict:
+    """2.1 (conv1) / 2.2 (conv2): did training give the kernels edge/blob structure beyond their
+    initialization? Needs `res` measured with a reference (the untrained network of the same
+    seed); `compare` (conv1, for 2.2) adds its low-order share to the sentence."""
+    t, u = res.trained, res.untrained_numbers
+    tc, uc = t["class_counts"], u["class_counts"]
+    margin = t["low_order_share"] - u["low_order_share"]
+    eb_t, eb_u = tc["edge"] + tc["blob"], uc["edge"] + uc["blob"]
+    key = "yes" if margin >= LOW_ORDER_MARGIN and eb_t > eb_u else "no"
+    numbers: dict = {"layer": res.layer, "kernels": t["kernels"], "low_order_share": t["low_order_share"],
+                     "low_order_share_init": u["low_order_share"], "margin": margin,
+                     "required_margin": LOW_ORDER_MARGIN, "class_counts": tc, "class_counts_init": uc,
+                     "edge_or_blob": eb_t, "edge_or_blob_init": eb_u}
+    name = "kernels" if res.layer == "conv1" else "conv2 kernels"
+    if key == "yes":
+        text = (f"Yes: training turned the {name} towards smooth edge and blob patterns: "
+                f"{100 * t['low_order_share']:.0f}% of their energy is in the mean and gradient against "
+                f"{100 * u['low_order_share']:.0f}% before training, and {eb_t} of {t['kernels']:,} are edge or blob "
+                f"detectors against {eb_u} before.")
+    else:
+        text = (f"No shift towards edge/blob structure of at least {100 * LOW_ORDER_MARGIN:.0f} points beyond the "
+                f"initialization: {100 * t['low_order_share']:.0f}% of the {name}' energy is in the mean and gradient "
+                f"against {100 * u['low_order_share']:.0f}% before training ({eb_t} of {t['kernels']:,} edge or blob "
+                f"detectors against {eb_u} before).")
+    cos = t.get("mean_cosine_to_init")
+    if cos is not None:
+        numbers.update(mean_cosine_to_init=cos, reshaped_below=RESHAPED_COSINE)
+        text += (f" Their mean cosine similarity to their initial values is {cos:.2f}: "
+                 + ("training reshaped them." if cos < RESHAPED_COSINE else
+                    f"at least {RESHAPED_COSINE:g}, so they stayed close to where they started."))
+    if compare is not None:
+        numbers["compare_layer_low_order_share"] = compare.trained["low_order_share"]
+        text += f" ({compare.layer}: {100 * compare.trained['low_order_share']:.0f}%.)"
+    return Verdict("2.1" if res.layer == "conv1" else "2.2", key, text, PATTERN_RULE, numbers)
 
 
 _CLASS_LETTER = {"edge": "E", "blob": "B", "line": "L", "mixed": "·"}

@@ -10,6 +10,7 @@ import torch
 
 from ..errors import ConfigError
 from ._shared import N_CLASSES, AnalysisResult, check_targets, device_of
+from .verdict import Verdict
 
 # ---------------------------------------------------------------------------------------------
 # Does it look like a digit?
@@ -216,3 +217,42 @@ def likeness_figure(rows: Sequence[tuple[str, np.ndarray, dict | None]], means: 
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+REAL_PERCENTILE = 5       # r at least that of the 5th-percentile real test digit
+NEAREST_IS_TARGET = 0.5   # nearest class mean = the target for at least half the images
+
+LIKENESS_RULE = (
+    "A set of images is 'digit-like' when (a) their mean Pearson r with their target's class-mean training "
+    f"image is at least the {REAL_PERCENTILE}th percentile of the same r for real test digits and (b) the "
+    f"nearest class mean is their target for at least {100 * NEAREST_IS_TARGET:.0f}% of them (chance: 10%); "
+    "otherwise 'not digit-like'. The key answers for the first set listed (the assignment's plain class "
+    "models): 'yes' when it is digit-like, 'no' otherwise.")
+
+
+def looks_like_digits(rows: Mapping[str, Mapping], reference: Mapping) -> Verdict:
+    """3.1.3 "Do the generated images look like a number?" for any number of image sets.
+
+    `rows`: name → the `summary` of `digit_likeness(..., targets=...)` for that set (first = the
+    set the key answers for); `reference`: its `reference_real_test_digits`."""
+    if not rows:
+        raise ConfigError("looks_like_digits needs at least one set of images")
+    p05 = float(reference["corr_own_mean_p05"])
+    out, parts = {}, []
+    for name, s in rows.items():
+        r, near = float(s["corr_target_mean_mean"]), float(s["nearest_is_target_rate"])
+        like = r >= p05 and near >= NEAREST_IS_TARGET
+        out[name] = {"digit_like": like, "corr_target_mean": r, "nearest_is_target_rate": near}
+        parts.append(f"{name}: {'digit-like' if like else 'not digit-like'} (mean r {r:.2f}, nearest class "
+                     f"= target for {100 * near:.0f}%)")
+    first = next(iter(rows))
+    key = "yes" if out[first]["digit_like"] else "no"
+    head = (f"Yes, the {first} images look like digits by this measure" if key == "yes" else
+            f"No, the {first} images do not look like digits by this measure")
+    text = (f"{head}: a real test digit at the {REAL_PERCENTILE}th percentile correlates r = {p05:.2f} with its "
+            f"class mean, and the nearest class mean names a real digit's class "
+            f"{100 * float(reference['nearest_class_accuracy']):.0f}% of the time. " + "; ".join(parts) + ".")
+    numbers = {"rows": out, "real_p05": p05, "real_percentile": REAL_PERCENTILE,
+               "real_nearest_class_accuracy": float(reference["nearest_class_accuracy"]),
+               "nearest_required": NEAREST_IS_TARGET, "chance": 0.1}
+    return Verdict("3.1.3", key, text, LIKENESS_RULE, numbers)

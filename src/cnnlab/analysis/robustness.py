@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from ..config import EPS_FGSM, EPS_PGD, PGD_STEPS
 from ..errors import ConfigError
 from ._shared import AnalysisResult, check_int, check_number, few_threads, frozen
+from .verdict import Verdict
 
 
 def _check_eps(eps) -> float:
@@ -206,3 +207,50 @@ def robustness(models: Mapping[str, torch.nn.Module], x: torch.Tensor, y, attack
     if attack == "pgd":
         params.update(steps=steps, alpha_per_eps=a_per, random_start=True)
     return RobustnessResult(attack, bool(targeted), eps_list, table, params, len(x), time.perf_counter() - t0)
+
+
+FRAGILE = 0.5   # the attack leaves less than half of the clean accuracy
+ROBUST = 0.9    # the attack leaves at least 90% of the clean accuracy
+
+ROBUSTNESS_RULE = (
+    f"At the ε shown, for each model: retained = accuracy under PGD / accuracy at ε = 0. 'fragile' when "
+    f"retained < {FRAGILE:g} for every model, 'robust' when retained ≥ {ROBUST:g} for every model, otherwise "
+    "'partly robust'. PGD is 'stronger' than FGSM when its accuracy is at most FGSM's for every model.")
+
+
+def _acc(table: Sequence[Mapping], model: str, eps: float) -> float:
+    for r in table:
+        if r["model"] == model and abs(float(r["eps"]) - eps) < 1e-12:
+            return float(r["accuracy"])
+    raise ConfigError(f"no accuracy for model {model!r} at eps {eps:g}: run the attack with eps 0 and {eps:g}")
+
+
+def robustness_verdict(fgsm_table: Sequence[Mapping], pgd_table: Sequence[Mapping], eps: float) -> Verdict:
+    """4.1 "How much does an L∞-bounded perturbation lower test accuracy?" from the `table` of an
+    FGSM and a PGD `robustness()` result (rows: model, eps, accuracy; both need ε = 0 and `eps`)."""
+    models = list(dict.fromkeys(r["model"] for r in pgd_table))
+    if not models:
+        raise ConfigError("the PGD table is empty")
+    rows, parts = {}, []
+    for m in models:
+        clean, fg, pg = _acc(pgd_table, m, 0.0), _acc(fgsm_table, m, eps), _acc(pgd_table, m, eps)
+        rows[m] = {"clean": clean, "fgsm": fg, "pgd": pg, "retained_pgd": pg / clean if clean > 0 else 0.0}
+        parts.append(f"{m}: {100 * clean:.1f}% clean, {100 * fg:.1f}% under FGSM, {100 * pg:.1f}% under PGD")
+    kept = [r["retained_pgd"] for r in rows.values()]
+    key = "fragile" if max(kept) < FRAGILE else "robust" if min(kept) >= ROBUST else "partly robust"
+    stronger = all(r["pgd"] <= r["fgsm"] for r in rows.values())
+    head = {"fragile": f"Fragile: at ε = {eps:g} ({eps * 255:.0f} grey levels per pixel) PGD leaves every network "
+                       f"less than half of its clean accuracy",
+            "robust": f"Robust: at ε = {eps:g} ({eps * 255:.0f} grey levels per pixel) PGD leaves every network "
+                      f"at least {100 * ROBUST:.0f}% of its clean accuracy",
+            "partly robust": f"Partly robust: at ε = {eps:g} ({eps * 255:.0f} grey levels per pixel) PGD leaves "
+                             + (f"every network between half and {100 * ROBUST:.0f}% of its clean accuracy"
+                                if min(kept) >= FRAGILE and max(kept) < ROBUST else
+                                f"the networks different shares of their clean accuracy (from {100 * min(kept):.0f}% "
+                                f"to {100 * max(kept):.0f}%)")}[key]
+    text = (f"{head} ({'; '.join(parts)}). The iterative attack is "
+            + ("stronger than" if stronger else "not stronger than") + " the one-step one for "
+            + ("every" if stronger else "some") + " model.")
+    numbers = {"eps": eps, "grey_levels": eps * 255, "models": rows, "fragile_below": FRAGILE,
+               "robust_from": ROBUST, "pgd_stronger": stronger}
+    return Verdict("4.1", key, text, ROBUSTNESS_RULE, numbers)

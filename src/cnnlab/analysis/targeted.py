@@ -23,6 +23,7 @@ from ._shared import (
     initial_noise,
 )
 from .likeness import pearson
+from .verdict import Verdict
 
 # ---------------------------------------------------------------------------------------------
 # Targeted fakes (§3.2)
@@ -261,3 +262,41 @@ def beta_sweep(model, source_image, betas: Sequence[float] = BETAS, targets: Ite
         raise ConfigError("betas is empty")
     targets = check_targets(targets)
     return BetaSweepResult(betas, [adversarial(model, source_image, targets, beta=b, **kwargs) for b in betas])
+
+
+RESEMBLES = 5   # of the 10 fakes: "resembles" needs at least half of them
+
+RESEMBLANCE_RULE = (
+    f"'source' when, for at least {RESEMBLES} of the 10 fakes, the nearest class-mean training image or the most "
+    "correlated single training image (Pearson r over the 784 pixels) is of the source digit (whichever measure "
+    f"counts more); else 'target' when that holds for the fake's own target class for at least {RESEMBLES}; "
+    "otherwise 'neither'.")
+
+
+def resemblance_verdict(source_digit: int, targets: Sequence[int], nearest_class: Sequence[int],
+                        nn_label: Sequence[int], predicted: Sequence[int]) -> Verdict:
+    """3.2.1 "Does the generated image resemble a digit? If so, what digit?" from the likeness
+    measures of the fakes (`digit_likeness(...)["images"]`: nearest_class, nn_label) and the
+    network's predictions for them."""
+    t, near, nn = np.asarray(targets), np.asarray(nearest_class), np.asarray(nn_label)
+    if not (len(t) == len(near) == len(nn) == len(predicted)) or len(t) == 0:
+        raise ConfigError("targets, nearest_class, nn_label and predicted must have the same, non-zero length")
+    d = int(source_digit)
+    by_mean, by_nn = int((near == d).sum()), int((nn == d).sum())
+    t_mean, t_nn = int((near == t).sum()), int((nn == t).sum())
+    key = ("source" if max(by_mean, by_nn) >= RESEMBLES else
+           "target" if max(t_mean, t_nn) >= RESEMBLES else "neither")
+    head = {"source": f"They resemble the digit {d}, their source, not their targets",
+            "target": "They resemble their targets, not the source digit",
+            "neither": f"Fewer than {RESEMBLES} of them resemble the source {d} or their targets by these measures"}[key]
+    text = (f"{head}: the most correlated training image is a {d} for {by_nn} of the {len(t)} fakes (labels: "
+            f"{', '.join(str(int(c)) for c in nn)}) and the nearest class-mean image is the {d}'s for {by_mean} "
+            f"(nearest classes: {', '.join(str(int(c)) for c in near)}). The fake's own target is the most correlated "
+            f"training image's label for {t_nn} and the nearest class mean for {t_mean} of them. "
+            f"The network reads them as {', '.join(str(int(c)) for c in predicted)} "
+            f"(targets {', '.join(str(int(c)) for c in t)}).")
+    numbers = {"source_digit": d, "n": len(t), "nn_is_source": by_nn, "nearest_is_source": by_mean,
+               "nn_is_target": t_nn, "nearest_is_target": t_mean, "required": RESEMBLES,
+               "nn_label": nn.tolist(), "nearest_class": near.tolist(), "predicted": [int(c) for c in predicted],
+               "targets": t.tolist()}
+    return Verdict("3.2.1", key, text, RESEMBLANCE_RULE, numbers)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..analysis.activations import activations
+from ..analysis.activations import activations, depth_verdict
 from .base import Context, Section, fig_to_data_uri, pick_images, shape_text
 
 
 def section_activations(ctx: Context) -> Section:
     """2.3 activations of the convolutional layers"""
-    p = ctx.printed
     sec = Section("2.3", "Activations of the convolutional layers",
                   "Visualize the activations of the convolutional layers. What do you observe as you go deeper?")
     results = []
@@ -31,19 +30,7 @@ def section_activations(ctx: Context) -> Section:
                                   "the activation on cells containing stroke pixels.",
                        "header": ["layer", "shape", "receptive field (px)", "active units", "spread", "on strokes"],
                        "rows": rows})
-    a1, a2 = mean("active_fraction", "conv1"), mean("active_fraction", "conv2")
-    s1, s2 = mean("spread", "conv1"), mean("spread", "conv2")
-    sec.answer.append(
-        f"Going deeper, the maps shrink (28×28 → 14×14 → 7×7) while each unit sees more of the image "
-        f"(receptive field {results[0].stats['conv1']['receptive_field']} → {results[0].stats['pool2']['receptive_field']} pixels). "
-        f"conv1 responds like a set of edge filters: its maps are recognizably the digit, "
-        f"{p('2.3.active_conv1', 100 * a1, '{:.0f}')}% of units active. In conv2 "
-        f"{p('2.3.active_conv2', 100 * a2, '{:.0f}')}% of units are active"
-        + (" — sparser" if a2 < a1 else " — denser") +
-        f", and the responses are {'more localized' if s2 < s1 else 'more spread out'} "
-        f"(spread {p('2.3.spread_conv1', s1, '{:.2f}')} → {p('2.3.spread_conv2', s2, '{:.2f}')}): "
-        f"each channel fires on particular parts of the digit rather than everywhere along the strokes, "
-        f"so the maps look less like the input and more like abstract part detectors.")
+    sec.answer.append(depth_verdict([r.stats for r in results]))
     ctx.results["activations"] = [r.to_dict() for r in results]
     sec.numbers = {"images": [r.to_dict() for r in results]}
     return sec

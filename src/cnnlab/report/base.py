@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..analysis.verdict import Verdict
 from ..config import AnalysisConfig
 from ..runs import open_run
 
@@ -32,10 +33,15 @@ class Section:
     id: str                      # "1.1", "2.4", "3.1.2", ...
     title: str
     question: str                # the assignment's words
-    answer: list[str] = field(default_factory=list)            # paragraphs (HTML-safe)
+    # paragraphs: HTML-safe strings, or Verdicts (shown as their answer in bold with their rule below)
+    answer: list[str | Verdict] = field(default_factory=list)
     figures: list[tuple[str, str]] = field(default_factory=list)  # (data URI, caption)
     tables: list[dict] = field(default_factory=list)            # {"caption", "header", "rows"}
     numbers: dict = field(default_factory=dict)
+
+    @property
+    def verdicts(self) -> list[Verdict]:
+        return [a for a in self.answer if isinstance(a, Verdict)]
 
 
 class Printed:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..analysis.batch_norm import accuracy_verdict, time_verdict
 from ..figures import plot_bn_comparison
 from ..runs import open_run
 from ..stats import mcnemar, mean_std, paired_ci
@@ -64,47 +65,23 @@ def section_1_6(ctx: Context) -> Section:
                     f"{p('1.6.acc_bn_std', 100 * sb_, '{:.2f}')} (mean ± sd). The paired difference (BN − plain) is "
                     f"{p('1.6.acc_diff', d_pts, '{:+.2f}')} points, 95% CI "
                     f"[{p('1.6.acc_diff_lo', 100 * diff['ci_low'], '{:+.2f}')}, {p('1.6.acc_diff_hi', 100 * diff['ci_high'], '{:+.2f}')}]. ")
-        decided = diff["ci_low"] > 0 or diff["ci_high"] < 0
     else:
         acc_text = (f"Test accuracy: plain {p.pct('1.6.acc_plain_mean', mp_)}, batch-norm "
                     f"{p.pct('1.6.acc_bn_mean', mb_)}, a difference of {p('1.6.acc_diff', d_pts, '{:+.2f}')} points "
                     f"from a single seed. ")
-        decided = mc["p_value"] < 0.05
     acc_text += (f"On the same 10,000 test images (seed {plain[0].info['config']['seed']}), "
                  f"{p('1.6.only_plain', mc['only_a'], '{}')} are right only for the plain model and "
                  f"{p('1.6.only_bn', mc['only_b'], '{}')} only for the batch-norm model "
-                 f"(exact McNemar test p = {p('1.6.mcnemar_p', mc['p_value'], '{:.3g}')}). ")
-    if decided and d_pts > 0:
-        verdict = (f"<b>Yes: batch-normalization improved test accuracy</b> in this run, by "
-                   f"{abs(d_pts):.2f} points{' on average' if n > 1 else ''}.")
-    elif decided and d_pts < 0:
-        verdict = (f"<b>No: batch-normalization lowered test accuracy</b> in this run, by {abs(d_pts):.2f} points"
-                   f"{' on average' if n > 1 else ''}.")
-    else:
-        verdict = ("<b>Inconclusive:</b> the difference is within what seed-to-seed and test-sampling noise "
-                   "produce, so this run does not show that batch-normalization changes test accuracy"
-                   + (" (run with more seeds, e.g. --seeds 3, to narrow it down)." if n < 3 else "."))
-    sec.answer.append(acc_text + verdict)
+                 f"(exact McNemar test p = {p('1.6.mcnemar_p', mc['p_value'], '{:.3g}')}).")
+    sec.answer.append(acc_text)
+    sec.answer.append(accuracy_verdict(acc_p, acc_b, mc))
 
     ratio = float(np.mean(ep_b) / np.mean(ep_p))
-    reach_b = [r["bn_s"] for r in reach if r["bn_s"] is not None]
-    reach_p = [r["plain_s"] for r in reach if r["plain_s"] is not None]
     time_text = (f"Training time: one epoch takes {p('1.6.epoch_s_plain', float(np.mean(ep_p)), '{:.2f}')} s without and "
                  f"{p('1.6.epoch_s_bn', float(np.mean(ep_b)), '{:.2f}')} s with batch-normalization "
-                 f"(×{p('1.6.epoch_ratio', ratio, '{:.2f}')} per epoch"
-                 + ("; the two normalization layers add their own forward and backward work). " if ratio > 1.05 else
-                    "; within the noise of the measurement). " if ratio > 0.95 else "). "))
-    if reach_b and len(reach_b) == n:
-        secs_bn, secs_plain = float(np.mean(reach_b)), float(np.mean(reach_p))
-        faster = secs_bn < secs_plain
-        time_text += (f"But to reach the plain model's final validation accuracy the batch-norm model needs "
-                      f"{p('1.6.reach_bn', secs_bn, '{:.1f}')} s against {p('1.6.reach_plain', secs_plain, '{:.1f}')} s for the plain one, "
-                      + ("so it gets there sooner: it converges in fewer steps." if faster else
-                         "so it is not faster to that accuracy in this run."))
-    else:
-        time_text += (f"The batch-norm model did not reach the plain model's final validation accuracy in "
-                      f"{n - len(reach_b)} of {n} seed(s) within the same budget.")
+                 f"(×{p('1.6.epoch_ratio', ratio, '{:.2f}')} per epoch).")
     sec.answer.append(time_text)
+    sec.answer.append(time_verdict(ep_p, ep_b, reach))
     sec.numbers = {"test_acc_plain": acc_p, "test_acc_bn": acc_b, "epoch_s_plain": ep_p, "epoch_s_bn": ep_b,
                    "reach": reach, "paired_diff": diff, "mcnemar_seed0": mc, "epoch_time_ratio": ratio}
     ctx.results["batch_norm"] = sec.numbers

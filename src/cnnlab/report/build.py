@@ -115,6 +115,7 @@ def build_report(out: str | Path = "reports/latest", preset: str = "quick", seed
     ctx.results["provenance"] = _provenance(ctx, command)
     ctx.results["sections"] = {s.id: {"title": s.title, "numbers": s.numbers} for s in sections}
     ctx.results["printed"] = ctx.printed.strings
+    ctx.results["verdicts"] = {v.id: v.to_dict() for s in sections for v in s.verdicts}
     html_text = render_html(sections, ctx)
     atomic_write_text(out / "report.html", html_text)
     write_json(out / "results.json", ctx.results)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..analysis.robustness import robustness
+from ..analysis.robustness import robustness, robustness_verdict
 from ..runs import open_run
 from .base import Context, Section, fig_to_data_uri
 
@@ -36,12 +36,12 @@ def section_robustness(ctx: Context) -> Section:
     at = lambda res, name, e: next(r["accuracy"] for r in res.table if r["model"] == name and r["eps"] == e)  # noqa: E731
     e1 = 0.1 if 0.1 in eps else eps[len(eps) // 2]
     sec.answer.append(
-        f"At ε = {e1:g} ({e1 * 255:.0f} grey levels per pixel, still plainly the same digit to a person) FGSM leaves "
+        f"At ε = {e1:g} ({e1 * 255:.0f} grey levels per pixel) FGSM leaves "
         f"{p.pct('4.1.fgsm_plain', at(fg, 'plain', e1), 1)} accuracy for the plain and "
         f"{p.pct('4.1.fgsm_bn', at(fg, 'batch-norm', e1), 1)} for the batch-norm network; PGD leaves "
         f"{p.pct('4.1.pgd_plain', at(pg, 'plain', e1), 1)} and {p.pct('4.1.pgd_bn', at(pg, 'batch-norm', e1), 1)}. "
-        f"Neither network was trained to resist attacks, and the iterative attack is "
-        f"{'stronger' if at(pg, 'plain', e1) <= at(fg, 'plain', e1) else 'not stronger'} than the one-step one, as expected.")
+        f"Neither network was trained to resist attacks.")
+    sec.answer.append(robustness_verdict(fg.table, pg.table, e1))
     ctx.results["robustness"] = {"fgsm": fg.to_dict(), "pgd": pg.to_dict()}
     sec.numbers = {"fgsm": fg.to_dict(), "pgd": pg.to_dict()}
     return sec

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..analysis._shared import first_image_of
 from ..analysis.likeness import digit_likeness
-from ..analysis.targeted import adversarial, beta_sweep
+from ..analysis.targeted import adversarial, beta_sweep, resemblance_verdict
 from ..config import BETA
 from .base import Context, Section, drop_images, fig_to_data_uri
 
@@ -38,21 +38,11 @@ def section_targeted(ctx: Context) -> Section:
         f"{p('3.2.1.corr_min', s['min_corr_to_source'], '{:.2f}')}).")
     nearest = like["images"]["nearest_class"]
     nn_label = like["images"]["nn_label"]
-    by_mean = sum(1 for c in nearest if c == d)
-    by_nn = sum(1 for c in nn_label if c == d)
-    resembles = max(by_mean, by_nn) >= 5
+    sec.answer.append(resemblance_verdict(d, adv.targets.tolist(), nearest, nn_label, adv.final_pred.tolist()))
     sec.answer.append(
-        (f"<b>They resemble the digit {d}</b>, not their target" if resembles else
-         f"<b>Most do not clearly resemble the {d}</b> by our measures")
-        + f": the most similar single training image (Pearson r over the 784 pixels) is a {d} for "
-        f"{p('3.2.1.nn_source', by_nn, '{}')} of the 10 fakes (labels: {', '.join(str(int(c)) for c in nn_label)}), "
-        f"and the nearest class-mean image is the {d}'s for {p('3.2.1.nearest_source', by_mean, '{}')} of 10 "
-        f"(nearest classes: {', '.join(str(int(c)) for c in nearest)}), while the network reads them as "
-        f"{', '.join(str(int(c)) for c in adv.final_pred)} (targets 0–9). "
         f"The MSE term pulls the image towards the {d}; what is left over, the difference from the source, is a "
-        f"structured perturbation that moves the logits: a targeted adversarial example. The β sweep below shows "
-        f"the trade-off: small β fools the network into every class but lets the noise stay; large β reproduces "
-        f"the {d} and stops fooling it.")
+        f"perturbation that moves the logits: a targeted adversarial example. The β sweep below shows the "
+        f"trade-off between fooling the network and resembling the source.")
     rows = sweep.to_dict()["rows"]
     sec.tables.append({"caption": "β sweep (same noise, same targets).",
                        "header": ["β", "fooled (other classes)", "mean p(target)", "mean MSE to source", "mean corr to source"],
