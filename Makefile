@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet --upgrade pip
 	# The CPU wheel of torch 2.13.0; an unpinned torch would pull a multi-GB CUDA build.
 	$(PIP) install --quiet "torch==2.13.0"
-	$(PIP) install --quiet -e ".[explore,test]"
+	$(PIP) install --quiet -e ".[explore,notebook,test]"
 	touch $(STAMP)
 
 test: setup
