@@ -7,6 +7,7 @@ import base64
 import hashlib
 import io
 import json
+import os
 import re
 import select
 import shutil
@@ -243,6 +244,44 @@ def test_other_sites_get_no_answer(run_dir, mnist_dir, client):
         assert c.get("/api/info", headers={"Host": "evil.example:8179"}).status_code == 400
 
 
+@pytest.mark.parametrize("path", ["/", "/static/explore.js", "/api/info", "/api/nope"])
+def test_no_other_site_may_frame_the_explorer(client, path):
+    r = client.get(path)
+    assert r.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+    assert r.headers["x-content-type-options"] == "nosniff"
+
+
+def test_attack_starts_from_the_digit(client):
+    """init="source": with a weak pull toward the digit (β = 0.001) the result started from the
+    digit stays far closer to it than the same attack started from noise."""
+    res = client.post("/api/analyze", json={"test": 3, "occlusion": False}).json()
+    r = client.post("/api/attack", json={"pixels": res["input"]["pixels"], "beta": 0.001}).json()
+    assert r["runs"][0]["params"]["init"] == "source"
+    from PIL import Image
+    src = pixels_of(res).astype(float)
+
+    def mean_gap(png_url: str) -> float:
+        im = np.asarray(Image.open(io.BytesIO(base64.b64decode(png_url.split(",", 1)[1]))).convert("L"), dtype=float)
+        return float(np.abs(im - src).mean())
+    gaps = [mean_gap(row["png"]) for row in r["runs"][0]["rows"]]
+    # control: the same attack from noise (the old behaviour) ends far from the digit
+    from cnnlab import generate
+    model = client.app.state.explorer.views[0].model
+    noise = generate.adversarial(model, pixels_of(res), targets=[0], beta=0.001, scale="255", init="noise")
+    noise_gap = float(np.abs(np.clip(noise.images[0], 0, 255) - src).mean())
+    assert gaps[0] < noise_gap / 2, (gaps, noise_gap)
+
+
+def test_uncertainty_rule_against_hand_computed_margins():
+    # (p1 − p2) / (1 − ε): 0.9 − 0.05 = 0.85 of 0.9 → 0.944, sure; 0.5 − 0.4 = 0.1 → unsure
+    assert explore.uncertainty([0.9, 0.05] + [0.05 / 8] * 8, 0.1) == {"margin": pytest.approx(0.9444, abs=1e-4), "unsure": False}
+    assert explore.uncertainty([0.5, 0.4] + [0.1 / 8] * 8, 0.0)["unsure"] is True
+    # the same probabilities, judged against label smoothing 0.5: 0.3 / 0.5 = 0.6 ≥ 0.5, sure
+    assert explore.uncertainty([0.6, 0.3] + [0.1 / 8] * 8, 0.5)["unsure"] is False
+    assert explore.uncertainty([0.6, 0.3] + [0.1 / 8] * 8, 0.0)["unsure"] is True
+
+
 # ---------------------------------------------------------------------------------------------
 # The trained weights never change; beliefs are cached in the run directory
 # ---------------------------------------------------------------------------------------------
@@ -259,14 +298,22 @@ def test_weights_are_never_modified_and_beliefs_are_cached(client, run_dir):
     assert [row["target"] for row in rows] == list(range(10))
     assert sum(row["pred"] == row["target"] for row in rows) >= 5     # β = 0.01 fools it for most classes
 
-    b1 = client.get("/api/beliefs/0").json()
+    # a GET (say, from an <img> on another site) starts nothing and writes nothing
+    assert client.get("/api/beliefs/0").status_code == 405
+    assert client.get("/api/info").json()["beliefs_cached"] == [False]
+    b1 = client.post("/api/beliefs/0", json={}).json()
     assert b1["cached"] is False and len(b1["class_models"]) == 10 and len(b1["fakes"]) == 10
     assert b1["fake_source"]["label"] == 2
-    cache = run_dir / "analysis" / "explore" / "beliefs.json"
+    # cached in the user cache dir (the tests' CNNLAB_CACHE_DIR), never in the run directory
+    cache = client.app.state.explorer.beliefs_path(client.app.state.explorer.views[0])
     assert cache.is_file() and json.loads(cache.read_text())["weights_sha256"] == before_file
-    b2 = client.get("/api/beliefs/0").json()
+    assert Path(os.environ["CNNLAB_CACHE_DIR"]) in cache.parents
+    assert not (run_dir / "analysis").exists()
+    b2 = client.post("/api/beliefs/0", json={}).json()
     assert b2["cached"] is True and b2["class_models"] == b1["class_models"]
-    assert client.get("/api/beliefs/5").status_code == 400
+    assert client.get("/api/info").json()["beliefs_cached"] == [True]
+    assert client.post("/api/beliefs/5", json={}).status_code == 400
+    assert client.post("/api/beliefs/0", json={}, headers={"Origin": "https://evil.example"}).status_code == 403
 
     assert weights_digest(model) == before
     assert sha256(run_dir / "model.safetensors") == before_file
@@ -361,7 +408,7 @@ def wait_until(page, expression: str, timeout_s: float = 30) -> None:
 def wait_for_prediction(page, timeout_s: float = 30) -> str:
     """The prediction shown once the page is idle and the full update (with the occlusion map)
     for the last stroke has been drawn."""
-    wait_until(page, "document.body.dataset.busy === '0' && document.querySelector('#occlusion img') !== null"
+    wait_until(page, "document.getElementById('cnnlab-explore').dataset.busy === '0' && document.querySelector('#occlusion img') !== null"
                      " && !document.getElementById('sec-occlusion').classList.contains('stale')", timeout_s)
     return page.locator("[data-testid=pred-0]").inner_text()
 
@@ -384,13 +431,14 @@ def test_in_chromium(mnist_run, mnist_dir, tmp_path):
             page.on("pageerror", lambda e: console.append(("error", str(e))))
             page.on("request", lambda r: requests.append(r.url))
             page.goto(url)
-            page.wait_for_selector("body[data-ready='1']")
+            page.wait_for_selector("#cnnlab-explore[data-ready='1']")
 
             # a clear "1", drawn with the mouse
             draw(page, [[(140, 40), (138, 240)]])
             assert wait_for_prediction(page) == "1"
             page.locator("#seen").wait_for(state="visible")
-            # the cached beliefs are computed on first request: wait for them, then every image
+            # the beliefs are computed on request: ask, wait for them, then check every image
+            page.click("#beliefs-go")
             page.locator("#beliefs .tiles img").first.wait_for(timeout=120_000)
             page.wait_for_timeout(300)
             broken = page.evaluate("Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt)")
