@@ -133,7 +133,9 @@ def test_widget_in_jupyterlab(tiny_run, mnist_dir, tmp_path):
                 assert time.monotonic() < deadline, "the widget showed no prediction within 60 s"
                 page.wait_for_timeout(200)
             assert pred.inner_text() == "1"
-            if os.environ.get("CNNLAB_SCREENSHOTS"):
+            if os.environ.get("CNNLAB_SCREENSHOTS"):        # the README's picture
+                if page.get_by_role("button", name="No").count():
+                    page.get_by_role("button", name="No").click()      # JupyterLab's news prompt
                 page.screenshot(path=str(ROOT / "docs" / "explore-widget-jupyterlab.png"))
             browser.close()
     finally:
