@@ -292,11 +292,12 @@ def test_weights_are_never_modified_and_beliefs_are_cached(client, run_dir):
     before = weights_digest(model)
 
     res = client.post("/api/analyze", json={"test": 3}).json()
-    r = client.post("/api/attack", json={"pixels": res["input"]["pixels"], "beta": 0.01})
+    r = client.post("/api/attack", json={"pixels": res["input"]["pixels"], "beta": 0.001})
     assert r.status_code == 200, r.text
     rows = r.json()["runs"][0]["rows"]
     assert [row["target"] for row in rows] == list(range(10))
-    assert sum(row["pred"] == row["target"] for row in rows) >= 5     # β = 0.01 fools it for most classes
+    # from the digit itself, β = 0.001 (the weakest pull offered) fools it for most classes
+    assert sum(row["pred"] == row["target"] for row in rows) >= 5, [(row["target"], row["pred"]) for row in rows]
 
     # a GET (say, from an <img> on another site) starts nothing and writes nothing
     assert client.get("/api/beliefs/0").status_code == 405
@@ -439,7 +440,11 @@ def test_in_chromium(mnist_run, mnist_dir, tmp_path):
             page.locator("#seen").wait_for(state="visible")
             # the beliefs are computed on request: ask, wait for them, then check every image
             page.click("#beliefs-go")
-            page.locator("#beliefs .tiles img").first.wait_for(timeout=120_000)
+            t0 = time.monotonic()
+            while not page.locator("#beliefs .tiles img").count():
+                assert "not available" not in page.locator("#beliefs").inner_text(), page.locator("#beliefs").inner_text()
+                assert time.monotonic() - t0 < 240, "no beliefs within 240 s"
+                page.wait_for_timeout(500)
             page.wait_for_timeout(300)
             broken = page.evaluate("Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt)")
             assert broken == []

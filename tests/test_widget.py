@@ -134,8 +134,8 @@ def test_widget_in_jupyterlab(tiny_run, mnist_dir, tmp_path):
                 page.wait_for_timeout(200)
             assert pred.inner_text() == "1"
             if os.environ.get("CNNLAB_SCREENSHOTS"):        # the README's picture
-                if page.get_by_role("button", name="No").count():
-                    page.get_by_role("button", name="No").click()      # JupyterLab's news prompt
+                if page.get_by_role("button", name="No", exact=True).count():
+                    page.get_by_role("button", name="No", exact=True).click()      # JupyterLab's news prompt
                 page.screenshot(path=str(ROOT / "docs" / "explore-widget-jupyterlab.png"))
             browser.close()
     finally:
