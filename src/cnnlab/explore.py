@@ -392,13 +392,6 @@ class Explorer:
             if cached:
                 self._beliefs[index] = cached
                 return {**cached, "cached": True}
-            # The cache holds for these weights and these settings of generate's defaults.
-            key = {"version": CACHE_VERSION, "weights_sha256": view.weights_sha256,
-                   "settings": {"steps": generate.STEPS, "step_size": generate.STEP_SIZE, "synth_step_size": generate.SYNTH_STEP_SIZE,
-                                "sigma": generate.SIGMA, "beta": generate.BETA}}
-            cached = _read_json(path)
-            if cached and all(cached.get(k) == v for k, v in key.items()):
-                return {**cached, "cached": True}
             t0 = time.perf_counter()
             syn = generate.synthesize(view.model, targets=range(10))
             source_u8, source_info = self.fake_source()
