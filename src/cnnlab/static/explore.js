@@ -375,6 +375,7 @@ function mount(root, transport) {
           h('p', { class: 'small muted', text: b.cached ? 'from the cache' : `computed in ${b.seconds} s and cached` })].filter(Boolean));
       } catch (e) {
         cells[i].replaceChildren(...[runHeading(i), h('p', { class: 'small muted', text: `not available: ${e.message}` })].filter(Boolean));
+        $('beliefs-go').disabled = false;       // a failure may be retried
       }
     }));
   }
