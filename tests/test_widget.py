@@ -78,6 +78,10 @@ def test_widget_in_jupyterlab(tiny_run, mnist_dir, tmp_path):
     nbdir = tmp_path / "notebooks"
     nbdir.mkdir()
     notebook(nbdir / "explore.ipynb", tiny_run, mnist_dir)
+    # JupyterLab's "get notified about news?" prompt would cover the widget in the screenshot
+    news = tmp_path / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    news.parent.mkdir(parents=True)
+    news.write_text('{"fetchNews": "false"}')
     port, token = free_port(), secrets.token_hex(16)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
            "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"),
@@ -135,7 +139,8 @@ def test_widget_in_jupyterlab(tiny_run, mnist_dir, tmp_path):
             assert pred.inner_text() == "1"
             if os.environ.get("CNNLAB_SCREENSHOTS"):        # the README's picture
                 if page.get_by_role("button", name="No", exact=True).count():
-                    page.get_by_role("button", name="No", exact=True).click()      # JupyterLab's news prompt
+                    page.get_by_role("button", name="No", exact=True).click()
+                    page.wait_for_timeout(1000)      # JupyterLab's news prompt
                 page.screenshot(path=str(ROOT / "docs" / "explore-widget-jupyterlab.png"))
             browser.close()
     finally:
