@@ -266,9 +266,9 @@ def test_attack_starts_from_the_digit(client):
         return float(np.abs(im - src).mean())
     gaps = [mean_gap(row["png"]) for row in r["runs"][0]["rows"]]
     # control: the same attack from noise (the old behaviour) ends far from the digit
-    from cnnlab import generate
+    from cnnlab.analysis import targeted
     model = client.app.state.explorer.views[0].model
-    noise = generate.adversarial(model, pixels_of(res), targets=[0], beta=0.001, scale="255", init="noise")
+    noise = targeted.adversarial(model, pixels_of(res), targets=[0], beta=0.001, scale="255", init="noise")
     noise_gap = float(np.abs(np.clip(noise.images[0], 0, 255) - src).mean())
     assert gaps[0] < 0.75 * noise_gap, (gaps, noise_gap)
 
