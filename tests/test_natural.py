@@ -159,6 +159,7 @@ def test_judges_pass_real_digits_and_fail_noise_and_plain_class_models(mnist_spl
     # control: real digits pass. By construction ~95% of them are near enough, and the label of the
     # nearest training image is right for ~97%: over 300 digits about 9 in 10 pass both judges
     assert r.reference["near_training_digit_rate"] >= 0.88
+    assert r.reference["judge_accuracy"] >= 0.95
     assert r.counts("real")["readable"] >= 7          # the first test digit of each class: 7/10 measured
     assert r.counts("noise")["readable"] == 0
     assert r.counts("uniform noise")["readable"] == 0
