@@ -65,7 +65,8 @@ def test_conclusions_follow_the_numbers(report_dir):
     assert sure == (cm["all_predicted_as_target"] and cm["min_target_prob"] >= 0.99)
 
 
-VERDICTS = ["1.6.accuracy", "1.6.time", "2.1", "2.2", "2.3", "3.1.2", "3.1.3", "3.1.4", "3.2.1", "4.1"]
+VERDICTS = ["1.6.accuracy", "1.6.time", "2.1", "2.2", "2.3", "3.1.2", "3.1.3", "3.1.3.readable", "3.1.4", "3.2.1",
+            "4.1"]
 
 
 def _rule_key(vid: str, n: dict) -> str:
@@ -94,6 +95,14 @@ def _rule_key(vid: str, n: dict) -> str:
         first = next(iter(n["rows"].values()))
         like = first["corr_target_mean"] >= n["real_p05"] and first["nearest_is_target_rate"] >= n["nearest_required"]
         return "yes" if like else "no"
+    if vid == "3.1.3.readable":
+        def cls(r):
+            share = r["readable"] / r["n"]
+            return "readable" if share >= n["readable_share"] else "not readable" if share <= n["unreadable_share"] \
+                else "partly readable"
+        rows = list(n["rows"].values())
+        shown = any(cls(r) == "readable" and r["maker_min_prob"] >= n["maker_sure"] for r in rows[1:])
+        return cls(rows[0]) + ("/shown" if shown else "/not shown")
     if vid == "3.1.4":
         if n["end_mean"] > n["start_mean"] and n["fraction_rising"] >= 0.5:
             return "increasing"
@@ -136,6 +145,15 @@ def test_every_verdict_follows_its_rule_and_its_numbers(report_dir):
     assert verdicts["3.1.2"]["numbers"]["min_target_prob"] == cm["plain"]["min_target_prob"]
     assert verdicts["3.1.3"]["numbers"]["rows"]["plain"]["corr_target_mean"] == \
         cm["likeness_plain"]["summary"]["corr_target_mean_mean"]
+    rd = cm["readability"]["rows"]
+    assert list(verdicts["3.1.3.readable"]["numbers"]["rows"]) == ["plain", "regularized", "natural"]
+    for name, row in verdicts["3.1.3.readable"]["numbers"]["rows"].items():
+        assert row["readable"] == rd[name]["counts"]["readable"] == sum(rd[name]["readable"])
+        assert row["maker_min_prob"] == rd[name]["counts"]["maker_min_prob"]
+    assert list(verdicts["3.1.3"]["numbers"]["rows"]) == ["plain", "regularized", "natural"]
+    judge = cm["judge"]
+    assert judge["another_seed"] == (judge["seed"] != results["provenance"]["config"]["seed"])
+    assert judge["another_seed"] or judge["note"] in text       # a same-seed judge is said so in the text
     assert verdicts["3.1.4"]["numbers"]["start_mean"] == pytest.approx(cm["plain"]["cost_start_mean"])
     assert verdicts["3.2.1"]["numbers"]["nearest_class"] == tg["likeness"]["nearest_class"]
     assert verdicts["3.2.1"]["numbers"]["predicted"] == tg["result"]["final_pred"]

@@ -66,6 +66,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,6 +76,7 @@ from ..errors import ConfigError
 from ..output import save_figure, write_json
 from ._shared import check_int, check_number, check_targets, cost_figure, few_threads, frozen, initial_noise, pct
 from .class_models import SynthesisResult
+from .verdict import Verdict
 
 N_CLASSES = 10
 COMPONENTS = 30        # principal components kept (30, 40, 50, 100 measured: docstring table)
@@ -88,6 +90,9 @@ PRIOR_STRIDE = 5       # the prior is fitted on every 5th training image (10 000
 N_REAL = 1000          # real test digits for the judges' reference distance
 PERCENTILE = 95.0      # a readable image is no farther from its nearest training image than this
                        # percentile of real test digits' nearest-training distance
+READABLE_SHARE = 0.9   # a set of images is "readable" when at least 90% of them pass both judges (9 of 10) ...
+UNREADABLE_SHARE = 0.2  # ... and "not readable" when at most 20% do (2 of 10): the issue's goals
+MAKER_SURE = 0.9       # a readable row shows the reason only if the maker still gives every image p ≥ 0.9
 
 
 # ---------------------------------------------------------------------------------------------
@@ -501,3 +506,73 @@ def readability(images, targets, split, judge_model, *, maker=None, n_real: int 
         rows.append(JudgedRow(name, x.reshape(-1, 28, 28), lab, d, jp.argmax(1), jp[np.arange(len(t)), t], mp))
     return ReadabilityResult(t, rows, threshold, reference, judge_name,
                              {"n_real": int(len(idx)), "seed": seed, "percentile": PERCENTILE})
+
+
+# ---------------------------------------------------------------------------------------------
+# The verdict: 3.1.3 answered from the judges' counts
+# ---------------------------------------------------------------------------------------------
+
+READABLE_RULE = (
+    "An image is readable when (a) its nearest training image (Euclidean over the 784 pixels, the image "
+    "clipped to 0-255 as a person sees it) has the target's label and lies no farther than the "
+    f"{PERCENTILE:g}th percentile of the same distance for real test digits, and (b) the judge network, which "
+    "did not make the image, names the target. A set of class models is 'readable' when at least "
+    f"{100 * READABLE_SHARE:.0f}% of it is readable, 'not readable' when at most {100 * UNREADABLE_SHARE:.0f}% is, "
+    "'partly readable' otherwise. The key: the first set listed (the assignment's plain class models), then "
+    "'/shown' when a later set (made by the same network with an image prior) is readable while the generating "
+    f"network still gives each of its images a target probability of at least {MAKER_SURE:g}, '/not shown' "
+    "otherwise.")
+
+
+def readable_class(readable: int, n: int) -> str:
+    """'readable' / 'partly readable' / 'not readable' for `readable` of `n` images (READABLE_RULE)."""
+    if readable >= READABLE_SHARE * n:
+        return "readable"
+    return "not readable" if readable <= UNREADABLE_SHARE * n else "partly readable"
+
+
+def readable_verdict(rows: Mapping[str, Mapping], reference: Mapping, threshold: float,
+                     judge: str = "second network") -> Verdict:
+    """3.1.3 from the judges (`ReadabilityResult.counts` per row, first = the plain class models):
+    do the class models look like digits, and does an image prior show why not?
+
+    `reference`: `ReadabilityResult.reference` (real test digits); `threshold`: its distance limit
+    (grey levels); `judge`: how the judge network is named in the sentence."""
+    if not rows:
+        raise ConfigError("readable_verdict needs at least one set of images")
+    out: dict[str, dict[str, Any]] = {}
+    parts = []
+    for name, c in rows.items():
+        n, k = int(c["n"]), int(c["readable"])
+        if n < 1:
+            raise ConfigError(f"{name}: no images were judged")
+        cls = readable_class(k, n)
+        out[name] = {"class": cls, "readable": k, "n": n, "near_training_digit": int(c["near_training_digit"]),
+                     "named_by_judge": int(c["named_by_judge"]),
+                     **({"maker_min_prob": float(c["maker_min_prob"])} if "maker_min_prob" in c else {})}
+        s = (f"{name}: {k} of {n} readable ({out[name]['near_training_digit']} near a training digit of the target, "
+             f"{out[name]['named_by_judge']} named by {judge}")
+        if "maker_min_prob" in c:
+            s += f", lowest target probability under the generating network {float(c['maker_min_prob']):.3f}"
+        parts.append(s + ")")
+    names = list(out)
+    first = out[names[0]]
+    shown = [m for m in names[1:] if out[m]["class"] == "readable" and out[m].get("maker_min_prob", 0.0) >= MAKER_SURE]
+    key = first["class"] + ("" if len(names) == 1 else "/shown" if shown else "/not shown")
+    head = {"readable": f"Yes, the {names[0]} class models can be read as their digits",
+            "partly readable": f"Only partly: some of the {names[0]} class models can be read as their digits",
+            "not readable": f"No, the {names[0]} class models cannot be read as digits"}[first["class"]]
+    text = (f"{head}, judged by what did not make them: a real test digit lies within {threshold:.0f} grey levels of "
+            f"its nearest training image in {PERCENTILE:g}% of cases, and {judge} names "
+            f"{100 * float(reference['judge_accuracy']):.1f}% of real test digits right. " + "; ".join(parts) + ".")
+    if shown:
+        text += (f" The {shown[0]} row, made by the same network with the same objective but kept among likely digit "
+                 f"images, is readable: the network does hold a digit-shaped model of each class.")
+    elif len(names) > 1:
+        text += " No later row is both readable and believed by the generating network, so these rows do not show the reason."
+    numbers = {"rows": out, "threshold_grey_levels": float(threshold), "percentile": PERCENTILE,
+               "judge": judge, "judge_accuracy_real": float(reference["judge_accuracy"]),
+               "near_training_digit_rate_real": float(reference["near_training_digit_rate"]),
+               "readable_share": READABLE_SHARE, "unreadable_share": UNREADABLE_SHARE, "maker_sure": MAKER_SURE,
+               "shown_by": shown[0] if shown else None}
+    return Verdict("3.1.3.readable", key, text, READABLE_RULE, numbers)
