@@ -305,13 +305,22 @@ def test_weights_are_never_modified_and_beliefs_are_cached(client, run_dir):
     b1 = client.post("/api/beliefs/0", json={}).json()
     assert b1["cached"] is False and len(b1["class_models"]) == 10 and len(b1["fakes"]) == 10
     assert b1["fake_source"]["label"] == 2
+    # the natural class models (a PCA prior fitted on the run's training images): ten images, one per
+    # class, that the network names as their target (the plain ones are named too: what differs is
+    # that these look like digits, tests/test_natural.py judges that)
+    nat = b1["natural"]
+    assert [row["target"] for row in nat] == list(range(10))
+    assert all(row["png"].startswith("data:image/png;base64,") for row in nat)
+    assert sum(row["pred"] == row["target"] for row in nat) >= 9, [(row["target"], row["pred"]) for row in nat]
+    assert [row["png"] for row in nat] != [row["png"] for row in b1["class_models"]]
+    assert b1["version"] == explore.CACHE_VERSION == 3      # beliefs cached before the natural row are stale
     # cached in the user cache dir (the tests' CNNLAB_CACHE_DIR), never in the run directory
     cache = client.app.state.explorer.beliefs_path(client.app.state.explorer.views[0])
     assert cache.is_file() and json.loads(cache.read_text())["weights_sha256"] == before_file
     assert Path(os.environ["CNNLAB_CACHE_DIR"]) in cache.parents
     assert not (run_dir / "analysis").exists()
     b2 = client.post("/api/beliefs/0", json={}).json()
-    assert b2["cached"] is True and b2["class_models"] == b1["class_models"]
+    assert b2["cached"] is True and b2["class_models"] == b1["class_models"] and b2["natural"] == nat
     assert client.get("/api/info").json()["beliefs_cached"] == [True]
     assert client.post("/api/beliefs/5", json={}).status_code == 400
     assert client.post("/api/beliefs/0", json={}, headers={"Origin": "https://evil.example"}).status_code == 403
@@ -450,6 +459,10 @@ def test_in_chromium(mnist_run, mnist_dir, tmp_path):
             broken = page.evaluate("Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt)")
             assert broken == []
             assert page.evaluate("document.images.length") >= 10
+            # the third row, under the class models: ten natural class models, labelled
+            assert page.locator("#beliefs .natural img").count() == 10
+            assert page.locator("#beliefs .natural img").first.get_attribute("alt") == "natural class model for class 0"
+            assert "Natural class models" in page.locator("#beliefs").inner_text()
             page.screenshot(path=str(tmp_path / "explore-1.png"), full_page=True)
 
             # a test image picked at random, then a clear, then a "7"

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from . import config
-from .analysis import activations, anatomy, class_models, filters, occlusion, targeted
+from .analysis import activations, anatomy, class_models, filters, natural, occlusion, targeted
 from .analysis._shared import FEATURE_LAYERS, first_image_of, mosaic
 from .data import cache_dir, get_spec
 from .errors import CnnlabError, ConfigError, ImageError, RunError
@@ -58,7 +58,7 @@ MAX_JSON_BYTES = 12 * 1024 * 1024       # a canvas/photo data URL is base64: 4/3
 STATIC_FILES = {"explore.html": "text/html; charset=utf-8",
                 "explore.js": "text/javascript; charset=utf-8",
                 "explore.css": "text/css; charset=utf-8"}
-CACHE_VERSION = 2                       # bump when the cached beliefs change meaning
+CACHE_VERSION = 3                       # bump when the cached beliefs change meaning
 # "Unsure" when the top-2 margin is under half of the largest margin training aims for:
 # (p1 − p2) / (1 − ε) < UNSURE_MARGIN, ε = the run's label smoothing. Measured by
 # benchmarks/unsure.py on the quick-preset runs (seed 0, plain and batch-norm): it flags about 3%
@@ -233,6 +233,7 @@ class Explorer:
         self.class_names = list(get_spec(self.dataset).class_names)
         self.data_dir = data_dir
         self._test: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._prior: natural.PcaPrior | None = None     # fitted once, with the test set's load
         self._test_lock = threading.Lock()
         self._test_error: str | None = None
         self._beliefs: dict[int, dict] = {}
@@ -246,7 +247,17 @@ class Explorer:
             if self._test is None:
                 split = self.views[0].run.load_split(self.data_dir)
                 self._test = (split.test_x.cpu(), split.test_y.cpu())
+                # the natural class models' image prior: PCA of the training images (≈ 0.2 s), kept
+                # instead of the 50,000 training images themselves
+                self._prior = natural.PcaPrior.fit(split)
             return self._test
+
+    def prior(self) -> natural.PcaPrior:
+        """The PCA image prior of the natural class models, fitted once per explorer."""
+        self.test_set()
+        if self._prior is None:         # test_set() fits it; only a failed load leaves it unset
+            raise ConfigError("the training images for the natural class models' prior could not be loaded")
+        return self._prior
 
     def preload_test_set(self) -> None:
         """Load the test set in the background so the first 'test image' click is instant."""
@@ -371,7 +382,7 @@ class Explorer:
         return cached if cached and all(cached.get(k) == v for k, v in key.items()) else None
 
     def beliefs(self, index: int) -> dict:
-        """The ten class models and the targeted fakes of run `index`: computed on first request
+        """The ten class models (plain and natural) and the targeted fakes of run `index`: computed on first request
         (a POST: heavy work never starts on a GET) and kept in memory and in the user cache
         (keyed on the weights file's SHA-256)."""
         view = self._view(index)
@@ -385,11 +396,13 @@ class Explorer:
                 return {**cached, "cached": True}
             t0 = time.perf_counter()
             syn = class_models.synthesize(view.model, targets=range(10))
+            nat = natural.synthesize_natural(view.model, range(10), prior=self.prior())
             source_u8, source_info = self.fake_source()
             adv = targeted.adversarial(view.model, source_u8, targets=range(10), scale="255",
                                        source_label=source_info["label"])
             result = {**key,
-                      "class_models": _belief_rows(view.model, syn), "fakes": _belief_rows(view.model, adv),
+                      "class_models": _belief_rows(view.model, syn), "natural": _belief_rows(view.model, nat),
+                      "fakes": _belief_rows(view.model, adv),
                       "fake_source": {**source_info, "png": png_url(source_u8)},
                       "seconds": round(time.perf_counter() - t0, 2)}
             self._beliefs[index] = result

@@ -298,12 +298,12 @@ function mount(root, transport) {
     return svg;
   }
 
-  function tiles(rows, source) {
+  function tiles(rows, source, what = 'generated') {
     const out = h('div', { class: 'tiles' });
     if (source) out.append(h('figure', { class: 'tile source' }, img(source.png, 'px', 'source digit'), h('figcaption', { text: source.caption })));
     for (const r of rows) {
       const hit = r.pred === r.target;
-      out.append(h('figure', { class: 'tile' }, img(r.png, 'px', `generated for class ${r.target}`),
+      out.append(h('figure', { class: 'tile' }, img(r.png, 'px', `${what} for class ${r.target}`),
         h('figcaption', {}, `→ ${className(r.target)}`, h('br'),
           h('span', { class: hit ? 'hit' : 'miss', text: hit ? pct(r.target_prob) : `reads ${className(r.pred)}` }))));
     }
@@ -370,6 +370,8 @@ function mount(root, transport) {
         const fs = b.fake_source;
         cells[i].replaceChildren(...[runHeading(i),
           h('p', { class: 'small', text: 'Class models (from noise, C = logits[target]):' }), tiles(b.class_models),
+          h('p', { class: 'small natural-caption', text: 'Natural class models (the same C, X kept among likely digit images: a Gaussian prior on the training images\' top 30 principal components):' }),
+          h('div', { class: 'natural' }, tiles(b.natural, null, 'natural class model')),
           h('p', { class: 'small', text: `Targeted fakes of test image #${fs.index} (a ${className(fs.label)}):` }),
           tiles(b.fakes, { png: fs.png, caption: `source #${fs.index}` }),
           h('p', { class: 'small muted', text: b.cached ? 'from the cache' : `computed in ${b.seconds} s and cached` })].filter(Boolean));
