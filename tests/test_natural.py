@@ -177,6 +177,25 @@ def test_judges_pass_real_digits_and_fail_noise_and_plain_class_models(mnist_spl
 
 
 @pytest.mark.mnist
+def test_readable_verdict_passes_real_digits_and_fails_noise_and_plain(mnist_split, maker_judge):
+    """The verdict on judges' counts, both ways: 100 seeded real test digits (as targets, their
+    labels) come out 'readable'; noise and the plain class models 'not readable'."""
+    maker, judge = maker_judge
+    idx = np.random.default_rng(1).choice(len(mnist_split.test_x), 100, replace=False)
+    real = mnist_split.test_x[idx, 0].numpy().astype(np.float64)
+    labels = mnist_split.test_y[idx].tolist()
+    noise = 128 + 32 * np.random.default_rng(0).standard_normal((100, 28, 28))
+    r = N.readability({"real": real, "noise": noise}, labels, mnist_split, judge, n_real=300)
+    v = N.readable_verdict({"real": r.counts("real")}, r.reference, r.threshold)
+    assert v.key == "readable", r.counts("real")
+    assert N.readable_verdict({"noise": r.counts("noise")}, r.reference, r.threshold).key == "not readable"
+    plain = G.synthesize(maker, steps=200).images
+    r = N.readability({"plain": plain}, range(10), mnist_split, judge, maker=maker, n_real=300)
+    v = N.readable_verdict({"plain": r.counts("plain")}, r.reference, r.threshold)
+    assert v.key == "not readable" and v.answer.startswith("No")
+
+
+@pytest.mark.mnist
 def test_natural_class_models_are_readable(mnist_split, maker_judge):
     maker, judge = maker_judge
     targets = [0, 3, 7]

@@ -16,6 +16,7 @@ from cnnlab.analysis.batch_norm import accuracy_verdict, time_verdict
 from cnnlab.analysis.class_models import confidence_verdict, cost_verdict
 from cnnlab.analysis.filters import filters, patterns_verdict
 from cnnlab.analysis.likeness import digit_likeness, looks_like_digits
+from cnnlab.analysis.natural import readable_verdict
 from cnnlab.analysis.robustness import robustness_verdict
 from cnnlab.analysis.targeted import resemblance_verdict
 from cnnlab.analysis.verdict import Verdict
@@ -165,6 +166,44 @@ def test_confidence_each_way():
     wrong = {**sure, "final_pred": [1] + t[1:]}                            # sure, but one predicted wrong
     v = check(confidence_verdict(wrong))
     assert v.key == "no" and v.numbers["n_predicted_as_target"] == 9
+
+
+# --- 3.1.3 readable by judges that did not make the images ---------------------------------
+
+def _judged(readable: int, maker: float, n: int = 10) -> dict:
+    """ReadabilityResult.counts of a row: `readable` of n pass both judges; every image is named by
+    the judge, so the distance condition decides (as it does for the plain class models)."""
+    return {"n": n, "readable": readable, "near_training_digit": readable, "named_by_judge": n,
+            "nn_label_is_target": readable, "median_nn_distance": 1200.0, "maker_min_prob": maker}
+
+
+REAL_REFERENCE = {"judge_accuracy": 0.988, "near_training_digit_rate": 0.927}
+
+
+@pytest.mark.parametrize("plain, natural, key", [
+    ((0, 0.998), (10, 0.934), "not readable/shown"),         # quick-s0 as measured
+    ((2, 0.998), (8, 0.95), "not readable/shown"),           # both bars exactly met
+    ((3, 0.998), (10, 0.95), "partly readable/shown"),
+    ((0, 0.998), (10, 0.85), "not readable/not shown"),      # readable, but the maker no longer believes it
+    ((0, 0.998), (7, 0.99), "not readable/not shown"),       # believed, but only 7 of 10 readable
+    ((10, 0.99), (10, 0.99), "readable/shown"),
+])
+def test_readable_each_way(plain, natural, key):
+    rows = {"plain": _judged(*plain), "regularized": _judged(1, 0.227), "natural": _judged(*natural)}
+    v = check(readable_verdict(rows, REAL_REFERENCE, 1549.5, judge="a plain network of seed 1"))
+    assert v.key == key
+    assert v.answer.startswith({"readable": "Yes", "partly readable": "Only partly", "not readable": "No"}[key.split("/")[0]])
+    assert (v.numbers["shown_by"] == "natural") == key.endswith("/shown")
+    assert "1550 grey levels" in v.answer and "a plain network of seed 1" in v.answer
+
+
+def test_readable_one_row_and_bad_input():
+    assert check(readable_verdict({"real": _judged(8, 0.9)}, REAL_REFERENCE, 1549.5)).key == "readable"
+    assert check(readable_verdict({"noise": _judged(0, 0.1)}, REAL_REFERENCE, 1549.5)).key == "not readable"
+    with pytest.raises(ConfigError, match="at least one"):
+        readable_verdict({}, REAL_REFERENCE, 1549.5)
+    with pytest.raises(ConfigError, match="no images"):
+        readable_verdict({"empty": _judged(0, 0.5, n=0)}, REAL_REFERENCE, 1549.5)
 
 
 # --- 3.1.3 looks like digits ----------------------------------------------------------------
