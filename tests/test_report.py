@@ -14,7 +14,7 @@ from cnnlab.report import build_report
 SECTIONS = ["1.1", "1.2", "1.3", "1.4", "1.5", "1.6", "2.1", "2.2", "2.3", "2.4",
             "3.1.1", "3.1.2", "3.1.3", "3.1.4", "3.2.1"]
 TINY = AnalysisConfig(n_random_images=8, activation_images=1, occlusion_images=1, meaningfulness_n=10,
-                      synth_steps=40, adv_steps=40, robustness_n=100, pgd_steps=3)
+                      synth_steps=40, adv_steps=40, robustness_n=100, pgd_steps=3, train_judge=True)
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +160,28 @@ def test_every_verdict_follows_its_rule_and_its_numbers(report_dir):
     pgd = results["robustness"]["pgd"]["table"]
     for name, m in verdicts["4.1"]["numbers"]["models"].items():
         assert m["pgd"] == next(r["accuracy"] for r in pgd if r["model"] == name and r["eps"] == verdicts["4.1"]["numbers"]["eps"])
+
+
+def test_the_judge_of_3_1_3_did_not_make_the_images(report_dir):
+    """One seed: the smoke report trains a plain judge of seed + 1 (recorded with its cost); without
+    train_judge (the quick preset) the report's other network judges, and the text says it is the same seed."""
+    from cnnlab.report.base import Context, Printed
+    from cnnlab.report.class_models import choose_judge
+    from cnnlab.runs import open_run
+    results = json.loads((report_dir / "results.json").read_text())
+    judge = results["class_models"]["judge"]
+    maker_seed = results["provenance"]["config"]["seed"]
+    assert judge["source"] == "trained for the judge" and judge["seed"] == maker_seed + 1 and judge["another_seed"]
+    assert judge["seconds"] > 0 and 0.5 < judge["test_accuracy"] <= 1
+    assert results["sections"]["3.1.3"]["numbers"]["seconds"]["judge_training"] == judge["seconds"]
+    runs = {"plain": [report_dir / "runs" / "plain-seed0"], "batch_norm": [report_dir / "runs" / "bn-seed0"]}
+    for maker, other in (("bn-seed0", "plain-seed0"), ("plain-seed0", "bn-seed0")):
+        best = open_run(report_dir / "runs" / maker)
+        ctx = Context(report_dir, None, runs, best, None, AnalysisConfig(), Printed(), {})
+        model, info = choose_judge(ctx)
+        assert info["run"] == f"runs/{other}" and info["another_seed"] is False and info["seconds"] == 0.0
+        assert "Not a network of another seed" in info["note"]
+        assert model.batch_norm == other.startswith("bn")
 
 
 def test_pdf_pages_text_and_figures(report_dir):
