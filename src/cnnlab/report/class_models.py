@@ -167,7 +167,7 @@ def section_class_models(ctx: Context) -> list[Section]:
     moved = lr["corr_target_mean_mean"] > lp["corr_target_mean_mean"]
     reason += (f"{' ' if reason else ''}Adding pixel priors (the regularized row) {'raises' if moved else 'does not raise'} the mean r "
                f"with the target's class mean ({lp['corr_target_mean_mean']:.2f} → {lr['corr_target_mean_mean']:.2f}), "
-               f"but {counts['regularized']['readable']} of {counts['regularized']['n']} of its images are readable.")
+               f"and {counts['regularized']['readable']} of {counts['regularized']['n']} of its images are readable.")
     if readable.key.endswith("/shown"):
         reason += (f" Keeping X among likely digit images (the natural row: {counts['natural']['readable']} of "
                    f"{counts['natural']['n']} readable, the generating network's lowest target probability "
