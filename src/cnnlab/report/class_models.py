@@ -48,7 +48,7 @@ def choose_judge(ctx: Context):
                 "another_seed": False, "run": str(Path(p).relative_to(ctx.out)), "seconds": 0.0,
                 "note": (f"Not a network of another seed: the report trained one seed, and training a judge costs "
                          f"about 12 s on the quick preset (measured 11.9 s wall), a fifth of the quick report's 60-s "
-                         f"goal. The {kind} network (seed {seed}, the other architecture, trained on its own) judges "
+                         f"goal. The {kind} network (seed {seed}, the other architecture, trained separately from the maker) judges "
                          f"instead; run with --seeds 2 for a judge of another seed.")}
     raise RunError("3.1.3 needs a judge network besides the one that made the images; the report trained only one")
 
