@@ -26,7 +26,7 @@ def section_occlusion(ctx: Context) -> Section:
 
     # The assignment's plot: grey (0.5) patches of 1..5 px over a few test images, with numbers
     # that describe each map (no verdict: one image's map cannot decide the question).
-    occ, rows = [], []
+    occ, rows, described = [], [], []
     for i in pick_images(ctx, a.occlusion_images):
         x = ctx.split.test_x[i].float() / 255
         r = occlusion(ctx.best_model, x, target=int(ctx.split.test_y[i]), label=int(ctx.split.test_y[i]),
@@ -44,10 +44,11 @@ def section_occlusion(ctx: Context) -> Section:
                          f"{d['background_positions_that_lower_p']}"])
         on = [k for k, d in desc.items() if d["lowest_p_falls_on"] == "digit"]
         raises = [desc[k]["positions_where_grey_raises_p"] for k in desc]
-        sec.answer.append(
+        ks = f" (k = {', '.join(map(str, on))})" if on else ""
+        described.append(
             f"Test image #{i} (a {r.label}, p({r.target}) = {r.base_prob:.4f} without a patch): the lowest p "
-            f"under a grey patch falls on the digit for {len(on)} of the {len(desc)} patch sizes "
-            f"(k = {', '.join(map(str, on)) or 'none'}); the patch raises p at {min(raises)}–{max(raises)} "
+            f"under a grey patch falls on the digit for {len(on)} of the {len(desc)} patch sizes"
+            f"{ks}; the patch raises p at {min(raises)}–{max(raises)} "
             f"positions, depending on k. With a 3×3 patch, the mean drop is "
             f"{desc[3]['mean_drop_ink_under_patch']:.2g} where ink lies under the patch and "
             f"{desc[3]['mean_drop_pure_ink_insertion']:.2g} where the patch only adds ink to background."
@@ -89,6 +90,7 @@ def section_occlusion(ctx: Context) -> Section:
         f"the digit on {p.pct('2.4.N.hit', no['largest_drop_on_digit']['rate'], 0)}; the rule calls it "
         f"<b>{esc(res.subjects['N']['verdict'])}</b>"
         f"{'' if res.subjects['N']['verdict'] == 'not meaningful' else ', so the experiment is invalid'}.")
+    sec.answer.extend(described)
     trows = []
     for name, sub in res.subjects.items():
         b, o = sub["behaviour"], sub["occlusion"]
