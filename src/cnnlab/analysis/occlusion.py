@@ -240,8 +240,8 @@ def _plot_occlusion(res: OcclusionResult):
         axes[0, j].set_title(f"{k}×{k} patch: min p = {p.min():.3f}\nat centre "
                              f"({ix * res.stride + c0:g}, {iy * res.stride + c0:g})", fontsize=9)
         d = desc[k]
-        axes[1, j].set_title(f"drop, {k}×{k}: largest on {d['lowest_p_falls_on']}\n"
-                             f"raises p at {d['positions_where_grey_raises_p']} of {d['positions']}", fontsize=9)
+        axes[1, j].set_title(f"drop {k}×{k}, peak: {d['lowest_p_falls_on']}\n"
+                             f"p raised at {d['positions_where_grey_raises_p']}/{d['positions']}", fontsize=9)
         axes[1, j].set_xlabel("patch centre x", fontsize=8)
     fig.colorbar(ims[0], ax=list(axes[0, 1:]), fraction=0.02, pad=0.01, label=f"p(class {res.target})")
     fig.colorbar(ims[1], ax=list(axes[1, 1:]), fraction=0.02, pad=0.01, label="drop in p", format="%.2g")
