@@ -286,9 +286,12 @@ def test_cli_commands_write_outputs_and_keep_weights(mnist_run, mnist_dir, tmp_p
 
 def test_cli_errors_are_one_line(mnist_run, mnist_dir, tmp_path, capsys):
     data = ["--data-dir", str(mnist_dir)]
-    assert main(["occlusion", str(mnist_run), "--index", "10000", "--meaningful", "0", *data]) != 0
+    assert main(["occlusion", str(mnist_run), "--index", "10000", *data]) != 0
     err = capsys.readouterr().err.strip()
     assert "out of range" in err and "\n" not in err and "Traceback" not in err
+    assert main(["occlusion", str(mnist_run), "--images", str(tmp_path / "x.npz"), *data]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "--meaningful" in err and "\n" not in err
     assert main(["activations", str(tmp_path / "missing"), "--index", "0"]) != 0
     err = capsys.readouterr().err.strip()
     assert "does not exist" in err and "\n" not in err
