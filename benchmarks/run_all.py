@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, data_dir, machine
+from common import ROOT, data_dir, load_split, machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FAST = ["throughput", "tta", "quick_train", "demo", "robustness", "occlusion"]
@@ -127,7 +127,6 @@ def row_robustness() -> dict:
     from cnnlab.config import ANALYSIS_PRESETS
     from cnnlab.config import preset as make_preset
     from cnnlab.train import train
-    from common import load_split
     split = load_split()
     a = ANALYSIS_PRESETS["quick"]
     models = {name: train(make_preset("quick", batch_norm=bn), split=split, progress=False, log=lambda s: None).model
@@ -150,14 +149,17 @@ def row_occlusion(rounds: int = 5) -> dict:
     from cnnlab.analysis.occlusion import occlusion
     from cnnlab.config import preset as make_preset
     from cnnlab.train import train
-    from common import load_split
     split = load_split()
     model = train(make_preset("quick"), split=split, progress=False, log=lambda s: None).model
     img = split.test_x[0]
     fast, exact = [], []
     for _ in range(rounds):
-        t0 = time.perf_counter(); f = occlusion(model, img); fast.append(time.perf_counter() - t0)
-        t0 = time.perf_counter(); e = occlusion(model, img, precision="fp32"); exact.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        f = occlusion(model, img)
+        fast.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        e = occlusion(model, img, precision="fp32")
+        exact.append(time.perf_counter() - t0)
     dp = max(float(abs(f.prob[k] - e.prob[k]).max()) for k in e.prob)
     return {"goal": "≤ 0.08 s",
             "figure": f"{med(fast):.3f} s ({f.precision}; range {min(fast):.3f}–{max(fast):.3f}); exact fp32 "
@@ -168,7 +170,6 @@ def row_occlusion(rounds: int = 5) -> dict:
 def row_full_accuracy(seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
     from cnnlab.config import preset as make_preset
     from cnnlab.train import train
-    from common import load_split
     split = load_split()
     accs = [train(make_preset("full", seed=s), split=split, progress=False, log=lambda m: None).test_accuracy
             for s in seeds]
