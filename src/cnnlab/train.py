@@ -104,11 +104,13 @@ class EvalResult:
 
 
 def evaluate(model: Net, x: torch.Tensor, y: torch.Tensor, *, precision: str = "fp32",
-             batch_size: int = 500, keep_probs: bool = False) -> EvalResult:
+             batch_size: int = 128, keep_probs: bool = False) -> EvalResult:
     """Loss and accuracy of `model` on images x (uint8 or [0,1] floats, [N,1,28,28]) and labels y.
 
-    Batches of 500 with the model and inputs in channels_last: measured here 4–9× faster than
-    contiguous weights or batches of 2500 (oneDNN's kernels and the L2 cache).
+    Batches of 128 with the model and inputs in channels_last: the conv1 activations of 128
+    images (13 MB in fp32, half in bf16) stay in cache. Measured on the 2-core EPYC (bf16, 10,000
+    validation images, 3 alternating rounds): 0.18–0.19 s at 128, 0.20–0.27 s at 256, 0.50–0.56 s
+    at 500, identical predictions; contiguous weights or batches of 2500 were 4–9× slower still.
     """
     device = next(model.parameters()).device
     if device.type != "mps" and not _is_channels_last(model):
@@ -291,8 +293,9 @@ class RunWriter:
     """Writes a run directory: config, resumable state, the best checkpoint, metrics, run.json and
     figures. Without a directory (`out=None`) it keeps the best weights in memory instead."""
 
-    def __init__(self, out: Path | None):
+    def __init__(self, out: Path | None, figures: bool = True):
         self.out = out
+        self.figures = figures
         self._best_in_memory: dict[str, torch.Tensor] = {}
 
     def start(self, cfg: TrainConfig, resume: bool, model: Net, opt, sched,
@@ -375,6 +378,8 @@ class RunWriter:
         if self.out is None:
             return
         write_json(self.out / "run.json", info)
+        if not self.figures:
+            return
         from .figures import plot_curves, plot_predictions  # matplotlib (~0.3 s) only when a run is written
         save_figure(plot_curves(metrics, title=_title(cfg, info)), self.out / "curves.png", dpi=110)
         save_figure(plot_predictions(model, split, seed=cfg.seed), self.out / "predictions.png", dpi=110)
@@ -457,8 +462,12 @@ class TrainResult:
 def train(cfg: TrainConfig, out: str | Path | None = None, *, split: Split | None = None,
           data_dir: str | None = None, resume: bool = False, overwrite: bool = False,
           progress: bool | None = None, log: Callable[[str], None] | None = None,
-          stop_at_step: int | None = None, callback: StepCallback | None = None) -> TrainResult:
+          stop_at_step: int | None = None, callback: StepCallback | None = None,
+          figures: bool = True) -> TrainResult:
     """Train the network of the assignment with `cfg`; write the run to `out` (if given).
+
+    `figures=False` leaves curves.png and predictions.png out of the run directory (~1.3 s with
+    matplotlib's import; the report draws its own from metrics.csv and the model).
 
     `stop_at_step` stops after that global step as if Ctrl-C had been pressed (for tests);
     `callback` is called once per step (see `StepCallback`).
@@ -476,7 +485,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, *, split: Split | Non
             if resume:
                 cfg = _saved_config(out)
                 _check_state(out)
-        return _run(cfg, RunWriter(out), split, data_dir, resume, progress, log, stop_at_step, callback)
+        return _run(cfg, RunWriter(out, figures), split, data_dir, resume, progress, log, stop_at_step, callback)
 
 
 def _saved_config(out: Path) -> TrainConfig:
