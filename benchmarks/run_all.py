@@ -163,7 +163,7 @@ def row_occlusion(rounds: int = 5) -> dict:
     dp = max(float(abs(f.prob[k] - e.prob[k]).max()) for k in e.prob)
     return {"goal": "≤ 0.08 s",
             "figure": f"{med(fast):.3f} s ({f.precision}; range {min(fast):.3f}–{max(fast):.3f}); exact fp32 "
-                      f"{med(exact):.3f} s; max |Δp| {dp:.1e}, same predicted class: {f.base_pred == e.base_pred}",
+                      f"{med(exact):.3f} s; max abs Δp {dp:.1e}, same predicted class: {f.base_pred == e.base_pred}",
             "met": med(fast) <= 0.08, "raw": {"default_s": fast, "fp32_s": exact, "precision": f.precision, "max_abs_dp": dp}}
 
 
