@@ -8,7 +8,7 @@ Models: the trained runs /work/runs/quick-s0 (plain) and /work/runs/quick-bn-s0 
 present (read only), else a network trained here for one epoch.
 
 Occlusion (one test image, k = 1..5, stride 1, fill 0.5, 3390 occluded copies):
-  today      cnnlab.inspect.occlusion
+  today      cnnlab.analysis.occlusion.occlusion(precision="fp32") (since p11b: forwards of 128)
   fp32_one   fp32, channels_last, the copies built by one broadcast, ONE forward of all 3390
   bf16_one   the same under bf16 autocast (probabilities still from a float64 softmax of the
              float32-cast logits)
@@ -18,7 +18,8 @@ Tolerance reported: max |p_variant - p_today| over every map entry, and whether 
 argmin position and every predicted class agree.
 
 Robustness (the quick report's stage: 1000 test images, FGSM and PGD-10 at 7 ε, 2 networks):
-  today      cnnlab.attacks.robustness(.., "fgsm") + robustness(.., "pgd", steps=10)
+  today      cnnlab.analysis.robustness.robustness(.., precision="fp32", chunk=1000): since p11b the
+             product is robustness_stacked itself; chunk=1000 stands in for the old batches of 1000
   fast_fp32  per network: one channels_last copy, all 6 non-zero ε stacked into one batch of 6000
              (per-image ε as a [6000,1,1,1] tensor), the same seeded random start as today's pgd
              (seed 0 for the first 1000-image batch), one forward+input-backward per PGD step
@@ -96,7 +97,10 @@ def occlusion_fast(net, img: torch.Tensor, bf16: bool, target: int | None = None
 
 
 def run_occlusion(pairs: int, split) -> dict:
-    from cnnlab.inspect import occlusion
+    from functools import partial
+
+    from cnnlab.analysis.occlusion import occlusion as product
+    occlusion = partial(product, precision="fp32")         # "today": the exact product path
     net_user = models(split)["plain"]
     img = split.test_x[0, 0].float() / 255
     net = copy.deepcopy(net_user).eval().to(memory_format=torch.channels_last)
@@ -204,7 +208,10 @@ def robustness_stacked(models_, x, y, attack: str = "fgsm", eps_list=None, steps
     The PGD random start of image j at ε is drawn exactly as today: a generator seeded
     `seed + i` (i = the start of j's `batch_size` batch), uniform_(-ε, ε) over that batch, so fp32
     results equal today's up to float summation order."""
-    from cnnlab.attacks import (
+    from cnnlab.analysis._shared import check_int as _check_int
+    from cnnlab.analysis._shared import check_number as _check_number
+    from cnnlab.analysis._shared import frozen
+    from cnnlab.analysis.robustness import (
         EPS_FGSM,
         EPS_PGD,
         RobustnessResult,
@@ -213,7 +220,6 @@ def robustness_stacked(models_, x, y, attack: str = "fgsm", eps_list=None, steps
         target_classes,
     )
     from cnnlab.errors import ConfigError
-    from cnnlab.generate import _check_int, _check_number, frozen
     if attack not in ("fgsm", "pgd"):
         raise ConfigError(f"attack must be 'fgsm' or 'pgd'; got {attack!r}")
     if not models_:
@@ -291,7 +297,10 @@ def robustness_stacked(models_, x, y, attack: str = "fgsm", eps_list=None, steps
 
 
 def run_robustness(pairs: int, split, n: int = 1000, steps: int = 10) -> dict:
-    from cnnlab.attacks import robustness
+    from functools import partial
+
+    from cnnlab.analysis.robustness import robustness as product
+    robustness = partial(product, precision="fp32", chunk=1000)   # "today": the old batches of 1000, exact
     ms = models(split)
     x = split.test_x[:n].float() / 255
     y = split.test_y[:n]

@@ -72,9 +72,9 @@ def main(argv=None) -> dict:
         import functools
         evaluate = functools.partial(tr.evaluate, batch_size=args.eval_batch)
     tr.evaluate = timed("evaluate (val + test passes)", evaluate)
-    tr._save_state = timed("_save_state (per epoch)", tr._save_state)
+    tr.RunWriter.save_state = timed("save_state (per epoch)", tr.RunWriter.save_state)
     tr.save_weights = timed("save_weights (best checkpoint)", tr.save_weights)
-    tr._write_metrics = timed("_write_metrics", tr._write_metrics)
+    tr.RunWriter.write_metrics = timed("write_metrics", tr.RunWriter.write_metrics)
     tr.write_json = timed("write_json", tr.write_json)
     figs.plot_curves = timed("plot_curves", figs.plot_curves)
     figs.plot_predictions = timed("plot_predictions", figs.plot_predictions)

@@ -113,6 +113,8 @@ def test_errors(tiny_model):
         robustness.fgsm(tiny_model, x, [0, 11], 0.1)
     with pytest.raises(ConfigError, match="attack"):
         robustness.robustness({"m": tiny_model}, x, [0, 1], attack="cw")
+    with pytest.raises(ConfigError, match="precision"):
+        robustness.robustness({"m": tiny_model}, x, [0, 1], precision="fp8")
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +157,62 @@ def test_cli_robustness(mnist_run, mnist_run_bn, mnist_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["robustness", str(mnist_run), "--eps", "2"])
     assert e.value.code == 2 and "out of range" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def _one_eps_at_a_time(model, x, y, attack, eps_list, steps, targeted, batch_size, seed=0):
+    """The robustness table as it was computed before the stacked version: for each ε, batches of
+    `batch_size` through the public one-ε `fgsm`/`pgd` (PGD seeded seed + first index of the
+    batch), then an fp32 prediction."""
+    t = robustness.target_classes(y) if targeted else y
+    out = []
+    for e in eps_list:
+        correct = hit = 0
+        for i in range(0, len(x), batch_size):
+            xb, yb, tb = x[i:i + batch_size], y[i:i + batch_size], t[i:i + batch_size]
+            if e == 0:
+                xa = xb
+            elif attack == "fgsm":
+                xa = robustness.fgsm(model, xb, tb, e, targeted=targeted)
+            else:
+                xa = robustness.pgd(model, xb, tb, e, alpha=2.5 * e / steps, steps=steps, targeted=targeted,
+                                    seed=seed + i)
+            with torch.inference_mode():
+                pred = model.eval()(xa).argmax(1)
+            correct += int((pred == yb).sum())
+            hit += int((pred == tb).sum())
+        out.append((correct / len(x), hit / len(x)))
+    return out
+
+
+@pytest.mark.parametrize("attack,targeted", [("fgsm", False), ("pgd", False), ("pgd", True)])
+def test_stacked_fp32_table_equals_the_one_eps_at_a_time_loop(models, mnist_split, attack, targeted):
+    from cnnlab.data import to_float
+    x, y = to_float(mnist_split.test_x[:60]), mnist_split.test_y[:60]
+    eps = [0, 0.05, 0.1, 0.2]
+    res = robustness.robustness(models, x, y, attack, eps_list=eps, steps=5, targeted=targeted, batch_size=25,
+                                precision="fp32", chunk=32)      # chunks that cut across ε and batches
+    for name, m in models.items():
+        got = [(r["accuracy"], r.get("success_rate", r["accuracy"] if not targeted else None))
+               for r in res.table if r["model"] == name]
+        want = _one_eps_at_a_time(m, x, y, attack, eps, 5, targeted, 25)
+        assert [g[0] for g in got] == [w[0] for w in want]
+        if targeted:
+            assert [g[1] for g in got] == [w[1] for w in want]
+    assert res.params["precision"] == "fp32"
+
+
+def test_bf16_robustness_is_within_0_01_of_fp32_and_strong_pgd_still_wins(models, mnist_split):
+    from cnnlab.data import to_float
+    x, y = to_float(mnist_split.test_x[:300]), mnist_split.test_y[:300]
+    eps = [0, 0.05, 0.1, 0.15, 0.2, 0.3]
+    for attack in ("fgsm", "pgd"):
+        exact = robustness.robustness(models, x, y, attack, eps_list=eps, steps=10, precision="fp32")
+        fast = robustness.robustness(models, x, y, attack, eps_list=eps, steps=10, precision="bf16")
+        assert fast.params["precision"] == "bf16"
+        for a, b in zip(exact.table, fast.table):
+            assert (a["model"], a["eps"]) == (b["model"], b["eps"])
+            assert abs(a["accuracy"] - b["accuracy"]) <= 0.01 + 1e-9, (attack, a, b)
+    # control: the bf16 attack is still an attack: ε = 0.3 PGD leaves < 5% (clean is > 95%)
+    for name in models:
+        rows = {r["eps"]: r["accuracy"] for r in fast.table if r["model"] == name}
+        assert rows[0] > 0.95 and rows[0.3] < 0.05, (name, rows)

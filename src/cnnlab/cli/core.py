@@ -23,7 +23,7 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train the network of the assignment",
                        description="Train conv1→pool→conv2→pool→fc1→fc2 on the 50k/10k/10k split. A preset gives defaults; flags override them.")
     p.add_argument("--preset", default="full", choices=["quick", "full", "smoke"],
-                   help="quick: 2 epochs; full: 15 epochs with augmentation; smoke: seconds, for tests "
+                   help="quick: 1 epoch; full: 15 epochs with augmentation; smoke: seconds, for tests "
                         "(measured accuracy and time: BENCHMARKS.md); default full")
     p.add_argument("--out", type=Path, help="run directory (default runs/<preset>[-bn]-seed<S>)")
     add_config_flags(p)
