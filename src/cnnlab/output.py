@@ -61,8 +61,9 @@ def os_error(e: OSError, path: str | os.PathLike, doing: str = "write") -> Outpu
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that `path` is always either the old file or the complete new one.
 
-    A symbolic link (or anything but a regular file) at `path` is refused, never written through:
-    cnnlab never creates links, so one there was put there by someone else."""
+    A symbolic link at `path` is replaced by the new file (the rename replaces the link itself; its
+    target is never opened); a folder or device there is refused. `OutputDir.target` refuses a
+    link before this is reached unless --overwrite."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,10 +97,7 @@ def _refuse_link(path: Path) -> None:
         return
     except OSError as e:
         raise os_error(e, path) from None
-    if stat.S_ISLNK(st.st_mode):
-        raise OutputError(f"{path} is a symbolic link; cnnlab never writes through (or replaces) a "
-                          f"link it did not create: remove it or choose another folder")
-    if not stat.S_ISREG(st.st_mode):
+    if not stat.S_ISREG(st.st_mode) and not stat.S_ISLNK(st.st_mode):
         raise OutputError(f"{path} exists and is not a regular file; remove it or choose another folder")
 
 
@@ -189,8 +187,11 @@ class OutputDir:
         """Create the folder, refuse it if it holds files cnnlab did not write (unless overwrite or
         adopt), and check it is writable; all before the caller computes anything."""
         p = self.path
-        if p.exists() and not p.is_dir():
-            raise OutputError(f"{p} exists and is not a folder; choose another output folder")
+        try:
+            if os.path.lexists(p) and not p.is_dir():
+                raise OutputError(f"{p} exists and is not a folder; choose another output folder")
+        except OSError as e:        # ENAMETOOLONG and the like come from stat itself
+            raise os_error(e, p, "use the folder") from None
         make_dir(p)
         if self.adopt:
             self._adopt()
@@ -235,7 +236,11 @@ class OutputDir:
         if path.parent != self.path:
             make_dir(path.parent, root=self.path)
         _refuse_link(path)
-        if path.exists() and not self.overwrite and not self.adopt and not self.owns(name):
+        if path.is_symlink() and not self.overwrite:
+            raise OutputError(f"{path} is a symbolic link; cnnlab never writes through a link: pass "
+                              f"{self.flag} to replace the link itself (its target is left alone), or "
+                              f"choose another folder")
+        if os.path.lexists(path) and not self.overwrite and not self.adopt and not self.owns(name):
             raise OutputError(f"{path} exists and was not written by cnnlab; pass {self.flag} to "
                               f"replace it, or choose another folder")
         return path

@@ -415,7 +415,21 @@ def _check_state(out: Path) -> tuple[dict, Path]:
             raise ValueError(f"{tensors_path.name} does not have the hash state.json records")
         for key in ("pos", "sched", "param_groups"):
             meta[key]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, RunError) as e:
+        if not isinstance(meta["pos"], dict):
+            raise ValueError("pos must be an object")
+        # the loop position's types, and metrics.csv, before any data is loaded (their agreement
+        # with the run's size is checked once the split is known: _loop_state)
+        typed = {f.name: 0.0 if f.type == "float" else getattr(LoopState(), f.name) for f in dataclasses.fields(LoopState)}
+        times = meta["pos"].get("epoch_times_s")
+        _same_shape(meta["pos"], {**typed, "epoch_times_s": [0.0] * (len(times) if isinstance(times, list) else 0)},
+                    out, "pos")
+        if (out / "metrics.csv").exists():
+            read_metrics(out / "metrics.csv", RunError)
+    except RunError as e:
+        if str(e).startswith("cannot resume"):
+            raise
+        raise RunError(f"cannot resume {out}: {str(e)[:300]}") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise RunError(f"cannot resume {out}: the saved training state is damaged ({str(e)[:200]}); "
                        f"train again with --overwrite") from None
     return meta, tensors_path

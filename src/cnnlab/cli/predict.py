@@ -28,8 +28,6 @@ def cmd_predict(args) -> int:
     from ..predict import predict_files
     if args.out is not None and not args.explain:
         raise ConfigError("--out is only used with --explain")
-    if args.out is not None and (args.out.exists() and not args.out.is_dir()):
-        raise ConfigError(f"--out {args.out} exists and is not a folder")
     run = open_run_noted(args.run)
     out = output_dir(args, run, "predict") if args.explain else None   # checked before any work
     model = run.load_model()
