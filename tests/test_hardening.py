@@ -1706,3 +1706,34 @@ def test_refusal_after_a_full_disk_suggests_resume_only_when_it_works(tmp_path, 
     assert code == 2 and "cannot be resumed" in err and "--resume" not in err and "--overwrite" in err, err
     code, _, err = run_cli(["train", "--preset", "smoke", "--out", out, "--resume"], capsys)
     assert code == 2 and "nothing to resume" in err and "--overwrite" in err, err
+
+
+@pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_train_cli_exit_status_names_the_signal(sig, code, tmp_path, capsys, monkeypatch):
+    """Ctrl-C → 130, SIGTERM → 143 (it used to be 130 for both), with the run marked interrupted."""
+    import cnnlab.train as T
+    real_train = T.train
+    monkeypatch.setattr(T, "load_split", lambda *a, **k: synthetic_split())
+    def train(cfg, out, **kw):
+        def cb(state, loss):
+            if state.step == 2:
+                os.kill(os.getpid(), getattr(signal, sig))
+        return real_train(cfg, out, callback=cb, **kw)
+    monkeypatch.setattr(T, "train", train)
+    out = tmp_path / "run"
+    rc, _, err = run_cli(["train", "--preset", "smoke", "--epochs", "1", "--batch-size", "64", "--train-subset", "0",
+                          "--precision", "fp32", "--out", out, "--quiet"], capsys)
+    assert rc == code and "--resume" in err, err
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+
+
+def test_every_readme_promise_names_a_test_that_exists():
+    """The README's "What happens when things go wrong" cites a test for each promise; each
+    cited test must exist here (a renamed or deleted test breaks the promise's evidence)."""
+    import re
+    text = (TESTS.parent / "README.md").read_text()
+    section = text.split("## What happens when things go wrong", 1)[1].split("\n## ", 1)[0]
+    cited = set(re.findall(r"`(test_\w+)`", section))
+    assert len(cited) >= 25, cited
+    defined = set(re.findall(r"^def (test_\w+)", (TESTS / "test_hardening.py").read_text(), re.M))
+    assert cited <= defined, cited - defined
