@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	# The CPU wheel of torch 2.13.0; an unpinned torch would pull a multi-GB CUDA build.
 	$(PIP) install --quiet "torch==2.13.0"
 	# The versions that were tested (constraints.txt), so a fresh machine gets the same ones.
-	$(PIP) install --quiet -c constraints.txt -e ".[explore,test]"
+	$(PIP) install --quiet -c constraints.txt -e ".[explore,notebook,test]"
 	touch $(STAMP)
 
 # Lint (ruff: pyflakes, pycodestyle, import order, pyupgrade, bugbear) and types (mypy) on src/.

@@ -203,6 +203,37 @@ def test_drop_attribution_and_stroke_share_by_hand():
     assert expected == pytest.approx(1 / (4 * 27 * 27))                     # corner pixel: covered once
 
 
+def test_grey_map_descriptive_numbers_by_hand():
+    # A 4-px vertical stroke (the digit) and a 1-px speck (other ink); 1×1 patches, so the map is the image grid.
+    img = np.zeros((28, 28))
+    img[10:14, 10] = 1.0
+    img[20, 20] = 1.0
+    prob = np.full((28, 28), 0.9)
+    prob[11, 10] = 0.2                        # the lowest p: on the stroke
+    prob[20, 20] = 0.5                        # a drop on the speck
+    prob[0, 0] = prob[0, 1] = 0.95            # two background positions raise p
+    prob[5, 5] = 0.8                          # one background position lowers p (pure ink insertion)
+    res = occlusion.OcclusionResult(img, 3, 0.9, 3, 0.5, "0.5", 1, {1: prob}, {1: np.zeros((28, 28), int)}, 0.0)
+    d = res.descriptive()[1]
+    assert d["lowest_p_falls_on"] == "digit" and d["min_at_top_left_yx"] == [11, 10]
+    assert d["largest_drop"] == pytest.approx(0.7)
+    assert d["positions"] == 784 and d["positions_where_grey_raises_p"] == 2
+    assert d["positions_where_grey_lowers_p"] == 3
+    assert d["positions_with_ink_under_patch"] == 5 and d["positions_on_background_only"] == 779
+    assert d["background_positions_that_lower_p"] == 1
+    assert d["mean_drop_ink_under_patch"] == pytest.approx((0.7 + 0.4) / 5)
+    assert d["mean_drop_pure_ink_insertion"] == pytest.approx((-0.05 - 0.05 + 0.1) / 779, abs=1e-12)
+    # the control: the lowest p on the speck is "other ink", and a map with no drop says "none"
+    prob2 = prob.copy()
+    prob2[11, 10] = 0.9
+    prob2[20, 20] = 0.1
+    res.prob = {1: prob2}
+    assert res.descriptive()[1]["lowest_p_falls_on"] == "other ink"
+    res.prob = {1: np.full((28, 28), 0.95)}
+    assert res.descriptive()[1]["lowest_p_falls_on"] == "none"
+    assert res.to_dict()["patch_sizes"]["1"]["positions_where_grey_raises_p"] == 784
+
+
 def test_occlusion_and_friends_never_change_a_model_in_train_mode():
     torch.manual_seed(0)
     net = Net(batch_norm=True).train()
@@ -229,24 +260,6 @@ def test_occlusion_save_writes_npz_png_and_json(tiny_model, tmp_path):
 
 # --- on a trained run ------------------------------------------------------------------------
 
-def test_meaningfulness_on_the_trained_run(mnist_run, mnist_split):
-    from cnnlab.runs import open_run
-    run = open_run(mnist_run)
-    model = run.load_model()
-    res = occlusion.occlusion_meaningfulness(model, mnist_split.test_x[:500], mnist_split.test_y[:500], n=16,
-                                     reference=shared.untrained_for_run(run, model))
-    t, u = res["trained"], res["untrained"]
-    assert t["strokes"]["images"] + t["strokes"]["images_without_any_drop"] == 16
-    for who in (t, u):
-        for region in ("strokes", "digit_region"):
-            assert 0 <= who[region]["share_mean"] <= 1
-            assert 0 < who[region]["expected_share_mean"] < 1
-    # the trained network reacts to occlusion far more than the untrained one
-    assert t["max_drop_median"] > u["max_drop_median"]
-    json.dumps(res)
-    occlusion.meaningfulness_figure(res)
-
-
 def test_cli_commands_write_outputs_and_keep_weights(mnist_run, mnist_dir, tmp_path, capsys):
     from cnnlab.runs import open_run
     run = open_run(mnist_run)
@@ -262,20 +275,23 @@ def test_cli_commands_write_outputs_and_keep_weights(mnist_run, mnist_dir, tmp_p
     assert (mnist_run / "analysis" / "activations" / "activations_7.png").is_file()
     out = tmp_path / "occ"
     assert main(["occlusion", str(mnist_run), "--index", "3", "--patch", "2", "--patch", "5", "--stride", "1",
-                 "--meaningful", "4", "--out", str(out), *data]) == 0
+                 "--out", str(out), *data]) == 0
     z = np.load(out / "test-3" / "occlusion.npz")
     assert z["prob_2"].shape == (27, 27) and z["prob_5"].shape == (24, 24)
     assert int(z["target"]) == int(run.load_split(mnist_dir).test_y[3])
-    assert (out / "meaningfulness.json").is_file() and (out / "test-3" / "occlusion.png").is_file()
+    assert (out / "occlusion_summary.json").is_file() and (out / "test-3" / "occlusion.png").is_file()
     capsys.readouterr()
     assert sha(run.weights) == h and weights_digest(run.load_model()) == d
 
 
 def test_cli_errors_are_one_line(mnist_run, mnist_dir, tmp_path, capsys):
     data = ["--data-dir", str(mnist_dir)]
-    assert main(["occlusion", str(mnist_run), "--index", "10000", "--meaningful", "0", *data]) != 0
+    assert main(["occlusion", str(mnist_run), "--index", "10000", *data]) != 0
     err = capsys.readouterr().err.strip()
     assert "out of range" in err and "\n" not in err and "Traceback" not in err
+    assert main(["occlusion", str(mnist_run), "--images", str(tmp_path / "x.npz"), *data]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "--meaningful" in err and "\n" not in err
     assert main(["activations", str(tmp_path / "missing"), "--index", "0"]) != 0
     err = capsys.readouterr().err.strip()
     assert "does not exist" in err and "\n" not in err

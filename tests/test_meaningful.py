@@ -203,6 +203,20 @@ def test_a_digit_reading_model_is_meaningful_and_the_controls_come_out_as_they_m
     with np.load(paths["npz"]) as z:
         assert z["M_drops"].shape == (d["settings"]["n_occlusion"], 13, 13)
     assert paths["png"].stat().st_size > 10_000
+    _check_verdict(r, "meaningful")
+
+
+def _check_verdict(r, key):
+    """The report's Verdict: the experiment's key, its answer, RULE, and an answer that prints only
+    numbers it carries (the subjects' rates and bounds, the patch, 95%)."""
+    from verdictkit import unbacked_numbers
+    v = mm.meaningful_verdict(r)
+    assert (v.id, v.key, v.answer, v.rule) == ("2.4", key, r.answer_text(), mm.RULE)
+    assert not unbacked_numbers(v.answer, v.numbers), v.answer
+    d = v.to_dict()
+    assert d["numbers"]["subjects"]["N"]["verdict"] == r.subjects["N"]["verdict"]
+    assert d["numbers"]["controls_ok"] == r.controls_ok
+    json.dumps(d, allow_nan=False)
 
 
 @pytest.mark.mnist
@@ -213,6 +227,7 @@ def test_a_shortcut_model_is_not_meaningful(models, mnist_split):
     assert m["behaviour_call"] == "does not read the digit"
     assert m["occlusion_call"] == "off the digit"            # its evidence sits on the marker
     assert r.answer_text().startswith("By the stated rule the learning is not meaningful.")
+    _check_verdict(r, "not meaningful")
 
 
 @pytest.mark.mnist
@@ -227,6 +242,7 @@ def test_swapping_a_control_makes_the_experiment_invalid(models, mnist_split):
     assert r.verdict == "invalid"
     assert any("negative control" in x for x in r.reasons)
     assert r.answer_text().startswith("The experiment is invalid")
+    _check_verdict(r, "invalid")
 
 
 @pytest.mark.mnist

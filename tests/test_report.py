@@ -13,7 +13,8 @@ from cnnlab.report import build_report
 
 SECTIONS = ["1.1", "1.2", "1.3", "1.4", "1.5", "1.6", "2.1", "2.2", "2.3", "2.4",
             "3.1.1", "3.1.2", "3.1.3", "3.1.4", "3.2.1"]
-TINY = AnalysisConfig(n_random_images=8, activation_images=1, occlusion_images=1, meaningfulness_n=10,
+TINY = AnalysisConfig(n_random_images=8, activation_images=1, occlusion_images=1,
+                      meaningful_n_behaviour=150, meaningful_n_occlusion=20,
                       synth_steps=40, adv_steps=40, robustness_n=100, pgd_steps=3)
 
 
@@ -65,7 +66,7 @@ def test_conclusions_follow_the_numbers(report_dir):
     assert sure == (cm["all_predicted_as_target"] and cm["min_target_prob"] >= 0.99)
 
 
-VERDICTS = ["1.6.accuracy", "1.6.time", "2.1", "2.2", "2.3", "3.1.2", "3.1.3", "3.1.4", "3.2.1", "4.1"]
+VERDICTS = ["1.6.accuracy", "1.6.time", "2.1", "2.2", "2.3", "2.4", "3.1.2", "3.1.3", "3.1.4", "3.2.1", "4.1"]
 
 
 def _rule_key(vid: str, n: dict) -> str:
@@ -88,6 +89,8 @@ def _rule_key(vid: str, n: dict) -> str:
         da, ds = n["active_conv2"] - n["active_conv1"], n["spread_conv2"] - n["spread_conv1"]
         return (("sparser" if da < -b else "denser" if da > b else "similar") + "/"
                 + ("more localized" if ds < -b else "more spread" if ds > b else "similar"))
+    if vid == "2.4":
+        return _meaningful_key(n)
     if vid == "3.1.2":
         return "yes" if n["n_predicted_as_target"] == n["n"] and n["min_target_prob"] >= n["threshold"] else "no"
     if vid == "3.1.3":
@@ -106,6 +109,38 @@ def _rule_key(vid: str, n: dict) -> str:
         kept = [m["pgd"] / m["clean"] for m in n["models"].values()]
         return "fragile" if max(kept) < n["fragile_below"] else "robust" if min(kept) >= n["robust_from"] else "partly robust"
     raise AssertionError(vid)
+
+
+def _meaningful_key(n: dict) -> str:
+    """The 2.4 rule (analysis/meaningful.py RULE) applied to the Wilson bounds results.json carries."""
+    t = n["thresholds"]
+
+    def behaviour(s):
+        a, f, r = s["accuracy_digit_alone"], s["follows_moved_marker"], s["accuracy_digit_removed"]
+        if a["lo"] >= t["acc_min"] and f["hi"] <= t["follow_max"] and r["hi"] <= t["removed_max"]:
+            return "reads"
+        if a["hi"] < t["acc_min"] or f["lo"] > t["follow_max"] or r["lo"] > t["removed_max"]:
+            return "does not read"
+        return "undecided"
+
+    def occlusion(s):
+        h, m = s["largest_drop_on_digit"], s["most_drop_mass_off_digit"]
+        if h["lo"] >= t["hit_min"] and m["hi"] <= t["off_max"]:
+            return "on"
+        return "off" if h["hi"] < t["hit_min"] or m["lo"] > t["off_max"] else "undecided"
+
+    def verdict(s):
+        b, o = behaviour(s), occlusion(s)
+        return ("not meaningful" if b == "does not read" else "meaningful" if (b, o) == ("reads", "on")
+                else "invalid" if (b, o) == ("reads", "off") else "inconclusive")
+
+    S = n["subjects"]
+    controls = (verdict(S["N"]) == "not meaningful" and occlusion(S["N"]) == "off"
+                and occlusion(S["P"]) == "on" and verdict(S["R"]) != "meaningful")
+    assert controls == n["controls_ok"]
+    for name, s in S.items():                     # the stored calls are the rule's, too
+        assert s["verdict"] == verdict(s), name
+    return verdict(S["M"]) if controls else "invalid"
 
 
 def test_every_verdict_follows_its_rule_and_its_numbers(report_dir):
@@ -139,9 +174,36 @@ def test_every_verdict_follows_its_rule_and_its_numbers(report_dir):
     assert verdicts["3.1.4"]["numbers"]["start_mean"] == pytest.approx(cm["plain"]["cost_start_mean"])
     assert verdicts["3.2.1"]["numbers"]["nearest_class"] == tg["likeness"]["nearest_class"]
     assert verdicts["3.2.1"]["numbers"]["predicted"] == tg["result"]["final_pred"]
+    mf = results["occlusion"]["meaningful"]
+    assert verdicts["2.4"]["key"] == mf["verdict"] and verdicts["2.4"]["answer"] == mf["answer"]
+    for name, sub in verdicts["2.4"]["numbers"]["subjects"].items():
+        assert sub["accuracy_digit_alone"] == mf["subjects"][name]["behaviour"]["accuracy_digit_alone"]
+        assert sub["largest_drop_on_digit"] == mf["subjects"][name]["occlusion"]["largest_drop_on_digit"]
     pgd = results["robustness"]["pgd"]["table"]
     for name, m in verdicts["4.1"]["numbers"]["models"].items():
         assert m["pgd"] == next(r["accuracy"] for r in pgd if r["model"] == name and r["eps"] == verdicts["4.1"]["numbers"]["eps"])
+
+
+def test_2_4_shows_the_shortcut_control_failing_and_describes_the_grey_maps(report_dir):
+    results = json.loads((report_dir / "results.json").read_text())
+    html = (report_dir / "report.html").read_text()
+    sec = _text(html.split('data-section="2.4"')[1].split('data-section="3.1.1"')[0])
+    mf = results["occlusion"]["meaningful"]
+    n = mf["subjects"]["N"]
+    # N's own row in the table, with its verdict, and the sentence naming what the rule calls it
+    assert "N (shortcut control) " in sec
+    assert f"the rule calls it {n['verdict']}" in sec
+    assert f"follows a moved marker on {100 * n['behaviour']['follows_moved_marker']['rate']:.0f}%" in sec
+    assert mf["rule"] in sec
+    assert mf["settings"]["n_behaviour"] == TINY.meaningful_n_behaviour
+    # the grey-patch maps carry their descriptive numbers, each consistent with its own map size
+    img = results["occlusion"]["images"][0]
+    for k, d in img["patch_sizes"].items():
+        assert d["positions"] == (28 - int(k) + 1) ** 2
+        assert d["positions_with_ink_under_patch"] + d["positions_on_background_only"] == d["positions"]
+        assert d["positions_where_grey_raises_p"] + d["positions_where_grey_lowers_p"] <= d["positions"]
+        assert d["lowest_p_falls_on"] in ("digit", "other ink", "background", "none")
+        assert f"{d['positions_where_grey_raises_p']} of {d['positions']}" in sec
 
 
 def test_pdf_pages_text_and_figures(report_dir):

@@ -13,7 +13,8 @@ cp "$RUN/predictions.png" docs/predictions.png
 $C filters "$RUN" --layer conv1 --out "$T/f1" >/dev/null
 $C filters "$RUN" --layer conv2 --out "$T/f2" >/dev/null
 $C activations "$RUN" --index 18 --out "$T/a" >/dev/null
-$C occlusion "$RUN" --index 18 --meaningful 100 --out "$T/o" >/dev/null
+$C occlusion "$RUN" --index 18 --out "$T/o" >/dev/null
+$C occlusion "$RUN" --meaningful --out "$T/m" >/dev/null
 $C synthesize "$RUN" --transfer "$OTHER" --out "$T/s" >/dev/null
 $C adversarial "$RUN" --source-digit 2 --beta-sweep --out "$T/adv" >/dev/null
 $C robustness "$RUN" "$OTHER" --attack pgd --n 1000 --out "$T/r" >/dev/null
@@ -22,7 +23,7 @@ cp "$T/f1/filters_conv1.png" docs/filters_conv1.png
 cp "$T/f2/filters_conv2.png" docs/filters_conv2.png
 cp "$T"/a/activations_18.png docs/activations.png
 cp "$T"/o/test-18/occlusion.png docs/occlusion.png
-cp "$T"/o/meaningfulness.png docs/meaningfulness.png
+cp "$T"/m/meaningful.png docs/meaningful.png
 cp "$T"/s/synthesize.png docs/synthesize.png
 cp "$T"/s/likeness.png docs/likeness.png
 cp "$T"/s/synthesize_cost.png docs/synthesize_cost.png

@@ -86,12 +86,27 @@ act = activations.activations(model, split.test_x[0].float() / 255, label=int(sp
 display(act.figure())
 print(json.dumps(act.to_dict(), indent=1)[:1500])
 """)
-md("## 2.4 Occlusion: is the learning meaningful?")
+md("""
+## 2.4 Occlusion: is the learning meaningful?
+
+First the assignment's plot: p(true class) as a grey (0.5) patch of 1–5 pixels slides over a test
+image, with numbers that describe the map (where the lowest p falls, how many positions the grey
+patch *raises* p, the drop with ink under the patch against pure ink insertion on background).
+A map of one image cannot decide the question, so the verdict comes from a controlled experiment:
+the model M and three controls that must come out a known way (N, trained in seconds on labels
+that only a marker carries; P, M on the digit's ink alone; R, untrained), tested by behaviour
+(digit alone, digit erased, marker moved) and then by occlusion, under a stated rule.
+""")
 code("""
+from cnnlab.analysis import meaningful
 occ = occlusion.occlusion(model, split.test_x[0].float() / 255, label=int(split.test_y[0]))
 display(occ.figure())
-m = occlusion.occlusion_meaningfulness(model, split.test_x, split.test_y, n=20 if SMALL else 100, reference=untrained)
-display(occlusion.meaningfulness_figure(m))
+print(json.dumps(occ.to_dict()["patch_sizes"]["3"], indent=1))
+m = meaningful.meaningful_experiment(model, split=split, n_behaviour=150 if SMALL else 500,
+                                     n_occlusion=20 if SMALL else 50)
+display(m.figure())
+print("verdict:", m.verdict)
+print(m.answer_text())
 """)
 md("## 3.1 Class models from noise (the assignment's non-targeted attack)")
 code("""

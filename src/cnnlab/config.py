@@ -183,7 +183,6 @@ PGD_STEPS = 20           # iterations
 PGD_ALPHA_PER_EPS = 2.5 / PGD_STEPS   # α = 2.5·ε/steps: can walk across the ball 2.5× (Madry et al.)
 PATCH_SIZES = (1, 2, 3, 4, 5)      # the assignment: "a square of size anywhere between 1 to 5 pixels"
 STROKE_THRESHOLD = 0.5             # pixel value on the [0, 1] scale above which a pixel is "stroke"
-DIGIT_MARGIN = 2                   # pixels: the "digit region" is the strokes grown by this much (a square dilation)
 
 
 @dataclass(frozen=True)
@@ -192,7 +191,8 @@ class AnalysisConfig:
     n_random_images: int = 24        # random test images shown with true/predicted labels (1.2)
     activation_images: int = 2       # test images whose feature maps are shown (2.3)
     occlusion_images: int = 3        # test images with full occlusion maps (2.4)
-    meaningfulness_n: int = 100      # correctly classified test images in the meaningfulness statistic
+    meaningful_n_behaviour: int = 500  # test images for the interventions of the 2.4 experiment
+    meaningful_n_occlusion: int = 50   # of them, (marked, correctly classified) images occluded in 2.4
     synth_steps: int = 200           # gradient steps for class models (3.1)
     adv_steps: int = 200             # gradient steps for targeted fakes (3.2)
     adv_source_digit: int = 2        # the assignment's example: an image of 2 classified as 5
@@ -201,8 +201,9 @@ class AnalysisConfig:
 
 
 ANALYSIS_PRESETS = {
-    "smoke": AnalysisConfig(n_random_images=16, activation_images=1, occlusion_images=1, meaningfulness_n=20,
+    "smoke": AnalysisConfig(n_random_images=16, activation_images=1, occlusion_images=1,
+                            meaningful_n_behaviour=150, meaningful_n_occlusion=20,
                             synth_steps=60, adv_steps=60, robustness_n=200, pgd_steps=5),
     "quick": AnalysisConfig(),
-    "full": AnalysisConfig(occlusion_images=4, meaningfulness_n=300, robustness_n=2000, pgd_steps=20),
+    "full": AnalysisConfig(occlusion_images=4, robustness_n=2000, pgd_steps=20),
 }

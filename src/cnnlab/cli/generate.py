@@ -22,9 +22,11 @@ def register(sub) -> None:
     p.add_argument("run", type=Path, help="run directory (from `cnnlab train`)")
     p.add_argument("--target", type=int_range(0, 9), action="append",
                    help="target class 0–9 (repeat for several; default all ten)")
-    p.add_argument("--variant", choices=["plain", "regularized", "both"], default="both",
+    p.add_argument("--variant", choices=["plain", "regularized", "both", "natural"], default="both",
                    help="plain: the assignment's update only; regularized: with the image priors below; "
-                        "default both, side by side")
+                        "default both, side by side; natural: ascent on the top principal components of "
+                        "the run's training images with a Gaussian prior on them (readable digits, "
+                        "cnnlab.analysis.natural; --steps, --sigma and --seed apply, --step-size does not)")
     p.add_argument("--steps", type=int_range(1, 100_000), default=STEPS, help=f"gradient steps (default {STEPS})")
     p.add_argument("--step-size", type=float_range(0, lo_open=True),
                    help=f"multiplies dC/dX, X in grey levels (default {SYNTH_STEP_SIZE:g} plain, "
@@ -96,8 +98,9 @@ def _save(fig, d, name: str) -> str:
 
 
 def cmd_synthesize(args) -> int:
-    from ..analysis.class_models import synthesize
+    from ..analysis.class_models import SynthesisResult, synthesize
     from ..analysis.likeness import class_means, digit_likeness, likeness_figure
+    from ..analysis.natural import synthesize_natural
     run = open_run_noted(args.run)
     d = output_dir(args, run, "synthesize")          # checked writable before any work
     out = d.path
@@ -118,11 +121,15 @@ def cmd_synthesize(args) -> int:
         kw = dict(common)
         if v == "regularized":
             kw.update(reg)
-        if args.step_size is not None:
-            kw["step_size"] = args.step_size
-        res = synthesize(model, targets, label=f"{v} class models", **kw)
+        res: SynthesisResult
+        if v == "natural":
+            res = synthesize_natural(model, targets, split=split, **kw)
+        else:
+            if args.step_size is not None:
+                kw["step_size"] = args.step_size
+            res = synthesize(model, targets, label=f"{v} class models", **kw)
         lk = digit_likeness(res.images, split, models=transfer, targets=targets, means=means)
-        stem = "synthesize" if v == "plain" else "synthesize_regularized"
+        stem = "synthesize" if v == "plain" else f"synthesize_{v}"
         d.save_npz(f"{stem}.npz", **res.arrays())
         files += [f"{stem}.npz", _save(res.figure(lk), d, f"{stem}.png"),
                   _save(res.cost_figure(), d, f"{stem}_cost.png")]

@@ -1,0 +1,152 @@
+"""The explorer as a notebook widget (cnnlab.widget): its request handler against the server's,
+and the widget in a real JupyterLab on 127.0.0.1 driven from Chromium (skipped with a reason
+where Chromium, Playwright or JupyterLab is missing)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("anywidget", reason="the notebook extra is not installed: pip install 'cnnlab[notebook]'")
+
+from cnnlab import explore, widget  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(mnist_split, tmp_path_factory) -> Path:
+    """The smoke preset: one epoch on 4,000 training images (about a second)."""
+    from cnnlab.config import preset
+    from cnnlab.train import train
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    train(preset("smoke"), out, split=mnist_split, progress=False, log=lambda s: None)
+    return out
+
+
+def test_widget_answers_like_the_server(tiny_run, mnist_dir):
+    """The widget's message handler and the HTTP route both call Explorer.request: same answer."""
+    w = widget.widget(tiny_run, data_dir=mnist_dir)
+    sent = []
+    w.send = sent.append
+    w._on_request(w, {"id": 7, "method": "POST", "path": "/api/analyze", "body": {"test": 5, "occlusion": False}}, [])
+    (msg,) = sent
+    assert msg["id"] == 7 and msg["ok"] is True
+    direct = explore.Explorer([tiny_run], data_dir=mnist_dir).request("POST", "/api/analyze", {"test": 5, "occlusion": False})
+    assert msg["data"]["runs"][0]["probs"] == direct["runs"][0]["probs"]
+    # a bad request is a one-line message back to the page, and the kernel keeps going
+    w._on_request(w, {"id": 8, "method": "POST", "path": "/api/analyze", "body": {"test": 10**6}}, [])
+    assert sent[-1]["ok"] is False and "out of range" in sent[-1]["error"]
+    # the widget's front end is the page's own script and style sheet
+    assert w._esm == (ROOT / "src/cnnlab/static/explore.js").read_text(encoding="utf-8")
+    assert 'id="cnnlab-explore"' in w._html and "<html" not in w._html
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def notebook(path: Path, run: Path, data_dir: Path) -> None:
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(f"from cnnlab.widget import widget\nwidget({str(run)!r}, data_dir={str(data_dir)!r})")]
+    nbformat.write(nb, str(path))
+
+
+@pytest.mark.browser
+def test_widget_in_jupyterlab(tiny_run, mnist_dir, tmp_path):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"Debian's Chromium is not installed at {CHROMIUM}: apt-get install chromium (CI's .ci/run does)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra)")
+    pytest.importorskip("jupyterlab", reason="jupyterlab is not installed (the notebook extra)")
+    from drawings import DIGITS
+    nbdir = tmp_path / "notebooks"
+    nbdir.mkdir()
+    notebook(nbdir / "explore.ipynb", tiny_run, mnist_dir)
+    # JupyterLab's "get notified about news?" prompt would cover the widget in the screenshot
+    news = tmp_path / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    news.parent.mkdir(parents=True)
+    news.write_text('{"fetchNews": "false"}')
+    port, token = free_port(), secrets.token_hex(16)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+           "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"),
+           "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"), "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "ws"),
+           "IPYTHONDIR": str(tmp_path / "ipython")}
+    proc = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1",
+                             f"--port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={nbdir}",
+                             "--ServerApp.port_retries=0"]
+                            # CI and this machine run as root, which JupyterLab refuses without this
+                            + (["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []),
+                            env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "lab.log", "w"))
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError("jupyter lab did not start: " + (tmp_path / "lab.log").read_text()[-2000:])
+                time.sleep(0.5)
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            console = []
+            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+            page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+            page.goto(f"{base}/lab/tree/explore.ipynb?token={token}")
+            page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
+            # run the cell only once the kernel is up (an earlier Shift+Enter is lost)
+            page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=60_000)
+            page.locator(".jp-Notebook .jp-Cell .jp-InputArea-editor").first.click()
+            page.keyboard.press("Shift+Enter")
+            try:
+                page.wait_for_selector(".cnnlab-explore[data-ready='1']", timeout=90_000)
+            except Exception:
+                page.screenshot(path=str(tmp_path / "lab.png"))
+                raise AssertionError("the widget did not load; browser console: " + " | ".join(console[-20:]))
+            canvas = page.locator(".cnnlab-explore canvas").first
+            canvas.scroll_into_view_if_needed()
+            box = canvas.bounding_box()
+            k = box["width"] / 280
+            for stroke in DIGITS["1"]:
+                page.mouse.move(box["x"] + k * stroke[0][0], box["y"] + k * stroke[0][1])
+                page.mouse.down()
+                for x, y in stroke[1:]:
+                    page.mouse.move(box["x"] + k * x, box["y"] + k * y, steps=8)
+                page.mouse.up()
+            pred = page.locator(".cnnlab-explore [data-testid=pred-0]")
+            deadline = time.monotonic() + 60
+            while not (page.locator(".cnnlab-explore[data-busy='0'] .occ img").count() and pred.count()):
+                assert time.monotonic() < deadline, "the widget showed no prediction within 60 s"
+                page.wait_for_timeout(200)
+            assert pred.inner_text() == "1"
+            if os.environ.get("CNNLAB_SCREENSHOTS"):        # the README's picture
+                if page.get_by_role("button", name="No", exact=True).count():
+                    page.get_by_role("button", name="No", exact=True).click()
+                    page.wait_for_timeout(1000)      # JupyterLab's news prompt
+                page.screenshot(path=str(ROOT / "docs" / "explore-widget-jupyterlab.png"))
+            browser.close()
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)        # the server this test started, by its own id
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
