@@ -1249,3 +1249,491 @@ def test_predict_streams_files_in_batches(tmp_path):
         if "error" not in r:
             assert r["prediction"] == oracle[r["file"]]["prediction"]
             assert np.allclose(r["probabilities"], oracle[r["file"]]["probabilities"], atol=1e-6)
+
+
+# =============================================================================================
+# Issue 13 (part 10), phase 2: output folders, links, the lock, interruption, edited state
+# =============================================================================================
+
+USER_FILES = {   # item 2: a folder holding a user's files (no run) -> refused unless --overwrite
+    "metrics.csv": "metrics.csv", "curves.png": "curves.png", "predictions.png": "predictions.png",
+    ".lock": ".lock", "state/config.json": "state/config.json",
+    "state/state-old.safetensors": "state/state-old.safetensors", "an unrelated file": "notes.txt",
+}
+
+
+@pytest.mark.parametrize("name", list(USER_FILES))
+def test_train_refuses_a_folder_holding_user_files(name, tmp_path, capsys):
+    out = tmp_path / "d"
+    (out / USER_FILES[name]).parent.mkdir(parents=True, exist_ok=True)
+    (out / USER_FILES[name]).write_bytes(b"the user's own bytes")
+    before = snapshot(out)
+    code, _, err = run_cli(["train", "--preset", "smoke", "--out", out], capsys)
+    assert code == 2 and "did not write" in err and "--overwrite" in err, err
+    one_line(err)
+    assert "could not obtain" not in err                # refused before any work
+    after = snapshot(out)
+    after.pop(".lock", None) if name != ".lock" else None
+    after.pop(".cnnlab-manifest.json", None)
+    assert after == before, "a user's file changed"
+
+
+def test_train_with_overwrite_into_user_files_deletes_none_it_did_not_write(tmp_path):
+    """The control: --overwrite trains; the user's files of other names (and a stale-looking
+    state-old.safetensors) are left alone; ours are recorded in the manifest."""
+    out = tmp_path / "d"
+    (out / "state").mkdir(parents=True)
+    (out / "state" / "state-old.safetensors").write_bytes(b"user")
+    (out / "notes.txt").write_bytes(b"user")
+    res = _train(out, overwrite=True, cfg=TINY.replace(epochs=1))
+    assert res.info["status"] == "complete"
+    assert (out / "state" / "state-old.safetensors").read_bytes() == b"user"
+    assert (out / "notes.txt").read_bytes() == b"user"
+    manifest = json.loads((out / ".cnnlab-manifest.json").read_text())["files"]
+    assert {"run.json", "model.safetensors", "metrics.csv", "curves.png", "state/state.json"} <= set(manifest)
+    assert "notes.txt" not in manifest and "state/state-old.safetensors" not in manifest
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "--out", ""], "empty path"),
+    (["report", "--out", ""], "empty path"),
+    (["filters", "RUN", "--out", ""], "empty path"),
+], ids=["train", "report", "filters"])
+def test_empty_out_is_refused(argv, needle, capsys):
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and needle in err, err
+
+
+def test_out_dot_in_a_folder_with_user_files_is_refused(tmp_path, capsys, monkeypatch):
+    (tmp_path / "metrics.csv").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["train", "--preset", "smoke", "--out", "."], capsys)
+    assert code == 2 and "did not write" in err, err
+    assert (tmp_path / "metrics.csv").read_text() == "mine"
+
+
+LOCK_CASES = ["symlink", "symlink (refused run)", "dangling symlink", "hard link", "fifo", "user's .lock"]
+
+
+@pytest.mark.parametrize("case", LOCK_CASES)
+@pytest.mark.parametrize("overwrite", [False, True], ids=["plain", "overwrite"])
+def test_lock_file_is_never_followed_or_clobbered(case, overwrite, tmp_path, capsys):
+    """Item 3 and its siblings: the .lock is opened O_NOFOLLOW, must be a regular file with one
+    link, and an existing one is never truncated; the victim is untouched."""
+    out = tmp_path / "run"
+    if case == "symlink (refused run)":
+        fake_run(out)
+    out.mkdir(exist_ok=True)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    lock = out / ".lock"
+    if case.startswith("symlink"):
+        lock.symlink_to(victim)
+    elif case == "dangling symlink":
+        lock.symlink_to(tmp_path / "nowhere")
+    elif case == "hard link":
+        os.link(victim, lock)
+    elif case == "fifo":
+        os.mkfifo(lock)
+    else:
+        lock.write_bytes(b"precious")
+    code, _, err = run_cli(["train", "--preset", "smoke", "--out", out] + (["--overwrite"] if overwrite else []), capsys)
+    if case == "user's .lock" and overwrite:
+        assert "could not obtain" in err            # accepted (offline: no data), lock kept intact
+        assert lock.read_bytes() == b"precious"
+        return
+    assert code == 2, err
+    one_line(err)
+    assert victim.read_bytes() == b"precious" and not (tmp_path / "nowhere").exists()
+    if case == "user's .lock":
+        assert lock.read_bytes() == b"precious"
+
+
+def test_runlock_refuses_a_symlink_directly(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"x")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".lock").symlink_to(victim)
+    with pytest.raises(RunError, match="symbolic link") as e:
+        with RunLock(tmp_path / "run"):
+            pass
+    one_line(str(e.value))
+    assert victim.read_bytes() == b"x"
+
+
+@pytest.mark.parametrize("name", ["curves.png", "model.safetensors", "metrics.csv", "state", "state/state.json"])
+def test_train_never_writes_through_a_link(name, tmp_path, capsys):
+    """Item 4 and siblings: a link where an output file (or the state/ folder) would go. Without
+    --overwrite: refused before any work. With it: a file link is replaced (not followed); a
+    linked folder is refused. The target is untouched either way."""
+    out = tmp_path / "run"
+    (out / "state").mkdir(parents=True)
+    victim = tmp_path / "victim"
+    if name == "state":
+        victim.mkdir()
+        (victim / "state-9.safetensors").write_bytes(b"victim's")
+        (out / "state").rmdir()
+    else:
+        victim.write_bytes(b"victim's")
+    (out / name).symlink_to(victim)
+    code, _, err = run_cli(["train", "--preset", "smoke", "--out", out], capsys)
+    assert code == 2 and "--overwrite" in err and "could not obtain" not in err, err
+    if name == "state":
+        with pytest.raises(RunError, match="symbolic link") as e:
+            _train(out, overwrite=True)
+        one_line(str(e.value))
+        assert sorted(p.name for p in victim.iterdir()) == ["state-9.safetensors"]
+    else:
+        _train(out, overwrite=True, cfg=TINY.replace(epochs=1))
+        assert victim.read_bytes() == b"victim's"
+        assert (out / name).is_file() and not (out / name).is_symlink()
+
+
+def _analysis_argv(cmd: str, run: Path, out: Path) -> list:
+    img = run.parent / "ok.png"
+    if not img.exists():
+        img.write_bytes(_image_bytes("PNG"))
+    return {"filters": ["filters", run], "activations": ["activations", run], "occlusion": ["occlusion", run],
+            "synthesize": ["synthesize", run, "--steps", "1"], "adversarial": ["adversarial", run, "--steps", "1", "--source-digit", "2"],
+            "robustness": ["robustness", run, "--n", "10"],
+            "predict --explain": ["predict", run, img, "--explain"]}[cmd] + ["--out", out]
+
+
+ANALYSIS_CMDS = ["filters", "activations", "occlusion", "synthesize", "adversarial", "robustness", "predict --explain"]
+OUT_FAULTS = ["an existing file", "a 300-character name", "read-only", "permission denied", "a user's file there",
+              "a link where the figure goes"]
+
+
+@pytest.mark.parametrize("fault", OUT_FAULTS)
+@pytest.mark.parametrize("cmd", ANALYSIS_CMDS)
+def test_analysis_out_refused_before_computing(cmd, fault, tmp_path, capsys, monkeypatch):
+    """Items 5 and 7: one line naming the folder, before anything is computed (the analysis
+    functions are replaced by ones that fail the test if called), and nothing of the user's lost."""
+    import cnnlab.output as output_mod
+    run = fake_run(tmp_path / "run")
+    out = tmp_path / "out"
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"victim's")
+    if fault == "an existing file":
+        out.write_bytes(b"a file")
+    elif fault == "a 300-character name":
+        out = tmp_path / ("x" * 300)
+    elif fault in ("read-only", "permission denied"):
+        code_ = errno.EROFS if fault == "read-only" else errno.EACCES
+        def refuse(*a, **k):
+            raise OSError(code_, os.strerror(code_))
+        monkeypatch.setattr(output_mod.tempfile, "mkstemp", refuse)
+    elif fault == "a user's file there":
+        out.mkdir()
+        (out / "ok-explain.png").write_bytes(b"mine")
+    else:
+        out.mkdir()
+        (out / "filters_conv1.png").symlink_to(victim)
+    for mod, fn in [("cnnlab.analysis.filters", "filters"), ("cnnlab.analysis.activations", "activations"),
+                    ("cnnlab.analysis.occlusion", "occlusion"), ("cnnlab.analysis.class_models", "synthesize"),
+                    ("cnnlab.analysis.targeted", "adversarial"), ("cnnlab.analysis.robustness", "robustness"),
+                    ("cnnlab.predict", "predict_files"), ("cnnlab.runs.Run", "load_split")]:
+        monkeypatch.setattr(f"{mod}.{fn}", lambda *a, **k: pytest.fail("computed before checking --out"))
+    argv = _analysis_argv(cmd, run, out)
+    before = snapshot(tmp_path) if fault != "a 300-character name" else None
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2, err
+    one_line(err)
+    assert str(out.name)[:40] in err
+    assert victim.read_bytes() == b"victim's"
+    if before is not None:
+        after = snapshot(tmp_path)
+        assert {k: v for k, v in after.items() if "manifest" not in k} == before
+
+
+def test_predict_explain_overwrite_replaces_only_with_the_flag(tmp_path, capsys):
+    """Item 5's control: with --overwrite the user's ok-explain.png is replaced by the figure."""
+    run = fake_run(tmp_path / "run")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "ok-explain.png").write_bytes(b"mine")
+    code, _, err = run_cli(_analysis_argv("predict --explain", run, out) + ["--overwrite"], capsys)
+    assert code == 0, err
+    assert (out / "ok-explain.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_analysis_default_folder_inside_a_read_only_run_is_one_line(tmp_path, capsys, monkeypatch):
+    import cnnlab.output as output_mod
+    run = fake_run(tmp_path / "run")
+    monkeypatch.setattr(output_mod.tempfile, "mkstemp",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EROFS, "Read-only file system")))
+    code, _, err = run_cli(["filters", run], capsys)
+    assert code == 2 and "read-only" in err, err
+    one_line(err)
+
+
+def test_robustness_refused_before_the_attack(tmp_path, capsys, monkeypatch):
+    """Item 7: robustness used to fail only after computing the attack."""
+    run = fake_run(tmp_path / "run")
+    called = []
+    monkeypatch.setattr("cnnlab.analysis.robustness.robustness", lambda *a, **k: called.append(1))
+    code, _, err = run_cli(["robustness", run, "--out", tmp_path / ("y" * 300)], capsys)
+    assert code == 2 and "too long" in err and not called, err
+
+
+def test_output_dir_full_disk_keeps_the_previous_report(tmp_path, monkeypatch):
+    """Item 6: disk full while writing report.html (the report's writer) -> one line, the
+    previous report.html intact, no temp file left."""
+    from cnnlab.output import OutputDir
+    d = OutputDir(tmp_path / "r").prepare()
+    d.write_text("report.html", "old report " * 1000)
+    before = sha(tmp_path / "r" / "report.html")
+    real = os.fsync
+    def fsync(fd):
+        if "report.html" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(RunError, match="no space left") as e:
+        d.write_text("report.html", "new report " * 100_000)
+    one_line(str(e.value))
+    assert sha(tmp_path / "r" / "report.html") == before
+    assert not list((tmp_path / "r").glob("*.tmp"))
+
+
+def test_long_file_name_gets_a_bounded_temp_name(tmp_path):
+    """Sibling of item 7: a 250-character file name fits the file system, but '.NAME.<random>.tmp'
+    would not; the temp name is bounded so the write succeeds."""
+    from cnnlab.output import atomic_write_bytes
+    p = tmp_path / ("n" * 250)
+    atomic_write_bytes(p, b"ok")
+    assert p.read_bytes() == b"ok"
+
+
+# --- report: overwrite protection and interruption (items 1 and 5) ----------------------------
+
+@pytest.mark.parametrize("case", ["user's report.html", "an earlier run", "a user's file", "report.pdf link"])
+def test_report_out_is_refused_before_any_work(case, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "R"
+    (out / "runs").mkdir(parents=True)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"victim's")
+    if case == "user's report.html":
+        (out / "report.html").write_text("my report")
+    elif case == "an earlier run":
+        fake_run(out / "runs" / "plain-seed0")
+    elif case == "a user's file":
+        (out / "runs").rmdir()
+        (out / "notes.txt").write_text("mine")
+    else:
+        (out / "report.pdf").symlink_to(victim)
+    monkeypatch.setattr("cnnlab.report.build.load_split", lambda *a, **k: pytest.fail("work began"))
+    before = snapshot(out)
+    code, _, err = run_cli(["report", "--preset", "smoke", "--out", out], capsys)
+    assert code == 2 and "--overwrite" in err, err
+    one_line(err)
+    assert snapshot(out) == before and victim.read_bytes() == b"victim's"
+
+
+def _report_faked(monkeypatch, signal_at: str, signum: int):
+    """build_report on the synthetic split; `signal_at` = "training" (a real signal to this
+    process during step 3 of the first run) or "analysis" (during the first section)."""
+    import cnnlab.report.build as B
+    from cnnlab.train import train as real_train
+    monkeypatch.setattr(B, "load_split", lambda *a, **k: synthetic_split())
+    def train(cfg, out, **kw):
+        def cb(state, loss):
+            if signal_at == "training" and state.step == 2:
+                os.kill(os.getpid(), signum)
+        return real_train(cfg.replace(epochs=1, batch_size=64, precision="fp32"), out, callback=cb, **kw)
+    monkeypatch.setattr(B, "train", train)
+    def section(ctx):
+        os.kill(os.getpid(), signum)
+        pytest.fail("the signal did not stop the report")
+    if signal_at == "analysis":
+        monkeypatch.setattr(B, "SECTIONS", [section])
+
+
+@pytest.mark.parametrize("signal_at", ["training", "analysis"])
+@pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)])
+@pytest.mark.timeout(120)
+def test_report_stops_on_the_first_signal(signal_at, sig, code, tmp_path, capsys, monkeypatch):
+    """Item 1: the first Ctrl-C / SIGTERM stops the report with 130 / 143; no report (and so no
+    verdict) is written from an interrupted run, and the stopped run says it was interrupted."""
+    signum = getattr(signal, sig)
+    _report_faked(monkeypatch, signal_at, signum)
+    out = tmp_path / "R"
+    rc, _, err = run_cli(["report", "--preset", "smoke", "--out", out, "--no-pdf"], capsys)
+    assert rc == code, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("cnnlab report: interrupted") and "no report written" in last, err
+    assert not any((out / n).exists() for n in ("report.html", "results.json", "report.pdf"))
+    info = json.loads((out / "runs" / "plain-seed0" / "run.json").read_text())
+    if signal_at == "training":
+        assert info["status"] == "interrupted" and info["steps"] == 3
+        assert "stopped at step 3 of 8" in last
+        assert not (out / "runs" / "bn-seed0").exists()       # nothing after the stop
+    else:
+        assert info["status"] == "complete"
+
+
+def test_report_overwrite_removes_the_earlier_report_before_training(tmp_path, capsys, monkeypatch):
+    """With --overwrite and a stop during training, no earlier report is left beside new runs."""
+    _report_faked(monkeypatch, "training", signal.SIGINT)
+    out = tmp_path / "R"
+    out.mkdir()
+    (out / "report.html").write_text("an earlier report")
+    rc, _, err = run_cli(["report", "--preset", "smoke", "--out", out, "--no-pdf", "--overwrite"], capsys)
+    assert rc == 130 and not (out / "report.html").exists(), err
+
+
+def test_analysis_of_an_interrupted_run_says_so_first(tmp_path, capsys):
+    """No analysis of an interrupted run without saying so in the first line."""
+    run = fake_run(tmp_path / "run", status="interrupted", steps=3, steps_per_epoch=8)
+    code, out, err = run_cli(["filters", run, "--json"], capsys)
+    assert code == 0, err
+    assert err.splitlines()[0].startswith("warning:") and "INTERRUPTED" in err.splitlines()[0]
+    json.loads(out)                                   # stdout stays pure JSON
+    fake_run(tmp_path / "done")
+    code, _, err = run_cli(["filters", tmp_path / "done", "--json"], capsys)
+    assert code == 0 and "INTERRUPTED" not in err     # the control: a finished run has no warning
+
+
+# --- resume: edited state (item 11) and differing flags (item 18) --------------------------------
+
+EDITED_STATE = {
+    "metrics.csv step 'eight'": ("metrics", lambda t: t.replace("\nstep,", "\nstep,").splitlines()[0] + "\n"
+                                 + "\n".join(",".join("eight" if i == 2 else v for i, v in enumerate(line.split(",")))
+                                             for line in t.splitlines()[1:]) + "\n", "not a whole number"),
+    "metrics.csv without the step column": ("metrics", lambda t: "\n".join(
+        ",".join(v for i, v in enumerate(line.split(",")) if i != 2) for line in t.splitlines()) + "\n", "missing step"),
+    "metrics.csv random bytes": ("metrics", None, "not a cnnlab metrics file"),
+    "state.json pos.step '11'": ("pos", lambda p: {**p, "step": "11"}, "pos.step must be an integer"),
+    "state.json pos {}": ("pos", lambda p: {}, "pos.epoch is missing"),
+    "state.json pos.step 11 (disagrees)": ("pos", lambda p: {**p, "step": 11}, "does not fit"),
+    "state.json sched.total_steps 'lots'": ("sched", lambda s: {**s, "total_steps": "lots"}, "sched.total_steps must be an integer"),
+    "state.json sched.total_steps 99": ("sched", lambda s: {**s, "total_steps": 99}, "sched.total_steps is 99"),
+    "state.json sched {}": ("sched", lambda s: {}, "is missing"),
+    "state.json lr a word": ("param_groups", lambda g: [{**g[0], "lr": "fast"}, *g[1:]], "must be a number"),
+}
+
+
+@pytest.mark.parametrize("name", list(EDITED_STATE))
+def test_edited_state_then_resume_is_one_line(name, stopped_run, tmp_path):
+    import shutil
+    out = tmp_path / "run"
+    shutil.copytree(stopped_run, out)
+    where, edit, needle = EDITED_STATE[name]
+    if where == "metrics":
+        m = out / "metrics.csv"
+        m.write_bytes(np.random.default_rng(0).bytes(3000) if edit is None else edit(m.read_text()).encode())
+    else:
+        meta = json.loads((out / "state" / "state.json").read_text())
+        meta[where] = edit(meta[where])
+        (out / "state" / "state.json").write_text(json.dumps(meta))
+    before = snapshot(out)
+    with pytest.raises(RunError, match="cannot resume") as e:
+        _train(out, resume=True)
+    one_line(str(e.value))
+    assert needle in str(e.value), str(e.value)
+    after = snapshot(out)
+    assert {k: v for k, v in after.items() if k != ".lock"} == {k: v for k, v in before.items() if k != ".lock"}
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--epochs", "3", "--lr", "0.01", "--batch-norm"], ["--epochs 3 (saved: 2)", "--lr 0.01", "--batch-norm (saved: no)"]),
+    (["--seed", "5"], ["--seed 5 (saved: 0)"]),
+    (["--precision", "bf16"], ["--precision bf16 (saved: fp32)"]),
+], ids=["epochs lr batch-norm", "seed", "precision"])
+def test_resume_with_differing_flags_is_refused_naming_them(flags, named, tmp_path, capsys):
+    """Item 18: --resume used to ignore these silently."""
+    out = tmp_path / "run"
+    _train(out, stop_at_step=3, cfg=TINY.replace(epochs=2))
+    before = snapshot(out)
+    code, _, err = run_cli(["train", "--preset", "smoke", "--out", out, "--resume", *flags], capsys)
+    assert code == 2 and "differ" in err, err
+    one_line(err)
+    for n in named:
+        assert n in err, (n, err)
+    after = snapshot(out)
+    assert {k: v for k, v in after.items() if k != ".lock"} == {k: v for k, v in before.items() if k != ".lock"}
+
+
+def test_resume_applies_device_and_threads_and_says_so(tmp_path, reference):
+    """Item 18's control: device and threads are safe to change; the run still ends exactly as
+    the uninterrupted one."""
+    out, said = tmp_path / "run", []
+    _train(out, stop_at_step=5)
+    from cnnlab.train import train
+    res = train(TINY.replace(threads=1, device="cpu"), out, split=synthetic_split(), resume=True,
+                progress=False, log=said.append)
+    assert any("--threads 1" in s and "safe to change" in s for s in said), said
+    assert_same_as_reference(out, reference, res)
+
+
+# --- messages that must match the situation (item 19, the two in train.py) ----------------------
+
+def test_divergence_before_any_checkpoint_claims_none_and_no_fp32_advice(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError) as e:
+        _train(out, callback=lambda state, loss: loss * float("nan") if state.step == 0 else None)
+    msg = str(e.value)
+    one_line(msg)
+    assert "No checkpoint was saved" in msg and "kept" not in msg
+    assert "--precision fp32" not in msg and "smaller --lr" in msg    # fp32 is already in use
+
+
+def test_divergence_after_a_checkpoint_in_bf16_suggests_fp32(tmp_path):
+    """The control: a checkpoint exists and the precision is not fp32."""
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError) as e:
+        _train(out, cfg=TINY.replace(precision="bf16"),
+               callback=lambda state, loss: loss * float("nan") if state.step == 7 else None)
+    msg = str(e.value)
+    assert "checkpoint (step 6) is kept" in msg and "--precision fp32" in msg, msg
+
+
+def test_refusal_after_a_full_disk_suggests_resume_only_when_it_works(tmp_path, capsys, monkeypatch):
+    """Item 19: a full disk at the first state save leaves a checkpoint but no state; the
+    refusal must not suggest --resume (which would say 'nothing to resume')."""
+    out = tmp_path / "run"
+    real = os.fsync
+    def fsync(fd):
+        if Path(os.readlink(f"/proc/self/fd/{fd}")).name.startswith(".state-"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(RunError, match="no space left"):
+        _train(out)
+    monkeypatch.setattr(os, "fsync", real)
+    assert (out / "model.safetensors").exists() and not (out / "state" / "state.json").exists()
+    code, _, err = run_cli(["train", "--preset", "smoke", "--out", out], capsys)
+    assert code == 2 and "cannot be resumed" in err and "--resume" not in err and "--overwrite" in err, err
+    code, _, err = run_cli(["train", "--preset", "smoke", "--out", out, "--resume"], capsys)
+    assert code == 2 and "nothing to resume" in err and "--overwrite" in err, err
+
+
+@pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_train_cli_exit_status_names_the_signal(sig, code, tmp_path, capsys, monkeypatch):
+    """Ctrl-C → 130, SIGTERM → 143 (it used to be 130 for both), with the run marked interrupted."""
+    import cnnlab.train as T
+    real_train = T.train
+    monkeypatch.setattr(T, "load_split", lambda *a, **k: synthetic_split())
+    def train(cfg, out, **kw):
+        def cb(state, loss):
+            if state.step == 2:
+                os.kill(os.getpid(), getattr(signal, sig))
+        return real_train(cfg, out, callback=cb, **kw)
+    monkeypatch.setattr(T, "train", train)
+    out = tmp_path / "run"
+    rc, _, err = run_cli(["train", "--preset", "smoke", "--epochs", "1", "--batch-size", "64", "--train-subset", "0",
+                          "--precision", "fp32", "--out", out, "--quiet"], capsys)
+    assert rc == code and "--resume" in err, err
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+
+
+def test_every_readme_promise_names_a_test_that_exists():
+    """The README's "What happens when things go wrong" cites a test for each promise; each
+    cited test must exist here (a renamed or deleted test breaks the promise's evidence)."""
+    import re
+    text = (TESTS.parent / "README.md").read_text()
+    section = text.split("## What happens when things go wrong", 1)[1].split("\n## ", 1)[0]
+    cited = set(re.findall(r"`(test_\w+)`", section))
+    assert len(cited) >= 25, cited
+    defined = set(re.findall(r"^def (test_\w+)", (TESTS / "test_hardening.py").read_text(), re.M))
+    assert cited <= defined, cited - defined

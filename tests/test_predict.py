@@ -296,7 +296,7 @@ def test_cli_explain_against_the_occlusion_contract(tmp_path, capsys, monkeypatc
     bad.write_bytes(b"")
     code, out, err = run_cli(["predict", run, a, b, bad, "--explain", "--out", tmp_path / "ex"], capsys)
     assert code == 1 and err.count("\n") == 1
-    assert sorted(p.name for p in (tmp_path / "ex").iterdir()) == ["a-2-explain.png", "a-explain.png"]
+    assert sorted(p.name for p in (tmp_path / "ex").iterdir()) == [".cnnlab-manifest.json", "a-2-explain.png", "a-explain.png"]
     assert len(calls) == 2 and all(shape == (28, 28) for shape, _ in calls)
 
 

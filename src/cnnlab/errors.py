@@ -35,9 +35,25 @@ class RunError(CnnlabError):
     """A run directory is missing, malformed, locked by another process, or would be overwritten."""
 
 
+class OutputError(RunError):
+    """An output folder or file cannot be written, or writing it would replace a file cnnlab did
+    not write (a user's file, a symlink) without --overwrite."""
+
+
 class TrainingError(CnnlabError):
     """Training cannot go on (for example, the loss became NaN or infinite)."""
 
 
 class ImageError(CnnlabError):
     """A user image cannot be read or is unsafe to decode."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM stopped a command. A KeyboardInterrupt, so no `except
+    Exception` on the way up can swallow it; the CLI exits 128 + the signal number (130 / 143)."""
+
+    def __init__(self, signum: int, message: str = ""):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
+        self.message = message

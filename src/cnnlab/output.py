@@ -1,7 +1,19 @@
-"""Files written atomically (temp file, fsync, rename) and JSON helpers; a leaf module.
+"""Files written atomically (temp file, fsync, rename), the output folders they go into, and
+JSON helpers; a leaf module.
 
 A process killed mid-write leaves the previous version of the file intact. Every file cnnlab
 writes goes through here: run directories, reports, analysis results, the data cache.
+
+Output folders (`OutputDir`): every command that writes files (train, report, the analysis
+commands, predict --explain) writes through one. It
+  - refuses, before any work, a folder holding files cnnlab did not write there, unless
+    --overwrite (ownership is the folder's manifest, `.cnnlab-manifest.json`: the relative name
+    of every file cnnlab wrote into it, recorded after each write);
+  - never replaces a file it did not write (without --overwrite), never writes through a
+    symbolic link (a link where a file or a subfolder would go is refused, not followed), and
+    deletes only files its manifest lists;
+  - checks the folder is writable (a probe file) before the caller computes anything;
+  - turns every OS error into one line naming the path (read-only, full, name too long, ...).
 """
 
 from __future__ import annotations
@@ -10,20 +22,60 @@ import errno
 import io
 import json
 import os
+import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import RunError
+from .errors import OutputError
+
+MANIFEST = ".cnnlab-manifest.json"
+_MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{6,}\.tmp$")     # ".<name>.<random>.tmp", ours
+
+_REASONS = {
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENAMETOOLONG: "the name is too long for the file system",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "it is a folder",
+    errno.EEXIST: "something of that name already exists",
+    errno.ELOOP: "it is a symbolic link (cnnlab does not follow links it did not create)",
+    errno.EDQUOT: "the disk quota is exceeded",
+}
+
+
+def os_error(e: OSError, path: str | os.PathLike, doing: str = "write") -> OutputError:
+    """One line for an OSError met while writing `path`: what failed, where and why."""
+    if e.errno == errno.ENOSPC:
+        return OutputError(f"no space left on the device while writing {path}; the previous "
+                           f"version of the file is intact")
+    reason = _REASONS.get(e.errno or -1, e.strerror or str(e))
+    return OutputError(f"cannot {doing} {path}: {reason}")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that `path` is always either the old file or the complete new one."""
+    """Write `data` to `path` so that `path` is always either the old file or the complete new one.
+
+    A symbolic link at `path` is replaced by the new file (the rename replaces the link itself; its
+    target is never opened); a folder or device there is refused. `OutputDir.target` refuses a
+    link before this is reached unless --overwrite."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise os_error(e, path.parent, "create the folder") from None
+    _refuse_link(path)
+    # The temp file's name is bounded (a 250-character name + ".<random>.tmp" would pass the file
+    # system's 255-byte limit); mkstemp opens it with O_EXCL, which never follows a link.
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name[:200] + ".", suffix=".tmp")
+    except OSError as e:
+        raise os_error(e, path) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -32,13 +84,237 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
-        if e.errno == errno.ENOSPC:
-            raise RunError(f"no space left on the device while writing {path}; the previous "
-                           f"version of the file is intact") from None
-        raise RunError(f"cannot write {path}: {e.strerror or e}") from None
+        raise os_error(e, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _refuse_link(path: Path) -> None:
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise os_error(e, path) from None
+    if not stat.S_ISREG(st.st_mode) and not stat.S_ISLNK(st.st_mode):
+        raise OutputError(f"{path} exists and is not a regular file; remove it or choose another folder")
+
+
+def make_dir(path: Path, root: Path | None = None) -> Path:
+    """Create folder `path` (and its parents); refuse if it, or any folder between `root` and it,
+    is a symbolic link or not a folder (files written there would land elsewhere)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputError(f"cannot create the folder {path}: a file of that name exists") from None
+    except OSError as e:
+        raise os_error(e, path, "create the folder") from None
+    chain = [path]
+    if root is not None:
+        root = Path(root)
+        p = path
+        while p != root and p.parent != p and root in p.parents:
+            p = p.parent
+            chain.append(p)
+        chain = [q for q in chain if q != root]
+    for q in chain:
+        if q.is_symlink():
+            raise OutputError(f"{q} is a symbolic link; cnnlab never writes through a link it did "
+                              f"not create: remove it or choose another folder")
+        if not q.is_dir():
+            raise OutputError(f"{q} exists and is not a folder")
+    return path
+
+
+class OutputDir:
+    """A folder cnnlab writes into (see the module docstring for the rules).
+
+    `overwrite`: write even though the folder holds files cnnlab did not write (files of the same
+    names are replaced; others are left alone). `adopt`: the folder belongs to cnnlab whatever its
+    manifest says (a run's own `analysis/` folders, a run written before manifests existed):
+    files present are recorded as ours."""
+
+    def __init__(self, path: str | os.PathLike, *, overwrite: bool = False, adopt: bool = False,
+                 flag: str = "--overwrite"):
+        self.path = Path(path)
+        self.overwrite = overwrite
+        self.adopt = adopt
+        self.flag = flag
+        self._owned: set[str] | None = None
+
+    # --- ownership ------------------------------------------------------------------------------
+    def owned(self) -> set[str]:
+        if self._owned is None:
+            self._owned = _read_manifest(self.path / MANIFEST)
+        return self._owned
+
+    def owns(self, name: str) -> bool:
+        return name in self.owned()
+
+    def has_manifest(self) -> bool:
+        return (self.path / MANIFEST).is_file()
+
+    def foreign(self, limit: int = 3, ignore: tuple[str, ...] = ()) -> list[str]:
+        """Up to `limit` entries of the folder (relative names) that cnnlab did not write: files
+        missing from the manifest, and every link. Stops at `limit`, so `--out ~` costs little."""
+        found: list[str] = []
+        owned = self.owned() | set(ignore)
+
+        def walk(d: Path, rel: str) -> None:
+            try:
+                entries = sorted(os.scandir(d), key=lambda e: e.name)
+            except OSError as e:
+                raise os_error(e, d, "read the folder") from None
+            for ent in entries:
+                if len(found) >= limit:
+                    return
+                name = rel + ent.name
+                if name == MANIFEST or _TEMP_NAME.match(ent.name):
+                    continue
+                if ent.is_symlink():
+                    found.append(name)
+                elif ent.is_dir(follow_symlinks=False):
+                    walk(Path(ent.path), name + "/")
+                elif name not in owned:
+                    found.append(name)
+        if self.path.is_dir():
+            walk(self.path, "")
+        return found
+
+    def prepare(self, *, check_foreign: bool = True, ignore: tuple[str, ...] = ()) -> OutputDir:
+        """Create the folder, refuse it if it holds files cnnlab did not write (unless overwrite or
+        adopt), and check it is writable; all before the caller computes anything."""
+        p = self.path
+        try:
+            if os.path.lexists(p) and not p.is_dir():
+                raise OutputError(f"{p} exists and is not a folder; choose another output folder")
+        except OSError as e:        # ENAMETOOLONG and the like come from stat itself
+            raise os_error(e, p, "use the folder") from None
+        make_dir(p)
+        if self.adopt:
+            self._adopt()
+        elif check_foreign and not self.overwrite:
+            foreign = self.foreign(ignore=ignore)
+            if foreign:
+                more = ", …" if len(foreign) >= 3 else ""
+                raise OutputError(f"{p} holds files cnnlab did not write there ({', '.join(foreign)}{more}); "
+                                  f"pass {self.flag} to write into it anyway (files of the same names "
+                                  f"are replaced), or choose another folder")
+        self.probe()
+        return self
+
+    def probe(self) -> None:
+        """Create and remove a small file: a read-only, full or forbidden folder fails here."""
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".cnnlab-probe.", suffix=".tmp")
+            try:
+                os.write(fd, b"cnnlab")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.unlink(tmp)
+        except OSError as e:
+            raise os_error(e, self.path, "write into") from None
+
+    def _adopt(self) -> None:
+        have = set(self.owned())
+        for q in self.path.rglob("*"):
+            if q.is_file() and not q.is_symlink() and not _TEMP_NAME.match(q.name) and q.name != MANIFEST:
+                have.add(str(q.relative_to(self.path)))
+        if have != self.owned():
+            self._owned = have
+            self._write_manifest()
+
+    # --- writing -------------------------------------------------------------------------------
+    def target(self, name: str) -> Path:
+        """The path to write `name` (relative, '/'-separated) at, after checking that its folders
+        are real folders of ours and that no file of that name that cnnlab did not write (or a
+        link) is there. Call `record(name)` after writing."""
+        path = self.path / name
+        if path.parent != self.path:
+            make_dir(path.parent, root=self.path)
+        _refuse_link(path)
+        if path.is_symlink() and not self.overwrite:
+            raise OutputError(f"{path} is a symbolic link; cnnlab never writes through a link: pass "
+                              f"{self.flag} to replace the link itself (its target is left alone), or "
+                              f"choose another folder")
+        if os.path.lexists(path) and not self.overwrite and not self.adopt and not self.owns(name):
+            raise OutputError(f"{path} exists and was not written by cnnlab; pass {self.flag} to "
+                              f"replace it, or choose another folder")
+        return path
+
+    def record(self, *names: str) -> None:
+        new = set(names) - self.owned()
+        if new:
+            self.owned().update(new)
+            self._write_manifest()
+
+    def forget(self, *names: str) -> None:
+        gone = set(names) & self.owned()
+        if gone:
+            self.owned().difference_update(gone)
+            self._write_manifest()
+
+    def remove(self, name: str) -> None:
+        """Delete `name` if cnnlab wrote it (per the manifest); anything else is left alone."""
+        if self.owns(name):
+            path = self.path / name
+            if path.is_file() and not path.is_symlink():
+                try:
+                    path.unlink()
+                except OSError as e:
+                    raise os_error(e, path, "remove") from None
+            self.forget(name)
+
+    def _write_manifest(self) -> None:
+        text = json.dumps({"format": 1, "written_by": "cnnlab", "files": sorted(self.owned())}, indent=1)
+        atomic_write_text(self.path / MANIFEST, text + "\n")
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        path = self.target(name)
+        atomic_write_bytes(path, data)
+        self.record(name)
+        return path
+
+    def write_text(self, name: str, text: str) -> Path:
+        return self.write_bytes(name, text.encode("utf-8"))
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        return self.write_bytes(name, (json.dumps(obj, indent=2, default=json_default) + "\n").encode("utf-8"))
+
+    def save_figure(self, fig, name: str, dpi: int = 110, **kwargs: Any) -> Path:
+        return self.write_bytes(name, figure_png(fig, dpi, **kwargs))
+
+    def save_npz(self, name: str, **arrays: Any) -> Path:
+        return self.write_bytes(name, npz_bytes(**arrays))
+
+    def subdir(self, name: str) -> Path:
+        return make_dir(self.path / name, root=self.path)
+
+
+def _read_manifest(path: Path) -> set[str]:
+    """The names a manifest lists; a missing, oversized or damaged one lists nothing (so every
+    file counts as not ours: the safe reading)."""
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > _MAX_MANIFEST_BYTES:
+            return set()
+        d = json.loads(path.read_bytes()[:_MAX_MANIFEST_BYTES])
+        files = d.get("files") if isinstance(d, dict) else None
+        return {f for f in files if isinstance(f, str)} if isinstance(files, list) else set()
+    except (OSError, ValueError, RecursionError):
+        return set()
+
+
+def as_output_dir(directory: str | os.PathLike | OutputDir) -> OutputDir:
+    """An OutputDir for `directory`; a plain path (the Python API's `save(dir)`) gets the default
+    rules: created if missing, and no file cnnlab did not write is replaced."""
+    if isinstance(directory, OutputDir):
+        return directory
+    d = OutputDir(directory)
+    make_dir(d.path)
+    return d
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -64,17 +340,28 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2, default=json_default)
 
 
-def save_figure(fig, path: Path, dpi: int = 110, **kwargs: Any) -> None:
-    """Save a matplotlib figure as PNG atomically and close it."""
+def figure_png(fig, dpi: int = 110, **kwargs: Any) -> bytes:
+    """A matplotlib figure as PNG bytes (the figure is closed)."""
     import matplotlib.pyplot as plt
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, **kwargs)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    try:
+        fig.savefig(buf, format="png", dpi=dpi, **kwargs)
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def npz_bytes(**arrays: Any) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def save_figure(fig, path: Path, dpi: int = 110, **kwargs: Any) -> None:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    atomic_write_bytes(path, figure_png(fig, dpi, **kwargs))
 
 
 def save_npz(path: Path, **arrays: Any) -> None:
     """Write a compressed .npz atomically."""
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, npz_bytes(**arrays))

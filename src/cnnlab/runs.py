@@ -8,8 +8,10 @@ file, fsync, rename), so a process killed mid-write leaves the previous file int
 
 from __future__ import annotations
 
+import errno
 import os
 import platform
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from . import __version__
 from .data import load_split
 from .errors import RunError
 from .model import load_weights
+from .output import OutputDir, make_dir, os_error
 
 RUN_FORMAT = 1
 REQUIRED_FIELDS = ("format", "config", "split", "versions", "status")
@@ -52,27 +55,48 @@ def _cpu_name() -> str:
 
 
 class RunLock:
-    """An exclusive lock on a run directory, so two processes never train into the same one."""
+    """An exclusive lock on a run directory, so two processes never train into the same one.
+
+    The lock file is never followed or clobbered: a `.lock` that is a symbolic link, a hard link
+    (a second name of some other file), or not a regular file is refused before it is opened
+    for anything, and an existing `.lock` is only locked, never truncated (its PID is written only
+    into a lock file this process created)."""
 
     def __init__(self, directory: Path):
         self.path = Path(directory) / ".lock"
         self.fd: int | None = None
+        self.created = False
 
     def __enter__(self) -> RunLock:
         import fcntl  # POSIX only: imported where used so that importing runs works everywhere
+        make_dir(self.path.parent)
+        nofollow = getattr(os, "O_NOFOLLOW", 0)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | nofollow, 0o644)
+                self.created = True
+            except FileExistsError:
+                fd = os.open(self.path, os.O_RDWR | nofollow | getattr(os, "O_NONBLOCK", 0))
         except OSError as e:
-            raise RunError(f"cannot use {self.path.parent} as a run directory: {e.strerror or e}") from None
+            if e.errno == errno.ELOOP or self.path.is_symlink():
+                raise RunError(f"{self.path} is a symbolic link; cnnlab never opens a lock file it did "
+                               f"not create: remove it (the link's target is untouched)") from None
+            raise RunError(f"cannot use {self.path.parent} as a run directory: "
+                           f"{os_error(e, self.path, 'open').args[0].split(': ', 1)[-1]}") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            os.close(fd)
+            raise RunError(f"{self.path} is not a lock file cnnlab made ("
+                           f"{'a hard link to another file' if stat.S_ISREG(st.st_mode) else 'not a regular file'}); "
+                           f"remove it and try again")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
             raise RunError(f"{self.path.parent} is in use by another cnnlab process (lock held on "
                            f"{self.path}); wait for it to finish or choose another --out") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        if self.created:
+            os.write(fd, str(os.getpid()).encode())
         self.fd = fd
         return self
 
@@ -90,13 +114,18 @@ def check_out_dir(out: Path, overwrite: bool = False, resume: bool = False) -> N
     if out.exists() and not out.is_dir():
         raise RunError(f"{out} exists and is not a directory")
     holds_run = (out / "run.json").exists() or (out / "model.safetensors").exists()
+    resumable = (out / "state" / "state.json").is_file()
     if resume:
-        if not (out / "state" / "state.json").exists():
-            raise RunError(f"nothing to resume in {out}: no state/state.json (train without --resume)")
+        if not resumable:
+            raise RunError(f"nothing to resume in {out}: no state/state.json (train without --resume"
+                           f"{', with --overwrite to replace what is there' if holds_run else ''})")
         return
     if holds_run and not overwrite:
-        raise RunError(f"{out} already holds a run; pass --overwrite to replace it, --resume to "
-                       f"continue it, or choose another --out")
+        if resumable:
+            raise RunError(f"{out} already holds a run; pass --overwrite to replace it, --resume to "
+                           f"continue it, or choose another --out")
+        raise RunError(f"{out} already holds a run that cannot be resumed (it has no saved training "
+                       f"state); pass --overwrite to replace it, or choose another --out")
 
 
 @dataclass
@@ -126,10 +155,29 @@ class Run:
         return load_split(cfg.get("dataset", "mnist"), data_dir, cfg.get("val_size", 10_000),
                           cfg.get("split_seed", 0))
 
+    @property
+    def interrupted(self) -> bool:
+        return self.info.get("status") == "interrupted"
+
+    def status_note(self) -> str | None:
+        """One line saying that the run was stopped early, or None for a finished run."""
+        if not self.interrupted:
+            return None
+        steps, per = self.info.get("steps"), self.info.get("steps_per_epoch")
+        epochs = self.info["config"].get("epochs")
+        total = per * epochs if isinstance(per, int) and isinstance(epochs, int) else None
+        where = f" after {steps} of {total} steps" if isinstance(steps, int) and total else ""
+        return (f"{self.path} is an INTERRUPTED run (training stopped{where}): these results describe "
+                f"a partly trained network; finish it with `cnnlab train --out {self.path} --resume`")
+
     def analysis_dir(self, *parts: str) -> Path:
-        d = self.path.joinpath("analysis", *parts)
-        d.mkdir(parents=True, exist_ok=True)
-        return d
+        """RUN/analysis/PARTS, created; it belongs to cnnlab (no ownership check), but a link or a
+        file on the way is refused, and a read-only run is one line."""
+        return make_dir(self.path.joinpath("analysis", *parts), root=self.path)
+
+    def output_dir(self, *parts: str) -> OutputDir:
+        """RUN/analysis/PARTS as an OutputDir (adopted: the run's own folder), checked writable."""
+        return OutputDir(self.analysis_dir(*parts), adopt=True).prepare()
 
 
 def open_run(path: str | os.PathLike) -> Run:

@@ -32,7 +32,7 @@ from .config import TrainConfig
 from .data import Split, load_split, to_float
 from .errors import CnnlabError, ConfigError, RunError, TrainingError
 from .model import Net, load_weights, read_safetensors, save_weights, state_tensors
-from .output import atomic_write_bytes, atomic_write_text, save_figure, write_json
+from .output import OutputDir
 from .runs import RUN_FORMAT, RunLock, check_out_dir, hardware, versions
 
 METRIC_FIELDS = ("kind", "epoch", "step", "images_seen", "lr", "train_loss", "train_error",
@@ -290,27 +290,41 @@ StepCallback = Callable[[LoopState, torch.Tensor], "torch.Tensor | None"]
 
 class RunWriter:
     """Writes a run directory: config, resumable state, the best checkpoint, metrics, run.json and
-    figures. Without a directory (`out=None`) it keeps the best weights in memory instead."""
+    figures. Without a directory (`out=None`) it keeps the best weights in memory instead.
 
-    def __init__(self, out: Path | None, figures: bool = True):
+    Every file goes through one `OutputDir` (output.py): atomic, never through a link, recorded
+    in the folder's manifest; only files the manifest lists are ever deleted."""
+
+    def __init__(self, out: Path | None, directory: OutputDir | None = None, figures: bool = True):
         self.out = out
         self.figures = figures
+        self.dir = directory if directory is not None or out is None else OutputDir(out)
         self._best_in_memory: dict[str, torch.Tensor] = {}
+
+    def _write(self, name: str, data: bytes) -> None:
+        assert self.dir is not None
+        self.dir.write_bytes(name, data)
+
+    def has_checkpoint(self) -> bool:
+        if self.out is None:
+            return bool(self._best_in_memory)
+        return (self.out / "model.safetensors").is_file()
 
     def start(self, cfg: TrainConfig, resume: bool, model: Net, opt, sched,
               log: Callable[[str], None]) -> tuple[LoopState, list[dict]]:
         """A fresh state (stale files of an earlier run removed), or the saved one on resume."""
         if self.out is None:
             return LoopState(), []
-        out = self.out
-        out.mkdir(parents=True, exist_ok=True)
+        out, d = self.out, self.dir
+        assert d is not None
         if not resume:
+            # only files this folder's manifest says cnnlab wrote are removed
             for stale in ("state/state.json", "run.json", "model.safetensors", "metrics.csv"):
-                (out / stale).unlink(missing_ok=True)
-            write_json(out / "state" / "config.json", cfg.to_dict())
+                d.remove(stale)
+            d.write_json("state/config.json", cfg.to_dict())
             return LoopState(), []
-        state = LoopState.from_dict(_load_state(out, model, opt, sched))
-        metrics = read_metrics(out / "metrics.csv") if (out / "metrics.csv").exists() else []
+        state = _loop_state(_load_state(out, model, opt, sched), cfg, sched, out)
+        metrics = read_metrics(out / "metrics.csv", RunError) if (out / "metrics.csv").exists() else []
         # Rows logged after the saved state (a process killed mid-epoch) are logged again.
         metrics = [m for m in metrics if m["step"] <= state.step]
         log(f"resuming {out} at epoch {state.epoch + 1}, step {state.step}")
@@ -318,7 +332,7 @@ class RunWriter:
 
     def keep_best(self, model: Net) -> None:
         if self.out is not None:
-            save_weights(model, self.out / "model.safetensors")
+            self._save_weights(model)
         else:
             self._best_in_memory = {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -330,7 +344,7 @@ class RunWriter:
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-        atomic_write_text(self.out / "metrics.csv", buf.getvalue())
+        self._write("metrics.csv", buf.getvalue().encode("utf-8"))
 
     def save_state(self, model: Net, opt, sched, state: LoopState) -> None:
         if self.out is None:
@@ -340,28 +354,33 @@ class RunWriter:
         for pid, st in opt_state["state"].items():
             for k, v in st.items():
                 tensors[f"opt.{pid}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous().clone()
-        state_dir = self.out / "state"
+        assert self.dir is not None
         # The tensors go to a file named after the step, and state.json (written last) names that
         # file and its hash: a process killed between the two writes leaves the previous
         # state.json pointing at the previous, still present, tensors. Only then are older tensor
         # files removed.
         name = f"state-{state.step}.safetensors"
         blob = save_safetensors(tensors)
-        atomic_write_bytes(state_dir / name, blob)
+        self._write(f"state/{name}", blob)
         meta = {"tensors": name, "tensors_sha256": hashlib.sha256(blob).hexdigest(), "pos": state.to_dict(),
                 "sched": {k: v for k, v in sched.state_dict().items() if k != "anneal_func"},
                 "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in opt_state["param_groups"]]}
-        write_json(state_dir / "state.json", meta)     # written last: it marks the state complete
-        for old in state_dir.glob("state*.safetensors"):
-            if old.name != name:
-                old.unlink(missing_ok=True)
+        self.dir.write_json("state/state.json", meta)     # written last: it marks the state complete
+        for old in sorted(self.dir.owned()):      # only tensor files cnnlab wrote here are removed
+            if old.startswith("state/state") and old.endswith(".safetensors") and old != f"state/{name}":
+                self.dir.remove(old)
 
     def keep_weights_if_none(self, model: Net) -> None:
         """Stopped before the first evaluation: keep the current weights so the run opens. No
         metrics row and no change to the saved state, so that --resume continues exactly as if
         never stopped."""
         if self.out is not None and not (self.out / "model.safetensors").exists():
-            save_weights(model, self.out / "model.safetensors")
+            self._save_weights(model)
+
+    def _save_weights(self, model: Net) -> None:
+        assert self.dir is not None
+        save_weights(model, self.dir.target("model.safetensors"))
+        self.dir.record("model.safetensors")
 
     def restore_best(self, model: Net, cfg: TrainConfig, device: torch.device) -> None:
         """Load the best checkpoint's weights into `model`."""
@@ -376,12 +395,13 @@ class RunWriter:
         """run.json, curves.png and predictions.png."""
         if self.out is None:
             return
-        write_json(self.out / "run.json", info)
+        assert self.dir is not None
+        self.dir.write_json("run.json", info)
         if not self.figures:
             return
         from .figures import plot_curves, plot_predictions  # matplotlib (~0.3 s) only when a run is written
-        save_figure(plot_curves(metrics, title=_title(cfg, info)), self.out / "curves.png", dpi=110)
-        save_figure(plot_predictions(model, split, seed=cfg.seed), self.out / "predictions.png", dpi=110)
+        self.dir.save_figure(plot_curves(metrics, title=_title(cfg, info)), "curves.png", dpi=110)
+        self.dir.save_figure(plot_predictions(model, split, seed=cfg.seed), "predictions.png", dpi=110)
 
 
 def _check_state(out: Path) -> tuple[dict, Path]:
@@ -400,7 +420,21 @@ def _check_state(out: Path) -> tuple[dict, Path]:
             raise ValueError(f"{tensors_path.name} does not have the hash state.json records")
         for key in ("pos", "sched", "param_groups"):
             meta[key]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, RunError) as e:
+        if not isinstance(meta["pos"], dict):
+            raise ValueError("pos must be an object")
+        # the loop position's types, and metrics.csv, before any data is loaded (their agreement
+        # with the run's size is checked once the split is known: _loop_state)
+        typed = {f.name: 0.0 if f.type == "float" else getattr(LoopState(), f.name) for f in dataclasses.fields(LoopState)}
+        times = meta["pos"].get("epoch_times_s")
+        _same_shape(meta["pos"], {**typed, "epoch_times_s": [0.0] * (len(times) if isinstance(times, list) else 0)},
+                    out, "pos")
+        if (out / "metrics.csv").exists():
+            read_metrics(out / "metrics.csv", RunError)
+    except RunError as e:
+        if str(e).startswith("cannot resume"):
+            raise
+        raise RunError(f"cannot resume {out}: {str(e)[:300]}") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise RunError(f"cannot resume {out}: the saved training state is damaged ({str(e)[:200]}); "
                        f"train again with --overwrite") from None
     return meta, tensors_path
@@ -420,6 +454,15 @@ def _load_state(out: Path, model: Net, opt, sched) -> dict:
         if k.startswith("opt."):
             _, pid, name = k.split(".", 2)
             state.setdefault(int(pid), {})[name] = v
+    fresh_sched = {k: v for k, v in sched.state_dict().items() if k != "anneal_func"}
+    # A hand-edited state.json (pos.step "11", sched.total_steps "lots", a group's lr a word) is
+    # one line naming the field, never a TypeError from deep inside torch.
+    _same_shape(meta["param_groups"], [{k: v for k, v in g.items() if k != "params"} for g in sd["param_groups"]],
+                out, "param_groups")
+    _same_shape(meta["sched"], fresh_sched, out, "sched")
+    if meta["sched"]["total_steps"] != fresh_sched["total_steps"]:
+        _damaged(out, f"sched.total_steps is {meta['sched']['total_steps']}, but this run has "
+                      f"{fresh_sched['total_steps']} steps")
     for g, saved in zip(sd["param_groups"], meta["param_groups"]):
         g.update(saved)
     sd["state"] = state
@@ -430,20 +473,108 @@ def _load_state(out: Path, model: Net, opt, sched) -> dict:
     return meta["pos"]
 
 
-def read_metrics(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    out = []
-    for r in rows:
-        d = {}
-        for k, v in r.items():
-            if k == "kind":
-                d[k] = v
-            elif k in ("step", "images_seen"):
-                d[k] = int(float(v))
-            else:
-                d[k] = float(v) if v not in ("", None) else float("nan")
-        out.append(d)
+def _damaged(out: Path, what: str):
+    raise RunError(f"cannot resume {out}: the saved training state is damaged (state/state.json: "
+                   f"{what}); restore it or train again with --overwrite")
+
+
+def _same_shape(saved: Any, fresh: Any, out: Path, where: str) -> None:
+    """`saved` (from state.json) has the structure and JSON types of `fresh` (what this torch
+    writes): the same keys, list lengths, and kinds of value (an int may stand for a float)."""
+    if isinstance(fresh, dict):
+        if not isinstance(saved, dict):
+            _damaged(out, f"{where} must be an object")
+        for k, v in fresh.items():
+            if k not in saved:
+                _damaged(out, f"{where}.{k} is missing")
+            _same_shape(saved[k], v, out, f"{where}.{k}")
+    elif isinstance(fresh, (list, tuple)):
+        if not isinstance(saved, list) or len(saved) != len(fresh):
+            _damaged(out, f"{where} must be a list of {len(fresh)}")
+        for i, (a, b) in enumerate(zip(saved, fresh)):
+            _same_shape(a, b, out, f"{where}[{i}]")
+    elif isinstance(fresh, bool) or fresh is None:
+        if type(saved) is not type(fresh) and not (fresh is None and saved is None):
+            if fresh is None:
+                return              # optional values (e.g. a group's `maximize` default) stay free
+            _damaged(out, f"{where} must be true or false, not {str(saved)[:40]!r}")
+    elif isinstance(fresh, (int, float)):
+        ok = isinstance(saved, (int, float)) and not isinstance(saved, bool) and math.isfinite(saved)
+        if not ok or (isinstance(fresh, int) and not isinstance(saved, int)):
+            _damaged(out, f"{where} must be {'an integer' if isinstance(fresh, int) else 'a number'}, "
+                          f"not {str(saved)[:40]!r}")
+    elif isinstance(fresh, str) and not isinstance(saved, str):
+        _damaged(out, f"{where} must be a string, not {str(saved)[:40]!r}")
+
+
+def _loop_state(pos: Any, cfg: TrainConfig, sched, out: Path) -> LoopState:
+    """The saved loop position, every field typed, and consistent with the run's size."""
+    if not isinstance(pos, dict):
+        _damaged(out, "pos must be an object")
+    fresh = LoopState().to_dict()
+    unknown = sorted(set(pos) - set(fresh))
+    if unknown:
+        _damaged(out, f"pos has unknown field(s) {', '.join(unknown)}")
+    # the field's annotation decides int or float (best_epoch defaults to the int 0)
+    typed = {f.name: 0.0 if f.type == "float" else fresh[f.name] for f in dataclasses.fields(LoopState)}
+    times = pos.get("epoch_times_s")
+    _same_shape(pos, {**typed, "epoch_times_s": [0.0] * (len(times) if isinstance(times, list) else 0)}, out, "pos")
+    state = LoopState.from_dict(pos)
+    total = sched.total_steps
+    per = total // cfg.epochs
+    if not (0 <= state.step <= total and 0 <= state.epoch <= cfg.epochs and 0 <= state.batch < per
+            and state.step == state.epoch * per + state.batch and state.images >= 0
+            and len(state.epoch_times_s) == state.epoch):
+        _damaged(out, f"pos (epoch {state.epoch}, batch {state.batch}, step {state.step}) does not "
+                      f"fit a run of {cfg.epochs} epochs of {per} steps")
+    if state.step != sched.last_epoch:
+        _damaged(out, f"pos.step {state.step} disagrees with the schedule's step {sched.last_epoch}")
+    return state
+
+
+MAX_METRICS_BYTES = 64 * 1024 * 1024     # ~100 bytes a row: far above any run's metrics.csv
+
+
+def read_metrics(path: Path, error: type[CnnlabError] = RunError) -> list[dict]:
+    """metrics.csv, every row checked: the header is METRIC_FIELDS, `kind` is step/epoch, `step`
+    and `images_seen` are integers, the rest numbers (empty = NaN). Anything else (an edited step
+    "eight", a missing column, random bytes) is one line of `error` naming the file and line."""
+    from .schema import read_bytes_limited
+    raw = read_bytes_limited(path, MAX_METRICS_BYTES, error, "metrics file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise error(f"{path} is not a cnnlab metrics file (not UTF-8 text); restore it or train "
+                    f"again with --overwrite") from None
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""))
+        header = next(reader, None)
+        if header is None or tuple(header) != METRIC_FIELDS:
+            missing = [f for f in METRIC_FIELDS if f not in (header or [])]
+            raise ValueError(f"line 1: the header must be {','.join(METRIC_FIELDS)}"
+                             + (f" (missing {', '.join(missing)})" if missing else ""))
+        out = []
+        for line, r in enumerate(reader, start=2):
+            if len(r) != len(METRIC_FIELDS):
+                raise ValueError(f"line {line}: {len(r)} values, expected {len(METRIC_FIELDS)}")
+            d: dict[str, Any] = {}
+            for k, v in zip(METRIC_FIELDS, r):
+                if k == "kind":
+                    if v not in ("step", "epoch"):
+                        raise ValueError(f"line {line}: kind {v[:20]!r} is not step or epoch")
+                    d[k] = v
+                elif k in ("step", "images_seen"):
+                    if not v.isdigit() or len(v) > 18:
+                        raise ValueError(f"line {line}: {k} {v[:20]!r} is not a whole number")
+                    d[k] = int(v)
+                else:
+                    try:
+                        d[k] = float(v) if v != "" else float("nan")
+                    except ValueError:
+                        raise ValueError(f"line {line}: {k} {v[:20]!r} is not a number") from None
+            out.append(d)
+    except (ValueError, csv.Error) as e:
+        raise error(f"{path} is damaged ({str(e)[:160]}); restore it or train again with --overwrite") from None
     return out
 
 
@@ -459,6 +590,7 @@ class TrainResult:
     info: dict                                   # what run.json holds
     metrics: list[dict] = field(default_factory=list)
     interrupted: bool = False
+    signal: int | None = None                    # SIGINT / SIGTERM when a signal stopped it
 
     @property
     def test_accuracy(self) -> float:
@@ -483,15 +615,63 @@ def train(cfg: TrainConfig, out: str | Path | None = None, *, split: Split | Non
     if out is not None and out.exists() and not out.is_dir():
         raise RunError(f"{out} exists and is not a directory")
     # The lock comes first: a second process must not even look at (or clean) a directory that
-    # another one is training into.
+    # another one is training into. (RunLock refuses a linked or foreign-looking .lock unopened.)
     lock = RunLock(out) if out is not None else contextlib.nullcontext()
     with lock:
+        directory = None
         if out is not None:
             check_out_dir(out, overwrite=overwrite, resume=resume)
+            directory = OutputDir(out, overwrite=overwrite, adopt=resume and not OutputDir(out).has_manifest())
+            # A folder holding files cnnlab did not write is refused (unless --overwrite); a run
+            # being resumed is ours (one written before manifests existed is adopted).
+            created = isinstance(lock, RunLock) and lock.created
+            directory.prepare(check_foreign=not resume, ignore=(".lock",) if created else ())
+            if created:
+                directory.record(".lock")
             if resume:
-                cfg = _saved_config(out)
+                cfg = resume_config(out, cfg, log)
                 _check_state(out)
-        return _run(cfg, RunWriter(out, figures), split, data_dir, resume, progress, log, stop_at_step, callback)
+        return _run(cfg, RunWriter(out, directory, figures), split, data_dir, resume, progress, log, stop_at_step, callback)
+
+
+# Fields that may differ on --resume: where and how fast the run computes, not what it computes.
+# They are applied (and said so); any other difference is refused, naming the fields.
+RESUME_SAFE_FIELDS = ("device", "threads")
+
+
+def resume_config(out: Path, cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainConfig:
+    """The saved configuration of the run in `out`, with `cfg`'s device and threads (safe to
+    change); RunError naming every other field where `cfg` differs from it."""
+    saved = _saved_config(out)
+    differ = [f.name for f in dataclasses.fields(TrainConfig)
+              if getattr(cfg, f.name) != getattr(saved, f.name) and f.name not in RESUME_SAFE_FIELDS]
+    if differ:
+        shown = ", ".join(f"{_flag(k, getattr(cfg, k))} (saved: {_flag_value(getattr(saved, k))})" for k in differ)
+        raise RunError(f"--resume continues {out} exactly as it was saved, but these settings differ "
+                       f"from it: {shown}; drop them, or train a new run with another --out")
+    safe = {k: getattr(cfg, k) for k in RESUME_SAFE_FIELDS if getattr(cfg, k) != getattr(saved, k)}
+    if safe and log is not None:
+        log("resuming with " + ", ".join(_flag(k, v) for k, v in safe.items())
+            + " (saved: " + ", ".join(_flag_value(getattr(saved, k)) for k in safe) + "): safe to change")
+    return saved.replace(**safe)
+
+
+def _flag(name: str, value: Any) -> str:
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else "--no-" + name.replace("_", "-")
+    return f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}"
+
+
+def _flag_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def saved_config(out: Path) -> TrainConfig:
+    """The configuration a resumable run in `out` was started with (state/config.json)."""
+    return _saved_config(Path(out))
 
 
 def _saved_config(out: Path) -> TrainConfig:
@@ -571,10 +751,7 @@ def _run(cfg: TrainConfig, writer: RunWriter, split: Split | None, data_dir: str
             if not math.isfinite(loss_value):
                 bar.close()
                 writer.write_metrics(metrics)
-                raise TrainingError(f"the training loss became {loss_value} at step {state.step + 1} "
-                                    f"(epoch {state.epoch + 1}); stopped. The last good checkpoint "
-                                    f"is kept{' in ' + str(writer.out) if writer.out else ''}. Try a "
-                                    f"smaller --lr or --precision fp32")
+                raise TrainingError(_diverged_message(loss_value, state, writer, precision))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -640,7 +817,20 @@ def _run(cfg: TrainConfig, writer: RunWriter, split: Split | None, data_dir: str
     writer.finish(info, metrics, model, split, cfg)
     model.cpu()
     split.to("cpu")
-    return TrainResult(writer.out, model, cfg, info, metrics, interrupted)
+    return TrainResult(writer.out, model, cfg, info, metrics, interrupted, stop.signal if interrupted else None)
+
+
+def _diverged_message(loss_value: float, state: LoopState, writer: RunWriter, precision: str) -> str:
+    """What happened, what is kept, and what to try: only advice that applies (no "--precision
+    fp32" when fp32 is in use, no checkpoint claimed when none was saved)."""
+    where = f" in {writer.out}" if writer.out else ""
+    if writer.has_checkpoint():
+        kept = f"The last good checkpoint (step {state.best_step}) is kept{where}"
+    else:
+        kept = "No checkpoint was saved (it diverged before the first evaluation)"
+    advice = "a smaller --lr" + (" or --precision fp32" if precision != "fp32" else "")
+    return (f"the training loss became {loss_value} at step {state.step + 1} (epoch {state.epoch + 1}); "
+            f"stopped. {kept}. Try {advice}")
 
 
 def _val_numbers(val: EvalResult) -> tuple[float, float]:

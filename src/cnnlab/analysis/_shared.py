@@ -23,7 +23,7 @@ from torch import nn
 from ..config import BLUR_SIGMA, NOISE_MEAN, SIGMA
 from ..errors import ConfigError
 from ..model import Net
-from ..output import save_figure, save_npz, write_json
+from ..output import OutputDir, as_output_dir
 
 IMAGE_SIZE = 28                                       # pixels on a side of an MNIST image
 N_CLASSES = 10
@@ -47,16 +47,16 @@ class AnalysisResult:
         """The arrays behind the figure (saved as .npz); none by default."""
         return {}
 
-    def save(self, directory: str | Path, stem: str | None = None) -> list[Path]:
-        d = Path(directory)
+    def save(self, directory: str | Path | OutputDir, stem: str | None = None) -> list[Path]:
+        """Through one output writer (output.OutputDir): atomic, never through a link, and never
+        replacing a file cnnlab did not write. `stem` may name a subfolder ("test-3/occlusion")."""
+        d = as_output_dir(directory)
         stem = stem or self.stem
-        write_json(d / f"{stem}.json", self.to_dict())
-        save_figure(self.figure(), d / f"{stem}.png", dpi=110)
-        paths = [d / f"{stem}.json", d / f"{stem}.png"]
+        paths = [d.write_json(f"{stem}.json", self.to_dict()),
+                 d.save_figure(self.figure(), f"{stem}.png", dpi=110)]
         arrays = self.arrays()
         if arrays:
-            save_npz(d / f"{stem}.npz", **arrays)
-            paths.append(d / f"{stem}.npz")
+            paths.append(d.save_npz(f"{stem}.npz", **arrays))
         return paths
 
 

@@ -79,7 +79,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, DataError
-from ..output import save_figure, save_npz, write_json
+from ..output import OutputDir, as_output_dir
 from .verdict import Verdict
 
 IMAGE_SIZE = 28
@@ -549,14 +549,12 @@ class MeaningfulResult:
     def figure(self):
         return _plot(self)
 
-    def save(self, directory: str | Path, stem: str = "meaningful") -> dict[str, Path]:
-        """PNG + NPZ + JSON in `directory`, each written atomically."""
-        d = Path(directory)
-        paths = {"png": d / f"{stem}.png", "npz": d / f"{stem}.npz", "json": d / f"{stem}.json"}
-        save_figure(self.figure(), paths["png"], dpi=100)
-        save_npz(paths["npz"], **self.arrays)
-        write_json(paths["json"], self.to_dict())
-        return paths
+    def save(self, directory: str | Path | OutputDir, stem: str = "meaningful") -> dict[str, Path]:
+        """PNG + NPZ + JSON in `directory`, each written atomically through output.OutputDir."""
+        d = as_output_dir(directory)
+        return {"png": d.save_figure(self.figure(), f"{stem}.png", dpi=100),
+                "npz": d.save_npz(f"{stem}.npz", **self.arrays),
+                "json": d.write_json(f"{stem}.json", self.to_dict())}
 
 
 def meaningful_verdict(result: MeaningfulResult) -> Verdict:

@@ -65,7 +65,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -73,7 +72,7 @@ import torch
 
 from ..config import SIGMA
 from ..errors import ConfigError
-from ..output import save_figure, write_json
+from ..output import as_output_dir
 from ._shared import check_int, check_number, check_targets, cost_figure, few_threads, frozen, initial_noise, pct
 from .class_models import SynthesisResult
 from .verdict import Verdict
@@ -406,10 +405,11 @@ class ReadabilityResult:
         return fig
 
     def save(self, directory) -> list[str]:
-        """readability.json and readability.png in `directory`, each written atomically."""
-        d = Path(directory)
-        write_json(d / "readability.json", {**self.to_dict(), "answer": self.answer_text()})
-        save_figure(self.figure(), d / "readability.png", dpi=110)
+        """readability.json and readability.png in `directory`, each written atomically through
+        output.OutputDir (never through a link, never over a file cnnlab did not write)."""
+        d = as_output_dir(directory)
+        d.write_json("readability.json", {**self.to_dict(), "answer": self.answer_text()})
+        d.save_figure(self.figure(), "readability.png", dpi=110)
         return ["readability.json", "readability.png"]
 
     def answer_text(self) -> str:

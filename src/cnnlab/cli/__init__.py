@@ -17,7 +17,7 @@ import os
 import sys
 
 from .. import __version__
-from ..errors import CnnlabError
+from ..errors import CnnlabError, Interrupted
 
 # Modules under cnnlab.cli that each define register(subparsers). Missing ones are skipped so
 # that an optional area never breaks the others.
@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args)
     except CnnlabError as e:
         print(f"cnnlab {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except Interrupted as e:
+        print(f"cnnlab {args.command}: interrupted{': ' + e.message if e.message else ''}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"cnnlab {args.command}: interrupted", file=sys.stderr)

@@ -48,6 +48,44 @@ def _range_text(lo, hi) -> str:
     return f"≥ {lo}" if lo is not None else f"≤ {hi}"
 
 
+def out_path(s: str):
+    """An output folder argument: an empty string is refused (it would mean the current folder)."""
+    from pathlib import Path
+    if not s.strip():
+        raise argparse.ArgumentTypeError("an empty path; name a folder (use '.' for the current one)")
+    return Path(s)
+
+
+def add_out_flags(parser: argparse.ArgumentParser, default_text: str) -> None:
+    """--out FOLDER and --overwrite, the same for every command that writes files."""
+    parser.add_argument("--out", type=out_path, help=f"output folder (default {default_text}); a folder "
+                        f"holding files cnnlab did not write is refused unless --overwrite")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into --out even though it holds files cnnlab did not write "
+                             "(files of the same names are replaced, others left alone)")
+
+
+def output_dir(args, run=None, name: str = ""):
+    """The checked output folder of an analysis command, before anything is computed: --out
+    (refused if it holds files cnnlab did not write, unless --overwrite), else RUN/analysis/NAME.
+    Says first, on stderr, when the run was interrupted."""
+    from ..output import OutputDir
+    if args.out is not None:
+        return OutputDir(args.out, overwrite=args.overwrite).prepare()
+    return run.output_dir(name)
+
+
+def open_run_noted(path):
+    """open_run, and when the run was stopped early, a warning as the first line on stderr: no
+    analysis of an interrupted run is shown without saying so."""
+    from ..runs import open_run
+    run = open_run(path)
+    note = run.status_note()
+    if note:
+        print(f"warning: {note}", file=sys.stderr, flush=True)
+    return run
+
+
 def print_json(obj) -> None:
     """`obj` as JSON on stdout; always valid JSON: a non-finite float (which json would write as
     the bare token NaN, which no JSON parser accepts) is written as null."""

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..config import MAX_SEED, TrainConfig, preset
-from .common import add_config_flags, console, int_range, print_json
+from .common import add_config_flags, console, int_range, open_run_noted, out_path, print_json
 
 
 def register(sub) -> None:
@@ -25,11 +25,16 @@ def register(sub) -> None:
     p.add_argument("--preset", default="full", choices=["quick", "full", "smoke"],
                    help="quick: 1 epoch; full: 15 epochs with augmentation; smoke: seconds, for tests "
                         "(measured accuracy and time: BENCHMARKS.md); default full")
-    p.add_argument("--out", type=Path, help="run directory (default runs/<preset>[-bn]-seed<S>)")
+    p.add_argument("--out", type=out_path, help="run directory (default runs/<preset>[-bn]-seed<S>); "
+                   "a folder holding files cnnlab did not write is refused unless --overwrite")
     add_config_flags(p)
     p.add_argument("--data-dir")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out with its saved settings (--preset is "
+                        "ignored; a flag that differs from the saved run is refused, except "
+                        "--device and --threads)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (or write into a folder holding other files)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -63,16 +68,20 @@ def cmd_data(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from ..train import train
+    from ..train import saved_config, train
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     cfg = preset(args.preset, **overrides)
     out = args.out or Path("runs") / f"{args.preset}{'-bn' if cfg.batch_norm else ''}-seed{cfg.seed}"
+    if args.resume and (out / "state" / "config.json").is_file():
+        # the saved settings, with only the flags given here on top (train() refuses those that
+        # differ from the saved run, naming them)
+        cfg = saved_config(out).replace(**{k: v for k, v in overrides.items() if v is not None})
     progress = False if args.quiet else None
     res = train(cfg, out, data_dir=args.data_dir, resume=args.resume, overwrite=args.overwrite, progress=progress)
     _print_summary(res.info, out)
     if res.interrupted:
         print(f"stopped early; continue with: cnnlab train --out {out} --resume", file=sys.stderr)
-        return 130
+        return 128 + res.signal if res.signal else 130
     return 0
 
 
@@ -92,9 +101,8 @@ def _print_summary(info: dict, out: Path) -> None:
 
 def cmd_evaluate(args) -> int:
     from ..data import load_split
-    from ..runs import open_run
     from ..train import evaluate
-    run = open_run(args.run)
+    run = open_run_noted(args.run)
     cfg = run.info["config"]
     model = run.load_model()
     split = load_split(cfg.get("dataset", "mnist"), args.data_dir, cfg.get("val_size", 10000), cfg.get("split_seed", 0))

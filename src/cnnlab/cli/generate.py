@@ -8,8 +8,7 @@ from typing import Any
 
 from ..config import BETA, BETAS, MAX_SEED, REGULARIZED, SIGMA, STEP_SIZE, STEPS, SYNTH_STEP_SIZE
 from ..errors import ConfigError
-from ..output import save_figure, save_npz, write_json
-from .common import console, float_range, int_range, print_json
+from .common import add_out_flags, console, float_range, int_range, open_run_noted, output_dir, print_json
 
 SCALE_NOTE = ("All pixel quantities are on the 0–255 scale: X starts at 128 + sigma·N(0,1), the "
               "network is fed X/255, dC/dX is taken with respect to X in grey levels.")
@@ -80,7 +79,7 @@ def _common(p) -> None:
                    help="another run (e.g. another seed, the batch-norm network) to classify the images "
                         "with; repeat for several")
     p.add_argument("--data-dir", help="folder with the MNIST IDX files (else cache / CNNLAB_DATA_DIR)")
-    p.add_argument("--out", type=Path, help="output folder (default RUN/analysis/<command>)")
+    add_out_flags(p, "RUN/analysis/<command>")
     p.add_argument("--json", action="store_true", help="print results.json to stdout")
 
 
@@ -93,22 +92,21 @@ def _transfer_models(paths) -> dict:
     return out
 
 
-def _save(fig, path: Path) -> str:
-    save_figure(fig, path, dpi=110)
-    return path.name
+def _save(fig, d, name: str) -> str:
+    d.save_figure(fig, name, dpi=110)
+    return name
 
 
 def cmd_synthesize(args) -> int:
     from ..analysis.class_models import SynthesisResult, synthesize
     from ..analysis.likeness import class_means, digit_likeness, likeness_figure
     from ..analysis.natural import synthesize_natural
-    from ..runs import open_run
-    run = open_run(args.run)
+    run = open_run_noted(args.run)
+    d = output_dir(args, run, "synthesize")          # checked writable before any work
+    out = d.path
     model = run.load_model()
     transfer = _transfer_models(args.transfer)
     split = run.load_split(args.data_dir)
-    out = args.out or run.analysis_dir("synthesize")
-    out.mkdir(parents=True, exist_ok=True)
     targets = sorted(set(args.target)) if args.target else list(range(10))
     means = class_means(split)
     common = dict(steps=args.steps, sigma=args.sigma, seed=args.seed)
@@ -132,22 +130,22 @@ def cmd_synthesize(args) -> int:
             res = synthesize(model, targets, label=f"{v} class models", **kw)
         lk = digit_likeness(res.images, split, models=transfer, targets=targets, means=means)
         stem = "synthesize" if v == "plain" else f"synthesize_{v}"
-        save_npz(out / f"{stem}.npz", **res.arrays())
-        files += [f"{stem}.npz", _save(res.figure(lk), out / f"{stem}.png"),
-                  _save(res.cost_figure(), out / f"{stem}_cost.png")]
+        d.save_npz(f"{stem}.npz", **res.arrays())
+        files += [f"{stem}.npz", _save(res.figure(lk), d, f"{stem}.png"),
+                  _save(res.cost_figure(), d, f"{stem}_cost.png")]
         results[v] = {**res.to_dict(), "digit_likeness": lk}
         if len(targets) == 10:
             rows.append((v, res.images, lk))
     if rows:
         files.append(_save(likeness_figure(rows, means, "do the class models look like digits?"),
-                           out / "likeness.png"))
+                           d, "likeness.png"))
     results["files"] = files
-    return _finish(args, results, out, lambda: _print_synthesis(results, variants, out))
+    return _finish(args, results, d, lambda: _print_synthesis(results, variants, out))
 
 
-def _finish(args, results: dict, out: Path, show) -> int:
+def _finish(args, results: dict, d, show) -> int:
     """results.json, then the results as JSON (--json) or as `show()` prints them."""
-    write_json(out / "results.json", results)
+    d.write_json("results.json", results)
     if args.json:
         print_json(results)
     else:
@@ -188,8 +186,9 @@ def cmd_adversarial(args) -> int:
     from ..analysis._shared import first_image_of
     from ..analysis.likeness import digit_likeness
     from ..analysis.targeted import adversarial, beta_sweep
-    from ..runs import open_run
-    run = open_run(args.run)
+    run = open_run_noted(args.run)
+    d = output_dir(args, run, "adversarial")          # checked writable before any work
+    out = d.path
     model = run.load_model()
     transfer = _transfer_models(args.transfer)
     split = run.load_split(args.data_dir)
@@ -202,17 +201,15 @@ def cmd_adversarial(args) -> int:
     else:
         idx = first_image_of(split.test_y, args.source_digit)
     source, label = split.test_x[idx, 0], int(split.test_y[idx])
-    out = args.out or run.analysis_dir("adversarial")
-    out.mkdir(parents=True, exist_ok=True)
     targets = sorted(set(args.target)) if args.target else list(range(10))
     kw = dict(steps=args.steps, step_size=args.step_size, init=args.init, sigma=args.sigma, seed=args.seed,
               clip=args.clip, source_label=label)
     res = adversarial(model, source, targets, beta=args.beta, **kw)
     lk = digit_likeness(res.images, split, models=transfer, targets=targets)
     src_lk = digit_likeness(res.source[None], split, n_real=100)["images"]
-    save_npz(out / "adversarial.npz", **res.arrays())
-    files = ["adversarial.npz", _save(res.figure(lk), out / "adversarial.png"),
-             _save(res.cost_figure(), out / "adversarial_cost.png")]
+    d.save_npz("adversarial.npz", **res.arrays())
+    files = ["adversarial.npz", _save(res.figure(lk), d, "adversarial.png"),
+             _save(res.cost_figure(), d, "adversarial_cost.png")]
     results = {"run": str(run.path), "source_index": idx, "source_label": label,
                "source_nn_label": src_lk["nn_label"][0], "source_nearest_class_mean": src_lk["nearest_class"][0],
                **res.to_dict(), "looks_like_nn_label": lk["images"]["nn_label"],
@@ -221,9 +218,9 @@ def cmd_adversarial(args) -> int:
     if args.beta_sweep is not None:
         sw = beta_sweep(model, source, betas=args.beta_sweep or BETAS, targets=targets, **kw)
         results["beta_sweep"] = sw.to_dict()
-        files.append(_save(sw.figure(), out / "beta_sweep.png"))
+        files.append(_save(sw.figure(), d, "beta_sweep.png"))
     results["files"] = files
-    return _finish(args, results, out, lambda: _print_adversarial(results, res, out))
+    return _finish(args, results, d, lambda: _print_adversarial(results, res, out))
 
 
 def _print_adversarial(results: dict, res, out: Path) -> None:

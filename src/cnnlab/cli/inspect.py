@@ -8,8 +8,7 @@ from pathlib import Path
 
 from ..config import PATCH_SIZES
 from ..errors import ConfigError
-from ..output import write_json
-from .common import console, float_range, int_range, print_json
+from .common import add_out_flags, console, float_range, int_range, open_run_noted, output_dir, print_json
 
 
 def _fill(s: str):
@@ -29,7 +28,7 @@ def register(sub) -> None:
                        description="Kernels on one shared symmetric colour scale, each decomposed into gradient (edge), centre-surround (blob) and line energy, next to the untrained network of the run's seed.")
     p.add_argument("run", type=Path)
     p.add_argument("--layer", choices=["conv1", "conv2"], default="conv1")
-    p.add_argument("--out", type=Path, help="output folder (default RUN/analysis/filters)")
+    add_out_flags(p, "RUN/analysis/filters")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
     p.set_defaults(func=cmd_filters)
 
@@ -38,7 +37,7 @@ def register(sub) -> None:
     p.add_argument("--index", type=int_range(0, 59_999), action="append",
                    help="test-set image index (repeatable; default 0)")
     p.add_argument("--data-dir", help="folder with the MNIST IDX files (default: cache / CNNLAB_DATA_DIR)")
-    p.add_argument("--out", type=Path, help="output folder (default RUN/analysis/activations)")
+    add_out_flags(p, "RUN/analysis/activations")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_activations)
 
@@ -63,7 +62,7 @@ def register(sub) -> None:
                    help="with --meaningful: test these images instead of MNIST's test set (.npz with "
                         "'images' uint8 [N, 28, 28], 0 = background, and 'labels' int [N] in 0..9)")
     p.add_argument("--data-dir")
-    p.add_argument("--out", type=Path, help="output folder (default RUN/analysis/occlusion)")
+    add_out_flags(p, "RUN/analysis/occlusion")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_occlusion)
 
@@ -96,23 +95,22 @@ def cmd_summary(args) -> int:
 
 
 def _open(args):
-    from ..runs import open_run
-    run = open_run(args.run)
+    run = open_run_noted(args.run)
     return run, run.load_model()
 
 
 def _open_with_images(args, name: str):
-    """The run, its model, its split, the checked test indices (default: image 0) and the output folder."""
-    run, model = _open(args)
+    """The run, its model, its split, the checked test indices (default: image 0) and the output
+    folder (checked writable before anything is computed)."""
+    run = open_run_noted(args.run)
+    d = _out_dir(args, run, name)
+    model = run.load_model()
     split = run.load_split(args.data_dir)
-    return run, model, split, _check_indices(args.index or [0], split), _out_dir(args, run, name)
+    return run, model, split, _check_indices(args.index or [0], split), d
 
 
-def _out_dir(args, run, name: str) -> Path:
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        return args.out
-    return run.analysis_dir(name)
+def _out_dir(args, run, name: str):
+    return output_dir(args, run, name)
 
 
 def _check_indices(indices, split) -> list[int]:
@@ -128,9 +126,10 @@ def cmd_filters(args) -> int:
     from ..analysis import untrained_for_run
     from ..analysis.filters import filters
     run, model = _open(args)
+    d = _out_dir(args, run, "filters")
+    out = d.path
     res = filters(model, args.layer, reference=untrained_for_run(run, model))
-    out = _out_dir(args, run, "filters")
-    res.save(out, f"filters_{args.layer}")
+    res.save(d, f"filters_{args.layer}")
     if args.json:
         print_json(res.to_dict())
         return 0
@@ -153,18 +152,19 @@ def cmd_filters(args) -> int:
 def cmd_activations(args) -> int:
 
     from ..analysis.activations import activations
-    run, model, split, indices, out = _open_with_images(args, "activations")
+    run, model, split, indices, d = _open_with_images(args, "activations")
+    out = d.path
     results = {}
     c = console()
     for i in indices:
         res = activations(model, split.test_x[i], label=int(split.test_y[i]), name=f"test image #{i}")
-        res.save(out, f"activations_{i}")
+        res.save(d, f"activations_{i}")
         results[str(i)] = res.to_dict()
         if not args.json:
             row = "; ".join(f"{layer} {'×'.join(map(str, st['shape']))}: {st['active_fraction']:.0%} active, "
                             f"spread {st['spread']:.0%}" for layer, st in res.stats.items())
             c.print(f"#{i} (true {res.label}, predicted {res.pred}): {row}")
-    write_json(out / "activations.json", results)
+    d.write_json("activations.json", results)
     if args.json:
         print_json(results)
     else:
@@ -178,7 +178,8 @@ def cmd_occlusion(args) -> int:
     if args.images is not None:
         raise ConfigError("--images is used by --meaningful (the controlled experiment); add --meaningful")
     from ..analysis.occlusion import occlusion
-    run, model, split, indices, out = _open_with_images(args, "occlusion")
+    run, model, split, indices, od = _open_with_images(args, "occlusion")
+    out = od.path
     sizes = sorted(set(args.patch)) if args.patch else list(PATCH_SIZES)
     c = console()
     results = {}
@@ -188,8 +189,7 @@ def cmd_occlusion(args) -> int:
         res = occlusion(model, split.test_x[i], target=target, patch_sizes=sizes, stride=args.stride,
                         fill=args.fill, label=label, name=f"test image #{i}")
         d = out / f"test-{i}"
-        d.mkdir(parents=True, exist_ok=True)
-        res.save(d, "occlusion")
+        res.save(od, f"test-{i}/occlusion")
         results[str(i)] = res.to_dict()
         if not args.json:
             mins = ", ".join(f"{k}×{k} {res.prob[k].min():.3f}" for k in sizes)
@@ -197,7 +197,7 @@ def cmd_occlusion(args) -> int:
                     f"{mins} — {res.seconds:.2f} s for {sum(p.size for p in res.prob.values())} occluded copies "
                     f"→ {d}/occlusion.png")
     summary = {"images": results}
-    write_json(out / "occlusion_summary.json", summary)
+    od.write_json("occlusion_summary.json", summary)
     if args.json:
         print_json(summary)
     return 0
@@ -207,13 +207,13 @@ def _cmd_meaningful(args) -> int:
     """`cnnlab occlusion RUN --meaningful [--images FILE.npz] [--json]`: the controlled experiment."""
     from ..analysis.meaningful import load_images_npz, meaningful_experiment
     run, model = _open(args)
+    out = _out_dir(args, run, "occlusion")
     images = labels = None
     if args.images is not None:
         images, labels = load_images_npz(args.images)
     if not args.json:
         print("training the shortcut control and measuring M, N, P, R…", file=sys.stderr)
     res = meaningful_experiment(model, images, labels, split=run.load_split(args.data_dir))
-    out = _out_dir(args, run, "occlusion")
     paths = res.save(out)
     if args.json:
         print_json(res.to_dict())

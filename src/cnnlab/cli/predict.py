@@ -6,8 +6,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..output import save_figure
-from .common import console, int_range, print_json
+from .common import add_out_flags, console, int_range, open_run_noted, output_dir, print_json
 
 
 def register(sub) -> None:
@@ -20,20 +19,17 @@ def register(sub) -> None:
     p.add_argument("--top", type=int_range(1, 10), default=3, help="classes shown per image (1..10, default 3)")
     p.add_argument("--explain", action="store_true",
                    help="save each preprocessed image beside its occlusion map")
-    p.add_argument("--out", type=Path,
-                   help="folder for the --explain figures (default RUN/analysis/predict)")
+    add_out_flags(p, "RUN/analysis/predict; used with --explain")
     p.set_defaults(func=cmd_predict)
 
 
 def cmd_predict(args) -> int:
     from ..data import DATASETS
     from ..predict import predict_files
-    from ..runs import open_run
     if args.out is not None and not args.explain:
         raise ConfigError("--out is only used with --explain")
-    if args.out is not None and (args.out.exists() and not args.out.is_dir()):
-        raise ConfigError(f"--out {args.out} exists and is not a folder")
-    run = open_run(args.run)
+    run = open_run_noted(args.run)
+    out = output_dir(args, run, "predict") if args.explain else None   # checked before any work
     model = run.load_model()
     names = DATASETS[run.info["config"]["dataset"]].class_names if run.info["config"].get("dataset") in DATASETS else None
     results = predict_files(model, args.images, keep_images=args.explain)
@@ -43,8 +39,6 @@ def cmd_predict(args) -> int:
 
     saved = []
     if args.explain:
-        out = args.out or run.analysis_dir("predict")
-        out.mkdir(parents=True, exist_ok=True)
         saved = _explain(model, [r for r in results if "error" not in r], out)
 
     if args.json:
@@ -74,7 +68,7 @@ def _print_table(results: list[dict], top: int, names=None) -> None:
     console().print(t)
 
 
-def _explain(model, results: list[dict], out: Path) -> list[Path]:
+def _explain(model, results: list[dict], out) -> list[Path]:
     """For each classified image, a figure: the preprocessed 28×28 digit beside the occlusion
     maps (probability of the predicted class as a function of the occluder's position)."""
     import matplotlib.pyplot as plt
@@ -103,7 +97,6 @@ def _explain(model, results: list[dict], out: Path) -> list[Path]:
         for ax in axes:
             ax.set_xticks([])
             ax.set_yticks([])
-        path = out / f"{name}-explain.png"
-        save_figure(fig, path, dpi=110)
+        path = out.save_figure(fig, f"{name}-explain.png", dpi=110)
         paths.append(path)
     return paths

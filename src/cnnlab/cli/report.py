@@ -5,13 +5,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import int_range
+from .common import int_range, out_path
 
 
 def register(sub) -> None:
     p = sub.add_parser("report", help="train, analyse and write the full report (HTML, PDF, results.json)",
                        description="Train the network with and without batch-normalization, run every analysis on the best model and write DIR/report.html, DIR/report.pdf and DIR/results.json.")
-    p.add_argument("--out", type=Path, default=Path("reports/latest"), help="output folder (default reports/latest)")
+    p.add_argument("--out", type=out_path, default=Path("reports/latest"),
+                   help="output folder (default reports/latest); must be absent or empty unless --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the report and runs already in --out (other files are left alone)")
     p.add_argument("--preset", default="quick", choices=["smoke", "quick", "full"],
                    help="training and analysis budget (default quick: a few minutes on a 2-core CPU)")
     p.add_argument("--seeds", type=int_range(1, 20), default=1,
@@ -27,5 +30,5 @@ def cmd_report(args) -> int:
     from ..report import build_report
     overrides = {k: v for k, v in (("train_subset", args.train_subset), ("epochs", args.epochs)) if v is not None}
     build_report(args.out, preset=args.preset, seeds=args.seeds, data_dir=args.data_dir,
-                 train_overrides=overrides, pdf=not args.no_pdf, command="cnnlab " + " ".join(sys.argv[1:]))
+                 train_overrides=overrides, pdf=not args.no_pdf, overwrite=args.overwrite, command="cnnlab " + " ".join(sys.argv[1:]))
     return 0

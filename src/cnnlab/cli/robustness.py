@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import EPS_FGSM, MAX_SEED, PGD_STEPS
-from ..output import save_figure, write_json
-from .common import console, float_range, int_range, print_json
+from .common import add_out_flags, console, float_range, int_range, open_run_noted, output_dir, print_json
 
 
 def register(sub) -> None:
@@ -25,7 +24,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int_range(1, 100_000), default=1000)
     p.add_argument("--seed", type=int_range(0, MAX_SEED), default=0, help="PGD random start (default 0)")
     p.add_argument("--data-dir", help="folder with the MNIST IDX files (else cache / CNNLAB_DATA_DIR)")
-    p.add_argument("--out", type=Path, help="output folder (default FIRST_RUN/analysis/robustness)")
+    add_out_flags(p, "FIRST_RUN/analysis/robustness")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_robustness)
 
@@ -33,8 +32,8 @@ def register(sub) -> None:
 def cmd_robustness(args) -> int:
     from ..analysis.robustness import robustness
     from ..data import to_float
-    from ..runs import open_run
-    runs = [open_run(p) for p in args.runs]
+    runs = [open_run_noted(p) for p in args.runs]
+    d = output_dir(args, runs[0], "robustness")    # checked writable before the attack is computed
     models = {}
     for r in runs:
         name = f"{r.name} ({'batch-norm' if r.batch_norm else 'plain'})"
@@ -44,14 +43,13 @@ def cmd_robustness(args) -> int:
     x, y = to_float(split.test_x[:n]), split.test_y[:n]
     res = robustness(models, x, y, attack=args.attack, eps_list=args.eps, steps=args.steps,
                      targeted=args.targeted, batch_size=args.batch_size, seed=args.seed)
-    out = args.out or runs[0].analysis_dir("robustness")
-    out.mkdir(parents=True, exist_ok=True)
+    out = d.path
     stem = f"robustness_{args.attack}{'_targeted' if args.targeted else ''}"
-    save_figure(res.figure(), out / f"{stem}.png", dpi=110)
-    d = {**res.to_dict(), "runs": [str(r.path) for r in runs]}
-    write_json(out / f"{stem}.json", d)
+    d.save_figure(res.figure(), f"{stem}.png", dpi=110)
+    numbers = {**res.to_dict(), "runs": [str(r.path) for r in runs]}
+    d.write_json(f"{stem}.json", numbers)
     if args.json:
-        print_json(d)
+        print_json(numbers)
         return 0
     c = console()
     c.print(f"{args.attack.upper()} {'targeted' if args.targeted else 'untargeted'}, {n} test images, "

@@ -7,8 +7,10 @@ evidence does not decide a question, the text says so. Each printed number is re
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -18,8 +20,8 @@ from typing import Any
 from ..config import ANALYSIS_PRESETS, AnalysisConfig
 from ..config import preset as make_preset
 from ..data import load_split
-from ..errors import ConfigError
-from ..output import atomic_write_bytes, atomic_write_text, write_json
+from ..errors import ConfigError, Interrupted, OutputError, RunError
+from ..output import OutputDir, atomic_write_bytes
 from ..runs import open_run, versions
 from ..train import train
 from . import activations, anatomy, batch_norm, class_models, filters, occlusion, robustness, targeted, training
@@ -72,26 +74,88 @@ def _train_all(out: Path, preset_name: str, seeds: int, split, overrides: dict, 
             # no curves.png / predictions.png in the run directories: sections 1.1 and 1.2 draw
             # their own, and the two figures cost ~1.3 s per network
             res = train(cfg, run_dir, split=split, overwrite=True, progress=False, log=log, figures=False)
+            if res.interrupted:      # no analysis or verdict is ever computed from a stopped run
+                raise Interrupted(res.signal or signal.SIGINT, f"training of {run_dir.name} stopped at step "
+                                  f"{res.info['steps']} of {res.info['steps_per_epoch'] * cfg.epochs}")
             log(f"    {run_dir.name}: test accuracy {res.test_accuracy * 100:.2f}%, "
                 f"training {res.info['timing']['train_time_s']:.1f} s (wall {time.perf_counter() - t0:.1f} s)")
             runs[key].append(run_dir)
     return runs
 
 
+REPORT_FILES = ("report.html", "results.json", "report.pdf")
+
+
 def build_report(out: str | Path = "reports/latest", preset: str = "quick", seeds: int = 1,
                  data_dir: str | None = None, log: Callable[[str], None] | None = None,
                  train_overrides: dict | None = None, analysis: AnalysisConfig | None = None,
-                 pdf: bool = True, command: str | None = None) -> dict:
+                 pdf: bool = True, command: str | None = None, overwrite: bool = False) -> dict:
     """Train plain and batch-norm networks, run every analysis, write report.html/.pdf/results.json.
 
     Returns results.json as a dict. `train_overrides` change the training preset (e.g.
     {"train_subset": 4000} for a smoke run); `analysis` sets how much analysis runs.
+
+    `out` must be absent or empty unless `overwrite` (it holds runs and a report: an earlier
+    report, its runs, or any other file is never replaced silently). The first SIGINT / SIGTERM
+    stops the report (Interrupted, exit 130 / 143): a training run in progress stops after its
+    step and is marked interrupted, and no report file is written after that point (with
+    `overwrite`, the earlier report's files are removed first, so none is left beside new runs).
     """
     if seeds < 1:
         raise ConfigError(f"--seeds must be ≥ 1 (got {seeds})")
+    d = _report_dir(Path(out), overwrite)
+    with _stop_on_signal():
+        try:
+            return _build_report(d, preset, seeds, data_dir, log, train_overrides, analysis, pdf, command)
+        except Interrupted as e:
+            written = [n for n in REPORT_FILES if (d.path / n).is_file()]
+            what = (f"the report is incomplete: only {', '.join(written)} written" if written
+                    else "no report written")
+            runs = f"; the runs trained so far are in {d.path / 'runs'}" if (d.path / "runs").is_dir() else ""
+            raise Interrupted(e.signum, f"{e.message + '; ' if e.message else ''}{what}{runs}") from None
+
+
+def _report_dir(out: Path, overwrite: bool) -> OutputDir:
+    """The checked report folder, before any work: absent or empty, or --overwrite."""
+    d = OutputDir(out, overwrite=overwrite)
+    if not overwrite and out.is_dir():
+        held = [n for n in (*REPORT_FILES, "runs") if (out / n).exists() or (out / n).is_symlink()]
+        if held:
+            raise OutputError(f"{out} already holds a report or its runs ({', '.join(held)}); pass "
+                              f"--overwrite to replace them, or choose another --out")
+    d.prepare()
+    if overwrite:
+        for name in REPORT_FILES:      # an earlier report must not be left beside new runs
+            if (out / name).is_file() and not (out / name).is_symlink():
+                d.record(name)
+                d.remove(name)
+    return d
+
+
+@contextlib.contextmanager
+def _stop_on_signal():
+    """The first SIGINT or SIGTERM raises Interrupted where the report is (training installs its
+    own handler, which finishes the current step first; _train_all then raises)."""
+    def handler(signum, frame):
+        raise Interrupted(signum)
+    old = {}
+    try:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            old[s] = signal.signal(s, handler)
+    except ValueError:          # not in the main thread: signals stay with the caller
+        pass
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _build_report(d: OutputDir, preset: str, seeds: int, data_dir: str | None,
+                  log: Callable[[str], None] | None, train_overrides: dict | None,
+                  analysis: AnalysisConfig | None, pdf: bool, command: str | None) -> dict:
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = d.path
     analysis = analysis or ANALYSIS_PRESETS.get(preset, AnalysisConfig())
     stages = Stages(log)
     overrides = dict(train_overrides or {})
@@ -102,6 +166,10 @@ def build_report(out: str | Path = "reports/latest", preset: str = "quick", seed
     runs = stages.run(f"train plain and batch-norm networks ({seeds} seed{'s' if seeds > 1 else ''}, preset {preset})",
                       lambda: _train_all(out, preset, seeds, split, overrides, log))
     all_runs = [open_run(p) for p in runs["plain"] + runs["batch_norm"]]
+    stopped = [r.name for r in all_runs if r.interrupted]
+    if stopped:
+        raise RunError(f"the run(s) {', '.join(stopped)} did not finish training; no analysis is "
+                       f"computed from an interrupted run")
     best = max(all_runs, key=lambda r: (r.info["best"]["val_accuracy"], -all_runs.index(r)))
     ctx = Context(out, split, runs, best, best.load_model(), analysis, Printed(),
                   results={"assignment": ASSIGNMENT, "preset": preset, "seeds": seeds})
@@ -119,10 +187,11 @@ def build_report(out: str | Path = "reports/latest", preset: str = "quick", seed
     ctx.results["printed"] = ctx.printed.strings
     ctx.results["verdicts"] = {v.id: v.to_dict() for s in sections for v in s.verdicts}
     html_text = render_html(sections, ctx)
-    atomic_write_text(out / "report.html", html_text)
-    write_json(out / "results.json", ctx.results)
+    d.write_text("report.html", html_text)
+    d.write_json("results.json", ctx.results)
     if pdf:
-        stages.run("render the PDF (WeasyPrint)", lambda: render_pdf(out / "report.html", out / "report.pdf"))
+        stages.run("render the PDF (WeasyPrint)", lambda: render_pdf(out / "report.html", d.target("report.pdf")))
+        d.record("report.pdf")
     log(f"report: {(out / 'report.html').resolve()}  ({stages.total:.0f} s in all)")
     return ctx.results
 
