@@ -1,4 +1,4 @@
-"""The report: the whole assignment answered in one command, as HTML, PDF and results.json.
+"""The report: the whole assignment answered in one command, as HTML, PDF, a notebook and results.json.
 
 Every sentence that states a finding is generated from this run's measurements; where the
 evidence does not decide a question, the text says so. Each printed number is registered in
@@ -7,6 +7,7 @@ evidence does not decide a question, the text says so. Each printed number is re
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import sys
@@ -24,6 +25,7 @@ from ..runs import open_run, versions
 from ..train import train
 from . import activations, anatomy, batch_norm, class_models, filters, occlusion, robustness, targeted, training
 from .base import ASSIGNMENT, Context, Printed, Section
+from .notebook import NOTEBOOK, write_report_notebook
 
 # The report's sections in the assignment's order; each builder returns a Section or a list of them.
 SECTIONS: list[Callable[[Context], Any]] = [
@@ -80,7 +82,7 @@ def build_report(out: str | Path = "reports/latest", preset: str = "quick", seed
                  data_dir: str | None = None, log: Callable[[str], None] | None = None,
                  train_overrides: dict | None = None, analysis: AnalysisConfig | None = None,
                  pdf: bool = True, command: str | None = None) -> dict:
-    """Train plain and batch-norm networks, run every analysis, write report.html/.pdf/results.json.
+    """Train plain and batch-norm networks, run every analysis, write report.html/.pdf/.ipynb and results.json.
 
     Returns results.json as a dict. `train_overrides` change the training preset (e.g.
     {"train_subset": 4000} for a smoke run); `analysis` sets how much analysis runs.
@@ -102,13 +104,16 @@ def build_report(out: str | Path = "reports/latest", preset: str = "quick", seed
     all_runs = [open_run(p) for p in runs["plain"] + runs["batch_norm"]]
     best = max(all_runs, key=lambda r: (r.info["best"]["val_accuracy"], -all_runs.index(r)))
     ctx = Context(out, split, runs, best, best.load_model(), analysis, Printed(),
-                  results={"assignment": ASSIGNMENT, "preset": preset, "seeds": seeds})
+                  results={"assignment": ASSIGNMENT, "preset": preset, "seeds": seeds,
+                           "analysis": dataclasses.asdict(analysis), "notebook": NOTEBOOK})
 
     sections: list[Section] = []
+    by_builder: list[tuple[Callable[[Context], Any], list[Section]]] = []     # for report.ipynb's cells
     for builder in SECTIONS:
         title = (builder.__doc__ or builder.__name__).strip().splitlines()[0]
         produced = stages.run(title, functools.partial(builder, ctx))
-        sections.extend(produced if isinstance(produced, list) else [produced])
+        by_builder.append((builder, produced if isinstance(produced, list) else [produced]))
+        sections.extend(by_builder[-1][1])
 
     ctx.results["stage_seconds"] = stages.times
     ctx.results["total_seconds"] = stages.total
@@ -119,6 +124,8 @@ def build_report(out: str | Path = "reports/latest", preset: str = "quick", seed
     html_text = render_html(sections, ctx)
     atomic_write_text(out / "report.html", html_text)
     write_json(out / "results.json", ctx.results)
+    # Re-runs in place: its cells call the same builders on the runs above (see report/notebook.py).
+    stages.run("write the notebook report.ipynb", lambda: write_report_notebook(out, by_builder, data_dir))
     if pdf:
         stages.run("render the PDF (WeasyPrint)", lambda: render_pdf(out / "report.html", out / "report.pdf"))
     log(f"report: {(out / 'report.html').resolve()}  ({stages.total:.0f} s in all)")
