@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from cnnlab.notebook import assignment_notebook, dumps
+
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "assignment.ipynb"
 
 
@@ -27,3 +29,24 @@ def test_notebook_executes(mnist_dir, tmp_path, monkeypatch):
     assert (tmp_path / "runs" / "plain" / "model.safetensors").exists()
     images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert images >= 8
+    # the explorer widget cell ran and left a widget view
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {})
+               for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+
+
+def test_assignment_notebook_is_what_the_builder_writes():
+    """tools/make_notebook.py writes notebooks/assignment.ipynb from cnnlab.notebook: they must agree."""
+    committed = NOTEBOOK.read_text(encoding="utf-8")
+    built = dumps(assignment_notebook())
+    assert committed == built, "run `python tools/make_notebook.py` and commit notebooks/assignment.ipynb"
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.reads(built, as_version=4)
+    nbformat.validate(nb)
+    sources = ["".join(c.source) for c in nb.cells]
+    assert any("from cnnlab.explore import widget" in s for s in sources)
+    ids = [c.id for c in nb.cells]
+    assert len(set(ids)) == len(ids)
+    # control: a changed cell is noticed
+    changed = assignment_notebook()
+    changed["cells"][1]["source"] = ["print('hi')\n"]
+    assert dumps(changed) != committed

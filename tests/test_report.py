@@ -32,7 +32,7 @@ def _text(html: str) -> str:
 
 
 def test_outputs_and_sections(report_dir):
-    for f in ("report.html", "report.pdf", "results.json"):
+    for f in ("report.html", "report.pdf", "report.ipynb", "results.json"):
         assert (report_dir / f).stat().st_size > 1000
     html = (report_dir / "report.html").read_text()
     for s in SECTIONS:

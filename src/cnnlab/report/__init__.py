@@ -1,4 +1,4 @@
-"""The report: the whole assignment answered in one command, as HTML, PDF and results.json.
+"""The report: the whole assignment answered in one command, as HTML, PDF, a notebook and results.json.
 
 One module per part, in the assignment's order (the list is `build.SECTIONS`):
 
@@ -13,7 +13,8 @@ One module per part, in the assignment's order (the list is `build.SECTIONS`):
     robustness.py    4.1           FGSM/PGD robustness (beyond the assignment)
 
 `base.py` holds what sections share (Context, Section, the printed-number registry); `build.py`
-trains the runs, calls the sections and renders HTML and PDF.
+trains the runs, calls the sections and renders HTML and PDF; `notebook.py` writes report.ipynb,
+one cell per section builder, which re-runs in place (`open_report`, `show`).
 """
 
 from .build import SECTIONS, build_report

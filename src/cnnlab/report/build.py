@@ -1,4 +1,4 @@
-"""The report: the whole assignment answered in one command, as HTML, PDF and results.json.
+"""The report: the whole assignment answered in one command, as HTML, PDF, a notebook and results.json.
 
 Every sentence that states a finding is generated from this run's measurements; where the
 evidence does not decide a question, the text says so. Each printed number is registered in
@@ -8,6 +8,7 @@ evidence does not decide a question, the text says so. Each printed number is re
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import signal
@@ -21,11 +22,13 @@ from ..config import ANALYSIS_PRESETS, AnalysisConfig
 from ..config import preset as make_preset
 from ..data import load_split
 from ..errors import ConfigError, Interrupted, OutputError, RunError
+from ..notebook import dumps
 from ..output import OutputDir, atomic_write_bytes
 from ..runs import open_run, versions
 from ..train import train
 from . import activations, anatomy, batch_norm, class_models, filters, occlusion, robustness, targeted, training
 from .base import ASSIGNMENT, Context, Printed, Section
+from .notebook import NOTEBOOK, report_notebook
 
 # The report's sections in the assignment's order; each builder returns a Section or a list of them.
 SECTIONS: list[Callable[[Context], Any]] = [
@@ -83,14 +86,14 @@ def _train_all(out: Path, preset_name: str, seeds: int, split, overrides: dict, 
     return runs
 
 
-REPORT_FILES = ("report.html", "results.json", "report.pdf")
+REPORT_FILES = ("report.html", "results.json", "report.pdf", "report.ipynb")
 
 
 def build_report(out: str | Path = "reports/latest", preset: str = "quick", seeds: int = 1,
                  data_dir: str | None = None, log: Callable[[str], None] | None = None,
                  train_overrides: dict | None = None, analysis: AnalysisConfig | None = None,
                  pdf: bool = True, command: str | None = None, overwrite: bool = False) -> dict:
-    """Train plain and batch-norm networks, run every analysis, write report.html/.pdf/results.json.
+    """Train plain and batch-norm networks, run every analysis, write report.html/.pdf/.ipynb and results.json.
 
     Returns results.json as a dict. `train_overrides` change the training preset (e.g.
     {"train_subset": 4000} for a smoke run); `analysis` sets how much analysis runs.
@@ -172,13 +175,16 @@ def _build_report(d: OutputDir, preset: str, seeds: int, data_dir: str | None,
                        f"computed from an interrupted run")
     best = max(all_runs, key=lambda r: (r.info["best"]["val_accuracy"], -all_runs.index(r)))
     ctx = Context(out, split, runs, best, best.load_model(), analysis, Printed(),
-                  results={"assignment": ASSIGNMENT, "preset": preset, "seeds": seeds})
+                  results={"assignment": ASSIGNMENT, "preset": preset, "seeds": seeds,
+                           "analysis": dataclasses.asdict(analysis), "notebook": NOTEBOOK})
 
     sections: list[Section] = []
+    by_builder: list[tuple[Callable[[Context], Any], list[Section]]] = []     # for report.ipynb's cells
     for builder in SECTIONS:
         title = (builder.__doc__ or builder.__name__).strip().splitlines()[0]
         produced = stages.run(title, functools.partial(builder, ctx))
-        sections.extend(produced if isinstance(produced, list) else [produced])
+        by_builder.append((builder, produced if isinstance(produced, list) else [produced]))
+        sections.extend(by_builder[-1][1])
 
     ctx.results["stage_seconds"] = stages.times
     ctx.results["total_seconds"] = stages.total
@@ -189,6 +195,9 @@ def _build_report(d: OutputDir, preset: str, seeds: int, data_dir: str | None,
     html_text = render_html(sections, ctx)
     d.write_text("report.html", html_text)
     d.write_json("results.json", ctx.results)
+    # Re-runs in place: its cells call the same builders on the runs above (see report/notebook.py).
+    stages.run("write the notebook report.ipynb",
+               lambda: d.write_text(NOTEBOOK, dumps(report_notebook(by_builder, data_dir))))
     if pdf:
         stages.run("render the PDF (WeasyPrint)", lambda: render_pdf(out / "report.html", d.target("report.pdf")))
         d.record("report.pdf")
