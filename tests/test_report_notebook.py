@@ -14,7 +14,8 @@ nbformat = pytest.importorskip("nbformat")
 
 QUESTIONS = ["1.1", "1.2", "1.3", "1.4", "1.5", "1.6", "2.1", "2.2", "2.3", "2.4",
              "3.1.1", "3.1.2", "3.1.3", "3.1.4", "3.2.1", "4.1"]
-TINY = AnalysisConfig(n_random_images=8, activation_images=1, occlusion_images=1, meaningfulness_n=10,
+TINY = AnalysisConfig(n_random_images=8, activation_images=1, occlusion_images=1, meaningful_n_behaviour=100,
+                      meaningful_n_occlusion=10,
                       synth_steps=40, adv_steps=40, robustness_n=100, pgd_steps=3)
 
 
