@@ -1737,3 +1737,11 @@ def test_every_readme_promise_names_a_test_that_exists():
     assert len(cited) >= 25, cited
     defined = set(re.findall(r"^def (test_\w+)", (TESTS / "test_hardening.py").read_text(), re.M))
     assert cited <= defined, cited - defined
+
+
+def test_atomic_writes_get_the_mode_of_an_ordinary_write(tmp_path):
+    # mkstemp makes 0600 files; a report the user cannot share would be a surprise
+    from cnnlab import output
+    (tmp_path / "plain.txt").write_text("x")                       # the oracle: an ordinary write
+    output.atomic_write_text(tmp_path / "atomic.txt", "x")
+    assert (tmp_path / "atomic.txt").stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777

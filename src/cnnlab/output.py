@@ -58,6 +58,15 @@ def os_error(e: OSError, path: str | os.PathLike, doing: str = "write") -> Outpu
     return OutputError(f"cannot {doing} {path}: {reason}")
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()      # read once at import: os.umask can only be read by setting it
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that `path` is always either the old file or the complete new one.
 
@@ -78,6 +87,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise os_error(e, path) from None
     try:
         with os.fdopen(fd, "wb") as f:
+            # mkstemp creates the file 0600; give it the mode an ordinary write would (0666 less
+            # the umask), so a report or run is as readable as any other file the user makes.
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
