@@ -183,6 +183,23 @@ def make_optimizer(model: Net, cfg: TrainConfig, total_steps: int):
     return opt, sched
 
 
+@contextlib.contextmanager
+def on_stop_signals(handler):
+    """`handler(signum, frame)` for SIGINT and SIGTERM inside the block; the caller's handlers
+    come back after it. Outside the main thread signals stay with the caller."""
+    old = {}
+    try:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            old[s] = signal.signal(s, handler)
+    except ValueError:
+        pass
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 class StopFlag:
     """Set by SIGINT/SIGTERM: the loop finishes the current step, saves, and stops."""
 
@@ -198,17 +215,8 @@ class StopFlag:
             if self.signal is not None:        # a second Ctrl-C: stop right away
                 raise KeyboardInterrupt
             self.signal = signum
-        old = {}
-        try:
-            for s in (signal.SIGINT, signal.SIGTERM):
-                old[s] = signal.signal(s, handler)
-        except ValueError:      # not in the main thread: signals stay with the caller
-            pass
-        try:
+        with on_stop_signals(handler):
             yield self
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -92,6 +92,14 @@ def _transfer_models(paths) -> dict:
     return out
 
 
+def _open(args, name: str):
+    """The run, its output folder (checked writable before any work), the model, the --transfer
+    models and the data split: what both generation commands start from."""
+    run = open_run_noted(args.run)
+    d = output_dir(args, run, name)
+    return run, d, run.load_model(), _transfer_models(args.transfer), run.load_split(args.data_dir)
+
+
 def _save(fig, d, name: str) -> str:
     d.save_figure(fig, name, dpi=110)
     return name
@@ -101,12 +109,8 @@ def cmd_synthesize(args) -> int:
     from ..analysis.class_models import SynthesisResult, synthesize
     from ..analysis.likeness import class_means, digit_likeness, likeness_figure
     from ..analysis.natural import synthesize_natural
-    run = open_run_noted(args.run)
-    d = output_dir(args, run, "synthesize")          # checked writable before any work
+    run, d, model, transfer, split = _open(args, "synthesize")
     out = d.path
-    model = run.load_model()
-    transfer = _transfer_models(args.transfer)
-    split = run.load_split(args.data_dir)
     targets = sorted(set(args.target)) if args.target else list(range(10))
     means = class_means(split)
     common = dict(steps=args.steps, sigma=args.sigma, seed=args.seed)
@@ -186,12 +190,8 @@ def cmd_adversarial(args) -> int:
     from ..analysis._shared import first_image_of
     from ..analysis.likeness import digit_likeness
     from ..analysis.targeted import adversarial, beta_sweep
-    run = open_run_noted(args.run)
-    d = output_dir(args, run, "adversarial")          # checked writable before any work
+    run, d, model, transfer, split = _open(args, "adversarial")
     out = d.path
-    model = run.load_model()
-    transfer = _transfer_models(args.transfer)
-    split = run.load_split(args.data_dir)
     n = len(split.test_x)
     if args.source_index is not None:
         if args.source_index >= n:

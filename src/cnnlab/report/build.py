@@ -25,7 +25,7 @@ from ..errors import ConfigError, Interrupted, OutputError, RunError
 from ..notebook import dumps
 from ..output import OutputDir, atomic_write_bytes
 from ..runs import open_run, versions
-from ..train import train
+from ..train import on_stop_signals, train
 from . import activations, anatomy, batch_norm, class_models, filters, occlusion, robustness, targeted, training
 from .base import ASSIGNMENT, Context, Printed, Section
 from .notebook import NOTEBOOK, report_notebook
@@ -141,17 +141,8 @@ def _stop_on_signal():
     own handler, which finishes the current step first; _train_all then raises)."""
     def handler(signum, frame):
         raise Interrupted(signum)
-    old = {}
-    try:
-        for s in (signal.SIGINT, signal.SIGTERM):
-            old[s] = signal.signal(s, handler)
-    except ValueError:          # not in the main thread: signals stay with the caller
-        pass
-    try:
+    with on_stop_signals(handler):
         yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def _build_report(d: OutputDir, preset: str, seeds: int, data_dir: str | None,
