@@ -74,17 +74,17 @@ def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
     for d in dims:
         expected *= d
     present = len(data) - header
-    # An empty dimension makes the data empty whatever the others declare, but numpy refuses any
-    # shape whose nonzero dimensions multiply past 2^63 bytes, so such a header is refused here.
-    if math.prod(d for d in dims if d) * dtype.itemsize >= 2**63:
-        raise IdxFormatError(f"{name}: header declares shape {dims}, which no array can have "
-                             f"(its nonzero dimensions span 2^63 bytes or more)")
     if expected > present:
         raise IdxFormatError(f"{name}: header declares shape {dims} ({expected} bytes of data) "
                              f"but only {present} bytes follow: the file is truncated")
     if expected < present:
         raise IdxFormatError(f"{name}: {present - expected} unexpected trailing bytes after the "
                              f"declared shape {dims}")
+    # An empty dimension makes the data empty whatever the others declare, but numpy refuses any
+    # shape whose nonzero dimensions multiply past 2^63 bytes, so such a header is refused here.
+    if math.prod(d for d in dims if d) * dtype.itemsize >= 2**63:
+        raise IdxFormatError(f"{name}: header declares shape {dims}, which no array can have "
+                             f"(its nonzero dimensions span 2^63 bytes or more)")
     arr = np.frombuffer(data, dtype=dtype, offset=header, count=expected // dtype.itemsize)
     return arr.reshape(dims).astype(dtype.newbyteorder("="), copy=True)
 
