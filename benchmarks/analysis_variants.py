@@ -19,15 +19,15 @@ argmin position and every predicted class agree.
 
 Robustness (the quick report's stage: 1000 test images, FGSM and PGD-10 at 7 ε, 2 networks):
   today      cnnlab.analysis.robustness.robustness(.., precision="fp32", chunk=1000): since p11b the
-             product is robustness_stacked itself; chunk=1000 stands in for the old batches of 1000
+             product is the stacked prototype itself; chunk=1000 stands in for the old batches of 1000
   fast_fp32  per network: one channels_last copy, all 6 non-zero ε stacked into one batch of 6000
              (per-image ε as a [6000,1,1,1] tensor), the same seeded random start as today's pgd
              (seed 0 for the first 1000-image batch), one forward+input-backward per PGD step
   fast_bf16  fast_fp32 under bf16 autocast
   *_cN       the stacked batch in chunks of N images, each chunk through all its PGD steps
              (robustness_fast; earlier runs)
-  stacked_*  robustness_stacked: the same as a drop-in replacement of attacks.robustness (same
-             arguments and result, + precision and chunk); measured in the latest run
+  stacked_*  the product (cnnlab.analysis.robustness.robustness, which took the measured
+             prototype's body in p11b) at the named precision and chunk
 Tolerance reported: max |accuracy difference| over (network, ε), in percentage points.
 """
 
@@ -199,103 +199,6 @@ def robustness_fast(models_: dict, x: torch.Tensor, y: torch.Tensor, pgd_steps: 
     return out
 
 
-def robustness_stacked(models_, x, y, attack: str = "fgsm", eps_list=None, steps: int = 20,
-                       alpha_per_eps=None, targeted: bool = False, batch_size: int = 1000, seed: int = 0,
-                       precision: str = "fp32", chunk: int = 128):
-    """Drop-in body for cnnlab.attacks.robustness (same arguments and same RobustnessResult), with
-    `precision` ("fp32" or "bf16") and `chunk` added. Every (ε, image) pair is one row of a stacked
-    batch; rows go through the attack `chunk` at a time on a channels_last copy of the network.
-    The PGD random start of image j at ε is drawn exactly as today: a generator seeded
-    `seed + i` (i = the start of j's `batch_size` batch), uniform_(-ε, ε) over that batch, so fp32
-    results equal today's up to float summation order."""
-    from cnnlab.analysis._shared import check_int as _check_int
-    from cnnlab.analysis._shared import check_number as _check_number
-    from cnnlab.analysis._shared import frozen
-    from cnnlab.analysis.robustness import (
-        EPS_FGSM,
-        EPS_PGD,
-        RobustnessResult,
-        _check_eps,
-        _check_xy,
-        target_classes,
-    )
-    from cnnlab.errors import ConfigError
-    if attack not in ("fgsm", "pgd"):
-        raise ConfigError(f"attack must be 'fgsm' or 'pgd'; got {attack!r}")
-    if not models_:
-        raise ConfigError("give at least one model")
-    eps_list = [_check_eps(e) for e in (eps_list if eps_list is not None else (EPS_FGSM if attack == "fgsm" else EPS_PGD))]
-    if not eps_list:
-        raise ConfigError("eps_list is empty")
-    steps = _check_int("steps", steps, 1)
-    a_per = 2.5 / steps if alpha_per_eps is None else _check_number("alpha_per_eps", alpha_per_eps, 0.0, lo_open=True)
-    batch_size = _check_int("batch_size", batch_size, 1)
-    x, y = _check_xy(next(iter(models_.values())), x, y)
-    t_all = target_classes(y) if targeted else y
-    n = len(x)
-    nz = [e for e in eps_list if e > 0]                # ε = 0 rows are the clean images: no attack
-    E = torch.tensor(nz, dtype=torch.float32).repeat_interleave(n).view(-1, 1, 1, 1)
-    X0, Y, T = x.repeat(len(nz), 1, 1, 1), y.repeat(len(nz)), t_all.repeat(len(nz))
-    start = X0
-    if attack == "pgd" and nz:
-        noise = []
-        for e in nz:
-            for i in range(0, n, batch_size):
-                g = torch.Generator().manual_seed(seed + i)
-                noise.append(torch.empty((min(batch_size, n - i), *x.shape[1:])).uniform_(-e, e, generator=g))
-        start = (X0 + torch.cat(noise)).clamp(0.0, 1.0)
-    sign = -1.0 if targeted else 1.0
-    bf16 = precision == "bf16"
-    cl = torch.channels_last
-    table = []
-    t0 = time.perf_counter()
-    for name, model in models_.items():
-        dev = next(model.parameters()).device
-        net = copy.deepcopy(model).to(memory_format=cl)
-        correct = torch.zeros(len(nz), dtype=torch.long)
-        hit = torch.zeros(len(nz), dtype=torch.long)
-
-        def predict(xa, net=net, dev=dev):
-            with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-                return torch.cat([net(xa[i:i + chunk].to(dev).contiguous(memory_format=cl)).argmax(1).cpu()
-                                  for i in range(0, len(xa), chunk)])
-
-        with frozen(net):
-            clean = predict(x) if len(nz) < len(eps_list) else None
-            for i in range(0, len(X0), chunk):
-                x0, tb, e = X0[i:i + chunk].to(dev), T[i:i + chunk].to(dev), E[i:i + chunk].to(dev)
-                xa = start[i:i + chunk].to(dev)
-                for _ in range(1 if attack == "fgsm" else steps):
-                    xg = xa.detach().contiguous(memory_format=cl).requires_grad_(True)
-                    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-                        logits = net(xg)
-                    (g,) = torch.autograd.grad(F.cross_entropy(logits.float(), tb, reduction="sum"), xg)
-                    if attack == "fgsm":
-                        xa = (x0 + sign * e * g.sign()).clamp(0.0, 1.0)
-                    else:
-                        xa = xa + sign * (a_per * e) * g.sign()
-                        xa = torch.min(torch.max(xa, x0 - e), x0 + e).clamp(0.0, 1.0)
-                pred = predict(xa.detach())
-                row = torch.div(torch.arange(i, i + len(pred)), n, rounding_mode="floor")
-                correct.index_add_(0, row, (pred == Y[i:i + chunk]).long())
-                hit.index_add_(0, row, (pred == T[i:i + chunk]).long())
-        k = 0
-        for e in eps_list:
-            if e > 0:
-                c, h = int(correct[k]), int(hit[k])
-                k += 1
-            else:
-                c, h = int((clean == y.cpu()).sum()), int((clean == t_all.cpu()).sum())
-            r = {"model": name, "eps": e, "accuracy": c / n}
-            if targeted:
-                r["success_rate"] = h / n
-            table.append(r)
-    params = {"batch_size": batch_size, "seed": seed}
-    if attack == "pgd":
-        params.update(steps=steps, alpha_per_eps=a_per, random_start=True)
-    return RobustnessResult(attack, bool(targeted), eps_list, table, params, n, time.perf_counter() - t0)
-
-
 def run_robustness(pairs: int, split, n: int = 1000, steps: int = 10) -> dict:
     from functools import partial
 
@@ -317,8 +220,8 @@ def run_robustness(pairs: int, split, n: int = 1000, steps: int = 10) -> dict:
         for v, (bf16, chunk) in variants.items():
             t0 = time.perf_counter()
             prec = "bf16" if bf16 else "fp32"
-            fg = robustness_stacked(ms, x, y, attack="fgsm", precision=prec, chunk=chunk)
-            pg = robustness_stacked(ms, x, y, attack="pgd", steps=steps, precision=prec, chunk=chunk)
+            fg = product(ms, x, y, attack="fgsm", precision=prec, chunk=chunk)
+            pg = product(ms, x, y, attack="pgd", steps=steps, precision=prec, chunk=chunk)
             res[v] = {"fgsm": {(r["model"], r["eps"]): r["accuracy"] for r in fg.table},
                       "pgd": {(r["model"], r["eps"]): r["accuracy"] for r in pg.table}}
             times[v].append(time.perf_counter() - t0)
