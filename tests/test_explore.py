@@ -377,21 +377,7 @@ def test_bad_runs_are_one_line_errors(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------
 
 def start_server(run: Path, data_dir: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "cnnlab", "explore", str(run), "--port", "0",
-                             "--data-dir", str(data_dir)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 1.0)
-        if ready:
-            line = proc.stdout.readline()
-            m = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
-            if m:
-                return proc, m.group(1)
-        if proc.poll() is not None:
-            raise AssertionError(f"cnnlab explore exited with {proc.returncode}: {proc.stderr.read()}")
-    proc.kill()
-    raise AssertionError("cnnlab explore did not print its URL within 120 s")
+    return start_server_runs([run], data_dir)
 
 
 def draw(page, strokes):
