@@ -1,6 +1,10 @@
 """Training throughput: a plain PyTorch loop (fp32, NCHW, batch 128, Adam, ReLU then pool) against
-cnnlab's loop (its defaults: bf16 autocast where available, channels_last, pool before ReLU,
-batch 256, AdamW one-cycle), measured alternately in one process.
+cnnlab's loop (its quick preset: bf16 autocast where available, channels_last, pool before ReLU,
+batch 128, AdamW one-cycle, glibc's allocator told to keep freed memory), measured alternately.
+
+Each measurement runs in a fresh Python process (`--one plain|cnnlab`): cnnlab tunes glibc's
+allocator for its own process (cnnlab.allocator), and a plain loop measured after it in the same
+process would get that tuning too and no longer be the plain loop.
 
     python benchmarks/train_speed.py [--pairs 3] [--steps 120]
 """
@@ -9,6 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import time
 
 import torch
@@ -64,18 +71,37 @@ def cnnlab_loop(split, steps: int) -> float:
     return res.info["timing"]["images_per_s"]
 
 
+def one(which: str, steps: int) -> float:
+    """images/s of one loop, measured in this process."""
+    split = load_split()
+    if which == "cnnlab":
+        return cnnlab_loop(split, steps)
+    x = (split.train_x.float() / 255 - split.mean) / split.std
+    return plain_loop(x, split.train_y, steps)
+
+
+def fresh(which: str, steps: int) -> float:
+    """images/s of one loop, measured in a new Python process."""
+    r = subprocess.run([sys.executable, __file__, "--one", which, "--steps", str(steps)],
+                       capture_output=True, text=True, env=os.environ.copy())
+    if r.returncode != 0:
+        raise SystemExit(f"train_speed --one {which} failed: {r.stderr[-2000:]}")
+    return float(r.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--steps", type=int, default=120)
+    ap.add_argument("--one", choices=("plain", "cnnlab"), help="measure one loop here and print images/s")
     args = ap.parse_args(argv)
-    split = load_split()
-    x = (split.train_x.float() / 255 - split.mean) / split.std
-    y = split.train_y
+    if args.one:
+        print(one(args.one, args.steps))
+        return {}
     ref, ours = [], []
     for _ in range(args.pairs):
-        ref.append(plain_loop(x, y, args.steps))
-        ours.append(cnnlab_loop(split, args.steps))
+        ref.append(fresh("plain", args.steps))
+        ours.append(fresh("cnnlab", args.steps))
     ratios = [o / r for o, r in zip(ours, ref)]
     peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
     med_ours = median_range(ours)[0]

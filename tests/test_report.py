@@ -15,7 +15,7 @@ SECTIONS = ["1.1", "1.2", "1.3", "1.4", "1.5", "1.6", "2.1", "2.2", "2.3", "2.4"
             "3.1.1", "3.1.2", "3.1.3", "3.1.4", "3.2.1"]
 TINY = AnalysisConfig(n_random_images=8, activation_images=1, occlusion_images=1,
                       meaningful_n_behaviour=150, meaningful_n_occlusion=20,
-                      synth_steps=40, adv_steps=40, robustness_n=100, pgd_steps=3, train_judge=True)
+                      synth_steps=40, adv_steps=40, robustness_n=100, pgd_steps=3, judge_preset="same")
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +204,7 @@ def test_every_verdict_follows_its_rule_and_its_numbers(report_dir):
 
 def test_the_judge_of_3_1_3_did_not_make_the_images(report_dir):
     """One seed: the smoke report trains a plain judge of seed + 1 (recorded with its cost); without
-    train_judge (the quick preset) the report's other network judges, and the text says it is the same seed."""
+    a judge preset the report's other network judges, and the text says it is the same seed."""
     from cnnlab.report.base import Context, Printed
     from cnnlab.report.class_models import choose_judge
     from cnnlab.runs import open_run

@@ -37,8 +37,11 @@ def versions() -> dict[str, str]:
 
 def hardware(device) -> dict[str, Any]:
     import torch
+
+    from . import allocator
     info = {"device": str(device), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(),
+            "malloc": allocator.describe()}
     if getattr(device, "type", str(device)) == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from .allocator import keep_freed_memory
 from .config import TrainConfig
 from .data import Split, load_split, to_float
 from .errors import CnnlabError, ConfigError, RunError, TrainingError
@@ -712,6 +713,7 @@ def _run(cfg: TrainConfig, writer: RunWriter, split: Split | None, data_dir: str
     # --- set up: device, precision, seeds, data, model, optimizer, state --------------------
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
+    keep_freed_memory()      # no page faults on every step's tensors (see cnnlab.allocator)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

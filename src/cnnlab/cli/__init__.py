@@ -17,6 +17,7 @@ import os
 import sys
 
 from .. import __version__
+from ..allocator import keep_freed_memory
 from ..errors import CnnlabError, Interrupted
 
 # Modules under cnnlab.cli that each define register(subparsers). Missing ones are skipped so
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MPLBACKEND", "Agg")
     parser = build_parser()
     args = parser.parse_args(argv)
+    keep_freed_memory()      # every command runs tensors of MBs; see cnnlab.allocator
     try:
         code = args.func(args)
     except CnnlabError as e:

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..analysis.class_models import confidence_verdict, cost_verdict, synthesize, synthesize_regularized
 from ..analysis.likeness import digit_likeness, looks_like_digits
 from ..analysis.natural import PcaPrior, readability, readable_verdict, synthesize_natural
+from ..config import preset as make_preset
 from ..errors import RunError
 from ..runs import open_run
 from ..schema import config_from_dict
@@ -19,10 +20,10 @@ from .base import Context, Section, drop_images, fig_to_data_uri, other_models
 def choose_judge(ctx: Context):
     """The network that judges 3.1.3's images without having made them, and what it is.
 
-    In order: a plain network of another seed that the report trained (--seeds ≥ 2); else, when
-    `analysis.train_judge`, a plain network trained now with the maker's preset and seed + 1 (in
-    memory; its cost is recorded); else the report's other network (same seed, the other
-    architecture), said so in the text and in results.json."""
+    In order: a plain network of another seed that the report trained (--seeds ≥ 2); else, with
+    `analysis.judge_preset`, a plain network trained now with seed + 1 and that preset ("same": the
+    maker's config; in memory; its cost and accuracy are recorded); else the report's other network
+    (same seed, the other architecture), said so in the text and in results.json."""
     best = ctx.best_run.path.resolve()
     maker_cfg = ctx.best_run.info["config"]
     seed = int(maker_cfg.get("seed", 0))
@@ -32,13 +33,19 @@ def choose_judge(ctx: Context):
             s = int(r.info["config"]["seed"])
             return r.load_model(), {"name": f"a plain network of seed {s}", "source": "report run", "seed": s,
                                     "another_seed": True, "run": str(Path(p).relative_to(ctx.out)), "seconds": 0.0}
-    if ctx.analysis.train_judge:
-        cfg = dataclasses.replace(config_from_dict(maker_cfg, "the maker's config"), seed=seed + 1, batch_norm=False)
+    if ctx.analysis.judge_preset is not None:
+        name = ctx.analysis.judge_preset
+        if name == "same":
+            cfg = dataclasses.replace(config_from_dict(maker_cfg, "the maker's config"), seed=seed + 1, batch_norm=False)
+            how = "the maker's config"
+        else:
+            cfg = make_preset(name, seed=seed + 1, device=maker_cfg.get("device"), threads=maker_cfg.get("threads"))
+            how = f"the {name} preset"
         t0 = time.perf_counter()
         res = train(cfg, None, split=ctx.split, progress=False, log=lambda s: None)
-        return res.model, {"name": f"a plain network trained with seed {seed + 1}", "source": "trained for the judge",
-                           "seed": seed + 1, "another_seed": True, "test_accuracy": res.test_accuracy,
-                           "seconds": round(time.perf_counter() - t0, 2)}
+        return res.model, {"name": f"a plain network trained with seed {seed + 1} ({how})",
+                           "source": "trained for the judge", "seed": seed + 1, "preset": name, "another_seed": True,
+                           "test_accuracy": res.test_accuracy, "seconds": round(time.perf_counter() - t0, 2)}
     for p in ctx.runs["plain"] + ctx.runs["batch_norm"]:
         r = open_run(p)
         if r.path.resolve() != best:
@@ -46,10 +53,10 @@ def choose_judge(ctx: Context):
             return r.load_model(), {
                 "name": f"the report's {kind} network", "source": "report run", "seed": int(r.info["config"].get("seed", 0)),
                 "another_seed": False, "run": str(Path(p).relative_to(ctx.out)), "seconds": 0.0,
-                "note": (f"Not a network of another seed: the report trained one seed, and training a judge costs "
-                         f"about 12 s on the quick preset (measured 11.9 s wall), a fifth of the quick report's 60-s "
-                         f"goal. The {kind} network (seed {seed}, the other architecture, trained separately from the maker) judges "
-                         f"instead; run with --seeds 2 for a judge of another seed.")}
+                "note": (f"Not a network of another seed: the report trained one seed and was asked to train no "
+                         f"judge (AnalysisConfig.judge_preset = None). The {kind} network (seed {seed}, the other "
+                         f"architecture, trained separately from the maker) judges instead; run with --seeds 2 for a "
+                         f"judge of another seed.")}
     raise RunError("3.1.3 needs a judge network besides the one that made the images; the report trained only one")
 
 
