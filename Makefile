@@ -21,9 +21,9 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PIP) install --quiet -c constraints.txt -e ".[explore,notebook,test]"
 	touch $(STAMP)
 
-# Lint (ruff: pyflakes, pycodestyle, import order, pyupgrade, bugbear) and types (mypy) on src/.
+# Lint (ruff: pyflakes, pycodestyle, import order, pyupgrade, bugbear) on src/ and tests/, and types (mypy) on src/.
 lint: setup
-	$(VENV)/bin/ruff check src
+	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/mypy
 
 test: setup lint

@@ -17,7 +17,6 @@ import json
 import time
 
 import torch
-
 from common import load_split, machine
 
 

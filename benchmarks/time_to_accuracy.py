@@ -14,7 +14,6 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from common import load_split, machine
 from train_speed import PlainNet
 

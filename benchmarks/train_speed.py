@@ -20,9 +20,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from common import FWD_FLOPS, TRAIN_FLOPS, load_split, machine, matmul_peak, median_range
+from torch import nn
 
 
 class PlainNet(nn.Module):

@@ -24,7 +24,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import drawings  # noqa: E402
-
 from cnnlab.predict import preprocess_bytes  # noqa: E402
 from cnnlab.runs import open_run  # noqa: E402
 

@@ -9,35 +9,40 @@ import sys
 
 import pytest
 
-# A few batch-128 training steps of the assignment's network in a fresh process; prints minor page
-# faults per step over the last 10 steps and whether the allocator tuning is in effect.
+# A few batch-128 training steps of the assignment's network as train() runs them (bf16 autocast
+# where the CPU has it, channels_last) in a fresh process; prints minor page faults per step over
+# the last 10 steps and whether the allocator tuning is in effect.
 PROBE = r"""
 import json, resource, sys, torch
 import torch.nn.functional as F
 from cnnlab.allocator import keep_freed_memory
 from cnnlab.model import Net
+from cnnlab.train import cpu_has_bf16
 applied = keep_freed_memory()
 torch.manual_seed(0)
 m = Net().to(memory_format=torch.channels_last)
 opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
 x, y = torch.rand(128, 1, 28, 28), torch.randint(0, 10, (128,))
 def step():
-    loss = F.cross_entropy(m(x), y)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_has_bf16()):
+        logits = m(x)
+    loss = F.cross_entropy(logits.float(), y, label_smoothing=0.1)
     opt.zero_grad(); loss.backward(); opt.step()
-for _ in range(5):
-    step()
-r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(10):
     step()
-print(json.dumps({"applied": applied, "faults_per_step": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) / 10}))
+r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    step()
+print(json.dumps({"applied": applied, "faults_per_step": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) / 20}))
 """
 
 
-def _probe(malloc: str | None) -> dict:
+def _probe(malloc: str | None, **glibc_env: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     env.pop("CNNLAB_MALLOC", None)
     if malloc is not None:
         env["CNNLAB_MALLOC"] = malloc
+    env.update(glibc_env)
     src = os.path.join(os.path.dirname(__file__), "..", "src")
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
     r = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120)
@@ -46,13 +51,19 @@ def _probe(malloc: str | None) -> dict:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
-def test_tuned_allocator_removes_the_page_faults_of_a_training_step():
-    default = _probe("default")             # the control: glibc as it comes
+def test_tuned_allocator_keeps_training_steps_free_of_page_faults():
+    """Untuned glibc faults 0–3,400 times per step here, depending on the heap's layout, so the
+    control is glibc held at its starting thresholds (128 KiB, no dynamic raise): it must show
+    the faults (the probe can see them), and the tuned process must not."""
+    control = _probe("default", MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
     tuned = _probe(None)
-    assert default["applied"] is False and tuned["applied"] is True
-    if default["faults_per_step"] < 100:
-        pytest.skip(f"this libc faults only {default['faults_per_step']:.0f} times per step untuned; nothing to remove")
-    assert tuned["faults_per_step"] <= default["faults_per_step"] / 10, (default, tuned)
+    assert control["applied"] is False and tuned["applied"] is True
+    assert control["faults_per_step"] >= 1000, control
+    assert tuned["faults_per_step"] <= min(200, control["faults_per_step"] / 20), (control, tuned)
+
+
+def test_cnnlab_malloc_default_leaves_the_allocator_alone():
+    assert _probe("default")["applied"] is False
 
 
 def test_run_json_records_the_allocator(mnist_run):

@@ -346,6 +346,7 @@ def test_two_runs_side_by_side(mnist_run, mnist_run_bn, mnist_dir):
 
 def test_without_the_extra_the_command_says_how_to_install(monkeypatch, capsys, run_dir):
     import importlib.util
+
     from cnnlab.cli import main
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fastapi" else real(name, *a))

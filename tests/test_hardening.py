@@ -28,13 +28,20 @@ import torch
 
 from cnnlab import data
 from cnnlab.cli import main as cli_main
-from cnnlab.errors import (CheckpointError, DataError, IdxFormatError, ImageError,
-                           RunError, TrainingError)
+from cnnlab.errors import CheckpointError, DataError, IdxFormatError, ImageError, RunError, TrainingError
 from cnnlab.model import Net, load_weights, weights_digest
 from cnnlab.runs import RunLock, open_run
-
-from faultkit import (STEPS_PER_EPOCH, TINY, comparable_metrics, fake_run, sha, snapshot,
-                      state_digest, synthetic_split, tensors_digest)
+from faultkit import (
+    STEPS_PER_EPOCH,
+    TINY,
+    comparable_metrics,
+    fake_run,
+    sha,
+    snapshot,
+    state_digest,
+    synthetic_split,
+    tensors_digest,
+)
 
 pytestmark = pytest.mark.fault
 TESTS = Path(__file__).resolve().parent
@@ -380,7 +387,7 @@ RUN_CASES = {
     "not UTF-8": ("\udcff", None),
     "a list": ("[1, 2, 3]", "JSON object"),
     "empty object": ("{}", "lacks the field(s) format, config, split, versions, status"),
-    **{f"missing {f}": ((lambda f: lambda i: i.pop(f))(f), f"lacks the field(s) {f}")
+    **{f"missing {f}": ((lambda f: lambda i: i.pop(f))(f), f"lacks the field(s) {f}")  # noqa: B023 (bound by the outer lambda)
        for f in ("format", "config", "split", "versions", "status")},
     "config not an object": (lambda i: i.update(config=[1]), "'config' must be an object"),
     "split not an object": (lambda i: i.update(split="x"), "'split' must be an object"),
@@ -980,6 +987,7 @@ def test_resume_checks_sizes_before_reading_the_state(name, stopped_run, tmp_pat
 
 def test_gunzip_limited_is_exact_below_the_cap_and_stops_at_it():
     import tracemalloc
+
     from cnnlab.schema import LimitExceeded, gunzip_limited
     payload = bytes(range(256)) * 400                       # 102,400 bytes
     gz = gzip.compress(payload)
@@ -1204,6 +1212,7 @@ def test_explore_bad_input_is_4xx_with_one_line(name, blob, tmp_path):
     JSON, get an HTTP 4xx with one line; the server keeps answering (control: a good upload)."""
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
+
     from cnnlab import explore
     run = fake_run(tmp_path / "run")
     app = explore.create_app([run])
@@ -1222,7 +1231,7 @@ def test_explore_bad_input_is_4xx_with_one_line(name, blob, tmp_path):
 def test_predict_streams_files_in_batches(tmp_path):
     """Item 17: 300 files in batches of 64 → no forward pass sees more than 64 images, and the
     answers equal one-at-a-time classification (the oracle)."""
-    from cnnlab.predict import predict, predict_files, to_mnist, load_image
+    from cnnlab.predict import load_image, predict, predict_files, to_mnist
     model = load_weights(fake_run(tmp_path / "run") / "model.safetensors")
     sizes = []
 
@@ -1273,9 +1282,7 @@ def test_train_refuses_a_folder_holding_user_files(name, tmp_path, capsys):
     one_line(err)
     assert "could not obtain" not in err                # refused before any work
     after = snapshot(out)
-    after.pop(".lock", None) if name != ".lock" else None
-    after.pop(".cnnlab-manifest.json", None)
-    assert after == before, "a user's file changed"
+    assert after == before, "the refused folder changed (a user's file, or a .lock or manifest left behind)"
 
 
 def test_train_with_overwrite_into_user_files_deletes_none_it_did_not_write(tmp_path):
@@ -1570,6 +1577,28 @@ def test_report_stops_on_the_first_signal(signal_at, sig, code, tmp_path, capsys
         assert not (out / "runs" / "bn-seed0").exists()       # nothing after the stop
     else:
         assert info["status"] == "complete"
+
+
+@pytest.mark.timeout(120)
+def test_report_stopped_while_rendering_the_pdf_says_so_inside(tmp_path, capsys, monkeypatch):
+    """A stop after report.html and results.json were written (here, during the PDF) leaves them,
+    each saying inside that the report is incomplete and what is missing; the control is the
+    same report not stopped, which carries no such mark."""
+    import cnnlab.report.build as B
+    _report_faked(monkeypatch, "none", signal.SIGINT)
+    monkeypatch.setattr(B, "SECTIONS", [])
+    monkeypatch.setattr(B, "render_pdf", lambda html, pdf: os.kill(os.getpid(), signal.SIGINT))
+    out = tmp_path / "R"
+    rc, _, err = run_cli(["report", "--preset", "smoke", "--out", out], capsys)
+    assert rc == 130 and "the report is incomplete: only report.html, results.json, report.ipynb written" in err, err
+    assert not (out / "report.pdf").exists()
+    html = (out / "report.html").read_text()
+    assert 'class="incomplete"' in html and "interrupted before writing report.pdf" in html
+    assert json.loads((out / "results.json").read_text())["incomplete"]["missing"] == ["report.pdf"]
+    rc, _, err = run_cli(["report", "--preset", "smoke", "--out", tmp_path / "S", "--no-pdf"], capsys)
+    assert rc == 0, err
+    assert 'class="incomplete"' not in (tmp_path / "S" / "report.html").read_text()
+    assert "incomplete" not in json.loads((tmp_path / "S" / "results.json").read_text())
 
 
 def test_report_overwrite_removes_the_earlier_report_before_training(tmp_path, capsys, monkeypatch):

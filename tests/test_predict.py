@@ -15,7 +15,6 @@ from PIL import Image, ImageDraw, ImageFilter, ImageOps
 from cnnlab.analysis import occlusion as occlusion_module
 from cnnlab.cli import main as cli_main
 from cnnlab.predict import load_image, predict, predict_files, preprocess_bytes, to_mnist
-
 from faultkit import fake_run
 
 
@@ -255,7 +254,7 @@ def test_predict_files_keeps_order_and_reports_errors(tiny_model, tmp_path):
 
 def test_cli_table_and_top(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    run = fake_run(tmp_path / "run")
+    fake_run(tmp_path / "run")
     _save(_digit_photo(8, size=120), tmp_path / "eight.png")
     code, out, err = run_cli(["predict", "run", "eight.png", "--top", "2"], capsys)
     assert code == 0 and err == ""

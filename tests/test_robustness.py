@@ -142,6 +142,7 @@ def test_attacks_on_trained_models(models, mnist_split):
         assert pgd01 <= acc[1] + 0.02                     # PGD is at least as strong as FGSM
     assert tg.table[0]["success_rate"] > 0.5              # most images pushed into label+1
     import json
+
     import matplotlib.pyplot as plt
     json.dumps(fg.to_dict())
     plt.close(fg.figure()), plt.close(tg.figure())

@@ -102,7 +102,7 @@ def test_widget_in_jupyterlab(tiny_run, mnist_dir, tmp_path):
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("jupyter lab did not start: " + (tmp_path / "lab.log").read_text()[-2000:])
+                    raise AssertionError("jupyter lab did not start: " + (tmp_path / "lab.log").read_text()[-2000:]) from None
                 time.sleep(0.5)
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
@@ -120,7 +120,7 @@ def test_widget_in_jupyterlab(tiny_run, mnist_dir, tmp_path):
                 page.wait_for_selector(".cnnlab-explore[data-ready='1']", timeout=90_000)
             except Exception:
                 page.screenshot(path=str(tmp_path / "lab.png"))
-                raise AssertionError("the widget did not load; browser console: " + " | ".join(console[-20:]))
+                raise AssertionError("the widget did not load; browser console: " + " | ".join(console[-20:])) from None
             canvas = page.locator(".cnnlab-explore canvas").first
             canvas.scroll_into_view_if_needed()
             box = canvas.bounding_box()

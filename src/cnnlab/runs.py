@@ -8,6 +8,7 @@ file, fsync, rename), so a process killed mid-write leaves the previous file int
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import platform
@@ -98,10 +99,26 @@ class RunLock:
             os.close(fd)
             raise RunError(f"{self.path.parent} is in use by another cnnlab process (lock held on "
                            f"{self.path}); wait for it to finish or choose another --out") from None
+        try:                    # the name may have been unlinked by a refused holder (discard)
+            same = os.lstat(self.path).st_ino == st.st_ino
+        except OSError:
+            same = False
+        if not same:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise RunError(f"{self.path.parent} is in use by another cnnlab process (its lock was just "
+                           f"replaced); wait for it to finish or choose another --out")
         if self.created:
             os.write(fd, str(os.getpid()).encode())
         self.fd = fd
         return self
+
+    def discard(self) -> None:
+        """Remove the lock file this process created (a refused folder is left as it was found);
+        unlinked while still held, so a process that opened it meanwhile sees a stale name."""
+        if self.created and self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
 
     def __exit__(self, *exc) -> None:
         import fcntl  # POSIX only: imported where used so that importing runs works everywhere

@@ -629,12 +629,17 @@ def train(cfg: TrainConfig, out: str | Path | None = None, *, split: Split | Non
     with lock:
         directory = None
         if out is not None:
-            check_out_dir(out, overwrite=overwrite, resume=resume)
-            directory = OutputDir(out, overwrite=overwrite, adopt=resume and not OutputDir(out).has_manifest())
-            # A folder holding files cnnlab did not write is refused (unless --overwrite); a run
-            # being resumed is ours (one written before manifests existed is adopted).
             created = isinstance(lock, RunLock) and lock.created
-            directory.prepare(check_foreign=not resume, ignore=(".lock",) if created else ())
+            try:
+                check_out_dir(out, overwrite=overwrite, resume=resume)
+                directory = OutputDir(out, overwrite=overwrite, adopt=resume and not OutputDir(out).has_manifest())
+                # A folder holding files cnnlab did not write is refused (unless --overwrite); a
+                # run being resumed is ours (one written before manifests existed is adopted).
+                directory.prepare(check_foreign=not resume, ignore=(".lock",) if created else ())
+            except CnnlabError:
+                if isinstance(lock, RunLock):
+                    lock.discard()          # refused: leave the folder as it was found
+                raise
             if created:
                 directory.record(".lock")
             if resume:

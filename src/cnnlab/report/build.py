@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import logging
 import signal
 import sys
@@ -114,8 +115,25 @@ def build_report(out: str | Path = "reports/latest", preset: str = "quick", seed
             written = [n for n in REPORT_FILES if (d.path / n).is_file()]
             what = (f"the report is incomplete: only {', '.join(written)} written" if written
                     else "no report written")
+            if "report.html" in written:
+                _mark_incomplete(d, [n for n in REPORT_FILES if n not in written])
             runs = f"; the runs trained so far are in {d.path / 'runs'}" if (d.path / "runs").is_dir() else ""
             raise Interrupted(e.signum, f"{e.message + '; ' if e.message else ''}{what}{runs}") from None
+
+
+def _mark_incomplete(d: OutputDir, missing: list[str]) -> None:
+    """Say inside report.html and results.json that the report stopped before `missing` were written
+    (they were complete when written; only the stop after them is news)."""
+    note = f"This report is incomplete: it was interrupted before writing {', '.join(missing)}."
+    html = (d.path / "report.html").read_text(encoding="utf-8")
+    if "<body>" in html and 'class="incomplete"' not in html:
+        d.write_text("report.html", html.replace("<body>", f'<body>\n<p class="incomplete" role="alert"><strong>'
+                                                 f"{note}</strong></p>", 1))
+    results = d.path / "results.json"
+    if results.is_file():
+        info = json.loads(results.read_text(encoding="utf-8"))
+        info["incomplete"] = {"missing": missing, "note": note}
+        d.write_json("results.json", info)
 
 
 def _report_dir(out: Path, overwrite: bool) -> OutputDir:
