@@ -1,6 +1,8 @@
 """Training time to 99.0% test accuracy, mean over seeds: the pytorch/examples MNIST recipe
 (Adadelta lr 1.0, StepLR γ 0.7 per epoch, batch 64, fp32) on the same network, against cnnlab's
-`quick` preset. Seconds count training steps only (evaluation excluded for both).
+`quick` preset. Seconds count training steps only (evaluation excluded for both). Both run in
+one process: from cnnlab's first run on, the reference too runs with glibc keeping freed memory
+(cnnlab.allocator), which can only make the reference faster and the ratio smaller.
 
     python benchmarks/time_to_accuracy.py [--seeds 5] [--ref-seeds 5]
 """
