@@ -379,3 +379,15 @@ def first_image_of(labels: torch.Tensor, digit: int) -> int:
     if not len(hits):
         raise ConfigError(f"the test set holds no image of digit {digit}; choose another --source-digit")
     return int(hits[0, 0])
+
+
+# Images per forward on a CPU. The conv1 activations of 128 copies (128 × 32 × 28 × 28 × 4 B =
+# 13 MB in fp32, half in bf16) stay in the 2 MiB-per-core L2 + 32 MiB L3; 1024 copies (103 MB) did
+# not: occlusion of one image took 0.32 s in forwards of 1024 and 0.111 s in forwards of 128, with
+# bit-identical fp32 results (benchmarks/FINDINGS-p11.md § 4). A GPU wants large batches instead.
+CPU_CHUNK = 128
+GPU_CHUNK = 4096
+
+
+def chunk_for(dev: torch.device) -> int:
+    return CPU_CHUNK if dev.type == "cpu" else GPU_CHUNK

@@ -17,7 +17,7 @@ from ..config import PATCH_SIZES, STROKE_THRESHOLD
 from ..errors import ConfigError
 from ..model import Net
 from ..train import autocast, resolve_precision
-from ._shared import IMAGE_SIZE, AnalysisResult, as_image, device_of, evaluating, inference_copy
+from ._shared import IMAGE_SIZE, AnalysisResult, as_image, chunk_for, device_of, evaluating, inference_copy
 from .meaningful import INK_LEVEL, describe_patch_map, digit_region
 
 # ---------------------------------------------------------------------------------------------
@@ -59,18 +59,6 @@ def _occlusion_batch(image: torch.Tensor, k: int, stride: int, fill: float) -> t
     mask = inside[:, None, :, None] & inside[None, :, None, :]                           # [P, P, 28, 28]
     batch = torch.where(mask, torch.tensor(fill, dtype=image.dtype), image)
     return batch.reshape(P * P, 1, IMAGE_SIZE, IMAGE_SIZE)
-
-
-# Images per forward on a CPU. The conv1 activations of 128 copies (128 × 32 × 28 × 28 × 4 B =
-# 13 MB in fp32, half in bf16) stay in the 2 MiB-per-core L2 + 32 MiB L3; 1024 copies (103 MB) did
-# not: occlusion of one image took 0.32 s in forwards of 1024 and 0.111 s in forwards of 128, with
-# bit-identical fp32 results (benchmarks/FINDINGS-p11.md § 4). A GPU wants large batches instead.
-CPU_CHUNK = 128
-GPU_CHUNK = 4096
-
-
-def chunk_for(dev: torch.device) -> int:
-    return CPU_CHUNK if dev.type == "cpu" else GPU_CHUNK
 
 
 def forward_chunks(net: Net, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from ..config import EPS_FGSM, EPS_PGD, PGD_STEPS
 from ..errors import ConfigError
 from ..train import autocast, resolve_precision
-from ._shared import AnalysisResult, check_int, check_number, few_threads, frozen
+from ._shared import CPU_CHUNK, AnalysisResult, check_int, check_number, chunk_for, few_threads, frozen
 from .verdict import Verdict
 
 
@@ -157,11 +157,9 @@ class RobustnessResult(AnalysisResult):
         return fig
 
 
-# Stacked rows per attack step on a CPU: 128 images × 32 × 28 × 28 conv1 activations (6.4 MB in
-# bf16) stay in cache through the forward and backward; chunks of 500 took twice as long and the
-# old one-ε batches of 1000 ×6–7 as long (benchmarks/FINDINGS-p11.md § 4). A GPU wants large batches.
-CPU_CHUNK = 128
-GPU_CHUNK = 4096
+# Stacked rows per attack step: `chunk_for` (128 on a CPU). 128 images × 32 × 28 × 28 conv1
+# activations (6.4 MB in bf16) stay in cache through the forward and backward; chunks of 500 took
+# twice as long and the old one-ε batches of 1000 ×6–7 as long (benchmarks/FINDINGS-p11.md § 4).
 
 
 def robustness(models: Mapping[str, torch.nn.Module], x: torch.Tensor, y, attack: str = "fgsm",
@@ -220,7 +218,7 @@ def robustness(models: Mapping[str, torch.nn.Module], x: torch.Tensor, y, attack
         prec = resolve_precision(precision, dev)
         prec = prec if prec in ("fp32", "bf16") else "fp32"
         fmt = torch.channels_last if dev.type == "cpu" else torch.contiguous_format
-        step_rows = chunk or (CPU_CHUNK if dev.type == "cpu" else GPU_CHUNK)
+        step_rows = chunk or chunk_for(dev)
         net = copy.deepcopy(model).to(memory_format=fmt)  # type: ignore[call-overload]  # torch's stubs omit memory_format
         correct = torch.zeros(len(nz), dtype=torch.long)
         hit = torch.zeros(len(nz), dtype=torch.long)
