@@ -61,7 +61,8 @@ def plain_loop(x_all, y_all, steps: int, batch: int = 128) -> float:
 
 
 def cnnlab_loop(split, steps: int) -> float:
-    """images/s of cnnlab's own train() (its real loop, logging off), on `steps` steps."""
+    """images/s of cnnlab's own train() (its real loop, logging off), on `steps` × 256 images
+    (2 × `steps` steps of the quick preset's batch 128)."""
     from cnnlab.config import preset
     from cnnlab.train import train
     cfg = preset("quick", epochs=1, train_subset=steps * 256, log_every=10**9)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -38,7 +39,7 @@ print(json.dumps({"applied": applied, "faults_per_step": (resource.getrusage(res
 
 
 def _probe(malloc: str | None, **glibc_env: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     env.pop("CNNLAB_MALLOC", None)
     if malloc is not None:
         env["CNNLAB_MALLOC"] = malloc
@@ -50,7 +51,10 @@ def _probe(malloc: str | None, **glibc_env: str) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's mallopt: Linux with glibc only")
 def test_tuned_allocator_keeps_training_steps_free_of_page_faults():
     """Untuned glibc faults 0–3,400 times per step here, depending on the heap's layout, so the
     control is glibc held at its starting thresholds (128 KiB, no dynamic raise): it must show
@@ -58,16 +62,25 @@ def test_tuned_allocator_keeps_training_steps_free_of_page_faults():
     control = _probe("default", MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
     tuned = _probe(None)
     assert control["applied"] is False and tuned["applied"] is True
-    assert control["faults_per_step"] >= 1000, control
+    if control["faults_per_step"] < 1000:   # e.g. transparent huge pages always on: big pages, few faults
+        pytest.skip(f"the control faults only {control['faults_per_step']:.0f} times per step here; nothing to show")
     assert tuned["faults_per_step"] <= min(200, control["faults_per_step"] / 20), (control, tuned)
 
 
+@pytest.mark.skipif(not GLIBC, reason="glibc's mallopt: Linux with glibc only")
 def test_cnnlab_malloc_default_leaves_the_allocator_alone():
-    assert _probe("default")["applied"] is False
+    code = "from cnnlab.allocator import keep_freed_memory as k, describe as d; print(k(), d())"
+    env = {**os.environ, "CNNLAB_MALLOC": "default",
+           "PYTHONPATH": os.pathsep.join([os.path.join(os.path.dirname(__file__), "..", "src"), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60).stdout
+    assert out.split() == ["False", "default"]
+    env.pop("CNNLAB_MALLOC")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60).stdout
+    assert out.startswith("True glibc")      # the control: without the variable it applies
 
 
 def test_run_json_records_the_allocator(mnist_run):
     info = json.loads((mnist_run / "run.json").read_text())
     assert info["hardware"]["malloc"] in ("default", "glibc, freed memory kept (cnnlab.allocator)")
-    if sys.platform.startswith("linux") and os.environ.get("CNNLAB_MALLOC", "").lower() != "default":
+    if GLIBC and os.environ.get("CNNLAB_MALLOC", "").lower() != "default":
         assert info["hardware"]["malloc"].startswith("glibc")

@@ -289,3 +289,33 @@ def test_report_in_a_real_browser(report_dir, tmp_path):
     assert not errors
     assert all(u.startswith(("file://", "data:")) for u in requests)
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_a_named_judge_preset_trains_a_judge_of_another_seed_on_the_makers_data(report_dir, mnist_split):
+    """The path the quick and full reports take: judge_preset names a preset (here smoke, for time)."""
+    from cnnlab.report.base import Context, Printed
+    from cnnlab.report.class_models import choose_judge
+    from cnnlab.runs import open_run
+    best = open_run(report_dir / "runs" / "plain-seed0")
+    ctx = Context(report_dir, mnist_split, {"plain": [best.path], "batch_norm": []}, best, None,
+                  AnalysisConfig(judge_preset="smoke"), Printed(), {})
+    model, info = choose_judge(ctx)
+    assert info["source"] == "trained for the judge" and info["preset"] == "smoke" and info["seed"] == 1
+    assert info["another_seed"] and "(the smoke preset)" in info["name"] and 0.5 < info["test_accuracy"] <= 1
+    assert model.batch_norm is False
+
+
+def test_an_unknown_judge_preset_is_refused_before_any_work(tmp_path):
+    from cnnlab.errors import ConfigError
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        build_report(tmp_path / "R", preset="smoke", analysis=AnalysisConfig(judge_preset="nope"), log=lambda s: None)
+    assert not (tmp_path / "R").exists()
+
+
+@pytest.mark.parametrize("saved, judge", [({"train_judge": True}, "same"), ({"train_judge": False}, None),
+                                          ({"judge_preset": "quick", "a later field": 3}, "quick")])
+def test_results_json_of_an_older_report_still_opens(saved, judge):
+    """report.ipynb re-runs open_report(); a report written before judge_preset recorded train_judge."""
+    from cnnlab.report.notebook import analysis_config_from
+    cfg = analysis_config_from({"synth_steps": 40, **saved})
+    assert cfg.judge_preset == judge and cfg.synth_steps == 40

@@ -4,14 +4,15 @@ Why: glibc serves every allocation above its mmap threshold (128 KiB at start, r
 dynamically up to 32 MiB) with a fresh `mmap` and returns it with `munmap`, and trims the top of
 the heap once 2× that is free. A training step allocates and frees tensors of 0.8–26 MB (a
 batch of 128 conv1 activations is 6.4 MB in bf16), so the pages came back zeroed from the kernel
-on every step: measured on the 2-core AMD EPYC with torch 2.13, 2,700–3,400 minor page faults
-and 5–6 ms of kernel time per batch-128 step, about a quarter of the step's wall time. With the
-thresholds below the same loop showed 0 page faults and 0 ms of kernel time per step
-(benchmarks/train_speed.py measures the effect side by side in separate processes).
+on every step: measured on the 2-core AMD EPYC with torch 2.13, up to 3,400 minor page faults
+and 6 ms of kernel time per batch-128 step (0 in some processes: it depends on the heap's layout),
+up to a quarter of the step's wall time. With the thresholds below the same loop showed 0 page
+faults and 0 ms of kernel time per step in every process (BENCHMARKS.md, part 11 second round).
 
 The cost: a process keeps its peak heap until it exits (a training process peaks at a few
 hundred MB). The CLI applies this at start; `train()` applies it too, so Python API users get the
-same speed. `CNNLAB_MALLOC=default` in the environment leaves the allocator alone.
+same speed. `CNNLAB_MALLOC=default` in the environment leaves the allocator alone. On 32-bit
+glibc the 32 MiB threshold is refused, so nothing changes there and `describe()` says "default".
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import sys
 
 M_TRIM_THRESHOLD = -1            # mallopt parameter numbers from glibc's <malloc.h>
 M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 32 * 1024 * 1024     # bytes: the largest glibc accepts (HEAP_MAX_SIZE / 2 on 64-bit)
+MMAP_THRESHOLD = 32 * 1024 * 1024     # bytes: the largest glibc ≤ 2.34 accepts on 64-bit (HEAP_MAX_SIZE / 2)
 TRIM_THRESHOLD = 1024 * 1024 * 1024   # bytes of free heap top kept before trimming
 
 _applied: bool | None = None

@@ -203,7 +203,7 @@ class AnalysisConfig:
     # 3.1.3's judge network, when the report trained no plain network of another seed (--seeds 1):
     # a plain network trained for the purpose with seed + 1 and this preset ("same": the maker's
     # own training config), or None: the report's other network (same seed, the other
-    # architecture). "quick" (1 epoch, ≈ 99.1% test accuracy) costs ≈ 5 s on the 2-core CPU where
+    # architecture). "quick" (1 epoch, ≈ 99.1% test accuracy) costs ≈ 4 s on the 2-core CPU where
     # the maker's `full` preset would cost ≈ 60 s, and judged the full-preset maker's class models
     # exactly as a full-preset judge did (natural 10/10, plain 0/10 readable; BENCHMARKS.md).
     judge_preset: str | None = None

@@ -100,7 +100,8 @@ class RunLock:
             raise RunError(f"{self.path.parent} is in use by another cnnlab process (lock held on "
                            f"{self.path}); wait for it to finish or choose another --out") from None
         try:                    # the name may have been unlinked by a refused holder (discard)
-            same = os.lstat(self.path).st_ino == st.st_ino
+            now = os.lstat(self.path)
+            same = (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
         except OSError:
             same = False
         if not same:
@@ -118,7 +119,9 @@ class RunLock:
         unlinked while still held, so a process that opened it meanwhile sees a stale name."""
         if self.created and self.fd is not None:
             with contextlib.suppress(OSError):
-                os.unlink(self.path)
+                mine, there = os.fstat(self.fd), os.lstat(self.path)
+                if (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino):   # never another's lock
+                    os.unlink(self.path)
 
     def __exit__(self, *exc) -> None:
         import fcntl  # POSIX only: imported where used so that importing runs works everywhere

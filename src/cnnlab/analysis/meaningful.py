@@ -309,7 +309,7 @@ def _fresh_copy(model: nn.Module, seed: int) -> nn.Module:
 
 def _log_probs(s: Subject, x: torch.Tensor, mask: torch.Tensor | None = None, batch: int | None = None) -> torch.Tensor:
     """log softmax [B, classes] in float64 of x [B, 1, 28, 28] on the [0, 1] scale, `batch`
-    images per forward (default: the occlusion module's cache-sized chunk; 2048 at once ran ~2×
+    images per forward (default: `chunk_for`, a cache-sized chunk; 2048 at once ran ~2×
     slower on the 2-core CPU, its activations spilling out of cache)."""
     dev = _device(s.net)
     batch = batch or chunk_for(dev)

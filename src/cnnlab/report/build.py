@@ -22,7 +22,7 @@ from typing import Any
 from ..config import ANALYSIS_PRESETS, AnalysisConfig
 from ..config import preset as make_preset
 from ..data import load_split
-from ..errors import ConfigError, Interrupted, OutputError, RunError
+from ..errors import CnnlabError, ConfigError, Interrupted, OutputError, RunError
 from ..notebook import dumps
 from ..output import OutputDir, atomic_write_bytes
 from ..runs import open_run, versions
@@ -102,21 +102,29 @@ def build_report(out: str | Path = "reports/latest", preset: str = "quick", seed
     `out` must be absent or empty unless `overwrite` (it holds runs and a report: an earlier
     report, its runs, or any other file is never replaced silently). The first SIGINT / SIGTERM
     stops the report (Interrupted, exit 130 / 143): a training run in progress stops after its
-    step and is marked interrupted, and no report file is written after that point (with
-    `overwrite`, the earlier report's files are removed first, so none is left beside new runs).
+    step and is marked interrupted, and no report file is written after that point, except that
+    a report.html and results.json written before the stop are marked incomplete inside, naming
+    the files that are missing (with `overwrite`, the earlier report's files are removed first,
+    so none is left beside new runs).
     """
     if seeds < 1:
         raise ConfigError(f"--seeds must be ≥ 1 (got {seeds})")
+    judge = (analysis or ANALYSIS_PRESETS.get(preset, AnalysisConfig())).judge_preset
+    if judge not in (None, "same"):
+        make_preset(judge)      # an unknown judge preset is refused now, not after the training
     d = _report_dir(Path(out), overwrite)
     with _stop_on_signal():
         try:
             return _build_report(d, preset, seeds, data_dir, log, train_overrides, analysis, pdf, command)
         except Interrupted as e:
-            written = [n for n in REPORT_FILES if (d.path / n).is_file()]
-            what = (f"the report is incomplete: only {', '.join(written)} written" if written
-                    else "no report written")
-            if "report.html" in written:
-                _mark_incomplete(d, [n for n in REPORT_FILES if n not in written])
+            expected = [n for n in REPORT_FILES if pdf or n != "report.pdf"]
+            written = [n for n in expected if (d.path / n).is_file()]
+            missing = [n for n in expected if n not in written]
+            what = ("every report file was written before the stop" if not missing else
+                    f"the report is incomplete: only {', '.join(written)} written" if written else "no report written")
+            if "report.html" in written and missing:
+                with contextlib.suppress(CnnlabError, OSError, ValueError):   # best effort: the stop is the news
+                    _mark_incomplete(d, missing)
             runs = f"; the runs trained so far are in {d.path / 'runs'}" if (d.path / "runs").is_dir() else ""
             raise Interrupted(e.signum, f"{e.message + '; ' if e.message else ''}{what}{runs}") from None
 

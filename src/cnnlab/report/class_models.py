@@ -39,7 +39,8 @@ def choose_judge(ctx: Context):
             cfg = dataclasses.replace(config_from_dict(maker_cfg, "the maker's config"), seed=seed + 1, batch_norm=False)
             how = "the maker's config"
         else:
-            cfg = make_preset(name, seed=seed + 1, device=maker_cfg.get("device"), threads=maker_cfg.get("threads"))
+            cfg = make_preset(name, seed=seed + 1, **{k: maker_cfg.get(k) for k in (
+                "device", "threads", "dataset", "val_size", "split_seed")})     # the maker's data, as trained
             how = f"the {name} preset"
         t0 = time.perf_counter()
         res = train(cfg, None, split=ctx.split, progress=False, log=lambda s: None)

@@ -21,6 +21,7 @@ best run's config, the analysis settings from results.json.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import re
@@ -55,9 +56,20 @@ def open_report(path: str | Path = ".", data_dir: str | Path | None = None) -> C
     best = open_run(out / prov["best_run"])
     cfg = best.info["config"]
     split = load_split(cfg["dataset"], data_dir, cfg["val_size"], cfg["split_seed"], cfg["train_subset"])
-    analysis = AnalysisConfig(**results["analysis"])
+    analysis = analysis_config_from(results["analysis"])
     return Context(out, split, runs, best, best.load_model(), analysis, Printed(),
                    results={k: results[k] for k in ("assignment", "preset", "seeds", "analysis")})
+
+
+def analysis_config_from(saved: dict[str, Any]) -> AnalysisConfig:
+    """The AnalysisConfig a results.json records; a report written before 3.1.3's judge had a
+    preset (`train_judge`: True meant the maker's own config, False the report's other network)
+    opens too, and fields this version does not know are ignored."""
+    saved = dict(saved)
+    if "train_judge" in saved:
+        saved.setdefault("judge_preset", "same" if saved.pop("train_judge") else None)
+    known = {f.name for f in dataclasses.fields(AnalysisConfig)}
+    return AnalysisConfig(**{k: v for k, v in saved.items() if k in known})
 
 
 def show(produced: Section | Sequence[Section]) -> None:
