@@ -8,8 +8,10 @@ RUN="$R/$BEST"
 OTHER=$(ls -d "$R"/runs/* | grep -v "$(basename "$RUN")" | head -1)
 T=$(mktemp -d)
 mkdir -p docs
-cp "$RUN/curves.png" docs/curves.png
-cp "$RUN/predictions.png" docs/predictions.png
+# A report's runs carry no per-run figures (the report draws them); a `cnnlab train` run does.
+for f in curves predictions; do
+  if [ -f "$RUN/$f.png" ]; then cp "$RUN/$f.png" "docs/$f.png"; else echo "docs/$f.png kept: $RUN has no $f.png" >&2; fi
+done
 $C filters "$RUN" --layer conv1 --out "$T/f1" >/dev/null
 $C filters "$RUN" --layer conv2 --out "$T/f2" >/dev/null
 $C activations "$RUN" --index 18 --out "$T/a" >/dev/null
