@@ -162,15 +162,8 @@ class NaturalSynthesisResult(SynthesisResult):
         axes = axes[0]
         axes[0].imshow(self.initial[0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         axes[0].set_title(f"start: noise 128 ± {self.params['sigma']:g}\nprojected on the prior", fontsize=7)
-        for i, ax in enumerate(axes[1:]):
-            t, p, c = int(self.targets[i]), int(self.final_pred[i]), float(self.final_prob[i])
-            ax.imshow(self.images[i], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-            title = f"target {t}\npred {p} ({pct(c)})"
-            if likeness is not None:
-                title += f"\nr = {likeness['images']['corr_target_mean'][i]:+.2f}"
-            ax.set_title(title, fontsize=8, color="tab:green" if p == t else "tab:red")
-        for ax in axes:
-            ax.set_xticks([]), ax.set_yticks([])
+        self.draw_targets(axes, self.images, [f"\nr = {likeness['images']['corr_target_mean'][i]:+.2f}"
+                                              if likeness is not None else "" for i in range(T)])
         prm = self.params
         fig.suptitle(f"{self.label}: X = clip(mean + PCA-{prm['components']}·w), Adam on w, "
                      f"C = logits[target] − {prm['prior_weight']:g}·½‖w‖², {prm['steps']} steps — "
