@@ -208,6 +208,11 @@ class AnalysisConfig:
     # exactly as a full-preset judge did (natural 10/10, plain 0/10 readable; BENCHMARKS.md).
     judge_preset: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.judge_preset not in (None, "same", *PRESETS):   # refused before any training
+            raise ConfigError(f"unknown preset {self.judge_preset!r} for the judge; choose one of "
+                              f"{', '.join(PRESETS)}, 'same' or None")
+
 
 ANALYSIS_PRESETS = {
     "smoke": AnalysisConfig(n_random_images=16, activation_images=1, occlusion_images=1,

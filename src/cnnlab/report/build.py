@@ -109,9 +109,6 @@ def build_report(out: str | Path = "reports/latest", preset: str = "quick", seed
     """
     if seeds < 1:
         raise ConfigError(f"--seeds must be ≥ 1 (got {seeds})")
-    judge = (analysis or ANALYSIS_PRESETS.get(preset, AnalysisConfig())).judge_preset
-    if judge not in (None, "same"):
-        make_preset(judge)      # an unknown judge preset is refused now, not after the training
     d = _report_dir(Path(out), overwrite)
     with _stop_on_signal():
         try:
