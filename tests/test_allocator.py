@@ -38,7 +38,9 @@ print(json.dumps({"applied": applied, "faults_per_step": (resource.getrusage(res
 """
 
 
-def _probe(malloc: str | None, **glibc_env: str) -> dict:
+def _run(code: str, malloc: str | None, **glibc_env: str) -> str:
+    """stdout of `code` in a fresh Python with this checkout's cnnlab, CNNLAB_MALLOC=`malloc`
+    (None: unset) and no allocator settings but `glibc_env`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     env.pop("CNNLAB_MALLOC", None)
     if malloc is not None:
@@ -46,9 +48,13 @@ def _probe(malloc: str | None, **glibc_env: str) -> dict:
     env.update(glibc_env)
     src = os.path.join(os.path.dirname(__file__), "..", "src")
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
-    r = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return r.stdout
+
+
+def _probe(malloc: str | None, **glibc_env: str) -> dict:
+    return json.loads(_run(PROBE, malloc, **glibc_env).strip().splitlines()[-1])
 
 
 GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
@@ -70,13 +76,8 @@ def test_tuned_allocator_keeps_training_steps_free_of_page_faults():
 @pytest.mark.skipif(not GLIBC, reason="glibc's mallopt: Linux with glibc only")
 def test_cnnlab_malloc_default_leaves_the_allocator_alone():
     code = "from cnnlab.allocator import keep_freed_memory as k, describe as d; print(k(), d())"
-    env = {**os.environ, "CNNLAB_MALLOC": "default",
-           "PYTHONPATH": os.pathsep.join([os.path.join(os.path.dirname(__file__), "..", "src"), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60).stdout
-    assert out.split() == ["False", "default"]
-    env.pop("CNNLAB_MALLOC")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60).stdout
-    assert out.startswith("True glibc")      # the control: without the variable it applies
+    assert _run(code, "default").split() == ["False", "default"]
+    assert _run(code, None).startswith("True glibc")      # the control: without the variable it applies
 
 
 def test_run_json_records_the_allocator(mnist_run):
