@@ -148,3 +148,43 @@ def test_every_result_has_to_dict_figure_and_save(tmp_path):
         assert {f"{res.stem}.json", f"{res.stem}.png"} <= names <= {f"{res.stem}.json", f"{res.stem}.png", f"{res.stem}.npz"}
         assert json.loads((tmp_path / type(res).__name__ / f"{res.stem}.json").read_text()) == json.loads(json.dumps(d))
         assert not list((tmp_path / type(res).__name__).glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("total_steps", range(1, 13))
+@pytest.mark.parametrize("pct_start", [0.1, 0.25, 0.5, 0.75])
+def test_the_schedule_runs_for_any_number_of_steps(total_steps, pct_start):
+    """OneCycleLR divides by zero when the warm-up is exactly one step; ours steps through."""
+    from cnnlab.model import Net
+    from cnnlab.train import make_optimizer
+    opt, sched = make_optimizer(Net(), TINY.replace(pct_start=pct_start, lr=1e-2), total_steps)
+    lrs = [sched.get_last_lr()[0]]
+    for _ in range(total_steps - 1):
+        opt.step()
+        sched.step()
+        lrs.append(sched.get_last_lr()[0])
+    assert len(lrs) == total_steps and all(0 < lr <= 1e-2 * (1 + 1e-9) for lr in lrs)
+    if pct_start * total_steps >= 1:              # a warm-up of one step or more starts at lr / 25
+        assert lrs[0] == pytest.approx(1e-2 / 25)
+
+
+def test_a_one_step_warm_up_gives_the_rates_of_a_slightly_longer_one_where_torch_alone_divides_by_zero():
+    from cnnlab.model import Net
+    from cnnlab.train import make_optimizer
+
+    def rates(opt, sched):
+        lrs = [sched.get_last_lr()[0]]
+        for _ in range(3):
+            opt.step()
+            sched.step()
+            lrs.append(sched.get_last_lr()[0])
+        return lrs
+    ours = rates(*make_optimizer(Net(), TINY.replace(pct_start=0.25, lr=1e-2), 4))
+    sgd = torch.optim.SGD(Net().parameters(), lr=1e-2)
+    longer = rates(sgd, torch.optim.lr_scheduler.OneCycleLR(sgd, max_lr=1e-2, total_steps=4, pct_start=0.2500001,
+                                                              anneal_strategy="cos", div_factor=25.0,
+                                                              final_div_factor=1e3))
+    assert ours == pytest.approx(longer, rel=1e-6)
+    assert ours[0] == pytest.approx(1e-2 / 25) and ours[3] == pytest.approx(1e-2 / 25 / 1e3)
+    with pytest.raises(ZeroDivisionError):          # the control: torch's scheduler as it comes
+        torch.optim.lr_scheduler.OneCycleLR(torch.optim.SGD(Net().parameters(), lr=1e-2), max_lr=1e-2,
+                                            total_steps=4, pct_start=0.25)

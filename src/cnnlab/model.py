@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused
 from .errors import CheckpointError
 from .output import atomic_write_bytes
 
@@ -50,6 +51,10 @@ class Net(nn.Module):
         # (and its backward) run on a quarter of the values. The layer table turns this off to
         # show the order of the diagram; the function computed is the same either way.
         self.pool_before_relu = True
+        # Training on a CPU may run conv1 → pool1 → ReLU as one C kernel (cnnlab.fused): the same
+        # function, several times faster. Only train() turns it on, and only in training mode, so
+        # evaluation and every analysis of a saved network run torch's operators.
+        self.fused_conv1 = False
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         mean, std = self.get_buffer("input_mean"), self.get_buffer("input_std")
@@ -63,7 +68,10 @@ class Net(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.normalize(x)
-        x = self._block(x, self.conv1, self.bn1, self.relu1, self.pool1)
+        if self.fused_conv1 and self.training and fused.applies(self, x):
+            x = fused.conv1_pool_relu(x, self.conv1.weight, self.conv1.bias)
+        else:
+            x = self._block(x, self.conv1, self.bn1, self.relu1, self.pool1)
         x = self._block(x, self.conv2, self.bn2, self.relu2, self.pool2)
         x = self.relu3(self.fc1(self.flatten(x)))
         return self.fc2(x)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from . import fused
 from .allocator import keep_freed_memory
 from .config import TrainConfig
 from .data import Split, load_split, to_float
@@ -178,11 +179,15 @@ def make_optimizer(model: Net, cfg: TrainConfig, total_steps: int):
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     # The fused kernel updates each tensor in one pass instead of a dozen foreach passes over the
     # 784k fc1 weights: 7.7–8.0 against 8.5–9.0 ms per batch-128 step (BENCHMARKS.md, part 11).
-    fused = next(model.parameters()).device.type in ("cpu", "cuda")
+    one_pass = next(model.parameters()).device.type in ("cpu", "cuda")
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, fused=fused or None)
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, fused=one_pass or None)
+    # OneCycleLR divides by (pct_start × total_steps − 1), zero when the warm-up is exactly one step
+    # (pct_start 0.25 of 4 steps). A billionth of a step more gives the schedule's limit from above:
+    # the learning rates of any slightly longer warm-up (pct_start 0.2500001 of 4 steps).
+    pct_start = cfg.pct_start * (1 + 1e-9) if cfg.pct_start * total_steps - 1 == 0 else cfg.pct_start
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps,
-                                                pct_start=cfg.pct_start, anneal_strategy="cos",
+                                                pct_start=pct_start, anneal_strategy="cos",
                                                 div_factor=25.0, final_div_factor=1e3)
     return opt, sched
 
@@ -660,7 +665,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, *, split: Split | Non
 
 # Fields that may differ on --resume: where and how fast the run computes, not what it computes.
 # They are applied (and said so); any other difference is refused, naming the fields.
-RESUME_SAFE_FIELDS = ("device", "threads")
+RESUME_SAFE_FIELDS = ("device", "threads", "fused_conv1")
 
 
 def resume_config(out: Path, cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainConfig:
@@ -742,6 +747,8 @@ def _run(cfg: TrainConfig, writer: RunWriter, split: Split | None, data_dir: str
 
     model = Net(batch_norm=cfg.batch_norm, mean=split.mean, std=split.std).to(device)
     model = model.to(memory_format=memory_format)  # type: ignore[call-overload]  # torch's stubs omit memory_format
+    # Built (or found in the cache) and checked now, not inside the first timed step.
+    model.fused_conv1 = cfg.fused_conv1 and device.type == "cpu" and not cfg.batch_norm and fused.kernel() is not None
     opt, sched = make_optimizer(model, cfg, total_steps)
     state, metrics = writer.start(cfg, resume, model, opt, sched, log)
 
@@ -827,7 +834,7 @@ def _run(cfg: TrainConfig, writer: RunWriter, split: Split | None, data_dir: str
         "split": split.info,
         "normalization": {"mean": split.mean, "std": split.std},
         "versions": versions(),
-        "hardware": hardware(device),
+        "hardware": {**hardware(device), "conv1": _conv1_path(model, cfg, device)},
         "device": str(device),
         "precision": precision,
         "steps": state.step, "steps_per_epoch": steps_per_epoch, "epochs_done": state.epoch,
@@ -856,6 +863,16 @@ def _diverged_message(loss_value: float, state: LoopState, writer: RunWriter, pr
     advice = "a smaller --lr" + (" or --precision fp32" if precision != "fp32" else "")
     return (f"the training loss became {loss_value} at step {state.step + 1} (epoch {state.epoch + 1}); "
             f"stopped. {kept}. Try {advice}")
+
+
+def _conv1_path(model: Net, cfg: TrainConfig, device: torch.device) -> str:
+    """Which conv1 → pool1 → ReLU the training steps ran, and why, for run.json."""
+    if model.fused_conv1:
+        return fused.describe()
+    why = ("fused_conv1 is off" if not cfg.fused_conv1 else f"the kernel is for CPUs, this ran on {device.type}"
+           if device.type != "cpu" else "batch-norm sits between conv1 and the pool" if cfg.batch_norm
+           else fused.describe().removeprefix("torch's operators (").removesuffix(")"))
+    return f"torch's operators ({why})"
 
 
 def _val_numbers(val: EvalResult) -> tuple[float, float]:

@@ -1,0 +1,264 @@
+"""conv1 → 2×2 max-pool → ReLU as one C kernel, for training on a CPU.
+
+Why: conv1 has one input channel, so oneDNN's convolution does little arithmetic per byte, and its
+batch-128 output (128×32×28×28, 6.4 MB in bf16) then went through memory four more times: max-pool
+with indices, the pool's backward (a zero-filled gradient of the same size, then a scatter) and the
+convolution's weight gradient. Measured on the 2-core AMD EPYC (torch 2.13, batch 128, bf16): the
+conv1 block took ~4.5 ms of an 8 ms training step through torch's operators, and 0.65 ms (forward
+0.33, backward 0.32) as this kernel, which keeps the four candidates of each pooled position in
+registers and never stores the full-resolution output (BENCHMARKS.md, part 11 third round).
+
+What it computes is the network's own function, checked against torch's operators: in fp32 the
+output matches conv2d → max_pool2d → relu to float rounding (the products are summed in another
+order), ties go to the first candidate as in max_pool2d, NaNs propagate as there; with bf16 autocast
+the output is the fp32 result rounded to bf16 (torch's conv would round its inputs to bf16 first,
+so this is the more exact of the two). Only the weight and bias gradients exist: the kernel is used
+while training, where the input needs none; anything that wants the input's gradient (attacks,
+class models) or a hook on conv1/pool1/relu1 goes through torch's operators.
+
+How: the C source ships with the package (cnnlab/csrc/conv1pool.c). On first use it is compiled
+with the system's C compiler (`$CC`, else cc, gcc or clang) into the user cache
+(`cache_dir()/kernels`, one file per source, compiler, flags and CPU), loaded with ctypes, and
+checked once against torch's operators on a small batch before it is trusted. Where PyTorch runs
+on GNU OpenMP the kernel is built with -fopenmp and runs on PyTorch's own OpenMP threads. With no
+compiler, a failed build or a failed check, training uses torch's operators and run.json's
+`hardware.conv1` says why; `TrainConfig.fused_conv1 = False` (`--no-fused-conv1`) turns it off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from .model import Net
+
+SOURCE = "conv1pool.c"
+IN_SHAPE = (1, 28, 28)     # the network's input: one channel, 28×28 pixels
+C_OUT, POOLED = 32, 14     # conv1's channels; the pooled output is 14×14
+COMPILE_TIMEOUT = 120      # seconds
+
+
+@dataclass(frozen=True)
+class Kernel:
+    lib: ctypes.CDLL
+    openmp: bool           # runs on PyTorch's OpenMP threads; else on the calling thread
+    description: str       # for run.json: what was built, with what
+
+
+_kernel: Kernel | None = None
+_reason: str | None = None       # why there is no kernel, once one was asked for and refused
+
+
+def kernel() -> Kernel | None:
+    """The compiled kernel, building and checking it on first use; None (and `describe()` says
+    why) where it cannot be had. Never raises."""
+    global _kernel, _reason
+    if _kernel is None and _reason is None:
+        try:
+            _kernel = build()
+        except KernelError as e:
+            _reason = str(e)
+    return _kernel
+
+
+def describe() -> str:
+    """Which conv1 block this process trains with, for run.json."""
+    if _kernel is not None:
+        return _kernel.description
+    return f"torch's operators ({_reason})" if _reason else "torch's operators"
+
+
+class KernelError(Exception):
+    """The kernel could not be built, loaded or trusted (internal: training falls back)."""
+
+
+def build(cc: str | None = None, cache: Path | None = None) -> Kernel:
+    """Compile (or find in the cache), load and check the kernel; KernelError saying why not."""
+    from .data import cache_dir
+    compiler = cc or os.environ.get("CC") or next(
+        (c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
+    if not compiler or not shutil.which(compiler):
+        raise KernelError(f"no C compiler found ({compiler or 'cc, gcc, clang'}); set CC to one")
+    source = resources.files("cnnlab").joinpath("csrc").joinpath(SOURCE).read_bytes()
+    version = _compiler_version(compiler)
+    openmp = _torch_uses_gomp()
+    folder = (cache or cache_dir()) / "kernels"
+    errors = []
+    # -march=native lets the compiler use every vector instruction of this CPU (the cache key holds
+    # the CPU's flags, so a shared cache never hands one machine another's build).
+    for flags in (["-march=native"], []):
+        flags = ["-O3", "-shared", "-fPIC", *flags, *(["-fopenmp"] if openmp else [])]
+        key = hashlib.sha256(b"\0".join([source, compiler.encode(), version.encode(), " ".join(flags).encode(),
+                                         _cpu_flags().encode(), platform.machine().encode()])).hexdigest()[:20]
+        path = folder / f"conv1pool-{key}.so"
+        try:
+            if not path.is_file():
+                _compile(compiler, flags, source, path)
+            lib = _load(path)
+        except KernelError as e:
+            errors.append(str(e))
+            continue
+        k = Kernel(lib, openmp, f"cnnlab's fused C kernel ({version}, {' '.join(flags[:1] + flags[3:])}"
+                                f"{', on PyTorch OpenMP threads' if openmp else ', one thread'})")
+        _self_check(k)
+        return k
+    raise KernelError("; ".join(errors))
+
+
+def _compiler_version(compiler: str) -> str:
+    try:
+        r = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise KernelError(f"{compiler} --version failed: {e}") from None
+    first = (r.stdout or r.stderr).strip().splitlines()
+    if r.returncode != 0 or not first:
+        raise KernelError(f"{compiler} --version failed (exit {r.returncode})")
+    return first[0][:80]
+
+
+def _torch_uses_gomp() -> bool:
+    """PyTorch's threads are GNU OpenMP's and its libgomp is loaded: a -fopenmp build then binds to
+    that same runtime (by its soname) instead of starting a second pool of threads."""
+    if "OpenMP" not in torch.__config__.parallel_info() or not sys.platform.startswith("linux"):
+        return False
+    try:
+        return "libgomp" in Path("/proc/self/maps").read_text()
+    except OSError:
+        return False
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _compile(compiler: str, flags: list[str], source: bytes, path: Path) -> None:
+    """Build into a temporary file beside `path`, then rename: a reader sees a whole library or none."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".build-") as tmp:
+            src, out = Path(tmp) / SOURCE, Path(tmp) / path.name
+            src.write_bytes(source)
+            r = subprocess.run([compiler, *flags, "-o", str(out), str(src)], capture_output=True, text=True,
+                               timeout=COMPILE_TIMEOUT)
+            if r.returncode != 0:
+                last = (r.stderr.strip().splitlines() or ["no message"])[-1]
+                raise KernelError(f"{compiler} {' '.join(flags)} failed: {last[:200]}")
+            os.replace(out, path)
+    except OSError as e:
+        raise KernelError(f"cannot build into {path.parent}: {e.strerror or e}") from None
+    except subprocess.SubprocessError as e:
+        raise KernelError(f"{compiler} did not finish: {e}") from None
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as e:
+        raise KernelError(f"cannot load {path.name}: {e}") from None
+    p, i = ctypes.c_void_p, ctypes.c_int
+    lib.cnnlab_conv1pool_forward.argtypes = [p, p, p, p, p, i, i, i]
+    lib.cnnlab_conv1pool_backward.argtypes = [p, p, p, p, i, i, i, p, p]
+    lib.cnnlab_conv1pool_forward.restype = lib.cnnlab_conv1pool_backward.restype = i
+    return lib
+
+
+def _self_check(k: Kernel) -> None:
+    """A build is trusted only once it computes what torch's operators compute, here, on this CPU."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, *IN_SHAPE, generator=g)
+    w = (torch.randn(C_OUT, 1, 3, 3, generator=g) / 3).requires_grad_()
+    b = (torch.randn(C_OUT, generator=g) / 10).requires_grad_()
+    grad = torch.randn(5, C_OUT, POOLED, POOLED, generator=g)
+    with torch.autocast("cpu", enabled=False):
+        ref = torch.relu(torch.nn.functional.max_pool2d(torch.nn.functional.conv2d(x, w, b, padding=1), 2))
+        ref_w, ref_b = torch.autograd.grad(ref, (w, b), grad)
+        out = _Conv1PoolReluFn.apply(x, w, b, k, False)
+        got_w, got_b = torch.autograd.grad(out, (w, b), grad)
+    err = max(float((out - ref).detach().abs().max()), float((got_w - ref_w).abs().max() / ref_w.abs().max()),
+              float((got_b - ref_b).abs().max() / ref_b.abs().max()))
+    if not err < 1e-4:
+        raise KernelError(f"the built kernel disagrees with torch's operators (max error {err:.2g}); not used")
+
+
+class _Conv1PoolReluFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, k: Kernel, half: bool):
+        n = x.shape[0]
+        x = x.detach().to(torch.float32).contiguous()
+        wt = weight.detach().to(torch.float32).reshape(C_OUT, 9).t().contiguous()
+        b = bias.detach().to(torch.float32).contiguous()
+        out = torch.empty((n, C_OUT, POOLED, POOLED), dtype=torch.bfloat16 if half else torch.float32,
+                          memory_format=torch.channels_last)
+        need_grad = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        winners = torch.empty((n, POOLED, POOLED, C_OUT), dtype=torch.uint8) if need_grad else None
+        k.lib.cnnlab_conv1pool_forward(x.data_ptr(), wt.data_ptr(), b.data_ptr(), out.data_ptr(),
+                                       winners.data_ptr() if winners is not None else None,
+                                       int(half), n, _threads(k))
+        if need_grad:
+            ctx.save_for_backward(x, out, winners)
+            ctx.kernel, ctx.weight_shape = k, weight.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, out, winners = ctx.saved_tensors
+        k: Kernel = ctx.kernel
+        grad_out = grad_out.to(out.dtype).contiguous(memory_format=torch.channels_last)
+        threads = _threads(k)
+        scratch = torch.empty(threads * 10 * C_OUT)
+        grad = torch.empty(10 * C_OUT)
+        k.lib.cnnlab_conv1pool_backward(x.data_ptr(), out.data_ptr(), winners.data_ptr(), grad_out.data_ptr(),
+                                        int(out.dtype == torch.bfloat16), x.shape[0], threads,
+                                        scratch.data_ptr(), grad.data_ptr())
+        grad_w = grad[:9 * C_OUT].view(9, C_OUT).t().reshape(ctx.weight_shape)
+        return None, grad_w, grad[9 * C_OUT:], None, None
+
+
+def _threads(k: Kernel) -> int:
+    return torch.get_num_threads() if k.openmp else 1
+
+
+def applies(model: Net, x: torch.Tensor) -> bool:
+    """Whether the fused kernel can stand in for `model`'s conv1 → pool1 → relu1 on input `x`."""
+    w = model.conv1.weight
+    return (model.bn1 is None and x.device.type == "cpu" and x.dtype == torch.float32
+            and tuple(x.shape[1:]) == IN_SHAPE and not x.requires_grad
+            and w.device.type == "cpu" and w.dtype == torch.float32
+            and not any(_hooked(m) for m in (model.conv1, model.relu1, model.pool1))
+            and kernel() is not None)
+
+
+def _hooked(m: torch.nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                or getattr(m, "_backward_pre_hooks", None))
+
+
+def conv1_pool_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """relu(max_pool2d(conv2d(x, weight, bias, padding=1), 2)) through the kernel (see `applies`).
+    Under CPU bf16 autocast the result is bf16, as the convolution's would be."""
+    k = kernel()
+    if k is None:
+        raise KernelError(describe())
+    if bias is None:
+        bias = weight.new_zeros(C_OUT)
+    half = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    return _Conv1PoolReluFn.apply(x, weight, bias, k, half)

@@ -1,0 +1,194 @@
+"""cnnlab.fused: the C kernel for conv1 → 2×2 max-pool → ReLU, against torch's operators (the oracle).
+
+The kernel must compute the network's own function (values, the tie rule of max_pool2d, NaNs), its
+weight and bias gradients, stand aside wherever it does not apply, and fall back to torch's
+operators, saying why, where it cannot be built."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cnnlab import fused
+from cnnlab.model import Net
+
+pytestmark = pytest.mark.skipif(fused.kernel() is None, reason=f"no kernel here: {fused.describe()}")
+
+
+def reference(x, w, b):
+    return F.relu(F.max_pool2d(F.conv2d(x, w, b, padding=1), 2))
+
+
+def weights(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return ((torch.randn(32, 1, 3, 3, generator=g) / 3).requires_grad_(),
+            (torch.randn(32, generator=g) / 10).requires_grad_())
+
+
+def digits_like(n, seed=0):
+    """Sparse strokes on a constant background, normalized as the network does: most pooled
+    windows are flat background, where all four candidates tie."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(n, 1, 28, 28, generator=g) > 0.8).float() * torch.rand(n, 1, 28, 28, generator=g)
+    return (x - 0.1307) / 0.3081
+
+
+def grads(fn, x, w, b, gout):
+    w.grad = b.grad = None
+    out = fn(x, w, b)
+    out.backward(gout.to(out.dtype))
+    return out.detach(), w.grad.clone(), b.grad.clone()
+
+
+@pytest.mark.parametrize("n", [1, 3, 128])
+def test_fp32_forward_and_gradients_match_torchs_operators(n):
+    x, (w, b) = digits_like(n), weights()
+    gout = torch.randn(n, 32, 14, 14, generator=torch.Generator().manual_seed(1))
+    ref, ref_w, ref_b = grads(reference, x, w, b, gout)
+    out, got_w, got_b = grads(fused.conv1_pool_relu, x, w, b, gout)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=2e-6)        # summed in another order
+    torch.testing.assert_close(got_w, ref_w, rtol=1e-5, atol=1e-5 * float(ref_w.abs().max()))
+    torch.testing.assert_close(got_b, ref_b, rtol=1e-5, atol=1e-5 * float(ref_b.abs().max()))
+
+
+def test_ties_go_to_the_first_candidate_as_in_max_pool2d():
+    """Only the centre tap is non-zero, so a 2×2 block of equal pixels gives four equal candidates
+    whose other taps see different pixels: the gradient of those taps tells which one won."""
+    g = torch.Generator().manual_seed(2)
+    blocks = torch.randint(0, 3, (4, 1, 14, 14), generator=g).float()
+    x = blocks.repeat_interleave(2, 2).repeat_interleave(2, 3)
+    x[:, :, ::3, 1::5] += 7.0              # pixels the centre tap never ties on, seen by the off-centre taps
+    w = torch.zeros(32, 1, 3, 3)
+    w[:, 0, 1, 1] = torch.linspace(0.5, 2.0, 32)
+    w.requires_grad_()
+    b = torch.zeros(32, requires_grad=True)
+    gout = torch.rand(4, 32, 14, 14, generator=g)
+    ref, ref_w, _ = grads(reference, x, w, b, gout)
+    out, got_w, _ = grads(fused.conv1_pool_relu, x, w, b, gout)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(got_w, ref_w, rtol=1e-5, atol=1e-4)
+    # The control: the last candidate winning ties instead would route other pixels.
+    last = F.relu(F.max_pool2d(F.conv2d(x, w, b, padding=1).flip(2, 3), 2)).flip(2, 3)
+    w.grad = None
+    last.backward(gout)
+    assert (w.grad - ref_w).abs().max() > 1.0
+
+
+def test_nans_propagate_as_through_torchs_operators():
+    x, (w, b) = digits_like(2), weights()
+    x[0, 0, 5, 5] = float("nan")
+    with torch.no_grad():
+        ref, out = reference(x, w, b), fused.conv1_pool_relu(x, w, b)
+    assert torch.equal(ref.isnan(), out.isnan()) and int(out.isnan().sum()) > 0
+    torch.testing.assert_close(out.nan_to_num(), ref.nan_to_num(), rtol=1e-6, atol=2e-6)
+
+
+def test_under_bf16_autocast_the_output_is_the_fp32_result_rounded_to_bf16():
+    x, (w, b) = digits_like(16), weights()
+    with torch.no_grad():
+        exact = fused.conv1_pool_relu(x, w, b)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = fused.conv1_pool_relu(x, w, b)
+    assert half.dtype == torch.bfloat16
+    assert torch.equal(half.view(torch.int16), exact.to(torch.bfloat16).view(torch.int16))   # bit for bit
+    # and within bf16 rounding of torch's own bf16 convolution, which rounds its inputs first
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        torch_half = reference(x, w, b)
+    assert float((half.float() - torch_half.float()).abs().max()) < 0.05 * float(exact.abs().max())
+
+
+def test_bf16_gradients_match_the_fp32_kernels_within_bf16_rounding():
+    x, (w, b) = digits_like(32), weights()
+    gout = torch.randn(32, 32, 14, 14, generator=torch.Generator().manual_seed(3))
+    _, w32, b32 = grads(fused.conv1_pool_relu, x, w, b, gout)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, w16, b16 = grads(fused.conv1_pool_relu, x, w, b, gout)
+    assert float((w16 - w32).abs().max()) < 1e-2 * float(w32.abs().max())
+    assert float((b16 - b32).abs().max()) < 1e-2 * float(b32.abs().max())
+
+
+def test_a_training_step_through_the_kernel_equals_one_through_torchs_operators():
+    torch.manual_seed(0)
+    plain = Net().train()
+    fast = Net().train()
+    fast.load_state_dict(plain.state_dict())
+    fast.fused_conv1 = True
+    x = (digits_like(64, seed=4) * 0.3081 + 0.1307).clamp(0, 1)
+    y = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(5))
+    for m in (plain, fast):
+        F.cross_entropy(m(x), y).backward()
+    for (name, p), q in zip(plain.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5 * float(p.grad.abs().max()), msg=name)
+
+
+@pytest.mark.parametrize("case", ["eval mode", "flag off", "input needs its gradient", "hook on conv1",
+                                  "batch-norm", "float64"])
+def test_the_kernel_stands_aside_where_it_does_not_apply(case, monkeypatch):
+    calls = []
+    monkeypatch.setattr(fused, "conv1_pool_relu", lambda *a: calls.append(1) or reference(*a))
+    m = Net(batch_norm=case == "batch-norm").train()
+    m.fused_conv1 = case != "flag off"
+    x = torch.rand(2, 1, 28, 28)
+    if case == "eval mode":
+        m.eval()
+    if case == "input needs its gradient":          # attacks and class models: need d(loss)/d(input)
+        x.requires_grad_()
+    if case == "hook on conv1":                     # activations and anatomy read conv1's output
+        m.conv1.register_forward_hook(lambda *a: None)
+    if case == "float64":
+        m, x = m.double(), x.double()
+    m(x)
+    assert calls == []
+    # the control: the same model and input where it does apply
+    ok = Net().train()
+    ok.fused_conv1 = True
+    ok(torch.rand(2, 1, 28, 28))
+    assert calls == [1]
+
+
+def test_without_a_compiler_there_is_no_kernel_and_the_reason_is_given(tmp_path):
+    with pytest.raises(fused.KernelError, match="no C compiler"):
+        fused.build(cc=str(tmp_path / "no-such-cc"), cache=tmp_path)
+    broken = tmp_path / "cc"
+    broken.write_text("#!/bin/sh\n[ \"$1\" = --version ] && echo 'fake cc 1.0' && exit 0\necho 'fatal: out of luck' >&2; exit 1\n")
+    broken.chmod(0o755)
+    with pytest.raises(fused.KernelError, match="fatal: out of luck"):
+        fused.build(cc=str(broken), cache=tmp_path)
+    assert not list((tmp_path / "kernels").glob("*.so"))            # nothing half-built is left
+
+
+def test_a_build_is_cached_and_reused(tmp_path):
+    k = fused.build(cache=tmp_path)
+    built = list((tmp_path / "kernels").glob("conv1pool-*.so"))
+    assert len(built) == 1 and "fused C kernel" in k.description
+    stamp = built[0].stat().st_mtime_ns
+    fused.build(cache=tmp_path)
+    assert [p.stat().st_mtime_ns for p in (tmp_path / "kernels").glob("conv1pool-*.so")] == [stamp]
+
+
+def test_a_library_that_computes_something_else_is_refused(tmp_path, monkeypatch):
+    """The self-check is a real check: a build whose forward is off by a little is not trusted."""
+    real = fused._Conv1PoolReluFn.forward
+
+    def off(ctx, *a):
+        return real(ctx, *a) * 1.001
+    monkeypatch.setattr(fused._Conv1PoolReluFn, "forward", staticmethod(off))
+    with pytest.raises(fused.KernelError, match="disagrees"):
+        fused.build(cache=tmp_path)
+
+
+@pytest.mark.mnist
+def test_run_json_says_which_conv1_trained(tmp_path, mnist_split):
+    from cnnlab.config import preset
+    from cnnlab.train import train
+    for name, overrides in [("on", {}), ("off", {"fused_conv1": False})]:
+        cfg = preset("smoke", train_subset=512, **overrides)
+        train(cfg, split=mnist_split, out=tmp_path / name, progress=False, log=lambda s: None)
+    info = {n: json.loads((tmp_path / n / "run.json").read_text())["hardware"]["conv1"] for n in ("on", "off")}
+    assert info["on"].startswith("cnnlab's fused C kernel")
+    assert info["off"] == "torch's operators (fused_conv1 is off)"
