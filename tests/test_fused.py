@@ -1,6 +1,7 @@
-"""cnnlab.fused: the C kernel for conv1 → 2×2 max-pool → ReLU, against torch's operators (the oracle).
+"""cnnlab.fused: the C kernels for conv1 → 2×2 max-pool → ReLU and pool2 → ReLU → flatten, against
+torch's operators (the oracle).
 
-The kernel must compute the network's own function (values, the tie rule of max_pool2d, NaNs), its
+The kernels must compute the network's own function (values, the tie rule of max_pool2d, NaNs), its
 weight and bias gradients, stand aside wherever it does not apply, and fall back to torch's
 operators, saying why, where it cannot be built."""
 
@@ -117,7 +118,7 @@ def test_a_training_step_through_the_kernel_equals_one_through_torchs_operators(
     plain = Net().train()
     fast = Net().train()
     fast.load_state_dict(plain.state_dict())
-    fast.fused_conv1 = True
+    fast.fused_kernels = True
     x = (digits_like(64, seed=4) * 0.3081 + 0.1307).clamp(0, 1)
     y = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(5))
     for m in (plain, fast):
@@ -126,13 +127,50 @@ def test_a_training_step_through_the_kernel_equals_one_through_torchs_operators(
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5 * float(p.grad.abs().max()), msg=name)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pool2_is_bit_for_bit_torchs_pool_relu_flatten_ties_and_nans_included(dtype):
+    g = torch.Generator().manual_seed(6)
+    y = torch.randint(-3, 4, (9, 32, 14, 14), generator=g).to(dtype)       # small integers: many ties
+    y[0, 3, 4, 4] = float("nan")
+    y = y.contiguous(memory_format=torch.channels_last).requires_grad_()
+    gout = torch.randn(9, 32 * 49, generator=g).to(dtype)
+    ref = F.relu(F.max_pool2d(y, 2)).flatten(1)
+    (ref_y,) = torch.autograd.grad(ref, y, gout)
+    out = fused.pool2_relu_flatten(y)
+    (got_y,) = torch.autograd.grad(out, y, gout)
+    assert out.dtype == dtype and out.shape == (9, 32 * 49) and out.is_contiguous()
+    assert torch.equal(out.isnan(), ref.isnan()) and int(out.isnan().sum()) == 1
+    assert torch.equal(out.nan_to_num(), ref.nan_to_num())
+    assert torch.equal(got_y, ref_y) and got_y.is_contiguous(memory_format=torch.channels_last)
+    # the control: the gradient of the last tied candidate winning differs
+    last = F.relu(F.max_pool2d(y.flip(2, 3), 2)).flip(2, 3).flatten(1)
+    (last_y,) = torch.autograd.grad(last, y, gout)
+    assert not torch.equal(last_y, ref_y)
+
+
+@pytest.mark.parametrize("case", ["pool2 hooked", "not channels_last", "float16"])
+def test_the_pool2_kernel_stands_aside_where_it_does_not_apply(case):
+    m = Net()
+    y = torch.rand(2, 32, 14, 14).contiguous(memory_format=torch.channels_last)
+    assert fused.pool2_applies(m, y)                  # the control
+    if case == "pool2 hooked":
+        m.pool2.register_forward_hook(lambda *a: None)
+    if case == "not channels_last":
+        y = y.contiguous()
+    if case == "float16":
+        y = y.half()
+    assert not fused.pool2_applies(m, y)
+
+
 @pytest.mark.parametrize("case", ["eval mode", "flag off", "input needs its gradient", "hook on conv1",
                                   "batch-norm", "float64"])
 def test_the_kernel_stands_aside_where_it_does_not_apply(case, monkeypatch):
-    calls = []
-    monkeypatch.setattr(fused, "conv1_pool_relu", lambda *a: calls.append(1) or reference(*a))
-    m = Net(batch_norm=case == "batch-norm").train()
-    m.fused_conv1 = case != "flag off"
+    calls: list[str] = []
+    monkeypatch.setattr(fused, "conv1_pool_relu", lambda *a: calls.append("conv1") or reference(*a))
+    monkeypatch.setattr(fused, "pool2_relu_flatten",
+                        lambda y: calls.append("pool2") or F.relu(F.max_pool2d(y, 2)).flatten(1))
+    m = Net(batch_norm=case == "batch-norm").train().to(memory_format=torch.channels_last)
+    m.fused_kernels = case != "flag off"
     x = torch.rand(2, 1, 28, 28)
     if case == "eval mode":
         m.eval()
@@ -143,12 +181,14 @@ def test_the_kernel_stands_aside_where_it_does_not_apply(case, monkeypatch):
     if case == "float64":
         m, x = m.double(), x.double()
     m(x)
-    assert calls == []
-    # the control: the same model and input where it does apply
-    ok = Net().train()
-    ok.fused_conv1 = True
+    # pool2's kernel gives its input a gradient, so only a hook on conv1 or an input gradient keeps it
+    assert calls == (["pool2"] if case in ("input needs its gradient", "hook on conv1") else [])
+    # the control: the same model and input where both apply
+    calls.clear()
+    ok = Net().train().to(memory_format=torch.channels_last)
+    ok.fused_kernels = True
     ok(torch.rand(2, 1, 28, 28))
-    assert calls == [1]
+    assert calls == ["conv1", "pool2"]
 
 
 def test_without_a_compiler_there_is_no_kernel_and_the_reason_is_given(tmp_path):
@@ -164,11 +204,11 @@ def test_without_a_compiler_there_is_no_kernel_and_the_reason_is_given(tmp_path)
 
 def test_a_build_is_cached_and_reused(tmp_path):
     k = fused.build(cache=tmp_path)
-    built = list((tmp_path / "kernels").glob("conv1pool-*.so"))
+    built = list((tmp_path / "kernels").glob("fused-*.so"))
     assert len(built) == 1 and "fused C kernel" in k.description
     stamp = built[0].stat().st_mtime_ns
     fused.build(cache=tmp_path)
-    assert [p.stat().st_mtime_ns for p in (tmp_path / "kernels").glob("conv1pool-*.so")] == [stamp]
+    assert [p.stat().st_mtime_ns for p in (tmp_path / "kernels").glob("fused-*.so")] == [stamp]
 
 
 def test_a_library_that_computes_something_else_is_refused(tmp_path, monkeypatch):
@@ -186,9 +226,9 @@ def test_a_library_that_computes_something_else_is_refused(tmp_path, monkeypatch
 def test_run_json_says_which_conv1_trained(tmp_path, mnist_split):
     from cnnlab.config import preset
     from cnnlab.train import train
-    for name, overrides in [("on", {}), ("off", {"fused_conv1": False})]:
+    for name, overrides in [("on", {}), ("off", {"fused_kernels": False})]:
         cfg = preset("smoke", train_subset=512, **overrides)
         train(cfg, split=mnist_split, out=tmp_path / name, progress=False, log=lambda s: None)
-    info = {n: json.loads((tmp_path / n / "run.json").read_text())["hardware"]["conv1"] for n in ("on", "off")}
-    assert info["on"].startswith("cnnlab's fused C kernel")
-    assert info["off"] == "torch's operators (fused_conv1 is off)"
+    info = {n: json.loads((tmp_path / n / "run.json").read_text())["hardware"]["kernels"] for n in ("on", "off")}
+    assert info["on"].startswith("cnnlab's fused C kernels")
+    assert info["off"] == "torch's operators (fused_kernels is off)"

@@ -47,7 +47,7 @@ class TrainConfig:
     precision: str = "auto"       # auto: bf16 autocast where the hardware has it, else fp32
     channels_last: bool = True    # memory format; identical function, faster oneDNN kernels
     threads: int = 0              # torch intra-op threads (0 = torch's default)
-    fused_conv1: bool = True      # CPU training: conv1+pool+ReLU as one C kernel (compiled on first use; torch's ops without a compiler)
+    fused_kernels: bool = True    # CPU training: conv1+pool+ReLU and pool2+ReLU as cnnlab's C kernels (built on first use; torch's ops without a C compiler)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -92,7 +92,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
     "channels_last": (lambda v: isinstance(v, bool), "true or false"),
     "threads": (lambda v: _int(v) and 0 <= v <= MAX_THREADS, f"an integer in [0, {MAX_THREADS}]"),
-    "fused_conv1": (lambda v: isinstance(v, bool), "true or false"),
+    "fused_kernels": (lambda v: isinstance(v, bool), "true or false"),
 }
 
 

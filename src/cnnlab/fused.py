@@ -1,28 +1,33 @@
-"""conv1 → 2×2 max-pool → ReLU as one C kernel, for training on a CPU.
+"""Two blocks of the network as cnnlab's own C kernels, for training on a CPU.
 
-Why: conv1 has one input channel, so oneDNN's convolution does little arithmetic per byte, and its
-batch-128 output (128×32×28×28, 6.4 MB in bf16) then went through memory four more times: max-pool
-with indices, the pool's backward (a zero-filled gradient of the same size, then a scatter) and the
-convolution's weight gradient. Measured on the 2-core AMD EPYC (torch 2.13, batch 128, bf16): the
-conv1 block took ~4.5 ms of an 8 ms training step through torch's operators, and 0.65 ms (forward
-0.33, backward 0.32) as this kernel, which keeps the four candidates of each pooled position in
-registers and never stores the full-resolution output (BENCHMARKS.md, part 11 third round).
+1. conv1 → 2×2 max-pool → ReLU. conv1 has one input channel, so oneDNN's convolution does little
+   arithmetic per byte, and its batch-128 output (128×32×28×28, 6.4 MB in bf16) then went through
+   memory four more times: max-pool with indices, the pool's backward (a zero-filled gradient of
+   the same size, then a scatter) and the convolution's weight gradient. The kernel keeps the four
+   candidates of each pooled position in registers and never stores the full-resolution output.
+2. pool2 → ReLU → flatten, and the gradient back in one pass (no zero-filled buffer, no int64
+   indices, no ReLU or layout copy of its own).
 
-What it computes is the network's own function, checked against torch's operators: in fp32 the
-output matches conv2d → max_pool2d → relu to float rounding (the products are summed in another
-order), ties go to the first candidate as in max_pool2d, NaNs propagate as there; with bf16 autocast
-the output is the fp32 result rounded to bf16 (torch's conv would round its inputs to bf16 first,
-so this is the more exact of the two). Only the weight and bias gradients exist: the kernel is used
-while training, where the input needs none; anything that wants the input's gradient (attacks,
-class models) or a hook on conv1/pool1/relu1 goes through torch's operators.
+Measured on the 2-core AMD EPYC (torch 2.13, batch 128, bf16), BENCHMARKS.md § part 11, third
+round: the conv1 block took ~4.5 ms of an 8 ms training step through torch's operators and 0.65 ms
+(forward 0.33, backward 0.32) as the kernel.
 
-How: the C source ships with the package (cnnlab/csrc/conv1pool.c). On first use it is compiled
-with the system's C compiler (`$CC`, else cc, gcc or clang) into the user cache
-(`cache_dir()/kernels`, one file per source, compiler, flags and CPU), loaded with ctypes, and
-checked once against torch's operators on a small batch before it is trusted. Where PyTorch runs
-on GNU OpenMP the kernel is built with -fopenmp and runs on PyTorch's own OpenMP threads. With no
-compiler, a failed build or a failed check, training uses torch's operators and run.json's
-`hardware.conv1` says why; `TrainConfig.fused_conv1 = False` (`--no-fused-conv1`) turns it off.
+What they compute is the network's own function, checked against torch's operators. conv1: in fp32
+the output matches conv2d → max_pool2d → relu to float rounding (the products are summed in another
+order), ties go to the first candidate as in max_pool2d, NaNs propagate as there; under bf16
+autocast the output is the fp32 result rounded to bf16 (torch's convolution would round its inputs
+to bf16 first, so this is the more exact of the two). Only the weight and bias gradients exist: the
+kernel is used while training, where the input needs none; anything that wants the input's
+gradient (attacks, class models) or a hook on conv1/pool1/relu1 goes through torch's operators.
+pool2: max and ReLU only pick values, so output and gradient are bit for bit torch's.
+
+How: the C source ships with the package (cnnlab/csrc/fused.c). On first use it is compiled with
+the system's C compiler (`$CC`, else cc, gcc or clang) into the user cache (`cache_dir()/kernels`,
+one file per source, compiler, flags and CPU), loaded with ctypes, and checked once against torch's
+operators on small batches before it is trusted. Where PyTorch runs on GNU OpenMP the kernels are
+built with -fopenmp and run on PyTorch's own OpenMP threads. With no compiler, a failed build or a
+failed check, training uses torch's operators and run.json's `hardware.kernels` says why;
+`TrainConfig.fused_kernels = False` (`--no-fused-kernels`) turns them off.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ import torch
 if TYPE_CHECKING:
     from .model import Net
 
-SOURCE = "conv1pool.c"
+SOURCE = "fused.c"
 IN_SHAPE = (1, 28, 28)     # the network's input: one channel, 28×28 pixels
 C_OUT, POOLED = 32, 14     # conv1's channels; the pooled output is 14×14
 COMPILE_TIMEOUT = 120      # seconds
@@ -75,7 +80,7 @@ def kernel() -> Kernel | None:
 
 
 def describe() -> str:
-    """Which conv1 block this process trains with, for run.json."""
+    """Which kernels this process trains with, for run.json."""
     if _kernel is not None:
         return _kernel.description
     return f"torch's operators ({_reason})" if _reason else "torch's operators"
@@ -103,7 +108,7 @@ def build(cc: str | None = None, cache: Path | None = None) -> Kernel:
         flags = ["-O3", "-shared", "-fPIC", *flags, *(["-fopenmp"] if openmp else [])]
         key = hashlib.sha256(b"\0".join([source, compiler.encode(), version.encode(), " ".join(flags).encode(),
                                          _cpu_flags().encode(), platform.machine().encode()])).hexdigest()[:20]
-        path = folder / f"conv1pool-{key}.so"
+        path = folder / f"fused-{key}.so"
         try:
             if not path.is_file():
                 _compile(compiler, flags, source, path)
@@ -111,7 +116,7 @@ def build(cc: str | None = None, cache: Path | None = None) -> Kernel:
         except KernelError as e:
             errors.append(str(e))
             continue
-        k = Kernel(lib, openmp, f"cnnlab's fused C kernel ({version}, {' '.join(flags[:1] + flags[3:])}"
+        k = Kernel(lib, openmp, f"cnnlab's fused C kernels ({version}, {' '.join(flags[:1] + flags[3:])}"
                                 f"{', on PyTorch OpenMP threads' if openmp else ', one thread'})")
         _self_check(k)
         return k
@@ -177,7 +182,11 @@ def _load(path: Path) -> ctypes.CDLL:
     p, i = ctypes.c_void_p, ctypes.c_int
     lib.cnnlab_conv1pool_forward.argtypes = [p, p, p, p, p, i, i, i]
     lib.cnnlab_conv1pool_backward.argtypes = [p, p, p, p, i, i, i, p, p]
-    lib.cnnlab_conv1pool_forward.restype = lib.cnnlab_conv1pool_backward.restype = i
+    lib.cnnlab_pool2_forward.argtypes = [p, p, p, i, i, i]
+    lib.cnnlab_pool2_backward.argtypes = [p, p, p, p, i, i, i]
+    for f in (lib.cnnlab_conv1pool_forward, lib.cnnlab_conv1pool_backward, lib.cnnlab_pool2_forward,
+              lib.cnnlab_pool2_backward):
+        f.restype = i
     return lib
 
 
@@ -197,6 +206,16 @@ def _self_check(k: Kernel) -> None:
               float((got_b - ref_b).abs().max() / ref_b.abs().max()))
     if not err < 1e-4:
         raise KernelError(f"the built kernel disagrees with torch's operators (max error {err:.2g}); not used")
+    for dtype in (torch.float32, torch.bfloat16):     # max and ReLU only pick values: exact
+        y = torch.randn(3, C_OUT, POOLED, POOLED, generator=g).round(decimals=1).to(dtype)
+        y = y.contiguous(memory_format=torch.channels_last).requires_grad_()
+        grad = torch.randn(3, C_OUT * 49, generator=g).to(dtype)
+        ref = torch.relu(torch.nn.functional.max_pool2d(y, 2)).flatten(1)
+        (ref_y,) = torch.autograd.grad(ref, y, grad)
+        out = _Pool2ReluFlattenFn.apply(y, k)
+        (got_y,) = torch.autograd.grad(out, y, grad)
+        if not (torch.equal(out, ref) and torch.equal(got_y, ref_y)):
+            raise KernelError(f"the built pool2 kernel disagrees with torch's operators ({dtype}); not used")
 
 
 class _Conv1PoolReluFn(torch.autograd.Function):
@@ -233,6 +252,31 @@ class _Conv1PoolReluFn(torch.autograd.Function):
         return None, grad_w, grad[9 * C_OUT:], None, None
 
 
+class _Pool2ReluFlattenFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y, k: Kernel):
+        n, half = y.shape[0], y.dtype == torch.bfloat16
+        out = torch.empty((n, C_OUT * 49), dtype=y.dtype)
+        winners = torch.empty((n, 7, 7, C_OUT), dtype=torch.uint8) if ctx.needs_input_grad[0] else None
+        k.lib.cnnlab_pool2_forward(y.data_ptr(), out.data_ptr(), winners.data_ptr() if winners is not None else None,
+                                   int(half), n, _threads(k))
+        if winners is not None:
+            ctx.save_for_backward(out, winners)
+            ctx.kernel = k
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        out, winners = ctx.saved_tensors
+        k: Kernel = ctx.kernel
+        grad_out = grad_out.to(out.dtype).contiguous()
+        n = out.shape[0]
+        grad_y = torch.empty((n, C_OUT, POOLED, POOLED), dtype=out.dtype, memory_format=torch.channels_last)
+        k.lib.cnnlab_pool2_backward(out.data_ptr(), winners.data_ptr(), grad_out.data_ptr(), grad_y.data_ptr(),
+                                    int(out.dtype == torch.bfloat16), n, _threads(k))
+        return grad_y, None
+
+
 def _threads(k: Kernel) -> int:
     return torch.get_num_threads() if k.openmp else 1
 
@@ -244,6 +288,14 @@ def applies(model: Net, x: torch.Tensor) -> bool:
             and tuple(x.shape[1:]) == IN_SHAPE and not x.requires_grad
             and w.device.type == "cpu" and w.dtype == torch.float32
             and not any(_hooked(m) for m in (model.conv1, model.relu1, model.pool1))
+            and kernel() is not None)
+
+
+def pool2_applies(model: Net, y: torch.Tensor) -> bool:
+    """Whether the fused kernel can stand in for `model`'s pool2 → relu2 → flatten on conv2's output `y`."""
+    return (model.bn2 is None and y.device.type == "cpu" and y.dtype in (torch.float32, torch.bfloat16)
+            and tuple(y.shape[1:]) == (C_OUT, POOLED, POOLED) and y.is_contiguous(memory_format=torch.channels_last)
+            and not any(_hooked(m) for m in (model.pool2, model.relu2, model.flatten))
             and kernel() is not None)
 
 
@@ -262,3 +314,11 @@ def conv1_pool_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
         bias = weight.new_zeros(C_OUT)
     half = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
     return _Conv1PoolReluFn.apply(x, weight, bias, k, half)
+
+
+def pool2_relu_flatten(y: torch.Tensor) -> torch.Tensor:
+    """relu(max_pool2d(y, 2)).flatten(1) through the kernel (see `pool2_applies`): bit for bit."""
+    k = kernel()
+    if k is None:
+        raise KernelError(describe())
+    return _Pool2ReluFlattenFn.apply(y, k)

@@ -51,10 +51,10 @@ class Net(nn.Module):
         # (and its backward) run on a quarter of the values. The layer table turns this off to
         # show the order of the diagram; the function computed is the same either way.
         self.pool_before_relu = True
-        # Training on a CPU may run conv1 → pool1 → ReLU as one C kernel (cnnlab.fused): the same
-        # function, several times faster. Only train() turns it on, and only in training mode, so
-        # evaluation and every analysis of a saved network run torch's operators.
-        self.fused_conv1 = False
+        # Training on a CPU may run conv1 → pool1 → ReLU and pool2 → ReLU → flatten as cnnlab's own
+        # C kernels (cnnlab.fused): the same function, faster. Only train() turns this on, and only
+        # in training mode, so evaluation and every analysis of a saved network run torch's operators.
+        self.fused_kernels = False
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         mean, std = self.get_buffer("input_mean"), self.get_buffer("input_std")
@@ -64,16 +64,25 @@ class Net(nn.Module):
         x = conv(x)
         if bn is not None:
             x = bn(x)
+        return self._pool_relu(x, relu, pool)
+
+    def _pool_relu(self, x, relu, pool):
         return relu(pool(x)) if self.pool_before_relu else pool(relu(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.normalize(x)
-        if self.fused_conv1 and self.training and fused.applies(self, x):
+        fast = self.fused_kernels and self.training
+        if fast and fused.applies(self, x):
             x = fused.conv1_pool_relu(x, self.conv1.weight, self.conv1.bias)
         else:
             x = self._block(x, self.conv1, self.bn1, self.relu1, self.pool1)
-        x = self._block(x, self.conv2, self.bn2, self.relu2, self.pool2)
-        x = self.relu3(self.fc1(self.flatten(x)))
+        if fast and self.bn2 is None:
+            h = self.conv2(x)
+            x = (fused.pool2_relu_flatten(h) if fused.pool2_applies(self, h)
+                 else self.flatten(self._pool_relu(h, self.relu2, self.pool2)))
+        else:
+            x = self.flatten(self._block(x, self.conv2, self.bn2, self.relu2, self.pool2))
+        x = self.relu3(self.fc1(x))
         return self.fc2(x)
 
     def features(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:

@@ -665,7 +665,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, *, split: Split | Non
 
 # Fields that may differ on --resume: where and how fast the run computes, not what it computes.
 # They are applied (and said so); any other difference is refused, naming the fields.
-RESUME_SAFE_FIELDS = ("device", "threads", "fused_conv1")
+RESUME_SAFE_FIELDS = ("device", "threads", "fused_kernels")
 
 
 def resume_config(out: Path, cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainConfig:
@@ -748,7 +748,7 @@ def _run(cfg: TrainConfig, writer: RunWriter, split: Split | None, data_dir: str
     model = Net(batch_norm=cfg.batch_norm, mean=split.mean, std=split.std).to(device)
     model = model.to(memory_format=memory_format)  # type: ignore[call-overload]  # torch's stubs omit memory_format
     # Built (or found in the cache) and checked now, not inside the first timed step.
-    model.fused_conv1 = cfg.fused_conv1 and device.type == "cpu" and not cfg.batch_norm and fused.kernel() is not None
+    model.fused_kernels = cfg.fused_kernels and device.type == "cpu" and not cfg.batch_norm and fused.kernel() is not None
     opt, sched = make_optimizer(model, cfg, total_steps)
     state, metrics = writer.start(cfg, resume, model, opt, sched, log)
 
@@ -834,7 +834,7 @@ def _run(cfg: TrainConfig, writer: RunWriter, split: Split | None, data_dir: str
         "split": split.info,
         "normalization": {"mean": split.mean, "std": split.std},
         "versions": versions(),
-        "hardware": {**hardware(device), "conv1": _conv1_path(model, cfg, device)},
+        "hardware": {**hardware(device), "kernels": _kernels(model, cfg, device)},
         "device": str(device),
         "precision": precision,
         "steps": state.step, "steps_per_epoch": steps_per_epoch, "epochs_done": state.epoch,
@@ -865,12 +865,12 @@ def _diverged_message(loss_value: float, state: LoopState, writer: RunWriter, pr
             f"stopped. {kept}. Try {advice}")
 
 
-def _conv1_path(model: Net, cfg: TrainConfig, device: torch.device) -> str:
-    """Which conv1 → pool1 → ReLU the training steps ran, and why, for run.json."""
-    if model.fused_conv1:
+def _kernels(model: Net, cfg: TrainConfig, device: torch.device) -> str:
+    """Whose kernels the training steps ran for conv1's and pool2's blocks, and why, for run.json."""
+    if model.fused_kernels:
         return fused.describe()
-    why = ("fused_conv1 is off" if not cfg.fused_conv1 else f"the kernel is for CPUs, this ran on {device.type}"
-           if device.type != "cpu" else "batch-norm sits between conv1 and the pool" if cfg.batch_norm
+    why = ("fused_kernels is off" if not cfg.fused_kernels else f"they are for CPUs, this ran on {device.type}"
+           if device.type != "cpu" else "batch-norm sits between each convolution and its pool" if cfg.batch_norm
            else fused.describe().removeprefix("torch's operators (").removesuffix(")"))
     return f"torch's operators ({why})"
 

@@ -1,14 +1,21 @@
-/* cnnlab's conv1 block as one kernel: conv 32@3×3 (one input channel, stride 1, padding 1) + bias
- * → 2×2/2 max-pool → ReLU, for 28×28 inputs; forward, and the gradient of the weights and bias
- * (never of the input: the training step does not need it). See cnnlab/fused.py for why.
+/* Two blocks of cnnlab's network as single kernels for CPU training (see cnnlab/fused.py for why).
  *
- * Nothing of the 28×28×32 convolution output is stored: each pooled position computes its four
- * candidates in registers and keeps the largest and which one won, by max_pool2d's rule (a
- * strictly larger value, or a NaN, takes over; ties go to the first). The backward pass routes
- * each channel's gradient through its winner's 3×3 input patch.
+ * 1. conv1: conv 32@3×3 (one input channel, stride 1, padding 1) + bias → 2×2/2 max-pool → ReLU,
+ *    for 28×28 inputs; forward, and the gradient of the weights and bias (never of the input:
+ *    the training step does not need it).
  *
- * Layouts: x is B×28×28 fp32 (one channel); wt is 9×32 fp32 (tap-major); the output, its gradient
- * and the winners are B×14×14×32 (channels last), the output and its gradient bf16 or fp32.
+ *    Nothing of the 28×28×32 convolution output is stored: each pooled position computes its
+ *    four candidates in registers and keeps the largest and which one won, by max_pool2d's rule
+ *    (a strictly larger value, or a NaN, takes over; ties go to the first). The backward pass
+ *    routes each channel's gradient through its winner's 3×3 input patch.
+ *    Layouts: x is B×28×28 fp32 (one channel); wt is 9×32 fp32 (tap-major); the output, its
+ *    gradient and the winners are B×14×14×32 (channels last), the output and its gradient bf16
+ *    or fp32.
+ *
+ * 2. pool2: conv2's output (B×14×14×32, channels last) → 2×2/2 max-pool → ReLU → flattened in
+ *    fc1's order (B×32×7×7), and its gradient back, written whole (zeros included) in one pass:
+ *    no zero-filled buffer, no int64 indices, no separate ReLU or layout copy. Max and ReLU only
+ *    pick values, so outputs and gradients are bit for bit those of torch's operators.
  * Written with GCC/Clang vector extensions, so the compiler picks the instructions. */
 #include <stdint.h>
 #include <string.h>
@@ -17,6 +24,7 @@
 #define H 28   /* input height and width */
 #define P 14   /* pooled height and width */
 #define HP 30  /* padded input */
+#define Q 7    /* pool2's output height and width */
 
 typedef float vf __attribute__((vector_size(64)));
 typedef int32_t vi __attribute__((vector_size(64)));
@@ -145,6 +153,96 @@ static void backward_range(const job_t *j) {
     memcpy(j->partial + 9 * C + 16, &db[1], 64);
 }
 
+typedef struct {
+    const void *y;                /* conv2's output, B×14×14×32 (channels last) */
+    void *out;                    /* B×32×7×7 (fc1's order), same type */
+    uint8_t *arg;                 /* B×7×7×32: which of the four candidates won (or NULL) */
+    const void *gout;             /* backward: gradient of out, B×32×7×7 */
+    void *gy;                     /* backward: gradient of y, B×14×14×32 */
+    int bf16, b0, b1;
+} pool_job_t;
+
+static inline vf load_any(const void *base, size_t o, int bf16) {
+    return bf16 ? from_bf16((const uint16_t *)base + o) : loadf((const float *)base + o);
+}
+
+static inline void store_any(void *base, size_t o, vf v, int bf16) {
+    if (bf16) {
+        vh h = to_bf16(v);                /* exact: every value came from a bf16 */
+        memcpy((uint16_t *)base + o, &h, sizeof h);
+    } else {
+        memcpy((float *)base + o, &v, sizeof v);
+    }
+}
+
+static void pool_forward_range(const pool_job_t *j) {
+    float img[Q * Q][C];                  /* one image's pooled output, channels last */
+    for (int b = j->b0; b < j->b1; b++) {
+        for (int i = 0; i < Q; i++)
+            for (int q = 0; q < Q; q++)
+                for (int h = 0; h < 2; h++) {
+                    vf m = {0};
+                    vi a = {0};
+                    for (int d = 0; d < 4; d++) {
+                        const size_t o = (((size_t)b * P + 2 * i + (d >> 1)) * P + 2 * q + (d & 1)) * C + 16 * h;
+                        vf v = load_any(j->y, o, j->bf16);
+                        if (d == 0) { m = v; continue; }
+                        vi take = (v > m) | (v != v);
+                        m = select(take, v, m);
+                        a = (a & ~take) | (d & take);
+                    }
+                    m = select(m < 0.0f, (vf){0}, m);                 /* ReLU; NaN stays NaN */
+                    memcpy(&img[i * Q + q][16 * h], &m, sizeof m);
+                    if (j->arg) {
+                        vb v = __builtin_convertvector(a, vb);
+                        memcpy(j->arg + (((size_t)b * Q + i) * Q + q) * C + 16 * h, &v, sizeof v);
+                    }
+                }
+        for (int c = 0; c < C; c++)                                  /* to fc1's order: c, i, q */
+            for (int p = 0; p < Q * Q; p++) {
+                const size_t o = ((size_t)b * C + c) * Q * Q + p;
+                if (j->bf16) {                /* exact: every value came from a bf16 */
+                    uint32_t u;
+                    memcpy(&u, &img[p][c], 4);
+                    ((uint16_t *)j->out)[o] = (uint16_t)(u >> 16);
+                } else {
+                    ((float *)j->out)[o] = img[p][c];
+                }
+            }
+    }
+}
+
+static void pool_backward_range(const pool_job_t *j) {
+    float g[Q * Q][C], kept[Q * Q][C];
+    for (int b = j->b0; b < j->b1; b++) {
+        for (int c = 0; c < C; c++)                                  /* from fc1's order */
+            for (int p = 0; p < Q * Q; p++) {
+                const size_t o = ((size_t)b * C + c) * Q * Q + p;
+                if (j->bf16) {
+                    uint32_t u = (uint32_t)((const uint16_t *)j->gout)[o] << 16, w = (uint32_t)((const uint16_t *)j->out)[o] << 16;
+                    memcpy(&g[p][c], &u, 4);
+                    memcpy(&kept[p][c], &w, 4);
+                } else {
+                    g[p][c] = ((const float *)j->gout)[o];
+                    kept[p][c] = ((const float *)j->out)[o];
+                }
+            }
+        for (int i = 0; i < Q; i++)
+            for (int q = 0; q < Q; q++)
+                for (int h = 0; h < 2; h++) {
+                    vf gv = loadf(&g[i * Q + q][16 * h]), out = loadf(&kept[i * Q + q][16 * h]);
+                    gv = select(out <= 0.0f, (vf){0}, gv);            /* ReLU's backward */
+                    vb ab;
+                    memcpy(&ab, j->arg + (((size_t)b * Q + i) * Q + q) * C + 16 * h, sizeof ab);
+                    vi a = __builtin_convertvector(ab, vi);
+                    for (int d = 0; d < 4; d++) {     /* the four candidates tile the map: each written once */
+                        const size_t o = (((size_t)b * P + 2 * i + (d >> 1)) * P + 2 * q + (d & 1)) * C + 16 * h;
+                        store_any(j->gy, o, select(a == d, gv, (vf){0}), j->bf16);
+                    }
+                }
+    }
+}
+
 /* Splits the batch into one range per thread. Built with -fopenmp, the OpenMP runtime is the one
  * already loaded in the process (PyTorch's own libgomp, found by its soname), so the kernel runs on
  * the threads PyTorch's operators run on instead of competing with them for the cores (threads of
@@ -161,6 +259,18 @@ static int parallel(job_t base, int batch, int threads, void (*fn)(const job_t *
         fn(&job);
     }
     return threads;
+}
+
+static void pool_parallel(pool_job_t base, int batch, int threads, void (*fn)(const pool_job_t *)) {
+    if (threads > batch) threads = batch;
+    if (threads < 1) threads = 1;
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+    for (int t = 0; t < threads; t++) {
+        pool_job_t job = base;
+        job.b0 = (int)((long)batch * t / threads);
+        job.b1 = (int)((long)batch * (t + 1) / threads);
+        fn(&job);
+    }
 }
 
 int cnnlab_conv1pool_forward(const float *x, const float *wt, const float *bias, void *out, uint8_t *arg,
@@ -181,4 +291,17 @@ int cnnlab_conv1pool_backward(const float *x, const void *out, const uint8_t *ar
         grad[e] = s;
     }
     return n;
+}
+
+int cnnlab_pool2_forward(const void *y, void *out, uint8_t *arg, int bf16, int batch, int threads) {
+    pool_job_t base = {y, out, arg, NULL, NULL, bf16, 0, 0};
+    pool_parallel(base, batch, threads, pool_forward_range);
+    return 0;
+}
+
+int cnnlab_pool2_backward(const void *out, const uint8_t *arg, const void *gout, void *gy, int bf16, int batch,
+                          int threads) {
+    pool_job_t base = {NULL, (void *)out, (uint8_t *)arg, gout, gy, bf16, 0, 0};
+    pool_parallel(base, batch, threads, pool_backward_range);
+    return 0;
 }
