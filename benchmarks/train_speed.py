@@ -60,14 +60,14 @@ def plain_loop(x_all, y_all, steps: int, batch: int = 128) -> float:
     return steps * batch / (time.perf_counter() - t0)
 
 
-def cnnlab_loop(split, steps: int, warmup: int = 5) -> float:
+def cnnlab_loop(split, steps: int, warmup: int = 5, **overrides) -> float:
     """images/s of cnnlab's own train() (its real loop, logging off) over `steps` × 256 images
     (2 × `steps` steps of the quick preset's batch 128), skipping the first `warmup` steps as
     the plain loop does: timed from the train() callback of step `warmup` to that of the last
     step, so every step in between counts whole (data, forward, loss, backward, update, loop)."""
     from cnnlab.config import preset
     from cnnlab.train import train
-    cfg = preset("quick", epochs=1, train_subset=steps * 256, log_every=10**9)
+    cfg = preset("quick", epochs=1, train_subset=steps * 256, log_every=10**9, **overrides)
     stamps: list[float] = []
     def stamp(state, loss):
         stamps.append(time.perf_counter())

@@ -232,3 +232,12 @@ def test_run_json_says_which_conv1_trained(tmp_path, mnist_split):
     info = {n: json.loads((tmp_path / n / "run.json").read_text())["hardware"]["kernels"] for n in ("on", "off")}
     assert info["on"].startswith("cnnlab's fused C kernels")
     assert info["off"] == "torch's operators (fused_kernels is off)"
+
+
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode", "autocast"])
+def test_a_first_use_inside_no_grad_inference_or_autocast_builds_and_checks(tmp_path, context):
+    ctx = {"no_grad": torch.no_grad(), "inference_mode": torch.inference_mode(),
+           "autocast": torch.autocast("cpu", dtype=torch.bfloat16)}[context]
+    with ctx:
+        k = fused.build(cache=tmp_path)
+    assert "fused C kernels" in k.description

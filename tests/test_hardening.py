@@ -1684,8 +1684,9 @@ def test_resume_with_differing_flags_is_refused_naming_them(flags, named, tmp_pa
 
 
 def test_resume_applies_device_and_threads_and_says_so(tmp_path, reference):
-    """Item 18's control: device and threads are safe to change; the run still ends exactly as
-    the uninterrupted one."""
+    """Item 18's control: device and threads may be given on resume. Here they name what the run
+    already used (auto is the CPU; this module runs on 1 thread), so it still ends exactly as the
+    uninterrupted one; another thread count would change the order of float sums."""
     out, said = tmp_path / "run", []
     _train(out, stop_at_step=5)
     from cnnlab.train import train
@@ -1693,6 +1694,17 @@ def test_resume_applies_device_and_threads_and_says_so(tmp_path, reference):
                 progress=False, log=said.append)
     assert any("--threads 1" in s and "safe to change" in s for s in said), said
     assert_same_as_reference(out, reference, res)
+
+
+def test_resume_without_the_fused_kernels_is_applied_said_and_recorded(tmp_path):
+    out, said = tmp_path / "run", []
+    _train(out, stop_at_step=5)
+    from cnnlab.train import train
+    res = train(TINY.replace(fused_kernels=False), out, split=synthetic_split(), resume=True,
+                progress=False, log=said.append)
+    assert any("--no-fused-kernels" in s and "safe to change" in s for s in said), said
+    assert res.info["status"] == "complete"
+    assert res.info["hardware"]["kernels"] == "torch's operators (fused_kernels is off)"
 
 
 # --- messages that must match the situation (item 19, the two in train.py) ----------------------

@@ -76,6 +76,8 @@ def kernel() -> Kernel | None:
             _kernel = build()
         except KernelError as e:
             _reason = str(e)
+        except (RuntimeError, OSError, ValueError) as e:      # whatever else: torch's operators still work
+            _reason = f"the kernel could not be set up ({type(e).__name__}: {str(e)[:160]})"
     return _kernel
 
 
@@ -191,17 +193,22 @@ def _load(path: Path) -> ctypes.CDLL:
 
 
 def _self_check(k: Kernel) -> None:
-    """A build is trusted only once it computes what torch's operators compute, here, on this CPU."""
+    """A build is trusted only once it computes what torch's operators compute, here, on this CPU.
+    The first use may come inside no_grad, inference_mode or autocast: the check makes its own."""
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
+        _check_against_torch(k)
+
+
+def _check_against_torch(k: Kernel) -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(5, *IN_SHAPE, generator=g)
     w = (torch.randn(C_OUT, 1, 3, 3, generator=g) / 3).requires_grad_()
     b = (torch.randn(C_OUT, generator=g) / 10).requires_grad_()
     grad = torch.randn(5, C_OUT, POOLED, POOLED, generator=g)
-    with torch.autocast("cpu", enabled=False):
-        ref = torch.relu(torch.nn.functional.max_pool2d(torch.nn.functional.conv2d(x, w, b, padding=1), 2))
-        ref_w, ref_b = torch.autograd.grad(ref, (w, b), grad)
-        out = _Conv1PoolReluFn.apply(x, w, b, k, False)
-        got_w, got_b = torch.autograd.grad(out, (w, b), grad)
+    ref = torch.relu(torch.nn.functional.max_pool2d(torch.nn.functional.conv2d(x, w, b, padding=1), 2))
+    ref_w, ref_b = torch.autograd.grad(ref, (w, b), grad)
+    out = _Conv1PoolReluFn.apply(x, w, b, k, False)
+    got_w, got_b = torch.autograd.grad(out, (w, b), grad)
     err = max(float((out - ref).detach().abs().max()), float((got_w - ref_w).abs().max() / ref_w.abs().max()),
               float((got_b - ref_b).abs().max() / ref_b.abs().max()))
     if not err < 1e-4:

@@ -663,14 +663,15 @@ def train(cfg: TrainConfig, out: str | Path | None = None, *, split: Split | Non
         return _run(cfg, RunWriter(out, directory, figures), split, data_dir, resume, progress, log, stop_at_step, callback)
 
 
-# Fields that may differ on --resume: where and how fast the run computes, not what it computes.
+# Fields that may differ on --resume: where and how fast the run computes, not what it computes
+# (each changes only the rounding: the order of float sums, or conv1 in fp32 rather than bf16).
 # They are applied (and said so); any other difference is refused, naming the fields.
 RESUME_SAFE_FIELDS = ("device", "threads", "fused_kernels")
 
 
 def resume_config(out: Path, cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainConfig:
-    """The saved configuration of the run in `out`, with `cfg`'s device and threads (safe to
-    change); RunError naming every other field where `cfg` differs from it."""
+    """The saved configuration of the run in `out`, with `cfg`'s RESUME_SAFE_FIELDS (device,
+    threads, fused_kernels); RunError naming every other field where `cfg` differs from it."""
     saved = _saved_config(out)
     differ = [f.name for f in dataclasses.fields(TrainConfig)
               if getattr(cfg, f.name) != getattr(saved, f.name) and f.name not in RESUME_SAFE_FIELDS]

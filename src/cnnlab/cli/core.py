@@ -32,7 +32,7 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in --out with its saved settings (--preset is "
                         "ignored; a flag that differs from the saved run is refused, except "
-                        "--device and --threads)")
+                        "--device, --threads and --[no-]fused-kernels)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --out (or write into a folder holding other files)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
