@@ -117,7 +117,7 @@ def inference_copy(model: Net) -> Net:
 def as_image(image) -> torch.Tensor:
     """A [28, 28] float tensor in [0, 1] from [28, 28], [1, 28, 28] or [1, 1, 28, 28] input
     (uint8 pixels are divided by 255)."""
-    x = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
+    x = torch.as_tensor(np.array(image) if not isinstance(image, torch.Tensor) else image)   # a copy: the caller's array may be read-only
     x = x.detach().cpu()
     x = x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
     if x.dim() > 2 and x.shape[:-2].numel() == 1:

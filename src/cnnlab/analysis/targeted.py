@@ -35,7 +35,7 @@ def as_image_255(image, scale: str = "auto") -> torch.Tensor:
     `scale`: "255" (values in 0–255), "01" (values in [0, 1]) or "auto": uint8 arrays, and float
     arrays with any value > 1, are taken as 0–255; other float arrays as [0, 1].
     """
-    t = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
+    t = torch.as_tensor(np.array(image) if not isinstance(image, torch.Tensor) else image)   # a copy: the caller's array may be read-only
     if t.numel() != 784:
         raise ConfigError(f"the source image must have 28×28 = 784 pixels; got shape {tuple(t.shape)}")
     is_int = not t.is_floating_point()
