@@ -241,3 +241,20 @@ def test_a_first_use_inside_no_grad_inference_or_autocast_builds_and_checks(tmp_
     with ctx:
         k = fused.build(cache=tmp_path)
     assert "fused C kernels" in k.description
+
+
+def test_a_build_for_the_baseline_instruction_set_computes_the_same(tmp_path):
+    """Without -march=native (the fallback build, and what a CPU without AVX-512 gets) the
+    compiler emulates the 16-lane vectors; the result must still pass the check against torch."""
+    import shutil
+    cc = next(c for c in ("cc", "gcc", "clang") if shutil.which(c))
+    path = tmp_path / "baseline.so"
+    fused._compile(cc, ["-O3", "-shared", "-fPIC", "-march=x86-64"] if fused.platform.machine() == "x86_64"
+                   else ["-O3", "-shared", "-fPIC"], (fused.resources.files("cnnlab") / "csrc" / "fused.c").read_bytes(),
+                   path)
+    k = fused.Kernel(fused._load(path), openmp=False, description="baseline")
+    fused._self_check(k)                      # raises KernelError if it computes anything else
+    x, (w, b) = digits_like(7), weights()
+    with torch.no_grad():
+        torch.testing.assert_close(fused._Conv1PoolReluFn.apply(x, w, b, k, False), reference(x, w, b),
+                                   rtol=1e-6, atol=2e-6)
