@@ -8,6 +8,10 @@ operators, saying why, where it cannot be built."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import sys
+import time
 
 import pytest
 import torch
@@ -16,7 +20,15 @@ import torch.nn.functional as F
 from cnnlab import fused
 from cnnlab.model import Net
 
-pytestmark = pytest.mark.skipif(fused.kernel() is None, reason=f"no kernel here: {fused.describe()}")
+CC = next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
+pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler here: training uses torch's operators")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _kernel_is_built():
+    """Where there is a compiler the kernels must build and pass their check (after conftest has
+    pointed the cache at a temporary folder): a refused build fails here instead of skipping."""
+    assert fused.kernel() is not None, fused.describe()
 
 
 def reference(x, w, b):
@@ -82,7 +94,8 @@ def test_ties_go_to_the_first_candidate_as_in_max_pool2d():
 
 def test_nans_propagate_as_through_torchs_operators():
     x, (w, b) = digits_like(2), weights()
-    x[0, 0, 5, 5] = float("nan")
+    x[0, 0, 6, 6] = float("nan")        # feeds later candidates of its windows (a first NaN wins anyway)
+    x[1, 0, 9, 9] = x[1, 0, 10, 10] = float("nan")
     with torch.no_grad():
         ref, out = reference(x, w, b), fused.conv1_pool_relu(x, w, b)
     assert torch.equal(ref.isnan(), out.isnan()) and int(out.isnan().sum()) > 0
@@ -113,7 +126,7 @@ def test_bf16_gradients_match_the_fp32_kernels_within_bf16_rounding():
     assert float((b16 - b32).abs().max()) < 1e-2 * float(b32.abs().max())
 
 
-def test_a_training_step_through_the_kernel_equals_one_through_torchs_operators():
+def test_a_training_step_through_the_kernel_equals_one_through_torchs_operators(monkeypatch):
     torch.manual_seed(0)
     plain = Net().train()
     fast = Net().train()
@@ -121,8 +134,12 @@ def test_a_training_step_through_the_kernel_equals_one_through_torchs_operators(
     fast.fused_kernels = True
     x = (digits_like(64, seed=4) * 0.3081 + 0.1307).clamp(0, 1)
     y = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(5))
+    ran: list[str] = []
+    for fn in (fused._Conv1PoolReluFn, fused._Pool2ReluFlattenFn):
+        monkeypatch.setattr(fn, "apply", staticmethod(lambda *a, _r=fn.apply, _n=fn.__name__: ran.append(_n) or _r(*a)))
     for m in (plain, fast):
         F.cross_entropy(m(x), y).backward()
+    assert ran == ["_Conv1PoolReluFn", "_Pool2ReluFlattenFn"]         # the kernels did run
     for (name, p), q in zip(plain.named_parameters(), fast.parameters()):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5 * float(p.grad.abs().max()), msg=name)
 
@@ -131,7 +148,8 @@ def test_a_training_step_through_the_kernel_equals_one_through_torchs_operators(
 def test_pool2_is_bit_for_bit_torchs_pool_relu_flatten_ties_and_nans_included(dtype):
     g = torch.Generator().manual_seed(6)
     y = torch.randint(-3, 4, (9, 32, 14, 14), generator=g).to(dtype)       # small integers: many ties
-    y[0, 3, 4, 4] = float("nan")
+    y[0, 3, 4, 5] = float("nan")                     # a later candidate: the NaN must still win
+    y[1, 2, 4, 5] = y[1, 2, 5, 5] = float("nan")     # two NaNs: the last one takes the gradient
     y = y.contiguous(memory_format=torch.channels_last).requires_grad_()
     gout = torch.randn(9, 32 * 49, generator=g).to(dtype)
     ref = F.relu(F.max_pool2d(y, 2)).flatten(1)
@@ -139,7 +157,7 @@ def test_pool2_is_bit_for_bit_torchs_pool_relu_flatten_ties_and_nans_included(dt
     out = fused.pool2_relu_flatten(y)
     (got_y,) = torch.autograd.grad(out, y, gout)
     assert out.dtype == dtype and out.shape == (9, 32 * 49) and out.is_contiguous()
-    assert torch.equal(out.isnan(), ref.isnan()) and int(out.isnan().sum()) == 1
+    assert torch.equal(out.isnan(), ref.isnan()) and int(out.isnan().sum()) == 2
     assert torch.equal(out.nan_to_num(), ref.nan_to_num())
     assert torch.equal(got_y, ref_y) and got_y.is_contiguous(memory_format=torch.channels_last)
     # the control: the gradient of the last tied candidate winning differs
@@ -246,15 +264,95 @@ def test_a_first_use_inside_no_grad_inference_or_autocast_builds_and_checks(tmp_
 def test_a_build_for_the_baseline_instruction_set_computes_the_same(tmp_path):
     """Without -march=native (the fallback build, and what a CPU without AVX-512 gets) the
     compiler emulates the 16-lane vectors; the result must still pass the check against torch."""
-    import shutil
-    cc = next(c for c in ("cc", "gcc", "clang") if shutil.which(c))
     path = tmp_path / "baseline.so"
-    fused._compile(cc, ["-O3", "-shared", "-fPIC", "-march=x86-64"] if fused.platform.machine() == "x86_64"
+    fused._compile([CC], ["-O3", "-shared", "-fPIC", "-march=x86-64"] if fused.platform.machine() == "x86_64"
                    else ["-O3", "-shared", "-fPIC"], (fused.resources.files("cnnlab") / "csrc" / "fused.c").read_bytes(),
                    path)
     k = fused.Kernel(fused._load(path), openmp=False, description="baseline")
     fused._self_check(k)                      # raises KernelError if it computes anything else
     x, (w, b) = digits_like(7), weights()
     with torch.no_grad():
-        torch.testing.assert_close(fused._Conv1PoolReluFn.apply(x, w, b, k, False), reference(x, w, b),
+        torch.testing.assert_close(fused._Conv1PoolReluFn.apply(x, w, b, k, False, False), reference(x, w, b),
                                    rtol=1e-6, atol=2e-6)
+
+
+@pytest.mark.parametrize("case", ["x 10×10", "x on the meta device", "bias of 31", "y in NCHW", "y float16",
+                                  "x needs its gradient"])
+def test_the_c_code_is_never_handed_what_it_does_not_expect(case):
+    x, (w, b) = digits_like(2), weights()
+    y = torch.rand(2, 32, 14, 14).contiguous(memory_format=torch.channels_last)
+    if case == "x 10×10":
+        x = torch.rand(2, 1, 10, 10)
+    if case == "x on the meta device":
+        x = x.to("meta")
+    if case == "bias of 31":
+        b = b[:31]
+    if case == "y in NCHW":
+        y = y.contiguous()
+    if case == "y float16":
+        y = y.half()
+    if case == "x needs its gradient":
+        x.requires_grad_()
+    with pytest.raises(ValueError, match="fused"):
+        if case.startswith("y"):
+            fused.pool2_relu_flatten(y)
+        else:
+            fused.conv1_pool_relu(x, w, b)
+    # the control: the same calls with what they expect
+    fused.conv1_pool_relu(digits_like(2), *weights())
+    fused.pool2_relu_flatten(torch.rand(2, 32, 14, 14).contiguous(memory_format=torch.channels_last))
+
+
+def test_a_second_derivative_through_the_kernels_is_refused_not_silently_zero():
+    """A gradient penalty through the kernel must fail loudly: without once_differentiable its
+    term would silently count as a constant."""
+    y = torch.rand(2, 32, 14, 14).contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = fused.pool2_relu_flatten(y)
+    (g,) = torch.autograd.grad(out.pow(2).sum(), y, create_graph=True)
+    with pytest.raises(RuntimeError, match="twice"):
+        (out.sum() + g.pow(2).sum()).backward()
+    # the control: through torch's operators the same penalty has a gradient
+    ref = torch.relu(F.max_pool2d(y, 2)).flatten(1)
+    (g2,) = torch.autograd.grad(ref.pow(2).sum(), y, create_graph=True)
+    (ref.sum() + g2.pow(2).sum()).backward()
+    assert y.grad is not None and float(y.grad.abs().sum()) > 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_hanging_compiler_is_stopped_with_its_children(tmp_path, monkeypatch):
+    pids = tmp_path / "pids"
+    hang = tmp_path / "cc"
+    hang.write_text(f"#!/bin/sh\n[ \"$1\" = --version ] && echo 'gcc (fake) 1.0' && exit 0\n"
+                    f"sleep 60 & echo $! >> {pids}\nwait\n")
+    hang.chmod(0o755)
+    monkeypatch.setattr(fused, "COMPILE_TIMEOUT", 1)
+    t0 = time.monotonic()
+    with pytest.raises(fused.KernelError, match="ran past 1 s"):
+        fused.build(cc=str(hang), cache=tmp_path)
+    assert time.monotonic() - t0 < 10                       # one attempt, not one per flag set
+    child = int(pids.read_text().split()[0])
+    time.sleep(0.2)
+    assert _gone(child), "the compiler's child is still running"
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or only its exit status left for a parent to collect (a zombie)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_cc_may_carry_arguments_and_a_build_failing_its_check_falls_back(tmp_path, monkeypatch):
+    real, calls = fused._self_check, []
+
+    def fail_first(k):
+        calls.append(k.description)
+        if len(calls) == 1:
+            raise fused.KernelError("pretend the -march=native build computes something else")
+        real(k)
+    monkeypatch.setattr(fused, "_self_check", fail_first)
+    k = fused.build(cc=f"env {CC}", cache=tmp_path)
+    assert "-march=native" in calls[0] and "-march=native" not in k.description and len(calls) == 2

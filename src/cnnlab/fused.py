@@ -32,11 +32,14 @@ failed check, training uses torch's operators and run.json's `hardware.kernels` 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -46,6 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from torch.autograd.function import once_differentiable
 
 if TYPE_CHECKING:
     from .model import Net
@@ -95,45 +99,65 @@ class KernelError(Exception):
 def build(cc: str | None = None, cache: Path | None = None) -> Kernel:
     """Compile (or find in the cache), load and check the kernel; KernelError saying why not."""
     from .data import cache_dir
-    compiler = cc or os.environ.get("CC") or next(
-        (c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
-    if not compiler or not shutil.which(compiler):
-        raise KernelError(f"no C compiler found ({compiler or 'cc, gcc, clang'}); set CC to one")
+    command = shlex.split(cc or os.environ.get("CC") or "") or [
+        next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), "cc, gcc or clang")]
+    if not shutil.which(command[0]):
+        raise KernelError(f"no C compiler found ({command[0]}); set CC to one")
     source = resources.files("cnnlab").joinpath("csrc").joinpath(SOURCE).read_bytes()
-    version = _compiler_version(compiler)
-    openmp = _torch_uses_gomp()
+    about = _run(command + ["--version"], 30)
+    version = (about.strip().splitlines() or [command[0]])[0][:80]
+    # -fopenmp only with GCC, whose libgomp is the runtime PyTorch's own threads already run on
+    # (another compiler's -fopenmp would load a second runtime with threads of its own).
+    is_gcc = "clang" not in about.lower() and ("gcc" in about.lower() or "free software foundation" in about.lower())
+    openmp = is_gcc and _torch_uses_gomp()
     folder = (cache or cache_dir()) / "kernels"
     errors = []
     # -march=native lets the compiler use every vector instruction of this CPU (the cache key holds
-    # the CPU's flags, so a shared cache never hands one machine another's build).
-    for flags in (["-march=native"], []):
-        flags = ["-O3", "-shared", "-fPIC", *flags, *(["-fopenmp"] if openmp else [])]
-        key = hashlib.sha256(b"\0".join([source, compiler.encode(), version.encode(), " ".join(flags).encode(),
+    # the CPU's flags, so a shared cache never hands one machine another's build). Each later
+    # attempt asks the compiler for less.
+    attempts = [(["-march=native"], openmp), ([], openmp)] + ([(["-march=native"], False), ([], False)] if openmp else [])
+    for tune, omp in attempts:
+        flags = ["-O3", "-shared", "-fPIC", *tune, *(["-fopenmp"] if omp else [])]
+        key = hashlib.sha256(b"\0".join([source, " ".join(command).encode(), version.encode(), " ".join(flags).encode(),
                                          _cpu_flags().encode(), platform.machine().encode()])).hexdigest()[:20]
         path = folder / f"fused-{key}.so"
         try:
             if not path.is_file():
-                _compile(compiler, flags, source, path)
-            lib = _load(path)
+                _compile(command, flags, source, path)
+            k = Kernel(_load(path), omp, f"cnnlab's fused C kernels ({version}, {' '.join(flags[:1] + flags[3:])}"
+                                         f"{', on PyTorch OpenMP threads' if omp else ', one thread'})")
+            _self_check(k)
+            return k
+        except CompilerHung as e:       # the next attempt would hang as long again
+            raise KernelError(str(e)) from None
         except KernelError as e:
             errors.append(str(e))
-            continue
-        k = Kernel(lib, openmp, f"cnnlab's fused C kernels ({version}, {' '.join(flags[:1] + flags[3:])}"
-                                f"{', on PyTorch OpenMP threads' if openmp else ', one thread'})")
-        _self_check(k)
-        return k
-    raise KernelError("; ".join(errors))
+    raise KernelError("; ".join(dict.fromkeys(errors)))
 
 
-def _compiler_version(compiler: str) -> str:
+class CompilerHung(KernelError):
+    """The compiler ran past its time limit (it and its children were stopped)."""
+
+
+def _run(argv: list[str], timeout: float) -> str:
+    """stdout + stderr of `argv`; CompilerHung after `timeout` s, with the whole process group
+    stopped (a compiler driver's children — cc1, as, ld — would otherwise keep running)."""
     try:
-        r = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError) as e:
-        raise KernelError(f"{compiler} --version failed: {e}") from None
-    first = (r.stdout or r.stderr).strip().splitlines()
-    if r.returncode != 0 or not first:
-        raise KernelError(f"{compiler} --version failed (exit {r.returncode})")
-    return first[0][:80]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    except OSError as e:
+        raise KernelError(f"cannot run {argv[0]}: {e.strerror or e}") from None
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise CompilerHung(f"{argv[0]} ran past {timeout:g} s and was stopped") from None
+    if proc.returncode != 0:
+        last = (out.strip().splitlines() or ["no message"])[-1]
+        raise KernelError(f"{' '.join(argv[:1] + [a for a in argv[1:] if a.startswith('-')])} failed: {last[:200]}")
+    return out
 
 
 def _torch_uses_gomp() -> bool:
@@ -157,23 +181,17 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-def _compile(compiler: str, flags: list[str], source: bytes, path: Path) -> None:
+def _compile(command: list[str], flags: list[str], source: bytes, path: Path) -> None:
     """Build into a temporary file beside `path`, then rename: a reader sees a whole library or none."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=path.parent, prefix=".build-") as tmp:
             src, out = Path(tmp) / SOURCE, Path(tmp) / path.name
             src.write_bytes(source)
-            r = subprocess.run([compiler, *flags, "-o", str(out), str(src)], capture_output=True, text=True,
-                               timeout=COMPILE_TIMEOUT)
-            if r.returncode != 0:
-                last = (r.stderr.strip().splitlines() or ["no message"])[-1]
-                raise KernelError(f"{compiler} {' '.join(flags)} failed: {last[:200]}")
+            _run([*command, *flags, "-o", str(out), str(src)], COMPILE_TIMEOUT)
             os.replace(out, path)
     except OSError as e:
         raise KernelError(f"cannot build into {path.parent}: {e.strerror or e}") from None
-    except subprocess.SubprocessError as e:
-        raise KernelError(f"{compiler} did not finish: {e}") from None
 
 
 def _load(path: Path) -> ctypes.CDLL:
@@ -200,41 +218,57 @@ def _self_check(k: Kernel) -> None:
 
 
 def _check_against_torch(k: Kernel) -> None:
+    F = torch.nn.functional
     g = torch.Generator().manual_seed(0)
     x = torch.randn(5, *IN_SHAPE, generator=g)
     w = (torch.randn(C_OUT, 1, 3, 3, generator=g) / 3).requires_grad_()
     b = (torch.randn(C_OUT, generator=g) / 10).requires_grad_()
     grad = torch.randn(5, C_OUT, POOLED, POOLED, generator=g)
-    ref = torch.relu(torch.nn.functional.max_pool2d(torch.nn.functional.conv2d(x, w, b, padding=1), 2))
+    ref = torch.relu(F.max_pool2d(F.conv2d(x, w, b, padding=1), 2))
     ref_w, ref_b = torch.autograd.grad(ref, (w, b), grad)
-    out = _Conv1PoolReluFn.apply(x, w, b, k, False)
+    out = _Conv1PoolReluFn.apply(x, w, b, k, False, True)
     got_w, got_b = torch.autograd.grad(out, (w, b), grad)
     err = max(float((out - ref).detach().abs().max()), float((got_w - ref_w).abs().max() / ref_w.abs().max()),
               float((got_b - ref_b).abs().max() / ref_b.abs().max()))
-    if not err < 1e-4:
-        raise KernelError(f"the built kernel disagrees with torch's operators (max error {err:.2g}); not used")
+    half = _Conv1PoolReluFn.apply(x, w, b, k, True, False)          # bf16: the fp32 result, rounded
+    bad = None if err < 1e-4 else f"max error {err:.2g}"
+    if bad is None and not torch.equal(half.view(torch.int16), out.detach().to(torch.bfloat16).view(torch.int16)):
+        bad = "its bf16 output is not its fp32 output rounded"
+    x[0, 0, 6, 6] = float("nan")                       # the second or later candidate of its windows
+    if bad is None and not torch.equal(_Conv1PoolReluFn.apply(x, w, b, k, False, False).isnan(),
+                                       F.max_pool2d(F.conv2d(x, w, b, padding=1), 2).isnan()):
+        bad = "NaNs do not propagate as through max_pool2d"
+    if bad:
+        raise KernelError(f"the built conv1 kernel disagrees with torch's operators ({bad}); not used")
     for dtype in (torch.float32, torch.bfloat16):     # max and ReLU only pick values: exact
         y = torch.randn(3, C_OUT, POOLED, POOLED, generator=g).round(decimals=1).to(dtype)
+        y[0, 3, 4, 5] = y[1, 2, 4, 5] = y[1, 2, 5, 5] = float("nan")   # NaNs in later candidates
         y = y.contiguous(memory_format=torch.channels_last).requires_grad_()
         grad = torch.randn(3, C_OUT * 49, generator=g).to(dtype)
-        ref = torch.relu(torch.nn.functional.max_pool2d(y, 2)).flatten(1)
+        ref = torch.relu(F.max_pool2d(y, 2)).flatten(1)
         (ref_y,) = torch.autograd.grad(ref, y, grad)
-        out = _Pool2ReluFlattenFn.apply(y, k)
+        out = _Pool2ReluFlattenFn.apply(y, k, True)
         (got_y,) = torch.autograd.grad(out, y, grad)
-        if not (torch.equal(out, ref) and torch.equal(got_y, ref_y)):
+        if not (torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.nan_to_num(), ref.nan_to_num())
+                and torch.equal(got_y, ref_y)):
             raise KernelError(f"the built pool2 kernel disagrees with torch's operators ({dtype}); not used")
 
 
 class _Conv1PoolReluFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, k: Kernel, half: bool):
+    def forward(ctx, x, weight, bias, k: Kernel, half: bool, track: bool):
+        if ctx.needs_input_grad[0]:
+            raise ValueError("the fused conv1 kernel gives no gradient for its input; use torch's operators")
+        _expect(x, "x", (x.shape[0], *IN_SHAPE), (torch.float32,))
+        _expect(weight, "conv1 weight", (C_OUT, 1, 3, 3), (torch.float32,))
+        _expect(bias, "conv1 bias", (C_OUT,), (torch.float32,))
         n = x.shape[0]
         x = x.detach().to(torch.float32).contiguous()
         wt = weight.detach().to(torch.float32).reshape(C_OUT, 9).t().contiguous()
         b = bias.detach().to(torch.float32).contiguous()
         out = torch.empty((n, C_OUT, POOLED, POOLED), dtype=torch.bfloat16 if half else torch.float32,
                           memory_format=torch.channels_last)
-        need_grad = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        need_grad = track and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
         winners = torch.empty((n, POOLED, POOLED, C_OUT), dtype=torch.uint8) if need_grad else None
         k.lib.cnnlab_conv1pool_forward(x.data_ptr(), wt.data_ptr(), b.data_ptr(), out.data_ptr(),
                                        winners.data_ptr() if winners is not None else None,
@@ -245,6 +279,7 @@ class _Conv1PoolReluFn(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         x, out, winners = ctx.saved_tensors
         k: Kernel = ctx.kernel
@@ -256,15 +291,18 @@ class _Conv1PoolReluFn(torch.autograd.Function):
                                         int(out.dtype == torch.bfloat16), x.shape[0], threads,
                                         scratch.data_ptr(), grad.data_ptr())
         grad_w = grad[:9 * C_OUT].view(9, C_OUT).t().reshape(ctx.weight_shape)
-        return None, grad_w, grad[9 * C_OUT:], None, None
+        return None, grad_w, grad[9 * C_OUT:], None, None, None
 
 
 class _Pool2ReluFlattenFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, y, k: Kernel):
+    def forward(ctx, y, k: Kernel, track: bool):
+        _expect(y, "conv2 output", (y.shape[0], C_OUT, POOLED, POOLED), (torch.float32, torch.bfloat16))
+        if not y.is_contiguous(memory_format=torch.channels_last):
+            raise ValueError("the fused pool2 kernel reads conv2's output in channels_last memory format")
         n, half = y.shape[0], y.dtype == torch.bfloat16
         out = torch.empty((n, C_OUT * 49), dtype=y.dtype)
-        winners = torch.empty((n, 7, 7, C_OUT), dtype=torch.uint8) if ctx.needs_input_grad[0] else None
+        winners = torch.empty((n, 7, 7, C_OUT), dtype=torch.uint8) if track and ctx.needs_input_grad[0] else None
         k.lib.cnnlab_pool2_forward(y.data_ptr(), out.data_ptr(), winners.data_ptr() if winners is not None else None,
                                    int(half), n, _threads(k))
         if winners is not None:
@@ -273,6 +311,7 @@ class _Pool2ReluFlattenFn(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         out, winners = ctx.saved_tensors
         k: Kernel = ctx.kernel
@@ -281,7 +320,14 @@ class _Pool2ReluFlattenFn(torch.autograd.Function):
         grad_y = torch.empty((n, C_OUT, POOLED, POOLED), dtype=out.dtype, memory_format=torch.channels_last)
         k.lib.cnnlab_pool2_backward(out.data_ptr(), winners.data_ptr(), grad_out.data_ptr(), grad_y.data_ptr(),
                                     int(out.dtype == torch.bfloat16), n, _threads(k))
-        return grad_y, None
+        return grad_y, None, None
+
+
+def _expect(t: torch.Tensor, name: str, shape: tuple[int, ...], dtypes: tuple[torch.dtype, ...]) -> None:
+    """The C code trusts shapes, types and the device: anything else is refused before it runs."""
+    if t.device.type != "cpu" or tuple(t.shape) != shape or t.dtype not in dtypes:
+        raise ValueError(f"the fused kernels take {name} as a CPU tensor of shape {list(shape)} and type "
+                         f"{' or '.join(str(d) for d in dtypes)}; got {t.device.type} {list(t.shape)} {t.dtype}")
 
 
 def _threads(k: Kernel) -> int:
@@ -320,7 +366,7 @@ def conv1_pool_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     if bias is None:
         bias = weight.new_zeros(C_OUT)
     half = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-    return _Conv1PoolReluFn.apply(x, weight, bias, k, half)
+    return _Conv1PoolReluFn.apply(x, weight, bias, k, half, torch.is_grad_enabled())
 
 
 def pool2_relu_flatten(y: torch.Tensor) -> torch.Tensor:
@@ -328,4 +374,4 @@ def pool2_relu_flatten(y: torch.Tensor) -> torch.Tensor:
     k = kernel()
     if k is None:
         raise KernelError(describe())
-    return _Pool2ReluFlattenFn.apply(y, k)
+    return _Pool2ReluFlattenFn.apply(y, k, torch.is_grad_enabled())
