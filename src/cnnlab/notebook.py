@@ -203,16 +203,18 @@ The plain class models are believed by the network but no person reads them. Kee
 prior over the training images' top 30 principal components (labels never read) and the same
 network, with the same objective, draws digits. Judged by what did not make them: the nearest
 training image must have the target's label and lie as near as 95% of real test digits do, and
-another network must name the target.
+another network must name the target (a plain network of another seed, trained here as the report
+trains its judge).
 """)
     c.code("""
 from cnnlab.analysis import natural
 prior = natural.PcaPrior.fit(split)       # top 30 principal components of the training images; labels unread
 nat = natural.synthesize_natural(model, prior=prior)
 display(nat.figure())
-judge = bn.model                          # did not make the images (batch-norm, trained separately)
+# The judge did not make the images: a plain network of another seed, as the report's (seconds)
+judge = train(preset(PRESET, seed=1), None, split=split, progress=False, log=lambda s: None).model
 judged = natural.readability({"plain": syn.images, "natural": nat.images}, syn.targets, split, judge,
-                             maker=model, judge_name="the batch-norm network")
+                             maker=model, judge_name=f"a plain network trained with seed 1 (the {PRESET} preset)")
 display(judged.figure())
 v = natural.readable_verdict({r.name: judged.counts(r.name) for r in judged.rows}, judged.reference,
                              judged.threshold, judge=judged.judge_name)
