@@ -62,6 +62,11 @@ def test_fp32_forward_and_gradients_match_torchs_operators(n):
     gout = torch.randn(n, 32, 14, 14, generator=torch.Generator().manual_seed(1))
     ref, ref_w, ref_b = grads(reference, x, w, b, gout)
     out, got_w, got_b = grads(fused.conv1_pool_relu, x, w, b, gout)
+    # the input's gradient (what attacks follow), with the weights frozen as an attack holds them
+    xs = [x.clone().requires_grad_() for _ in range(2)]
+    for xi, fn in zip(xs, (reference, fused.conv1_pool_relu)):
+        fn(xi, w.detach(), b.detach()).backward(gout)
+    torch.testing.assert_close(xs[1].grad, xs[0].grad, rtol=1e-5, atol=1e-5 * float(xs[0].grad.abs().max()))
     assert out.shape == ref.shape and out.dtype == torch.float32
     assert out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, ref, rtol=1e-6, atol=2e-6)        # summed in another order
@@ -180,8 +185,8 @@ def test_the_pool2_kernel_stands_aside_where_it_does_not_apply(case):
     assert not fused.pool2_applies(m, y)
 
 
-@pytest.mark.parametrize("case", ["eval mode", "flag off", "input needs its gradient", "hook on conv1",
-                                  "batch-norm", "float64"])
+@pytest.mark.parametrize("case", ["no gradients (evaluation)", "flag off", "hook on conv1", "batch-norm",
+                                  "float64", "eval mode with gradients (attack steps)", "input needs its gradient"])
 def test_the_kernel_stands_aside_where_it_does_not_apply(case, monkeypatch):
     calls: list[str] = []
     monkeypatch.setattr(fused, "conv1_pool_relu", lambda *a: calls.append("conv1") or reference(*a))
@@ -190,17 +195,19 @@ def test_the_kernel_stands_aside_where_it_does_not_apply(case, monkeypatch):
     m = Net(batch_norm=case == "batch-norm").train().to(memory_format=torch.channels_last)
     m.fused_kernels = case != "flag off"
     x = torch.rand(2, 1, 28, 28)
-    if case == "eval mode":
+    if case.startswith("eval mode"):
         m.eval()
-    if case == "input needs its gradient":          # attacks and class models: need d(loss)/d(input)
+    if case == "input needs its gradient":
         x.requires_grad_()
     if case == "hook on conv1":                     # activations and anatomy read conv1's output
         m.conv1.register_forward_hook(lambda *a: None)
     if case == "float64":
         m, x = m.double(), x.double()
-    m(x)
-    # pool2's kernel gives its input a gradient, so only a hook on conv1 or an input gradient keeps it
-    assert calls == (["pool2"] if case in ("input needs its gradient", "hook on conv1") else [])
+    with torch.set_grad_enabled(case != "no gradients (evaluation)"):
+        m(x)
+    expected = {"hook on conv1": ["pool2"], "eval mode with gradients (attack steps)": ["conv1", "pool2"],
+                "input needs its gradient": ["conv1", "pool2"]}.get(case, [])
+    assert calls == expected
     # the control: the same model and input where both apply
     calls.clear()
     ok = Net().train().to(memory_format=torch.channels_last)
@@ -276,8 +283,7 @@ def test_a_build_for_the_baseline_instruction_set_computes_the_same(tmp_path):
                                    rtol=1e-6, atol=2e-6)
 
 
-@pytest.mark.parametrize("case", ["x 10×10", "x on the meta device", "bias of 31", "y in NCHW", "y float16",
-                                  "x needs its gradient"])
+@pytest.mark.parametrize("case", ["x 10×10", "x on the meta device", "bias of 31", "y in NCHW", "y float16"])
 def test_the_c_code_is_never_handed_what_it_does_not_expect(case):
     x, (w, b) = digits_like(2), weights()
     y = torch.rand(2, 32, 14, 14).contiguous(memory_format=torch.channels_last)
@@ -291,8 +297,6 @@ def test_the_c_code_is_never_handed_what_it_does_not_expect(case):
         y = y.contiguous()
     if case == "y float16":
         y = y.half()
-    if case == "x needs its gradient":
-        x.requires_grad_()
     with pytest.raises(ValueError, match="fused"):
         if case.startswith("y"):
             fused.pool2_relu_flatten(y)

@@ -202,10 +202,11 @@ def _load(path: Path) -> ctypes.CDLL:
     p, i = ctypes.c_void_p, ctypes.c_int
     lib.cnnlab_conv1pool_forward.argtypes = [p, p, p, p, p, i, i, i]
     lib.cnnlab_conv1pool_backward.argtypes = [p, p, p, p, i, i, i, p, p]
+    lib.cnnlab_conv1pool_backward_input.argtypes = [p, p, p, p, i, i, i, p]
     lib.cnnlab_pool2_forward.argtypes = [p, p, p, i, i, i]
     lib.cnnlab_pool2_backward.argtypes = [p, p, p, p, i, i, i]
-    for f in (lib.cnnlab_conv1pool_forward, lib.cnnlab_conv1pool_backward, lib.cnnlab_pool2_forward,
-              lib.cnnlab_pool2_backward):
+    for f in (lib.cnnlab_conv1pool_forward, lib.cnnlab_conv1pool_backward, lib.cnnlab_conv1pool_backward_input,
+              lib.cnnlab_pool2_forward, lib.cnnlab_pool2_backward):
         f.restype = i
     return lib
 
@@ -224,12 +225,14 @@ def _check_against_torch(k: Kernel) -> None:
     w = (torch.randn(C_OUT, 1, 3, 3, generator=g) / 3).requires_grad_()
     b = (torch.randn(C_OUT, generator=g) / 10).requires_grad_()
     grad = torch.randn(5, C_OUT, POOLED, POOLED, generator=g)
+    x.requires_grad_()
     ref = torch.relu(F.max_pool2d(F.conv2d(x, w, b, padding=1), 2))
-    ref_w, ref_b = torch.autograd.grad(ref, (w, b), grad)
+    ref_x, ref_w, ref_b = torch.autograd.grad(ref, (x, w, b), grad)
     out = _Conv1PoolReluFn.apply(x, w, b, k, False, True)
-    got_w, got_b = torch.autograd.grad(out, (w, b), grad)
-    err = max(float((out - ref).detach().abs().max()), float((got_w - ref_w).abs().max() / ref_w.abs().max()),
-              float((got_b - ref_b).abs().max() / ref_b.abs().max()))
+    got_x, got_w, got_b = torch.autograd.grad(out, (x, w, b), grad)
+    x = x.detach()
+    err = max(float((out - ref).detach().abs().max()), *(float((got - r).abs().max() / r.abs().max())
+                                                         for got, r in ((got_x, ref_x), (got_w, ref_w), (got_b, ref_b))))
     half = _Conv1PoolReluFn.apply(x, w, b, k, True, False)          # bf16: the fp32 result, rounded
     bad = None if err < 1e-4 else f"max error {err:.2g}"
     if bad is None and not torch.equal(half.view(torch.int16), out.detach().to(torch.bfloat16).view(torch.int16)):
@@ -257,8 +260,6 @@ def _check_against_torch(k: Kernel) -> None:
 class _Conv1PoolReluFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, k: Kernel, half: bool, track: bool):
-        if ctx.needs_input_grad[0]:
-            raise ValueError("the fused conv1 kernel gives no gradient for its input; use torch's operators")
         _expect(x, "x", (x.shape[0], *IN_SHAPE), (torch.float32,))
         _expect(weight, "conv1 weight", (C_OUT, 1, 3, 3), (torch.float32,))
         _expect(bias, "conv1 bias", (C_OUT,), (torch.float32,))
@@ -268,30 +269,35 @@ class _Conv1PoolReluFn(torch.autograd.Function):
         b = bias.detach().to(torch.float32).contiguous()
         out = torch.empty((n, C_OUT, POOLED, POOLED), dtype=torch.bfloat16 if half else torch.float32,
                           memory_format=torch.channels_last)
-        need_grad = track and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
+        need_grad = track and any(ctx.needs_input_grad[:3])
         winners = torch.empty((n, POOLED, POOLED, C_OUT), dtype=torch.uint8) if need_grad else None
         k.lib.cnnlab_conv1pool_forward(x.data_ptr(), wt.data_ptr(), b.data_ptr(), out.data_ptr(),
                                        winners.data_ptr() if winners is not None else None,
                                        int(half), n, _threads(k))
         if need_grad:
-            ctx.save_for_backward(x, out, winners)
+            ctx.save_for_backward(x, wt, out, winners)
             ctx.kernel, ctx.weight_shape = k, weight.shape
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        x, out, winners = ctx.saved_tensors
+        x, wt, out, winners = ctx.saved_tensors
         k: Kernel = ctx.kernel
         grad_out = grad_out.to(out.dtype).contiguous(memory_format=torch.channels_last)
-        threads = _threads(k)
-        scratch = torch.empty(threads * 10 * C_OUT)
-        grad = torch.empty(10 * C_OUT)
-        k.lib.cnnlab_conv1pool_backward(x.data_ptr(), out.data_ptr(), winners.data_ptr(), grad_out.data_ptr(),
-                                        int(out.dtype == torch.bfloat16), x.shape[0], threads,
-                                        scratch.data_ptr(), grad.data_ptr())
-        grad_w = grad[:9 * C_OUT].view(9, C_OUT).t().reshape(ctx.weight_shape)
-        return None, grad_w, grad[9 * C_OUT:], None, None, None
+        half, n, threads = int(out.dtype == torch.bfloat16), x.shape[0], _threads(k)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:                 # attacks: the gradient of the image
+            grad_x = torch.empty((n, *IN_SHAPE))
+            k.lib.cnnlab_conv1pool_backward_input(wt.data_ptr(), out.data_ptr(), winners.data_ptr(),
+                                                  grad_out.data_ptr(), half, n, threads, grad_x.data_ptr())
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            scratch = torch.empty(threads * 10 * C_OUT)
+            grad = torch.empty(10 * C_OUT)
+            k.lib.cnnlab_conv1pool_backward(x.data_ptr(), out.data_ptr(), winners.data_ptr(), grad_out.data_ptr(),
+                                            half, n, threads, scratch.data_ptr(), grad.data_ptr())
+            grad_w, grad_b = grad[:9 * C_OUT].view(9, C_OUT).t().reshape(ctx.weight_shape), grad[9 * C_OUT:]
+        return grad_x, grad_w, grad_b, None, None, None
 
 
 class _Pool2ReluFlattenFn(torch.autograd.Function):
@@ -338,7 +344,7 @@ def applies(model: Net, x: torch.Tensor) -> bool:
     """Whether the fused kernel can stand in for `model`'s conv1 → pool1 → relu1 on input `x`."""
     w = model.conv1.weight
     return (model.bn1 is None and x.device.type == "cpu" and x.dtype == torch.float32
-            and tuple(x.shape[1:]) == IN_SHAPE and not x.requires_grad
+            and tuple(x.shape[1:]) == IN_SHAPE
             and w.device.type == "cpu" and w.dtype == torch.float32
             and not any(_hooked(m) for m in (model.conv1, model.relu1, model.pool1))
             and kernel() is not None)

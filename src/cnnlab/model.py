@@ -51,9 +51,10 @@ class Net(nn.Module):
         # (and its backward) run on a quarter of the values. The layer table turns this off to
         # show the order of the diagram; the function computed is the same either way.
         self.pool_before_relu = True
-        # Training on a CPU may run conv1 → pool1 → ReLU and pool2 → ReLU → flatten as cnnlab's own
-        # C kernels (cnnlab.fused): the same function, faster. Only train() turns this on, and only
-        # in training mode, so evaluation and every analysis of a saved network run torch's operators.
+        # On a CPU, conv1 → pool1 → ReLU and pool2 → ReLU → flatten may run as cnnlab's own C kernels
+        # (cnnlab.fused): the same function, faster. train() turns this on for its steps (and off
+        # for the network it returns), the robustness stage for its bf16 attack steps; it acts only
+        # where gradients are taken, so every prediction and evaluation runs torch's operators.
         self.fused_kernels = False
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -71,7 +72,7 @@ class Net(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.normalize(x)
-        fast = self.fused_kernels and self.training
+        fast = self.fused_kernels and torch.is_grad_enabled()
         if fast and fused.applies(self, x):
             x = fused.conv1_pool_relu(x, self.conv1.weight, self.conv1.bias)
         else:

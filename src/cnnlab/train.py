@@ -848,6 +848,7 @@ def _run(cfg: TrainConfig, writer: RunWriter, split: Split | None, data_dir: str
         "params": sum(p.numel() for p in model.parameters()),
     }
     writer.finish(info, metrics, model, split, cfg)
+    model.fused_kernels = False        # the caller's network computes as a loaded one does
     model.cpu()
     split.to("cpu")
     return TrainResult(writer.out, model, cfg, info, metrics, interrupted, stop.signal if interrupted else None)

@@ -221,6 +221,10 @@ def robustness(models: Mapping[str, torch.nn.Module], x: torch.Tensor, y, attack
         fmt = torch.channels_last if dev.type == "cpu" else torch.contiguous_format
         step_rows = chunk or chunk_for(dev)
         net = copy.deepcopy(model).to(memory_format=fmt)  # type: ignore[call-overload]  # torch's stubs omit memory_format
+        # bf16 attack steps on a CPU run conv1's and pool2's blocks as cnnlab's C kernels (the
+        # predictions stay on torch's operators, so the ε = 0 row is evaluate()'s; fp32 stays exact
+        # against the one-attack-at-a-time functions).
+        net.fused_kernels = prec == "bf16" and dev.type == "cpu" and hasattr(net, "fused_kernels")
         correct = torch.zeros(len(nz), dtype=torch.long)
         hit = torch.zeros(len(nz), dtype=torch.long)
 

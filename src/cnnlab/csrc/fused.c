@@ -1,13 +1,13 @@
 /* Two blocks of cnnlab's network as single kernels for CPU training (see cnnlab/fused.py for why).
  *
  * 1. conv1: conv 32@3×3 (one input channel, stride 1, padding 1) + bias → 2×2/2 max-pool → ReLU,
- *    for 28×28 inputs; forward, and the gradient of the weights and bias (never of the input:
- *    the training step does not need it).
+ *    for 28×28 inputs; forward, the gradient of the weights and bias, and that of the input.
  *
  *    Nothing of the 28×28×32 convolution output is stored: each pooled position computes its
  *    four candidates in registers and keeps the largest and which one won, by max_pool2d's rule
- *    (a strictly larger value, or a NaN, takes over; ties go to the first). The backward pass
- *    routes each channel's gradient through its winner's 3×3 input patch.
+ *    (a strictly larger value, or a NaN, takes over; ties go to the first). The backward passes
+ *    route each channel's gradient through its winner's 3×3 input patch: to the weights and
+ *    bias, and (for attacks, which need it) to the input.
  *    Layouts: x is B×28×28 fp32 (one channel); wt is 9×32 fp32 (tap-major); the output, its
  *    gradient and the winners are B×14×14×32 (channels last), the output and its gradient bf16
  *    or fp32.
@@ -70,6 +70,7 @@ typedef struct {
     uint8_t *arg;                 /* B×14×14×32: which of the four pooled candidates won (or NULL) */
     const void *gout;             /* backward: gradient of out, same layout and type */
     float *partial;               /* backward: this thread's 9×32 weight and 32 bias gradients */
+    float *gx;                    /* input gradient: B×28×28 */
     int bf16, b0, b1;
 } job_t;
 
@@ -243,6 +244,42 @@ static void pool_backward_range(const pool_job_t *j) {
     }
 }
 
+/* The input's gradient: each channel's gradient flows back through its winner's 3×3 taps. Per
+ * pooled position the 4×4 input patch under it gets sum_c g[c] · (weights of c placed at the
+ * winner's corner): one 16-lane multiply-add per channel with a precomputed column. */
+static void input_grad_range(const job_t *j) {
+    float cols[4][C][16];                               /* [winner][channel][patch pixel] */
+    memset(cols, 0, sizeof cols);
+    for (int d = 0; d < 4; d++)
+        for (int c = 0; c < C; c++)
+            for (int k = 0; k < 9; k++) cols[d][c][((d >> 1) + k / 3) * 4 + (d & 1) + k % 3] = j->wt[k * C + c];
+    float gxp[HP * HP];
+    for (int b = j->b0; b < j->b1; b++) {
+        memset(gxp, 0, sizeof gxp);
+        for (int i = 0; i < P; i++)
+            for (int q = 0; q < P; q++) {
+                const size_t o = (((size_t)b * P + i) * P + q) * C;
+                vf patch = {0};
+                for (int h = 0; h < 2; h++) {
+                    vf g, out;
+                    if (j->bf16) {
+                        g = from_bf16((const uint16_t *)j->gout + o + 16 * h);
+                        out = from_bf16((const uint16_t *)j->out + o + 16 * h);
+                    } else {
+                        g = loadf((const float *)j->gout + o + 16 * h);
+                        out = loadf((const float *)j->out + o + 16 * h);
+                    }
+                    g = select(out <= 0.0f, (vf){0}, g);               /* ReLU's backward */
+                    const uint8_t *a = j->arg + o + 16 * h;
+                    for (int l = 0; l < 16; l++) patch += g[l] * loadf(cols[a[l] & 3][16 * h + l]);
+                }
+                for (int u = 0; u < 4; u++)
+                    for (int v = 0; v < 4; v++) gxp[(2 * i + u) * HP + 2 * q + v] += patch[u * 4 + v];
+            }
+        for (int r = 0; r < H; r++) memcpy(j->gx + (size_t)b * H * H + r * H, gxp + (r + 1) * HP + 1, sizeof(float) * H);
+    }
+}
+
 /* Splits the batch into one range per thread. Built with -fopenmp, the OpenMP runtime is the one
  * already loaded in the process (PyTorch's own libgomp, found by its soname), so the kernel runs on
  * the threads PyTorch's operators run on instead of competing with them for the cores (threads of
@@ -275,7 +312,7 @@ static void pool_parallel(pool_job_t base, int batch, int threads, void (*fn)(co
 
 int cnnlab_conv1pool_forward(const float *x, const float *wt, const float *bias, void *out, uint8_t *arg,
                              int bf16, int batch, int threads) {
-    job_t base = {x, wt, bias, out, arg, NULL, NULL, bf16, 0, 0};
+    job_t base = {x, wt, bias, out, arg, NULL, NULL, NULL, bf16, 0, 0};
     parallel(base, batch, threads, forward_range, NULL);
     return 0;
 }
@@ -283,7 +320,7 @@ int cnnlab_conv1pool_forward(const float *x, const float *wt, const float *bias,
 /* grad: the 9×32 weight gradient (tap-major), then the 32 bias gradient; scratch: threads × 320 floats. */
 int cnnlab_conv1pool_backward(const float *x, const void *out, const uint8_t *arg, const void *gout, int bf16,
                               int batch, int threads, float *scratch, float *grad) {
-    job_t base = {x, NULL, NULL, (void *)out, (uint8_t *)arg, gout, NULL, bf16, 0, 0};
+    job_t base = {x, NULL, NULL, (void *)out, (uint8_t *)arg, gout, NULL, NULL, bf16, 0, 0};
     int n = parallel(base, batch, threads, backward_range, scratch);
     for (int e = 0; e < 10 * C; e++) {
         float s = 0.0f;
@@ -291,6 +328,14 @@ int cnnlab_conv1pool_backward(const float *x, const void *out, const uint8_t *ar
         grad[e] = s;
     }
     return n;
+}
+
+/* gx: the B×28×28 gradient of the input x. */
+int cnnlab_conv1pool_backward_input(const float *wt, const void *out, const uint8_t *arg, const void *gout, int bf16,
+                                    int batch, int threads, float *gx) {
+    job_t base = {NULL, wt, NULL, (void *)out, (uint8_t *)arg, gout, NULL, gx, bf16, 0, 0};
+    parallel(base, batch, threads, input_grad_range, NULL);
+    return 0;
 }
 
 int cnnlab_pool2_forward(const void *y, void *out, uint8_t *arg, int bf16, int batch, int threads) {
