@@ -16,10 +16,10 @@ What they compute is the network's own function, checked against torch's operato
 the output matches conv2d → max_pool2d → relu to float rounding (the products are summed in another
 order), ties go to the first candidate as in max_pool2d, NaNs propagate as there; under bf16
 autocast the output is the fp32 result rounded to bf16 (torch's convolution would round its inputs
-to bf16 first, so this is the more exact of the two). Only the weight and bias gradients exist: the
-kernel is used while training, where the input needs none; anything that wants the input's
-gradient (attacks, class models) or a hook on conv1/pool1/relu1 goes through torch's operators.
-pool2: max and ReLU only pick values, so output and gradient are bit for bit torch's.
+to bf16 first, so this is the more exact of the two); its backward gives the weight, bias and
+input gradients. pool2: max and ReLU only pick values, so output and gradient are bit for bit
+torch's. Net uses them only where gradients are taken (train()'s steps; robustness's bf16 attack
+steps) and never with a hook on those layers: predictions and evaluations run torch's operators.
 
 How: the C source ships with the package (cnnlab/csrc/fused.c). On first use it is compiled with
 the system's C compiler (`$CC`, else cc, gcc or clang) into the user cache (`cache_dir()/kernels`,
