@@ -118,6 +118,19 @@ static void forward_range(const job_t *j) {
     }
 }
 
+/* 16 channels of the output's gradient at offset o, zero where the output is <= 0 (ReLU's backward). */
+static inline vf relu_grad(const job_t *j, size_t o) {
+    vf g, out;
+    if (j->bf16) {
+        g = from_bf16((const uint16_t *)j->gout + o);
+        out = from_bf16((const uint16_t *)j->out + o);
+    } else {
+        g = loadf((const float *)j->gout + o);
+        out = loadf((const float *)j->out + o);
+    }
+    return select(out <= 0.0f, (vf){0}, g);
+}
+
 static void backward_range(const job_t *j) {
     float xp[HP * HP];
     vf dw[9][2], db[2] = {{0}, {0}};
@@ -130,15 +143,7 @@ static void backward_range(const job_t *j) {
                 vf patch;                                 /* the 4×4 input patch under this position */
                 for (int u = 0; u < 4; u++) memcpy((float *)&patch + 4 * u, xp + (2 * i + u) * HP + 2 * q, 16);
                 for (int h = 0; h < 2; h++) {
-                    vf g, out;
-                    if (j->bf16) {
-                        g = from_bf16((const uint16_t *)j->gout + o + 16 * h);
-                        out = from_bf16((const uint16_t *)j->out + o + 16 * h);
-                    } else {
-                        g = loadf((const float *)j->gout + o + 16 * h);
-                        out = loadf((const float *)j->out + o + 16 * h);
-                    }
-                    g = select(out <= 0.0f, (vf){0}, g);               /* ReLU's backward */
+                    vf g = relu_grad(j, o + 16 * h);
                     vb ab;
                     memcpy(&ab, j->arg + o + 16 * h, sizeof ab);
                     vi a = __builtin_convertvector(ab, vi);
@@ -261,15 +266,7 @@ static void input_grad_range(const job_t *j) {
                 const size_t o = (((size_t)b * P + i) * P + q) * C;
                 vf patch = {0};
                 for (int h = 0; h < 2; h++) {
-                    vf g, out;
-                    if (j->bf16) {
-                        g = from_bf16((const uint16_t *)j->gout + o + 16 * h);
-                        out = from_bf16((const uint16_t *)j->out + o + 16 * h);
-                    } else {
-                        g = loadf((const float *)j->gout + o + 16 * h);
-                        out = loadf((const float *)j->out + o + 16 * h);
-                    }
-                    g = select(out <= 0.0f, (vf){0}, g);               /* ReLU's backward */
+                    vf g = relu_grad(j, o + 16 * h);
                     const uint8_t *a = j->arg + o + 16 * h;
                     for (int l = 0; l < 16; l++) patch += g[l] * loadf(cols[a[l] & 3][16 * h + l]);
                 }
