@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 
 import torch
@@ -25,13 +22,8 @@ from common import load_split, machine
 
 def loop_rate(fused_kernels: bool, steps: int) -> float:
     """images/s of train()'s loop, measured in a new Python process."""
-    code = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
-            f"import train_speed; from common import load_split; "
-            f"print(train_speed.cnnlab_loop(load_split(), {steps}, fused_kernels={fused_kernels}))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy())
-    if r.returncode != 0:
-        raise SystemExit(f"fused_kernels: the loop failed: {r.stderr[-2000:]}")
-    return float(r.stdout.strip().splitlines()[-1])
+    import train_speed
+    return train_speed.fresh("cnnlab", steps, *([] if fused_kernels else ["--no-fused-kernels"]))
 
 
 def block_times(pairs: int, reps: int = 50) -> dict:

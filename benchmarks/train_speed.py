@@ -75,18 +75,18 @@ def cnnlab_loop(split, steps: int, warmup: int = 5, **overrides) -> float:
     return cfg.batch_size * (len(stamps) - 1 - warmup) / (stamps[-1] - stamps[warmup])
 
 
-def one(which: str, steps: int) -> float:
+def one(which: str, steps: int, fused_kernels: bool = True) -> float:
     """images/s of one loop, measured in this process."""
     split = load_split()
     if which == "cnnlab":
-        return cnnlab_loop(split, steps)
+        return cnnlab_loop(split, steps, fused_kernels=fused_kernels)
     x = (split.train_x.float() / 255 - split.mean) / split.std
     return plain_loop(x, split.train_y, steps)
 
 
-def fresh(which: str, steps: int) -> float:
-    """images/s of one loop, measured in a new Python process."""
-    r = subprocess.run([sys.executable, __file__, "--one", which, "--steps", str(steps)],
+def fresh(which: str, steps: int, *flags: str) -> float:
+    """images/s of one loop, measured in a new Python process (`flags`: more of this script's)."""
+    r = subprocess.run([sys.executable, __file__, "--one", which, "--steps", str(steps), *flags],
                        capture_output=True, text=True, env=os.environ.copy())
     if r.returncode != 0:
         raise SystemExit(f"train_speed --one {which} failed: {r.stderr[-2000:]}")
@@ -98,9 +98,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--one", choices=("plain", "cnnlab"), help="measure one loop here and print images/s")
+    ap.add_argument("--no-fused-kernels", action="store_true", help="with --one cnnlab: torch's operators only")
     args = ap.parse_args(argv)
     if args.one:
-        print(one(args.one, args.steps))
+        print(one(args.one, args.steps, fused_kernels=not args.no_fused_kernels))
         return {}
     ref, ours = [], []
     for _ in range(args.pairs):

@@ -116,10 +116,10 @@ def build(cc: str | None = None, cache: Path | None = None) -> Kernel:
     # the CPU's flags, so a shared cache never hands one machine another's build). Each later
     # attempt asks the compiler for less.
     attempts = [(["-march=native"], openmp), ([], openmp)] + ([(["-march=native"], False), ([], False)] if openmp else [])
+    where = [source, " ".join(command).encode(), version.encode(), _cpu_flags().encode(), platform.machine().encode()]
     for tune, omp in attempts:
         flags = ["-O3", "-shared", "-fPIC", *tune, *(["-fopenmp"] if omp else [])]
-        key = hashlib.sha256(b"\0".join([source, " ".join(command).encode(), version.encode(), " ".join(flags).encode(),
-                                         _cpu_flags().encode(), platform.machine().encode()])).hexdigest()[:20]
+        key = hashlib.sha256(b"\0".join([*where, " ".join(flags).encode()])).hexdigest()[:20]
         path = folder / f"fused-{key}.so"
         try:
             if not path.is_file():
@@ -264,9 +264,9 @@ class _Conv1PoolReluFn(torch.autograd.Function):
         _expect(weight, "conv1 weight", (C_OUT, 1, 3, 3), (torch.float32,))
         _expect(bias, "conv1 bias", (C_OUT,), (torch.float32,))
         n = x.shape[0]
-        x = x.detach().to(torch.float32).contiguous()
-        wt = weight.detach().to(torch.float32).reshape(C_OUT, 9).t().contiguous()
-        b = bias.detach().to(torch.float32).contiguous()
+        x = x.detach().contiguous()
+        wt = weight.detach().reshape(C_OUT, 9).t().contiguous()
+        b = bias.detach().contiguous()
         out = torch.empty((n, C_OUT, POOLED, POOLED), dtype=torch.bfloat16 if half else torch.float32,
                           memory_format=torch.channels_last)
         need_grad = track and any(ctx.needs_input_grad[:3])
@@ -366,18 +366,19 @@ def _hooked(m: torch.nn.Module) -> bool:
 def conv1_pool_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """relu(max_pool2d(conv2d(x, weight, bias, padding=1), 2)) through the kernel (see `applies`).
     Under CPU bf16 autocast the result is bf16, as the convolution's would be."""
-    k = kernel()
-    if k is None:
-        raise KernelError(describe())
     if bias is None:
         bias = weight.new_zeros(C_OUT)
     half = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-    return _Conv1PoolReluFn.apply(x, weight, bias, k, half, torch.is_grad_enabled())
+    return _Conv1PoolReluFn.apply(x, weight, bias, _built(), half, torch.is_grad_enabled())
 
 
 def pool2_relu_flatten(y: torch.Tensor) -> torch.Tensor:
     """relu(max_pool2d(y, 2)).flatten(1) through the kernel (see `pool2_applies`): bit for bit."""
+    return _Pool2ReluFlattenFn.apply(y, _built(), torch.is_grad_enabled())
+
+
+def _built() -> Kernel:
     k = kernel()
     if k is None:
         raise KernelError(describe())
-    return _Pool2ReluFlattenFn.apply(y, k, torch.is_grad_enabled())
+    return k

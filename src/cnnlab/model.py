@@ -62,10 +62,12 @@ class Net(nn.Module):
         return (x - mean) / std
 
     def _block(self, x, conv, bn, relu, pool):
+        return self._pool_relu(self._conv(x, conv, bn), relu, pool)
+
+    @staticmethod
+    def _conv(x, conv, bn):
         x = conv(x)
-        if bn is not None:
-            x = bn(x)
-        return self._pool_relu(x, relu, pool)
+        return bn(x) if bn is not None else x
 
     def _pool_relu(self, x, relu, pool):
         return relu(pool(x)) if self.pool_before_relu else pool(relu(x))
@@ -77,12 +79,11 @@ class Net(nn.Module):
             x = fused.conv1_pool_relu(x, self.conv1.weight, self.conv1.bias)
         else:
             x = self._block(x, self.conv1, self.bn1, self.relu1, self.pool1)
-        if fast and self.bn2 is None:
-            h = self.conv2(x)
-            x = (fused.pool2_relu_flatten(h) if fused.pool2_applies(self, h)
-                 else self.flatten(self._pool_relu(h, self.relu2, self.pool2)))
+        h = self._conv(x, self.conv2, self.bn2)
+        if fast and fused.pool2_applies(self, h):
+            x = fused.pool2_relu_flatten(h)
         else:
-            x = self.flatten(self._block(x, self.conv2, self.bn2, self.relu2, self.pool2))
+            x = self.flatten(self._pool_relu(h, self.relu2, self.pool2))
         x = self.relu3(self.fc1(x))
         return self.fc2(x)
 

@@ -748,8 +748,7 @@ def _run(cfg: TrainConfig, writer: RunWriter, split: Split | None, data_dir: str
 
     model = Net(batch_norm=cfg.batch_norm, mean=split.mean, std=split.std).to(device)
     model = model.to(memory_format=memory_format)  # type: ignore[call-overload]  # torch's stubs omit memory_format
-    # Built (or found in the cache) and checked now, not inside the first timed step.
-    model.fused_kernels = cfg.fused_kernels and device.type == "cpu" and not cfg.batch_norm and fused.kernel() is not None
+    model.fused_kernels, kernels = _kernel_choice(cfg, device)
     opt, sched = make_optimizer(model, cfg, total_steps)
     state, metrics = writer.start(cfg, resume, model, opt, sched, log)
 
@@ -835,7 +834,7 @@ def _run(cfg: TrainConfig, writer: RunWriter, split: Split | None, data_dir: str
         "split": split.info,
         "normalization": {"mean": split.mean, "std": split.std},
         "versions": versions(),
-        "hardware": {**hardware(device), "kernels": _kernels(model, cfg, device)},
+        "hardware": {**hardware(device), "kernels": kernels},
         "device": str(device),
         "precision": precision,
         "steps": state.step, "steps_per_epoch": steps_per_epoch, "epochs_done": state.epoch,
@@ -867,14 +866,18 @@ def _diverged_message(loss_value: float, state: LoopState, writer: RunWriter, pr
             f"stopped. {kept}. Try {advice}")
 
 
-def _kernels(model: Net, cfg: TrainConfig, device: torch.device) -> str:
-    """Whose kernels the training steps ran for conv1's and pool2's blocks, and why, for run.json."""
-    if model.fused_kernels:
-        return fused.describe()
-    why = ("fused_kernels is off" if not cfg.fused_kernels else f"they are for CPUs, this ran on {device.type}"
-           if device.type != "cpu" else "batch-norm sits between each convolution and its pool" if cfg.batch_norm
-           else fused.describe().removeprefix("torch's operators (").removesuffix(")"))
-    return f"torch's operators ({why})"
+def _kernel_choice(cfg: TrainConfig, device: torch.device) -> tuple[bool, str]:
+    """Whether the training steps run cnnlab.fused's kernels for conv1's and pool2's blocks, and
+    what run.json says of it (which ran, and why)."""
+    if not cfg.fused_kernels:
+        why = "fused_kernels is off"
+    elif device.type != "cpu":
+        why = f"they are for CPUs, this ran on {device.type}"
+    elif cfg.batch_norm:
+        why = "batch-norm sits between each convolution and its pool"
+    else:   # built (or found in the cache) and checked now, not inside the first timed step
+        return fused.kernel() is not None, fused.describe()
+    return False, f"torch's operators ({why})"
 
 
 def _val_numbers(val: EvalResult) -> tuple[float, float]:

@@ -64,13 +64,30 @@ static void pad_image(const float *x, float *xp) {
     for (int r = 0; r < H; r++) memcpy(xp + (r + 1) * HP + 1, x + r * H, sizeof(float) * H);
 }
 
+/* 16 values at offset o of a bf16 or fp32 array, as fp32; and back (rounded to nearest even). */
+static inline vf load_any(const void *base, size_t o, int bf16) {
+    return bf16 ? from_bf16((const uint16_t *)base + o) : loadf((const float *)base + o);
+}
+
+static inline void store_any(void *base, size_t o, vf v, int bf16) {
+    if (bf16) {
+        vh h = to_bf16(v);
+        memcpy((uint16_t *)base + o, &h, sizeof h);
+    } else {
+        memcpy((float *)base + o, &v, sizeof v);
+    }
+}
+
+/* One thread's share of a call: images b0..b1-1. Each kernel reads the fields it needs. */
 typedef struct {
-    const float *x, *wt, *bias;   /* x: B×28×28; wt: 9×32 (tap-major); bias: 32 */
-    void *out;                    /* B×14×14×32 (channels last), bf16 or fp32 */
-    uint8_t *arg;                 /* B×14×14×32: which of the four pooled candidates won (or NULL) */
+    const float *x, *wt, *bias;   /* conv1: x B×28×28; wt 9×32 (tap-major); bias 32 */
+    const void *y;                /* pool2: conv2's output, B×14×14×32 (channels last) */
+    void *out;                    /* conv1: B×14×14×32 (channels last); pool2: B×32×7×7 (fc1's order) */
+    uint8_t *arg;                 /* which of the four candidates won, channels last (or NULL) */
     const void *gout;             /* backward: gradient of out, same layout and type */
-    float *partial;               /* backward: this thread's 9×32 weight and 32 bias gradients */
-    float *gx;                    /* input gradient: B×28×28 */
+    float *partial;               /* conv1 backward: this thread's 9×32 weight and 32 bias gradients */
+    float *gx;                    /* conv1 input gradient: B×28×28 */
+    void *gy;                     /* pool2 backward: gradient of y, B×14×14×32 */
     int bf16, b0, b1;
 } job_t;
 
@@ -109,9 +126,7 @@ static void forward_range(const job_t *j) {
                 }
                 const size_t o = (((size_t)b * P + i) * P + q) * C;
                 for (int h = 0; h < 2; h++) {
-                    vf r = select(m[h] < 0.0f, (vf){0}, m[h]);          /* ReLU; NaN stays NaN */
-                    if (j->bf16) { vh v = to_bf16(r); memcpy((uint16_t *)j->out + o + 16 * h, &v, sizeof v); }
-                    else memcpy((float *)j->out + o + 16 * h, &r, sizeof r);
+                    store_any(j->out, o + 16 * h, select(m[h] < 0.0f, (vf){0}, m[h]), j->bf16);  /* ReLU; NaN stays NaN */
                     if (j->arg) { vb v = __builtin_convertvector(a[h], vb); memcpy(j->arg + o + 16 * h, &v, sizeof v); }
                 }
             }
@@ -120,15 +135,7 @@ static void forward_range(const job_t *j) {
 
 /* 16 channels of the output's gradient at offset o, zero where the output is <= 0 (ReLU's backward). */
 static inline vf relu_grad(const job_t *j, size_t o) {
-    vf g, out;
-    if (j->bf16) {
-        g = from_bf16((const uint16_t *)j->gout + o);
-        out = from_bf16((const uint16_t *)j->out + o);
-    } else {
-        g = loadf((const float *)j->gout + o);
-        out = loadf((const float *)j->out + o);
-    }
-    return select(out <= 0.0f, (vf){0}, g);
+    return select(load_any(j->out, o, j->bf16) <= 0.0f, (vf){0}, load_any(j->gout, o, j->bf16));
 }
 
 static void backward_range(const job_t *j) {
@@ -159,29 +166,7 @@ static void backward_range(const job_t *j) {
     memcpy(j->partial + 9 * C + 16, &db[1], 64);
 }
 
-typedef struct {
-    const void *y;                /* conv2's output, B×14×14×32 (channels last) */
-    void *out;                    /* B×32×7×7 (fc1's order), same type */
-    uint8_t *arg;                 /* B×7×7×32: which of the four candidates won (or NULL) */
-    const void *gout;             /* backward: gradient of out, B×32×7×7 */
-    void *gy;                     /* backward: gradient of y, B×14×14×32 */
-    int bf16, b0, b1;
-} pool_job_t;
-
-static inline vf load_any(const void *base, size_t o, int bf16) {
-    return bf16 ? from_bf16((const uint16_t *)base + o) : loadf((const float *)base + o);
-}
-
-static inline void store_any(void *base, size_t o, vf v, int bf16) {
-    if (bf16) {
-        vh h = to_bf16(v);                /* exact: every value came from a bf16 */
-        memcpy((uint16_t *)base + o, &h, sizeof h);
-    } else {
-        memcpy((float *)base + o, &v, sizeof v);
-    }
-}
-
-static void pool_forward_range(const pool_job_t *j) {
+static void pool_forward_range(const job_t *j) {
     float img[Q * Q][C];                  /* one image's pooled output, channels last */
     for (int b = j->b0; b < j->b1; b++) {
         for (int i = 0; i < Q; i++)
@@ -218,7 +203,7 @@ static void pool_forward_range(const pool_job_t *j) {
     }
 }
 
-static void pool_backward_range(const pool_job_t *j) {
+static void pool_backward_range(const job_t *j) {
     float g[Q * Q][C], kept[Q * Q][C];
     for (int b = j->b0; b < j->b1; b++) {
         for (int c = 0; c < C; c++)                                  /* from fc1's order */
@@ -295,21 +280,9 @@ static int parallel(job_t base, int batch, int threads, void (*fn)(const job_t *
     return threads;
 }
 
-static void pool_parallel(pool_job_t base, int batch, int threads, void (*fn)(const pool_job_t *)) {
-    if (threads > batch) threads = batch;
-    if (threads < 1) threads = 1;
-#pragma omp parallel for num_threads(threads) schedule(static, 1)
-    for (int t = 0; t < threads; t++) {
-        pool_job_t job = base;
-        job.b0 = (int)((long)batch * t / threads);
-        job.b1 = (int)((long)batch * (t + 1) / threads);
-        fn(&job);
-    }
-}
-
 int cnnlab_conv1pool_forward(const float *x, const float *wt, const float *bias, void *out, uint8_t *arg,
                              int bf16, int batch, int threads) {
-    job_t base = {x, wt, bias, out, arg, NULL, NULL, NULL, bf16, 0, 0};
+    job_t base = {.x = x, .wt = wt, .bias = bias, .out = out, .arg = arg, .bf16 = bf16};
     parallel(base, batch, threads, forward_range, NULL);
     return 0;
 }
@@ -317,7 +290,7 @@ int cnnlab_conv1pool_forward(const float *x, const float *wt, const float *bias,
 /* grad: the 9×32 weight gradient (tap-major), then the 32 bias gradient; scratch: threads × 320 floats. */
 int cnnlab_conv1pool_backward(const float *x, const void *out, const uint8_t *arg, const void *gout, int bf16,
                               int batch, int threads, float *scratch, float *grad) {
-    job_t base = {x, NULL, NULL, (void *)out, (uint8_t *)arg, gout, NULL, NULL, bf16, 0, 0};
+    job_t base = {.x = x, .out = (void *)out, .arg = (uint8_t *)arg, .gout = gout, .bf16 = bf16};
     int n = parallel(base, batch, threads, backward_range, scratch);
     for (int e = 0; e < 10 * C; e++) {
         float s = 0.0f;
@@ -330,20 +303,20 @@ int cnnlab_conv1pool_backward(const float *x, const void *out, const uint8_t *ar
 /* gx: the B×28×28 gradient of the input x. */
 int cnnlab_conv1pool_backward_input(const float *wt, const void *out, const uint8_t *arg, const void *gout, int bf16,
                                     int batch, int threads, float *gx) {
-    job_t base = {NULL, wt, NULL, (void *)out, (uint8_t *)arg, gout, NULL, gx, bf16, 0, 0};
+    job_t base = {.wt = wt, .out = (void *)out, .arg = (uint8_t *)arg, .gout = gout, .gx = gx, .bf16 = bf16};
     parallel(base, batch, threads, input_grad_range, NULL);
     return 0;
 }
 
 int cnnlab_pool2_forward(const void *y, void *out, uint8_t *arg, int bf16, int batch, int threads) {
-    pool_job_t base = {y, out, arg, NULL, NULL, bf16, 0, 0};
-    pool_parallel(base, batch, threads, pool_forward_range);
+    job_t base = {.y = y, .out = out, .arg = arg, .bf16 = bf16};
+    parallel(base, batch, threads, pool_forward_range, NULL);
     return 0;
 }
 
 int cnnlab_pool2_backward(const void *out, const uint8_t *arg, const void *gout, void *gy, int bf16, int batch,
                           int threads) {
-    pool_job_t base = {NULL, (void *)out, (uint8_t *)arg, gout, gy, bf16, 0, 0};
-    pool_parallel(base, batch, threads, pool_backward_range);
+    job_t base = {.out = (void *)out, .arg = (uint8_t *)arg, .gout = gout, .gy = gy, .bf16 = bf16};
+    parallel(base, batch, threads, pool_backward_range, NULL);
     return 0;
 }
