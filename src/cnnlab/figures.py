@@ -120,3 +120,55 @@ def plot_bn_comparison(plain: list[list[dict]], bn: list[list[dict]]) -> plt.Fig
         ax.legend()
     fig.tight_layout()
     return fig
+
+
+# The report's figure column: A4 (210 mm) less two 12 mm margins is 186 mm = 7.32 in; 7.0 in keeps
+# a margin for the figure's own padding. A figure wider than this is scaled down to fit, and so is
+# its text.
+PRINT_WIDTH_IN = 7.0
+MIN_PRINT_PT = 7.0       # smallest text a reader can read on paper
+
+
+def legibility(fig: plt.Figure, max_width_in: float = PRINT_WIDTH_IN) -> dict:
+    """How `fig` reads when printed at most `max_width_in` wide: its width, the scale it is printed
+    at, the smallest text in points at that scale, and the pairs of texts that overlap.
+
+    Measured on what is drawn (the renderer's text calls), so hidden tick labels do not count."""
+    from matplotlib.text import Text
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()       # type: ignore[attr-defined]
+    drawn: list[tuple[str, float, Text | None]] = []
+    original = renderer.draw_text
+
+    def spy(gc, x, y, s, prop, angle, ismath=False, mtext=None):
+        if str(s).strip():
+            drawn.append((str(s), float(prop.get_size_in_points()), mtext))
+        return original(gc, x, y, s, prop, angle, ismath=ismath, mtext=mtext)
+
+    renderer.draw_text = spy
+    try:
+        fig.draw(renderer)
+    finally:
+        del renderer.draw_text
+    bbox = fig.get_tightbbox(renderer)
+    width_in = float(bbox.width) + 0.2 if bbox is not None else float(fig.get_figwidth())   # savefig's 0.1 in pad
+    scale = min(1.0, max_width_in / width_in)
+    sizes = [size for _, size, _ in drawn]
+    boxes = []
+    for s, _, t in drawn:
+        if t is not None:
+            e = t.get_window_extent(renderer)
+            boxes.append((s, e.x0 + 1, e.y0 + 1, e.x1 - 1, e.y1 - 1))     # touching is not overlapping
+    overlaps = []
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            a, b = boxes[i], boxes[j]
+            w = min(a[3], b[3]) - max(a[1], b[1])
+            h = min(a[4], b[4]) - max(a[2], b[2])
+            if w > 0 and h > 0:
+                overlaps.append((a[0], b[0]))
+    smallest = min(sizes) if sizes else None
+    return {"width_in": round(width_in, 3), "scale": round(scale, 4),
+            "min_font_pt": round(smallest * scale, 2) if smallest is not None else None,
+            "smallest_text": next((s for s, size, _ in drawn if size == smallest), None),
+            "overlaps": overlaps}

@@ -17,7 +17,7 @@ def section_activations(ctx: Context) -> Section:
         x = ctx.split.test_x[i].float() / 255
         r = activations(ctx.best_model, x, label=int(ctx.split.test_y[i]), name=f"test image #{i}")
         results.append(r)
-        sec.figures.append((fig_to_data_uri(r.figure(), dpi=90),
+        sec.figures.append((fig_to_data_uri(r.figure()),
                             f"Feature maps after ReLU of conv1, pool1, conv2 and pool2 for test image #{i} "
                             f"(label {int(ctx.split.test_y[i])})."))
     layers = ["conv1", "pool1", "conv2", "pool2"]

@@ -15,17 +15,32 @@ import torch
 
 from ..analysis.verdict import Verdict
 from ..config import AnalysisConfig
+from ..figures import PRINT_WIDTH_IN, legibility
 from ..runs import open_run
 
 ASSIGNMENT = "EE5179 Deep Learning for Imaging — Programming Assignment 2: Convolutional Neural Networks"
 
 
-def fig_to_data_uri(fig, dpi: int = 110) -> str:
+class FigureURI(str):
+    """A figure as a PNG data URI that remembers how it reads in print (`figures.legibility`):
+    the report prints it `width_in` wide, so its text is `legibility["min_font_pt"]` points."""
+
+    legibility: dict[str, Any]
+
+    @property
+    def width_in(self) -> float:
+        return min(float(self.legibility["width_in"]), PRINT_WIDTH_IN)
+
+
+def fig_to_data_uri(fig, dpi: int = 150) -> FigureURI:
     import matplotlib.pyplot as plt
+    measured = legibility(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.1)
     plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    uri = FigureURI("data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii"))
+    uri.legibility = measured
+    return uri
 
 
 @dataclass

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import json
 import logging
+import re
 import signal
 import sys
 import time
@@ -206,6 +207,9 @@ def _build_report(d: OutputDir, preset: str, seeds: int, data_dir: str | None,
     ctx.results["sections"] = {s.id: {"title": s.title, "numbers": s.numbers} for s in sections}
     ctx.results["printed"] = ctx.printed.strings
     ctx.results["verdicts"] = {v.id: v.to_dict() for s in sections for v in s.verdicts}
+    # how each figure reads at print size (tests hold every figure to ≥ 7 pt with no overlapping text)
+    ctx.results["figures"] = [{"section": s.id, "caption": re.sub(r"<[^>]+>", "", cap)[:80],
+                               **getattr(uri, "legibility", {})} for s in sections for uri, cap in s.figures]
     html_text = render_html(sections, ctx)
     d.write_text("report.html", html_text)
     d.write_json("results.json", ctx.results)

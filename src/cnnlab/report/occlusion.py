@@ -32,7 +32,7 @@ def section_occlusion(ctx: Context) -> Section:
         r = occlusion(ctx.best_model, x, target=int(ctx.split.test_y[i]), label=int(ctx.split.test_y[i]),
                       name=f"test image #{i}")
         occ.append(r)
-        sec.figures.append((fig_to_data_uri(r.figure(), dpi=90),
+        sec.figures.append((fig_to_data_uri(r.figure()),
                             f"p(class {r.target}) as a grey (0.5) patch of 1–5 pixels slides over test image #{i}; "
                             f"dark = the patch there lowers p. Bottom row: the drop p(clean) − p(occluded)."))
         desc = r.descriptive()
@@ -66,7 +66,7 @@ def section_occlusion(ctx: Context) -> Section:
     res = meaningful_experiment(ctx.best_model, split=ctx.split, seed=0, n_behaviour=a.meaningful_n_behaviour,
                                 n_occlusion=a.meaningful_n_occlusion)
     v = meaningful_verdict(res)
-    sec.figures.append((fig_to_data_uri(res.figure(), dpi=80),
+    sec.figures.append((fig_to_data_uri(res.figure()),
                         "Is the learning meaningful? One marked test image for the model M and the three controls "
                         "(rows): the input, the assignment's grey-patch maps k = 1…5, the black 3×3 drop map the "
                         "rule uses; bottom: the rule's five measurements with 95% Wilson intervals against its "
