@@ -33,7 +33,7 @@ test-all: setup
 	CNNLAB_TEST_DATA=$${CNNLAB_TEST_DATA:-$(SHARED_MNIST)} $(PY) -m pytest -q
 
 demo: setup
-	$(VENV)/bin/cnnlab report --out reports/demo --preset quick --overwrite
+	$(VENV)/bin/cnnlab report --out reports/demo --preset standard --overwrite
 
 bench: setup
 	CNNLAB_TEST_DATA=$${CNNLAB_TEST_DATA:-$(SHARED_MNIST)} $(PY) benchmarks/run_all.py

@@ -2,6 +2,7 @@
 
 import html as htmllib
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -20,6 +21,8 @@ TINY = AnalysisConfig(n_random_images=8, activation_images=1, occlusion_images=1
 
 @pytest.fixture(scope="module")
 def report_dir(tmp_path_factory, mnist_dir) -> Path:
+    if os.environ.get("CNNLAB_CHECK_REPORT"):      # re-check a report already written (the edit loop)
+        return Path(os.environ["CNNLAB_CHECK_REPORT"])
     out = tmp_path_factory.mktemp("report")
     build_report(out, preset="smoke", data_dir=str(mnist_dir), analysis=TINY,
                  train_overrides={"train_subset": 3000}, log=lambda s: None, command="pytest")
@@ -227,7 +230,8 @@ def test_the_judge_of_3_1_3_did_not_make_the_images(report_dir):
 def test_2_4_shows_the_shortcut_control_failing_and_describes_the_grey_maps(report_dir):
     results = json.loads((report_dir / "results.json").read_text())
     html = (report_dir / "report.html").read_text()
-    sec = _text(html.split('data-section="2.4"')[1].split('data-section="3.1.1"')[0])
+    sec = _text(html.split('data-section="2.4"')[1].split('data-section="3.1.1"')[0]
+                + html.split('data-appendix="2.4"')[1].split('data-appendix="3.1.1"')[0])
     mf = results["occlusion"]["meaningful"]
     n = mf["subjects"]["N"]
     # N's own row in the table, with its verdict, and the sentence naming what the rule calls it
@@ -319,3 +323,109 @@ def test_results_json_of_an_older_report_still_opens(saved, judge):
     from cnnlab.report.notebook import analysis_config_from
     cfg = analysis_config_from({"synth_steps": 40, **saved})
     assert cfg.judge_preset == judge and cfg.synth_steps == 40
+
+
+# ---------------------------------------------------------------------------------------------
+# The report as a submission: plain answers first, nothing cut off, every figure legible in print
+# ---------------------------------------------------------------------------------------------
+
+def _pdf_words(pdf_path: Path):
+    """Every word of the PDF with its page number and box (points), from pypdfium2's character boxes."""
+    pdfium = pytest.importorskip("pypdfium2")
+    pdf = pdfium.PdfDocument(str(pdf_path))
+    for n in range(len(pdf)):
+        page = pdf[n]
+        width, height = page.get_width(), page.get_height()
+        tp = page.get_textpage()
+        word, box = "", None
+        for i in range(tp.count_chars()):
+            ch = tp.get_text_range(i, 1)
+            if not ch.strip():
+                if word:
+                    yield n + 1, word, box, (width, height)
+                word, box = "", None
+                continue
+            l, b, r, t = tp.get_charbox(i)
+            word += ch
+            box = (l, b, r, t) if box is None else (min(box[0], l), min(box[1], b), max(box[2], r), max(box[3], t))
+        if word:
+            yield n + 1, word, box, (width, height)
+
+
+def words_off_the_page(pdf_path: Path) -> list[tuple[int, str]]:
+    """Words whose box reaches past the page's edge (0.5 pt of slack for rounding)."""
+    return [(page, w) for page, w, (l, b, r, t), (W, H) in _pdf_words(pdf_path)
+            if l < -0.5 or r > W + 0.5 or b < -0.5 or t > H + 0.5]
+
+
+def test_words_off_the_page_are_found_on_a_page_built_to_have_them(tmp_path):
+    """The check itself, on a control: a PDF whose one line runs past the right edge must fail it."""
+    from cnnlab.report.build import render_pdf
+    (tmp_path / "wide.html").write_text("<html><body style='margin:0'><p style='white-space:nowrap; width:400mm'>"
+                                        + "overflowing " * 60 + "</p><p>fits</p></body></html>")
+    render_pdf(tmp_path / "wide.html", tmp_path / "wide.pdf")
+    off = words_off_the_page(tmp_path / "wide.pdf")
+    assert off and all(w == "overflowing" for _, w in off)
+
+
+def test_no_word_lies_past_the_page_edge_and_the_answers_end_by_page_12(report_dir):
+    assert words_off_the_page(report_dir / "report.pdf") == []
+    pages = {}
+    for page, w, _, _ in _pdf_words(report_dir / "report.pdf"):
+        pages.setdefault(page, []).append(w)
+    end = [n for n, ws in pages.items() if "assignment's" in ws and "answers." in ws and "End" in ws]
+    assert end and end[0] <= 12, f"the answers end on page {end}"
+    appendix = [n for n, ws in pages.items() if "Appendix" in ws and "decided" in ws]
+    assert appendix and appendix[0] >= end[0]
+
+
+def test_every_figure_reads_at_print_size(report_dir):
+    """≥ 7 pt text at the width it is printed, no overlapping labels (figures.legibility, measured
+    when the report drew each figure)."""
+    figs = json.loads((report_dir / "results.json").read_text())["figures"]
+    assert len(figs) >= 15
+    bad = [(f["section"], f["caption"][:40], f["min_font_pt"], f["smallest_text"]) for f in figs
+           if f["min_font_pt"] is not None and f["min_font_pt"] < 7.0]
+    assert not bad
+    overlapping = [(f["section"], f["caption"][:40], f["overlaps"][:3]) for f in figs if f["overlaps"]]
+    assert not overlapping
+
+
+def _main_body(html: str) -> dict[str, list[str]]:
+    """Each section's main-body paragraphs (answer and evidence), by section id."""
+    out = {}
+    for m in re.finditer(r'<section class="q" id="q([\d.]+)" data-section="[\d.]+">(.*?)</section>', html, re.S):
+        out[m.group(1)] = [_text(p) for p in re.findall(r'<p class="(?:answer|evidence)">(.*?)</p>', m.group(2), re.S)]
+    return out
+
+
+# Numbers in the text that are the assignment's own, not measurements: the network's shapes and
+# sizes, the pixel range, the digit classes.
+CONSTANTS = {"0", "1", "2", "3", "5", "7", "8", "9", "10", "14", "20", "28", "32", "255", "500", "784", "10,000",
+             "1568", "1,568"}
+
+
+def test_every_number_in_the_answers_is_a_measured_one(report_dir):
+    """Every number the main body states is backed by results.json at its printed precision."""
+    from verdictkit import unbacked_numbers
+    results = json.loads((report_dir / "results.json").read_text())
+    body = _main_body((report_dir / "report.html").read_text())
+    assert set(SECTIONS) <= set(body)
+    measured = {k: v for k, v in results.items() if k != "printed"}
+    unbacked = {}
+    for sid, paras in body.items():
+        missing = [t for t in unbacked_numbers(" ".join(paras), measured) if t.lstrip("+−-") not in CONSTANTS]
+        if missing:
+            unbacked[sid] = missing
+    assert not unbacked
+
+
+def test_each_answer_is_short_and_states_one_answer(report_dir):
+    html = (report_dir / "report.html").read_text()
+    body = _main_body(html)
+    words = {sid: sum(len(p.split()) for p in paras) for sid, paras in body.items()}
+    assert words["2.4"] <= 600 and words["3.1.3"] <= 400, words
+    assert max(words.values()) <= 600, words
+    # the rules live in the appendix, not in the answers
+    main = html.split('id="end-of-answers"')[0]
+    assert 'class="rule"' not in main and 'class="rule"' in html

@@ -17,7 +17,7 @@ def section_anatomy(ctx: Context) -> list[Section]:
     s3 = Section("1.3", "Dimensions of the input and output of each layer",
                  "Report the dimensions of the input and output at each layer.")
     s3.tables.append({"caption": "Measured by forward hooks on a real forward pass (batch dimension left out); "
-                                 "the batch-norm network adds bn1 and bn2 with unchanged shapes.",
+                                 "bn1 and bn2 belong to the batch-norm network only and keep the shape.",
                       "header": ["layer", "kind", "input", "output", "parameters", "neurons"],
                       "rows": [[r["name"], r["kind"], shape_text(r["input_shape"]), shape_text(r["output_shape"]),
                                 f"{r['params']:,}", f"{r['neurons']:,}"] for r in bn.layers]})
@@ -35,15 +35,17 @@ def section_anatomy(ctx: Context) -> list[Section]:
                  "layers and how many are in the convolutional layers?")
     pp, bp = plain.params, bn.params
     plain_params = {r["name"]: r["params"] for r in plain.layers}
+    fc1 = plain_params["fc1"]
     s4.answer.append(f"The network has <b>{p('1.4.total', pp['total'], '{:,}')}</b> learnable parameters: "
                      f"{p('1.4.conv', pp['conv'], '{:,}')} in the convolutional layers "
                      f"({p('1.4.conv_share', 100 * pp['conv'] / pp['total'], '{:.1f}')}%) and "
                      f"{p('1.4.fc', pp['fc'], '{:,}')} in the fully connected layers "
-                     f"({p('1.4.fc_share', 100 * pp['fc'] / pp['total'], '{:.1f}')}%). fc1 alone, 1568×500 weights "
-                     f"+ 500 biases, holds {100 * 784_500 / pp['total']:.1f}% of them. With batch-normalization "
-                     f"the total is {p('1.4.total_bn', bp['total'], '{:,}')} (+{p('1.4.bn', bp['batch_norm'], '{}')}: "
-                     f"a scale γ and shift β per channel of bn1 and bn2; their running means and variances are "
-                     f"buffers, not parameters).")
+                     f"({p('1.4.fc_share', 100 * pp['fc'] / pp['total'], '{:.1f}')}%).")
+    s4.evidence.append(f"fc1 alone (1568×500 weights + 500 biases) holds "
+                       f"{p('1.4.fc1_share', 100 * fc1 / pp['total'], '{:.1f}')}% of them. With batch-normalization "
+                       f"the total is {p('1.4.total_bn', bp['total'], '{:,}')} (+{p('1.4.bn', bp['batch_norm'], '{}')}: "
+                       f"a scale and a shift per channel of bn1 and bn2; their running means and variances are "
+                       f"buffers, not learned parameters).")
     s4.tables.append({"caption": "Learnable parameters by layer (weights + biases).",
                       "header": ["layer", "plain", "batch-norm"],
                       "rows": [[r["name"], f"{plain_params[r['name']]:,}" if r["name"] in plain_params else "—",
@@ -54,14 +56,13 @@ def section_anatomy(ctx: Context) -> list[Section]:
                  "How many neurons does your network have? How many of these are in the fully connected "
                  "layers and how many are in the convolutional layers?")
     n, q = plain.neurons, plain.neurons_with_pooling
-    s5.answer.append(f"Counting a neuron as one output unit of a layer with learnable weights (so a conv layer "
-                     f"has channels × height × width neurons, each sharing its channel's kernel): "
+    s5.answer.append(f"Counting a neuron as one output value of a layer with weights: "
                      f"<b>{p('1.5.total', n['total'], '{:,}')}</b> neurons, "
                      f"{p('1.5.conv', n['conv'], '{:,}')} in the convolutional layers (32×28×28 + 32×14×14) and "
-                     f"{p('1.5.fc', n['fc'], '{:,}')} in the fully connected layers (500 + 10). Published "
-                     f"solutions disagree on this number because they count differently; counting the pooling "
-                     f"outputs as neurons too gives {p('1.5.with_pool', q['total'], '{:,}')} "
-                     f"(+{q['pool']:,}), and counting only channels (one \"neuron\" per filter) gives "
-                     f"32 + 32 + 500 + 10 = 574.")
+                     f"{p('1.5.fc', n['fc'], '{:,}')} in the fully connected layers (500 + 10).")
+    s5.evidence.append(f"A convolutional neuron is one position of one feature map; all positions of a map share "
+                       f"its 3×3 kernel. Counts differ with the convention: counting the pooling outputs as neurons "
+                       f"too gives {p('1.5.with_pool', q['total'], '{:,}')}, and counting one neuron per filter "
+                       f"gives 32 + 32 + 500 + 10 = 574.")
     s5.numbers = {"neurons": n, "neurons_with_pooling": q}
     return [s3, s4, s5]

@@ -45,18 +45,31 @@ def fig_to_data_uri(fig, dpi: int = 150) -> FigureURI:
 
 @dataclass
 class Section:
+    """One question's answer, in the order a marker reads it: the plain answer (one to three
+    sentences), the figure and table the question asks for, a short paragraph of evidence; then,
+    in the appendix, how the answer was decided (the verdicts' rules, the controls, the details)."""
     id: str                      # "1.1", "2.4", "3.1.2", ...
     title: str
     question: str                # the assignment's words
-    # paragraphs: HTML-safe strings, or Verdicts (shown as their answer in bold with their rule below)
-    answer: list[str | Verdict] = field(default_factory=list)
+    answer: list[str] = field(default_factory=list)        # the plain answer (HTML-safe sentences)
     figures: list[tuple[str, str]] = field(default_factory=list)  # (data URI, caption)
     tables: list[dict] = field(default_factory=list)            # {"caption", "header", "rows"}
+    evidence: list[str] = field(default_factory=list)      # at most a short paragraph
+    verdicts: list[Verdict] = field(default_factory=list)  # the judgments behind the answer (rules in the appendix)
+    appendix: list[str] = field(default_factory=list)      # how it was decided, the details
+    appendix_figures: list[tuple[str, str]] = field(default_factory=list)
+    appendix_tables: list[dict] = field(default_factory=list)
     numbers: dict = field(default_factory=dict)
+    beyond: bool = False         # beyond the assignment: printed after the assignment's answers
+
+    def verdict(self, v: Verdict) -> Verdict:
+        """Keep `v` for the appendix and results.json; returns it so its key can word the answer."""
+        self.verdicts.append(v)
+        return v
 
     @property
-    def verdicts(self) -> list[Verdict]:
-        return [a for a in self.answer if isinstance(a, Verdict)]
+    def has_appendix(self) -> bool:
+        return bool(self.verdicts or self.appendix or self.appendix_figures or self.appendix_tables)
 
 
 class Printed:
@@ -122,3 +135,44 @@ def other_models(ctx: Context) -> dict:
         if r.path.resolve() != ctx.best_run.path.resolve():
             out[r.name] = r.load_model()
     return out
+
+
+# Appendix B: every technical term the report uses, each explained in one clause for a student.
+GLOSSARY: list[tuple[str, str]] = [
+    ("Label smoothing", "training aims at probability 1 − ε + ε/10 for the true class and ε/10 for each other class "
+                        "instead of 1 and 0, which keeps the network from becoming over-confident; the training loss "
+                        "then cannot reach 0."),
+    ("Validation set", "10,000 of the 60,000 training images held out of training and used to pick the best "
+                       "checkpoint; the test set is used only for the final numbers."),
+    ("p-value", "the probability of seeing a difference at least this large if there were no real difference; "
+                "below 0.05 is taken as a real difference."),
+    ("McNemar's test", "compares two networks on the same test images by counting only the images exactly one of "
+                       "them gets right, and gives the p-value of so uneven a split."),
+    ("95% confidence interval", "a range computed so that, in 95 of 100 repetitions of the experiment, it contains "
+                                "the true value."),
+    ("Paired t interval", "the 95% confidence interval of the average difference between two networks trained with "
+                          "the same seeds."),
+    ("Wilson interval", "a 95% confidence interval for a share of images (such as 93% of 500), which stays sensible "
+                        "for small counts and shares near 0% or 100%."),
+    ("Median, percentile", "the median is the middle value of a sorted list; the 90th percentile is the value below "
+                           "which 90% of the list lies."),
+    ("Cosine similarity", "1 when two kernels have the same shape (up to scale), 0 when they are unrelated."),
+    ("Smooth (low-order) patterns", "the part of a 3×3 kernel explained by a constant plus a linear ramp: the shape "
+                                    "of an edge detector."),
+    ("Participation ratio", "how many of its 32 input maps a conv2 filter effectively uses: 32 if it weighs them "
+                            "equally, 1 if it uses one."),
+    ("Receptive field", "the square of input pixels that one unit of a layer can see."),
+    ("Gradient ascent", "changing the input image step by step in the direction that raises the cost fastest, "
+                        "with the network's weights held fixed."),
+    ("Logit", "the network's score for a class before softmax turns the ten scores into probabilities."),
+    ("MSE", "mean squared error: the average over the 784 pixels of the squared difference between two images."),
+    ("Root-mean-square (RMS) difference", "the square root of the MSE: a typical per-pixel difference, in grey "
+                                          "levels (0–255)."),
+    ("Shortcut network", "a network trained so that it can only succeed by reading a cue other than the digit (here a "
+                         "marker whose position encodes the label); a test of meaningfulness must reject it."),
+    ("PCA prior", "keeping a generated image inside the space spanned by the main patterns (principal components) "
+                  "of the training images, with the spread real digits have along each."),
+    ("FGSM, PGD", "standard attacks: FGSM moves every pixel by ε in the direction that raises the loss, once; PGD "
+                  "repeats smaller steps and stays within ε of the original image."),
+    ("bf16", "a 16-bit floating-point format used to speed up training on CPUs that support it."),
+]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..analysis import untrained_for_run
+from ..analysis.activations import receptive_fields
 from ..analysis.filters import filters, patterns_verdict
 from .base import Context, Section, fig_to_data_uri
 
@@ -18,34 +19,67 @@ def section_filters(ctx: Context) -> list[Section]:
     ctx.results["filters"] = {"conv1": f1.to_dict(), "conv2": f2.to_dict()}
 
     s1 = Section("2.1", "conv1 filters", "Plot the conv1 layer filters. Do you observe interesting patterns?",
-                 figures=[(fig_to_data_uri(f1.figure()), "The 32 learned 3×3 kernels of conv1 on one symmetric colour scale (white = 0), beside the same kernels before training (the run's seed), with what each detects.")])
+                 figures=[(fig_to_data_uri(f1.figure()),
+                           "The 32 learned 3×3 kernels of conv1 on one colour scale (red positive, blue negative, "
+                           "white 0), beside the same kernels before training; letters: E edge, B blob, L line "
+                           "detector.")])
+    v1 = s1.verdict(patterns_verdict(f1))
     t, u = f1.trained, f1.untrained_numbers
     tc, uc = t["class_counts"], u["class_counts"]
-    text = (f"Of the 32 kernels, {p('2.1.edge', tc['edge'], '{}')} are edge detectors (most of their energy in a "
-            f"smooth gradient), {p('2.1.blob', tc['blob'], '{}')} blob/centre-surround detectors, "
-            f"{tc['line']} line detectors and {tc['mixed']} mixed; before training the same kernels counted "
-            f"{p('2.1.edge_init', uc['edge'], '{}')} edge, {uc['blob']} blob, {uc['line']} line and {uc['mixed']} mixed. "
-            f"The share of kernel energy in the smooth low-order patterns (mean + gradient) is "
-            f"{p('2.1.low_order', 100 * t['low_order_share'], '{:.0f}')}% after training against "
-            f"{p('2.1.low_order_init', 100 * u['low_order_share'], '{:.0f}')}% at initialization "
-            f"({100 * (f1.chance_share.get('dc', 0) + f1.chance_share.get('gradient', 0)):.0f}% expected for random kernels). ")
-    s1.answer.append(text)
-    s1.answer.append(patterns_verdict(f1))
+    eb, eb0 = tc["edge"] + tc["blob"], uc["edge"] + uc["blob"]
+    cos = t.get("mean_cosine_to_init")
+    if v1.key == "yes":
+        s1.answer.append(f"<b>Yes</b>: training turned conv1 into smooth edge and blob detectors: "
+                         f"{p('2.1.edge_blob', eb, '{}')} of the 32 kernels are edge or blob detectors after training "
+                         f"against {p('2.1.edge_blob_init', eb0, '{}')} before.")
+    else:
+        s1.answer.append(f"<b>No clear pattern beyond the random start</b>: after training "
+                         f"{p('2.1.edge_blob', eb, '{}')} of the 32 kernels look like edge or blob detectors, "
+                         f"against {p('2.1.edge_blob_init', eb0, '{}')} of the same kernels before training.")
+    if cos is not None:
+        s1.answer.append(f"The kernels stay close to their random initial values (mean cosine similarity "
+                         f"{p('2.1.cosine', cos, '{:.2f}')}, where 1 means unchanged in shape).")
+    s1.evidence.append(
+        f"With one input channel and 3×3 kernels, conv1 can only compute local differences of brightness. The share "
+        f"of the kernels' weight energy in smooth patterns (a constant plus a linear ramp: what an edge detector "
+        f"is) is {p('2.1.low_order', 100 * t['low_order_share'], '{:.0f}')}% after training against "
+        f"{p('2.1.low_order_init', 100 * u['low_order_share'], '{:.0f}')}% before.")
+    s1.appendix.append(
+        f"Kernel classes after training: {tc['edge']} edge, {tc['blob']} blob, {tc['line']} line, {tc['mixed']} mixed; "
+        f"before: {uc['edge']} edge, {uc['blob']} blob, {uc['line']} line, {uc['mixed']} mixed. Random 3×3 kernels "
+        f"put {100 * (f1.chance_share.get('dc', 0) + f1.chance_share.get('gradient', 0)):.0f}% of their energy in "
+        f"the smooth patterns on average.")
     s1.numbers = {"trained": t, "untrained": u}
 
     s2 = Section("2.2", "Filters of a higher layer (conv2)", "Plot filters of a higher layer. Compare it with conv1 layer filters.",
-                 figures=[(fig_to_data_uri(f2.figure()), "All 32×32 kernels of conv2 (rows: output filters, columns: input channels), with a per-filter summary.")])
+                 figures=[(fig_to_data_uri(f2.figure()),
+                           "conv2's kernels: each of the 32 filters has a 3×3 kernel for each of the 32 conv1 "
+                           "feature maps (1,024 in all).")])
+    v2 = s2.verdict(patterns_verdict(f2, compare=f1))
     t2, u2 = f2.trained, f2.untrained_numbers
     eff = [float(k["effective_inputs"]) for k in f2.kernels if k.get("effective_inputs") is not None]
-    txt = (f"conv2's 1,024 kernels each see one conv1 feature map. Their energy in smooth low-order patterns is "
-           f"{p('2.2.low_order', 100 * t2['low_order_share'], '{:.0f}')}% (initialization "
-           f"{p('2.2.low_order_init', 100 * u2['low_order_share'], '{:.0f}')}%) against "
-           f"{100 * t['low_order_share']:.0f}% for conv1. ")
-    if eff:
-        txt += (f"An output filter draws on {p('2.2.eff_inputs', float(np.mean(eff)), '{:.1f}')} of its 32 input "
-                f"channels on average (participation ratio), so a conv2 filter is a weighted combination of conv1 "
-                f"features over a 10×10 pixel receptive field, and a single 3×3 slice of it is one term of that sum.")
+    cos2 = t2.get("mean_cosine_to_init")
+    rf = receptive_fields(ctx.best_model)
+    txt = (f"Unlike conv1's, a conv2 filter is not one 3×3 picture: it is a stack of 32 kernels, one per conv1 "
+           f"feature map, and it sums their responses, so it sees a {rf['conv2']}×{rf['conv2']}-pixel region of the "
+           f"input instead of {rf['conv1']}×{rf['conv1']}. ")
+    if v2.key == "yes":
+        txt += (f"Training made its kernels smoother than at the start "
+                f"({p('2.2.low_order', 100 * t2['low_order_share'], '{:.0f}')}% of the energy in smooth patterns against "
+                f"{p('2.2.low_order_init', 100 * u2['low_order_share'], '{:.0f}')}% before)")
+    else:
+        txt += (f"Its kernels are no smoother than at the start "
+                f"({p('2.2.low_order', 100 * t2['low_order_share'], '{:.0f}')}% of the energy in smooth patterns against "
+                f"{p('2.2.low_order_init', 100 * u2['low_order_share'], '{:.0f}')}% before)")
+    if cos2 is not None and cos is not None:
+        txt += (f", and they moved {'more' if cos2 < cos else 'less'} than conv1's during training (mean cosine to "
+                f"the initial values {p('2.2.cosine', cos2, '{:.2f}')} against {cos:.2f}).")
+    else:
+        txt += "."
     s2.answer.append(txt)
-    s2.answer.append(patterns_verdict(f2, compare=f1))
+    if eff:
+        s2.evidence.append(f"A conv2 filter draws on {p('2.2.eff_inputs', float(np.mean(eff)), '{:.1f}')} of its 32 input "
+                           f"maps on average (the participation ratio of its kernels' energies), so each detects a "
+                           f"combination of conv1's features rather than a single pattern.")
     s2.numbers = {"trained": t2, "untrained": u2}
     return [s1, s2]

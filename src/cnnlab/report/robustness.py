@@ -19,9 +19,9 @@ def section_robustness(ctx: Context) -> Section:
     pg = robustness(models, x, y, attack="pgd", steps=ctx.analysis.pgd_steps)
     sec = Section("4.1", "Robustness to standard attacks (FGSM, PGD)",
                   "Beyond the assignment: how much does an L∞-bounded perturbation (on the [0, 1] pixel scale) "
-                  "lower test accuracy, for the plain and the batch-norm network?")
+                  "lower test accuracy, for the plain and the batch-norm network?", beyond=True)
     sec.figures.append((fig_to_data_uri(fg.figure()), "FGSM, untargeted."))
-    sec.figures.append((fig_to_data_uri(pg.figure()), f"PGD-{ctx.analysis.pgd_steps}, untargeted, random start."))
+    sec.appendix_figures.append((fig_to_data_uri(pg.figure()), f"PGD-{ctx.analysis.pgd_steps}, untargeted, random start."))
     eps = [e for e in pg.eps_list]
     rows = []
     for e in eps:
@@ -41,7 +41,8 @@ def section_robustness(ctx: Context) -> Section:
         f"{p.pct('4.1.fgsm_bn', at(fg, 'batch-norm', e1), 1)} for the batch-norm network; PGD leaves "
         f"{p.pct('4.1.pgd_plain', at(pg, 'plain', e1), 1)} and {p.pct('4.1.pgd_bn', at(pg, 'batch-norm', e1), 1)}. "
         f"Neither network was trained to resist attacks.")
-    sec.answer.append(robustness_verdict(fg.table, pg.table, e1))
+    v = sec.verdict(robustness_verdict(fg.table, pg.table, e1))
+    sec.answer[0] = f"<b>{v.key.capitalize()}</b>. " + sec.answer[0]
     ctx.results["robustness"] = {"fgsm": fg.to_dict(), "pgd": pg.to_dict()}
     sec.numbers = {"fgsm": fg.to_dict(), "pgd": pg.to_dict()}
     return sec

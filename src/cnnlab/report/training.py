@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..figures import image_grid, plot_curves, plot_predictions
@@ -11,43 +13,75 @@ from ..train import evaluate, read_metrics
 from .base import Context, Section, esc, fig_to_data_uri
 
 
+def smoothing_floor(eps: float, n_classes: int = 10) -> float:
+    """The lowest training loss label smoothing `eps` allows (nats): the entropy of its target,
+    1 − ε + ε/K on the true class and ε/K on each other class."""
+    if eps <= 0:
+        return 0.0
+    hi, lo = 1 - eps + eps / n_classes, eps / n_classes
+    return float(-(hi * math.log(hi) + (n_classes - 1) * lo * math.log(lo)))
+
+
 def section_1_1(ctx: Context) -> Section:
     """1.1 training curves and test accuracy"""
     p = ctx.printed
     plain = [open_run(r) for r in ctx.runs["plain"]]
-    # The paragraph is about the plain network's first seed: its curves, its final errors.
-    metrics = read_metrics(plain[0].path / "metrics.csv")
+    # The section is about the plain network's first seed: its curves, its final errors.
+    run = plain[0]
+    metrics = read_metrics(run.path / "metrics.csv")
     accs = [r.info["test"]["accuracy"] for r in plain]
     m, s = mean_std(accs)
-    cfg = plain[0].info["config"]
+    cfg = run.info["config"]
+    epochs = cfg["epochs"]
     s1 = Section("1.1", "Training curves and test accuracy",
                  "Show the plot of training error, validation error and prediction accuracy as the training "
                  "progresses. At the end of training, report the average prediction accuracy for the whole "
                  "test set of 10000 images.")
-    fig = plot_curves(metrics,
-                      title=f"plain network, seed {plain[0].info['config']['seed']}")
-    s1.figures.append((fig_to_data_uri(fig), "Training and validation loss and error, and validation accuracy, "
-                                             "logged four times per epoch (plain network, first seed)."))
-    t = plain[0].info["timing"]
-    text = (f"The plain network trained for {p('1.1.epochs', cfg['epochs'], '{}')} epoch{'s' if cfg['epochs'] != 1 else ''} "
-            f"({p('1.1.steps', plain[0].info['steps'], '{}')} steps of {cfg['batch_size']} images, AdamW with a one-cycle "
-            f"schedule peaking at lr {cfg['lr']:g}) in {p('1.1.train_s', t['train_time_s'], '{:.1f}')} s of training on "
-            f"{esc(plain[0].info['device'])} ({esc(plain[0].info['precision'])}). "
-            f"The checkpoint with the best validation accuracy "
-            f"({p.pct('1.1.val_acc', plain[0].info['best']['val_accuracy'])}, epoch {plain[0].info['best']['epoch']}) "
-            f"classifies <b>{p.pct('1.1.test_acc', accs[0])}</b> of the 10,000 test images correctly "
-            f"({p('1.1.test_errors', plain[0].info['test']['errors'], '{}')} errors).")
+    answer = (f"The plain network classifies <b>{p.pct('1.1.test_acc', accs[0])}</b> of the 10,000 test images "
+              f"correctly ({p('1.1.test_errors', run.info['test']['errors'], '{}')} wrong), after "
+              f"{p('1.1.epochs', epochs, '{}')} epoch{'s' if epochs != 1 else ''} of training.")
     if len(accs) > 1:
-        text += (f" Over {len(accs)} seeds the test accuracy is {p.pct('1.1.test_acc_mean', m)} ± "
-                 f"{p('1.1.test_acc_std', 100 * s, '{:.2f}')} points (mean ± sample standard deviation).")
-    last = metrics[-1]
-    gap = last["val_error"] - last["train_error"]
-    text += (f" At the end of training the training error is {p.pct('1.1.final_train_err', last['train_error'])} "
-             f"and the validation error {p.pct('1.1.final_val_err', last['val_error'])}"
-             + (" — a small generalization gap" if abs(gap) < 0.01 else f" — a gap of {100 * gap:.2f} points") + ".")
-    s1.answer.append(text)
+        answer += (f" Over {p('1.1.seeds', len(accs), '{}')} seeds it is {p.pct('1.1.test_acc_mean', m)} ± "
+                   f"{p('1.1.test_acc_std', 100 * s, '{:.2f}')} points (mean ± standard deviation).")
+    first, last = metrics[0], metrics[-1]
+    one = next((r for r in metrics if r["epoch"] >= 1), last)
+    answer += (f" The validation error falls from {p.pct('1.1.first_val_err', first['val_error'])} at the first "
+               f"logged point (epoch {first['epoch']:g}) to {p.pct('1.1.epoch1_val_err', one['val_error'])} after "
+               f"epoch {one['epoch']:g} and {p.pct('1.1.final_val_err', last['val_error'])} at the end, with the "
+               f"training error at {p.pct('1.1.final_train_err', last['train_error'])}.")
+    s1.answer.append(answer)
+    fig = plot_curves(metrics, title=f"plain network, seed {cfg['seed']}")
+    s1.figures.append((fig_to_data_uri(fig), f"Training and validation loss and error, and validation accuracy, "
+                                             f"logged {p('1.1.points', len(metrics), '{}')} times over the "
+                                             f"{epochs} epoch{'s' if epochs != 1 else ''} (plain network, seed {cfg['seed']})."))
+    t = run.info["timing"]
+    ls = float(cfg.get("label_smoothing", 0.0))
+    ev = (f"Training took {p('1.1.train_s', t['train_time_s'], '{:.1f}')} s on {esc(run.info['device'])} "
+          f"({p('1.1.steps', run.info['steps'], '{}')} steps of {cfg['batch_size']} images). The reported accuracy is "
+          f"that of the checkpoint with the best validation accuracy "
+          f"({p.pct('1.1.val_acc', run.info['best']['val_accuracy'])}, at epoch {run.info['best']['epoch']:g}).")
+    if ls > 0:
+        floor = smoothing_floor(ls)
+        ev += (f" The training loss stays above the validation loss because training used label smoothing "
+               f"{p('1.1.label_smoothing', ls, '{:g}')}: the training target gives the true class "
+               f"{1 - ls + ls / 10:g} instead of 1, so the training loss cannot fall below "
+               f"{p('1.1.loss_floor', floor, '{:.2f}')} nats, while the validation loss is measured against the "
+               f"true labels.")
+    s1.evidence.append(ev)
+    s1.appendix.append(
+        f"Training recipe (the run's config, saved in its run.json): AdamW with a one-cycle learning-rate schedule "
+        f"peaking at {cfg['lr']:g}, weight decay {cfg['weight_decay']:g}, batch {cfg['batch_size']}, label smoothing "
+        f"{ls:g}, {'random shifts and rotations' if cfg.get('augment') else 'no augmentation'}, "
+        f"{esc(run.info['precision'])} arithmetic, seed {cfg['seed']}; the 60,000 training images split "
+        f"50,000/10,000 into training and validation by split seed {cfg['split_seed']}. Training error is measured "
+        f"on the batches as they are trained (while the weights change), validation error on all 10,000 "
+        f"validation images at each logged point.")
     s1.numbers = {"test_accuracy": accs, "test_accuracy_mean": m, "test_accuracy_std": s,
-                  "train_time_s": [r.info["timing"]["train_time_s"] for r in plain]}
+                  "train_time_s": [r.info["timing"]["train_time_s"] for r in plain], "points": len(metrics),
+                  "label_smoothing": ls, "loss_floor_nats": smoothing_floor(ls),
+                  "test_errors": run.info["test"]["errors"], "val_error_first": first["val_error"],
+                  "val_error_epoch1": one["val_error"], "val_error_final": last["val_error"],
+                  "train_error_final": last["train_error"]}
     return s1
 
 
@@ -56,24 +90,30 @@ def section_1_2(ctx: Context) -> Section:
     p = ctx.printed
     sec = Section("1.2", "Random test images with true and predicted labels",
                   "Plot randomly selected test images showing the true and predicted class labels.")
+    # The network of 1.1 (the plain network, first seed), so that the two sections agree.
+    run = open_run(ctx.runs["plain"][0])
+    model = run.load_model()
     n = ctx.analysis.n_random_images
-    seed = ctx.best_run.info["config"]["seed"]
-    fig = plot_predictions(ctx.best_model, ctx.split, n=n, seed=seed)
-    sec.figures.append((fig_to_data_uri(fig), f"{n} test images drawn at random (seed {seed}); "
-                                              f"wrong predictions in red. Best model: {esc(ctx.best_run.name)}."))
-    # The mistakes are more informative than random hits: show some of them too.
-    ev = evaluate(ctx.best_model, ctx.split.test_x, ctx.split.test_y, keep_probs=True)
-    wrong = torch.nonzero(ev.predictions != ctx.split.test_y).flatten()[:16]
+    seed = run.info["config"]["seed"]
+    # in the precision the run was tested in, so that the count is 1.1's
+    ev = evaluate(model, ctx.split.test_x, ctx.split.test_y, keep_probs=True, precision=run.info["precision"])
+    wrong_mask = ev.predictions != ctx.split.test_y
+    n_wrong = int(wrong_mask.sum())
+    fig = plot_predictions(model, ctx.split, n=n, seed=seed)
+    sec.figures.append((fig_to_data_uri(fig), f"{n} test images drawn at random (seed {seed}) with their true label "
+                                              f"and the plain network's prediction and confidence; wrong ones in red."))
+    sec.answer.append(f"The figure shows {p('1.2.n', n, '{}')} random test images with their true and predicted "
+                      f"labels. The plain network of 1.1 gets {p('1.2.wrong', n_wrong, '{}')} of all 10,000 test "
+                      f"images wrong; the appendix shows the first of them: most are digits a person could also "
+                      f"misread.")
+    wrong = torch.nonzero(wrong_mask).flatten()[:16]
     probs = ev.probs if ev.probs is not None else torch.ones(len(ev.predictions), 1)   # kept: keep_probs=True
     if len(wrong):
         imgs = ctx.split.test_x[wrong].squeeze(1).float().div(255).numpy()
-        titles = [f"#{int(i)} true {int(ctx.split.test_y[i])}\npred {int(ev.predictions[i])} "
-                  f"({float(probs[i].max()) * 100:.0f}%)" for i in wrong]
-        fig = image_grid(imgs, titles, ["red"] * len(wrong), ncols=8, size=1.4)
-        sec.figures.append((fig_to_data_uri(fig), "The first misclassified test images, with the model's confidence."))
-    n_wrong = int((ev.predictions != ctx.split.test_y).sum())
-    sec.answer.append(f"The best model ({esc(ctx.best_run.name)}) gets {p('1.2.wrong', n_wrong, '{}')} of the "
-                      f"10,000 test images wrong; the second figure shows the first of them: most are digits a "
-                      f"person could also misread.")
-    sec.numbers = {"wrong": n_wrong}
+        titles = [f"#{int(i)}: {int(ctx.split.test_y[i])}→{int(ev.predictions[i])}\n"
+                  f"{float(probs[i].max()) * 100:.0f}%" for i in wrong]
+        fig = image_grid(imgs, titles, ["red"] * len(wrong), ncols=8, size=0.85)
+        sec.appendix_figures.append((fig_to_data_uri(fig), "The first misclassified test images of the plain network: "
+                                                           "test index, true → predicted label, confidence."))
+    sec.numbers = {"wrong": n_wrong, "run": run.name}
     return sec
