@@ -217,3 +217,20 @@ def test_bf16_robustness_is_within_0_02_of_fp32_and_strong_pgd_still_wins(models
     for name in models:
         rows = {r["eps"]: r["accuracy"] for r in fast.table if r["model"] == name}
         assert rows[0] > 0.95 and rows[0.3] < 0.05, (name, rows)
+
+
+def test_cli_robustness_is_fp32_by_default_and_equals_the_single_attack_reference(mnist_run, mnist_dir, mnist_split,
+                                                                                    tmp_path, capsys):
+    """Numbers a peer can reproduce: the command computes in fp32 unless asked for bf16, and its
+    table equals the public one-ε `fgsm` loop on the same weights."""
+    import json
+
+    from cnnlab.runs import open_run
+    assert main(["robustness", str(mnist_run), "--attack", "fgsm", "--eps", "0", "0.1", "0.2", "--n", "300",
+                 "--data-dir", str(mnist_dir), "--out", str(tmp_path / "r"), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["params"]["precision"] == "fp32"
+    model = open_run(mnist_run).load_model()
+    x, y = mnist_split.test_x[:300].float() / 255, mnist_split.test_y[:300]
+    ref = _one_eps_at_a_time(model, x, y, "fgsm", [0.0, 0.1, 0.2], 1, False, 1000)
+    assert [r["accuracy"] for r in got["table"]] == pytest.approx([a for a, _ in ref], abs=1e-9)

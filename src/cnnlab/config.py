@@ -224,6 +224,6 @@ ANALYSIS_PRESETS = {
                             meaningful_n_behaviour=150, meaningful_n_occlusion=20,
                             synth_steps=60, adv_steps=60, robustness_n=200, pgd_steps=5, judge_preset="same"),
     "quick": AnalysisConfig(judge_preset="quick"),
-    "standard": AnalysisConfig(judge_preset="quick"),
+    "standard": AnalysisConfig(judge_preset="quick", robustness_n=500),
     "full": AnalysisConfig(occlusion_images=4, robustness_n=2000, pgd_steps=20, judge_preset="quick"),
 }

@@ -23,6 +23,9 @@ def register(sub) -> None:
                                                   "PGD costs `steps` forward+backward passes per image and ε)")
     p.add_argument("--batch-size", type=int_range(1, 100_000), default=1000)
     p.add_argument("--seed", type=int_range(0, MAX_SEED), default=0, help="PGD random start (default 0)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+                   help="arithmetic of the attack (default fp32: the numbers a peer library reproduces; bf16 is "
+                        "faster on CPUs that have it and may differ by a few images)")
     p.add_argument("--data-dir", help="folder with the MNIST IDX files (else cache / CNNLAB_DATA_DIR)")
     add_out_flags(p, "FIRST_RUN/analysis/robustness")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -42,7 +45,7 @@ def cmd_robustness(args) -> int:
     n = min(args.n or len(split.test_x), len(split.test_x))
     x, y = to_float(split.test_x[:n]), split.test_y[:n]
     res = robustness(models, x, y, attack=args.attack, eps_list=args.eps, steps=args.steps,
-                     targeted=args.targeted, batch_size=args.batch_size, seed=args.seed)
+                     targeted=args.targeted, batch_size=args.batch_size, seed=args.seed, precision=args.precision)
     out = d.path
     stem = f"robustness_{args.attack}{'_targeted' if args.targeted else ''}"
     d.save_figure(res.figure(), f"{stem}.png", dpi=110)
@@ -53,6 +56,7 @@ def cmd_robustness(args) -> int:
         return 0
     c = console()
     c.print(f"{args.attack.upper()} {'targeted' if args.targeted else 'untargeted'}, {n} test images, "
+            f"{res.params['precision']}, "
             f"{res.seconds:.1f} s — accuracy{' (classified as target)' if args.targeted else ''}:")
     c.print(res.table_text())
     c.print(f"wrote {stem}.png and {stem}.json to {out}")

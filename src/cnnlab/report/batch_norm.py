@@ -88,14 +88,14 @@ def section_1_6(ctx: Context) -> Section:
             f"network and {p('1.6.only_bn', mc['only_b'], '{}')} only for the batch-norm network; if the two were "
             f"equally good, a split at least this uneven would happen with probability "
             f"{p('1.6.mcnemar_p', mc['p_value'], '{:.2g}')} (McNemar's test), "
-            + ("so the difference is real." if acc_v.key != "inconclusive" else "too likely to call it a difference.")
-            + " The figure shows validation accuracy against training seconds.")
+            + ("so the difference is unlikely to be chance." if acc_v.key != "inconclusive" else
+               "too likely to call it a difference."))
     else:
         sec.evidence.append(
             f"The paired difference (batch-norm − plain, same seeds) is {p('1.6.acc_diff', d_pts, '{:+.2f}')} points, "
             f"95% confidence interval [{p('1.6.acc_diff_lo', 100 * diff['ci_low'], '{:+.2f}')}, "
             f"{p('1.6.acc_diff_hi', 100 * diff['ci_high'], '{:+.2f}')}]. The figure shows validation accuracy against "
-            f"training seconds for every seed.")
+            f"training seconds for every seed (appendix).")
     sec.numbers = {"test_acc_plain": acc_p, "test_acc_bn": acc_b, "epoch_s_plain": ep_p, "epoch_s_bn": ep_b,
                    "reach": reach, "paired_diff": diff, "mcnemar_seed0": mc, "epoch_time_ratio": ratio,
                    "acc_plain_sd": sp_, "acc_bn_sd": sb_}
@@ -103,7 +103,7 @@ def section_1_6(ctx: Context) -> Section:
 
     fig = plot_bn_comparison([read_metrics(r.path / "metrics.csv") for r in plain],
                              [read_metrics(r.path / "metrics.csv") for r in bn])
-    sec.figures.append((fig_to_data_uri(fig), "Validation accuracy against training seconds (left) and validation "
+    sec.appendix_figures.append((fig_to_data_uri(fig), "Validation accuracy against training seconds (left) and validation "
                                               "error against images seen (right); plain in blue, batch-norm in orange."))
     return sec
 

@@ -155,7 +155,7 @@ def section_class_models(ctx: Context) -> list[Section]:
                f"network and cost make {p('3.1.3.readable_natural', cn['readable'], '{}')} of 10 readable digits: "
                f"the network does hold a digit shape for each class, plain gradient ascent just never needs it."
                if readable.key.endswith("/shown") else ""))
-    s3.figures.append((fig_to_data_uri(judged.figure()),
+    s3.appendix_figures.append((fig_to_data_uri(judged.figure()),
                        "Plain, regularized and natural class models (rows), each titled with the label of its nearest "
                        "training image; green frame = readable."))
     s3.appendix_figures.append((fig_to_data_uri(nat.figure(likeness=like_n)),

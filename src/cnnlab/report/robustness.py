@@ -31,7 +31,8 @@ def section_robustness(ctx: Context) -> Section:
                 r = next(r for r in res.table if r["model"] == name and r["eps"] == e)
                 row.append(f"{100 * r['accuracy']:.1f}%")
         rows.append(row)
-    sec.tables.append({"caption": f"Accuracy on the first {n} test images.",
+    sec.tables.append({"caption": f"Accuracy on the first {n} test images (attacks computed in {fg.params['precision']}; "
+                                  f"`cnnlab robustness` defaults to fp32).",
                        "header": ["ε", "FGSM plain", "FGSM BN", "PGD plain", "PGD BN"], "rows": rows})
     at = lambda res, name, e: next(r["accuracy"] for r in res.table if r["model"] == name and r["eps"] == e)  # noqa: E731
     e1 = 0.1 if 0.1 in eps else eps[len(eps) // 2]
