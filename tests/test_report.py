@@ -79,6 +79,13 @@ def _rule_key(vid: str, n: dict) -> str:
         decided = (n["ci_low_points"] is not None and (n["ci_low_points"] > 0 or n["ci_high_points"] < 0)
                    if n["seeds"] > 1 else n["mcnemar_p"] < n["alpha"])
         return "inconclusive" if not decided or n["diff_points"] == 0 else "yes" if n["diff_points"] > 0 else "no"
+    if vid == "1.6.time" and "ci_low" in n:      # every step's time: the median ratio's interval decides
+        lo, hi, b = n["ci_low"], n["ci_high"], n["same_band"]
+        epoch = ("slower" if lo > 1 + b else "faster" if hi < 1 - b else "same" if lo >= 1 - b and hi <= 1 + b
+                 else "inconclusive")
+        if n["seeds_reached"] < n["seeds"]:
+            return f"{epoch}/not reached"
+        return f"{epoch}/{'sooner' if n['reach_s_bn'] < n['reach_s_plain'] else 'not sooner'}"
     if vid == "1.6.time":
         r, b = n["ratio"], n["same_band"]
         epoch = "slower" if r > 1 + b else "faster" if r < 1 - b else "same"
@@ -178,7 +185,7 @@ def test_every_verdict_follows_its_rule_and_its_numbers(report_dir):
     bn, cm, tg = results["batch_norm"], results["class_models"], results["targeted"]
     assert verdicts["1.6.accuracy"]["numbers"]["acc_bn"] == bn["test_acc_bn"]
     assert verdicts["1.6.accuracy"]["numbers"]["mcnemar_p"] == bn["mcnemar_seed0"]["p_value"]
-    assert verdicts["1.6.time"]["numbers"]["ratio"] == pytest.approx(bn["epoch_time_ratio"])
+    assert verdicts["1.6.time"]["numbers"]["ratio"] == pytest.approx(bn["time"]["ratio"])
     assert verdicts["2.1"]["numbers"]["low_order_share"] == results["filters"]["conv1"]["trained"]["low_order_share"]
     assert verdicts["3.1.2"]["numbers"]["min_target_prob"] == cm["plain"]["min_target_prob"]
     assert verdicts["3.1.3"]["numbers"]["rows"]["plain"]["corr_target_mean"] == \

@@ -12,7 +12,7 @@ import torch
 
 from cnnlab.analysis import untrained_like
 from cnnlab.analysis.activations import activations, depth_verdict
-from cnnlab.analysis.batch_norm import accuracy_verdict, time_verdict
+from cnnlab.analysis.batch_norm import accuracy_verdict, time_verdict, time_verdict_steps
 from cnnlab.analysis.class_models import confidence_verdict, cost_verdict
 from cnnlab.analysis.filters import filters, patterns_verdict
 from cnnlab.analysis.likeness import digit_likeness, looks_like_digits
@@ -82,6 +82,78 @@ def test_bn_time_each_way(bn_epoch, reach_bn, key):
     v = check(time_verdict([1.0, 1.0], [bn_epoch, bn_epoch],
                            [{"plain_s": 6.0, "bn_s": reach_bn}, {"plain_s": 6.0, "bn_s": reach_bn}]))
     assert v.key == key
+
+
+def _steps(n: int, ms: float, rng, sd: float = 0.01) -> np.ndarray:
+    """n step times around `ms` milliseconds (relative noise sd), in seconds."""
+    return ms / 1000 * (1 + sd * rng.standard_normal(n))
+
+
+@pytest.mark.parametrize("bn_ms, n, sd, key", [
+    (13.0, 391, 0.01, "slower"),            # ×1.30, tight: the whole interval above 1.05
+    (8.0, 391, 0.01, "faster"),
+    (10.1, 391, 0.01, "same"),              # ×1.01: the whole interval within ±5%
+    (10.5, 30, 0.30, "inconclusive"),       # 30 noisy steps: the interval straddles 1.05
+])
+def test_bn_step_time_each_way(bn_ms, n, sd, key):
+    rng = np.random.default_rng(0)
+    v = check(time_verdict_steps(_steps(n, 10.0, rng, sd), _steps(n, bn_ms, rng, sd)))
+    assert v.key == key and v.id == "1.6.time"
+    lo, hi = v.numbers["ci_low"], v.numbers["ci_high"]
+    assert lo <= v.numbers["ratio"] <= hi
+    assert {"slower": lo > 1.05, "faster": hi < 0.95, "same": 0.95 <= lo and hi <= 1.05,
+            "inconclusive": lo < 1.05 < hi or lo < 0.95 < hi}[key]
+    assert v.answer.startswith("Per step, " + {"slower": "batch-normalization is slower",
+                                               "faster": "batch-normalization is faster",
+                                               "same": "the two take the same time",
+                                               "inconclusive": "timing noise decides"}[key])
+
+
+def test_bn_step_time_one_slow_interval_fools_the_mean_not_the_median():
+    """Four quarter-epoch intervals at the plain network's pace and one at 4×: the mean (and so
+    the mean epoch time) says 'slower' (×1.6), the median step says 'same', and the answer says
+    that the mean would have answered otherwise."""
+    rng = np.random.default_rng(1)
+    plain = _steps(500, 10.0, rng)
+    bn = np.concatenate([_steps(400, 10.0, rng), _steps(100, 40.0, rng)])
+    old = time_verdict([float(plain.sum())], [float(bn.sum())], [{"plain_s": 1.0, "bn_s": 1.0}])
+    assert old.key.startswith("slower/") and old.numbers["ratio"] == pytest.approx(1.6, abs=0.01)
+    v = check(time_verdict_steps(plain, bn))
+    assert v.key == "same" and v.numbers["ratio"] == pytest.approx(1.0, abs=0.01)
+    assert v.numbers["mean_key"] == "slower" and v.numbers["mean_disagrees"]
+    assert v.numbers["mean_ratio"] == pytest.approx(1.6, abs=0.01)
+    assert "would have answered 'slower'" in v.answer and "×1.60" in v.answer
+    # a control without the slow interval: mean and median agree, and the answer says so
+    v = check(time_verdict_steps(plain, _steps(500, 10.0, rng)))
+    assert v.key == "same" and not v.numbers["mean_disagrees"] and "the same answer as the medians" in v.answer
+
+
+def test_bn_step_time_several_seeds():
+    rng = np.random.default_rng(2)
+    plain = [_steps(391, 10.0, rng) for _ in range(3)]
+    v = check(time_verdict_steps(plain, [_steps(391, ms, rng) for ms in (12.0, 12.2, 11.8)]))
+    assert v.key == "slower" and v.numbers["seeds"] == 3 and len(v.numbers["per_seed_ratio"]) == 3
+    # seeds that disagree (×0.96, ×1.25, ×1.10): resampling the seeds widens the interval past 1.05
+    v = check(time_verdict_steps(plain, [_steps(391, ms, rng) for ms in (9.6, 12.5, 11.0)]))
+    assert v.key == "inconclusive" and v.numbers["ci_low"] < 1.05 < v.numbers["ci_high"]
+    # with reach: the key carries the time-to-accuracy part, as time_verdict's does
+    reach = [{"plain_s": 6.0, "bn_s": 4.0}] * 3
+    v = check(time_verdict_steps(plain, [_steps(391, 12.0, rng) for _ in range(3)], reach))
+    assert v.key == "slower/sooner"
+    # seeded: the same inputs give the same interval
+    a = time_verdict_steps(plain[0], plain[1], seed=5).numbers
+    assert a == time_verdict_steps(plain[0], plain[1], seed=5).numbers
+
+
+@pytest.mark.parametrize("plain, bn", [
+    ([[0.01] * 5, [0.01] * 5], [[0.01] * 5]),                     # 2 seeds against 1
+    ([0.01, -0.01], [0.01, 0.01]),                                # a negative time
+    ([], [0.01]),
+    (np.zeros((2, 2, 2)), [0.01]),
+])
+def test_bn_step_time_refuses_bad_inputs(plain, bn):
+    with pytest.raises(ConfigError):
+        time_verdict_steps(plain, bn)
 
 
 # --- 2.1 / 2.2 filter patterns --------------------------------------------------------------

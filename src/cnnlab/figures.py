@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+import textwrap
 
 import matplotlib
 
@@ -17,9 +18,26 @@ plt.rcParams.update({"figure.dpi": 100, "savefig.bbox": "tight", "font.size": 9,
                      "axes.spines.top": False, "axes.spines.right": False})
 
 
+# Figures are designed FIG_WIDTH_IN wide, so the report prints them at full size (PRINT_WIDTH_IN
+# below, with room for savefig's padding), with no text under MIN_PRINT_PT: ticks and labels use
+# font.size (9 pt), the smallest annotations 7 pt.
+FIG_WIDTH_IN = 6.8
+
+
+def wrap_text(text: str, width_in: float = FIG_WIDTH_IN, fontsize: float = 9.0) -> str:
+    """`text` with each line broken at spaces to fit `width_in` inches at `fontsize` points
+    (estimated: 0.6 em a character, DejaVu Sans's average for digits and lower case, and exactly
+    DejaVu Sans Mono's)."""
+    n = max(12, int(width_in * 72 / (0.6 * fontsize)))
+    return "\n".join(textwrap.fill(line, n, break_long_words=False, break_on_hyphens=False) if line.strip() else ""
+                     for line in text.split("\n"))
+
+
 def plot_curves(metrics: list[dict], title: str = "") -> plt.Figure:
     """Training and validation loss, error, and validation accuracy against images seen."""
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig = plt.figure(figsize=(FIG_WIDTH_IN, 5.6), layout="constrained")
+    gs = fig.add_gridspec(2, 2)
+    axes = [fig.add_subplot(gs[0, 0]), fig.add_subplot(gs[0, 1]), fig.add_subplot(gs[1, :])]
     if not metrics:
         for ax in axes:
             ax.text(0.5, 0.5, "no logged points", ha="center", va="center", transform=ax.transAxes)
@@ -54,28 +72,33 @@ def plot_curves(metrics: list[dict], title: str = "") -> plt.Figure:
     for ax in axes:
         ax.grid(alpha=0.3)
     if title:
-        fig.suptitle(title)
-    fig.tight_layout()
+        fig.suptitle(wrap_text(title, fontsize=10.8))
     return fig
 
 
 def image_grid(images, titles=None, colors=None, ncols: int = 8, size: float = 1.25,
-               cmap: str = "gray", vmin=0.0, vmax=1.0, suptitle: str = "") -> plt.Figure:
+               cmap: str = "gray", vmin=0.0, vmax=1.0, suptitle: str = "", fontsize: float = 8.0) -> plt.Figure:
+    """Images in a grid of `ncols` columns, each `size` inches (less when the grid would be wider
+    than FIG_WIDTH_IN: the report prints nothing wider), with `titles` at `fontsize` points
+    (keep them short enough for a cell: about size·72 / (0.6·fontsize) characters a line)."""
     images = [np.asarray(im, dtype=float).reshape(28, 28) if np.asarray(im).size == 784 else np.asarray(im, dtype=float)
               for im in images]
     n = len(images)
     ncols = min(ncols, n) or 1
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * (size + 0.45)), squeeze=False)
+    size = min(size, FIG_WIDTH_IN / ncols)
+    lines = max((str(t).count("\n") + 1 for t in titles), default=0) if titles is not None else 0
+    title_in = lines * fontsize * 1.25 / 72 + 0.08
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * (size + title_in)), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= n:
             continue
         ax.imshow(images[i], cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
         if titles is not None:
-            ax.set_title(titles[i], fontsize=8, color=(colors[i] if colors is not None else "black"))
+            ax.set_title(titles[i], fontsize=fontsize, color=(colors[i] if colors is not None else "black"))
     if suptitle:
-        fig.suptitle(suptitle)
+        fig.suptitle(wrap_text(suptitle, ncols * size, 10.8))
     fig.tight_layout()
     return fig
 
@@ -95,13 +118,13 @@ def plot_predictions(model, split, n: int = 32, seed: int = 0) -> plt.Figure:
               for i, t, p, c in zip(idx, y, pred, conf)]
     colors = ["black" if int(p) == int(t) else "red" for p, t in zip(pred, y)]
     wrong = sum(c == "red" for c in colors)
-    return image_grid(x.squeeze(1).numpy(), titles, colors, ncols=8, size=1.4,
+    return image_grid(x.squeeze(1).numpy(), titles, colors, ncols=6, size=FIG_WIDTH_IN / 6,
                       suptitle=f"{n} random test images (seed {seed}): {n - wrong} right, {wrong} wrong (red)")
 
 
 def plot_bn_comparison(plain: list[list[dict]], bn: list[list[dict]]) -> plt.Figure:
     """Validation accuracy against training seconds for every seed, plain vs batch-norm."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(FIG_WIDTH_IN, 3.4), layout="constrained")
     for runs, color, label in ((plain, "C0", "plain"), (bn, "C1", "batch-norm")):
         for i, metrics in enumerate(runs):
             t = [m["train_time_s"] for m in metrics]
@@ -112,13 +135,12 @@ def plot_bn_comparison(plain: list[list[dict]], bn: list[list[dict]]) -> plt.Fig
     # zoom on the last 80% of training, where the two differ; early points may fall below the axis
     late = [100 * m["val_acc"] for runs in (plain, bn) for r in runs for m in r[len(r) // 5:]]
     axes[0].set(xlabel="training time (s)", ylabel="validation accuracy (%)", ylim=(min(late) - 0.3, 100),
-                title="accuracy against wall-clock training time")
+                title="accuracy against\nwall-clock training time")
     axes[1].set(xlabel="training images seen (thousands)", ylabel="validation error (%)", yscale="log",
-                title="error against images seen")
+                title="error against\nimages seen")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
     return fig
 
 

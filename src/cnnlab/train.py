@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save as save_safetensors
@@ -36,6 +37,11 @@ from .errors import CnnlabError, ConfigError, RunError, TrainingError
 from .model import Net, load_weights, read_safetensors, save_weights, state_tensors
 from .output import OutputDir
 from .runs import RUN_FORMAT, RunLock, check_out_dir, hardware, versions
+
+# Steps whose seconds are recorded one by one (run.json's timing.step_time_s, step_times.npy): the
+# first 500,000 (a 15-epoch run has 5,865), which keeps state.json under 10 MB.
+MAX_TIMED_STEPS = 500_000
+FILTER_LAYERS = ("conv1", "conv2")   # whose weights filters_by_epoch.safetensors holds, per epoch
 
 METRIC_FIELDS = ("kind", "epoch", "step", "images_seen", "lr", "train_loss", "train_error",
                  "val_loss", "val_error", "val_acc", "train_time_s", "elapsed_s")
@@ -249,6 +255,12 @@ class LoopState:
     run_loss: float = 0.0           # sums since the last logged point: loss × images, errors, images
     run_err: float = 0.0
     run_n: int = 0
+    # Seconds of every optimizer step after the first `step_times_from` steps, up to
+    # MAX_TIMED_STEPS of them (rounded to 0.1 µs, finer than the float32 step_times.npy keeps;
+    # ~18 bytes a step in state.json). `step_times_from` is nonzero only for a run resumed from a
+    # state saved before steps were timed.
+    step_times_from: int = 0
+    step_times_s: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -266,6 +278,8 @@ class LoopState:
         self.step += 1
         self.train_time_s += seconds
         self.epoch_time_s += seconds
+        if len(self.step_times_s) < MAX_TIMED_STEPS:
+            self.step_times_s.append(round(seconds, 7))
 
     def end_epoch(self) -> None:
         self.epoch_times_s.append(self.epoch_time_s)
@@ -317,6 +331,9 @@ class RunWriter:
         self.figures = figures
         self.dir = directory if directory is not None or out is None else OutputDir(out)
         self._best_in_memory: dict[str, torch.Tensor] = {}
+        # conv1's and conv2's weights at initialization and after every epoch ("conv1.epoch0", ...),
+        # copies taken outside the computation; None when a resumed state predates them (unknown)
+        self.filters: dict[str, torch.Tensor] | None = {}
 
     def _write(self, name: str, data: bytes) -> None:
         assert self.dir is not None
@@ -330,22 +347,51 @@ class RunWriter:
     def start(self, cfg: TrainConfig, resume: bool, model: Net, opt, sched,
               log: Callable[[str], None]) -> tuple[LoopState, list[dict]]:
         """A fresh state (stale files of an earlier run removed), or the saved one on resume."""
+        if self.out is None or not resume:
+            self.filters = {}
+            self.snapshot_filters(model, 0)
         if self.out is None:
             return LoopState(), []
         out, d = self.out, self.dir
         assert d is not None
         if not resume:
             # only files this folder's manifest says cnnlab wrote are removed
-            for stale in ("state/state.json", "run.json", "model.safetensors", "metrics.csv"):
+            for stale in ("state/state.json", "run.json", "model.safetensors", "metrics.csv", "step_times.npy",
+                          "filters_by_epoch.safetensors"):
                 d.remove(stale)
             d.write_json("state/config.json", cfg.to_dict())
             return LoopState(), []
-        state = _loop_state(_load_state(out, model, opt, sched), cfg, sched, out)
+        pos, saved_filters = _load_state(out, model, opt, sched)
+        state = _loop_state(pos, cfg, sched, out)
+        self.filters = _saved_filters(saved_filters, state, model, out)
         metrics = read_metrics(out / "metrics.csv", RunError) if (out / "metrics.csv").exists() else []
         # Rows logged after the saved state (a process killed mid-epoch) are logged again.
         metrics = [m for m in metrics if m["step"] <= state.step]
         log(f"resuming {out} at epoch {state.epoch + 1}, step {state.step}")
         return state, metrics
+
+    def snapshot_filters(self, model: Net, epoch: int) -> None:
+        """Keep a copy of each FILTER_LAYERS weight as it is after `epoch` epochs (0: initialized)."""
+        if self.filters is not None:
+            for layer in FILTER_LAYERS:
+                w = getattr(model, layer).weight.detach()
+                self.filters[f"{layer}.epoch{epoch}"] = w.to("cpu", torch.float32, copy=True).contiguous()
+
+    def write_records(self, state: LoopState) -> None:
+        """step_times.npy (float32 seconds of the timed steps, in order) and
+        filters_by_epoch.safetensors (when the whole history is known)."""
+        if self.out is None:
+            return
+        assert self.dir is not None
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(state.step_times_s, dtype=np.float32), allow_pickle=False)
+        self._write("step_times.npy", buf.getvalue())
+        if self.filters:
+            meta = {"format": "cnnlab.filters_by_epoch", "layers": ",".join(FILTER_LAYERS),
+                    "epochs": str(state.epoch)}
+            self._write("filters_by_epoch.safetensors", save_safetensors(self.filters, metadata=meta))
+        else:       # resumed from a state without them: a file from before would be partial
+            self.dir.remove("filters_by_epoch.safetensors")
 
     def keep_best(self, model: Net) -> None:
         if self.out is not None:
@@ -367,6 +413,7 @@ class RunWriter:
         if self.out is None:
             return
         tensors = {f"model.{k}": v for k, v in state_tensors(model).items()}
+        tensors.update({f"filters.{k}": v for k, v in (self.filters or {}).items()})
         opt_state = opt.state_dict()
         for pid, st in opt_state["state"].items():
             for k, v in st.items():
@@ -441,10 +488,8 @@ def _check_state(out: Path) -> tuple[dict, Path]:
             raise ValueError("pos must be an object")
         # the loop position's types, and metrics.csv, before any data is loaded (their agreement
         # with the run's size is checked once the split is known: _loop_state)
-        typed = {f.name: 0.0 if f.type == "float" else getattr(LoopState(), f.name) for f in dataclasses.fields(LoopState)}
-        times = meta["pos"].get("epoch_times_s")
-        _same_shape(meta["pos"], {**typed, "epoch_times_s": [0.0] * (len(times) if isinstance(times, list) else 0)},
-                    out, "pos")
+        _upgrade_pos(meta["pos"])
+        _same_shape(meta["pos"], _pos_shape(meta["pos"]), out, "pos")
         if (out / "metrics.csv").exists():
             read_metrics(out / "metrics.csv", RunError)
     except RunError as e:
@@ -457,7 +502,9 @@ def _check_state(out: Path) -> tuple[dict, Path]:
     return meta, tensors_path
 
 
-def _load_state(out: Path, model: Net, opt, sched) -> dict:
+def _load_state(out: Path, model: Net, opt, sched) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Loads the saved weights, optimizer and schedule; returns the loop position (unchecked:
+    _loop_state) and the saved filter snapshots ("conv1.epoch0": tensor, ...)."""
     meta, tensors_path = _check_state(out)
     try:
         tensors, _ = read_safetensors(tensors_path)
@@ -494,7 +541,31 @@ def _load_state(out: Path, model: Net, opt, sched) -> dict:
     sched_state = sched.state_dict()
     sched_state.update(meta["sched"])
     sched.load_state_dict(sched_state)
-    return meta["pos"]
+    return meta["pos"], {k[8:]: v for k, v in tensors.items() if k.startswith("filters.")}
+
+
+def _saved_filters(saved: dict[str, torch.Tensor], state: LoopState, model: Net,
+                   out: Path) -> dict[str, torch.Tensor] | None:
+    """The filter snapshots of a saved state: one per layer for epochs 0..state.epoch, each the
+    layer's shape. None when the state has none (saved before they were kept: history unknown)."""
+    if not saved:
+        return None
+    want = {f"{layer}.epoch{e}": tuple(getattr(model, layer).weight.shape)
+            for layer in FILTER_LAYERS for e in range(state.epoch + 1)}
+    if set(saved) != set(want):
+        missing, extra = sorted(set(want) - set(saved)), sorted(set(saved) - set(want))
+        _damaged(out, f"the filter snapshots are not those of epochs 0..{state.epoch} "
+                      f"(missing {', '.join(missing[:3]) or 'none'}; unexpected {', '.join(extra[:3]) or 'none'})")
+    for k, shape in want.items():
+        v = saved[k]
+        if tuple(v.shape) != shape or v.dtype != torch.float32 or not bool(torch.isfinite(v).all()):
+            _damaged(out, f"the filter snapshot {k} is not a finite float32 tensor of shape {list(shape)}")
+    return {k: saved[k].contiguous() for k in sorted(want, key=_filter_order)}
+
+
+def _filter_order(key: str) -> tuple[int, int]:
+    layer, epoch = key.split(".epoch")
+    return int(epoch), FILTER_LAYERS.index(layer)      # the order a run adds them in
 
 
 def _damaged(out: Path, what: str):
@@ -531,6 +602,25 @@ def _same_shape(saved: Any, fresh: Any, out: Path, where: str) -> None:
         _damaged(out, f"{where} must be a string, not {str(saved)[:40]!r}")
 
 
+def _pos_shape(pos: dict) -> dict:
+    """What a saved loop position must look like: LoopState's fields, each typed by its
+    annotation (best_epoch defaults to the int 0), its lists as long as the saved ones."""
+    fresh = LoopState().to_dict()
+    typed = {f.name: 0.0 if f.type == "float" else fresh[f.name] for f in dataclasses.fields(LoopState)}
+    for key in ("epoch_times_s", "step_times_s"):
+        saved = pos.get(key)
+        typed[key] = [0.0] * (len(saved) if isinstance(saved, list) else 0)
+    return typed
+
+
+def _upgrade_pos(pos: Any) -> None:
+    """A position saved before per-step times were recorded (neither step_times field): resumable,
+    with the times of its steps so far unknown (`step_times_from` = the steps already done)."""
+    if (isinstance(pos, dict) and "step_times_s" not in pos and "step_times_from" not in pos
+            and type(pos.get("step")) is int):
+        pos.update(step_times_from=pos["step"], step_times_s=[])
+
+
 def _loop_state(pos: Any, cfg: TrainConfig, sched, out: Path) -> LoopState:
     """The saved loop position, every field typed, and consistent with the run's size."""
     if not isinstance(pos, dict):
@@ -539,10 +629,7 @@ def _loop_state(pos: Any, cfg: TrainConfig, sched, out: Path) -> LoopState:
     unknown = sorted(set(pos) - set(fresh))
     if unknown:
         _damaged(out, f"pos has unknown field(s) {', '.join(unknown)}")
-    # the field's annotation decides int or float (best_epoch defaults to the int 0)
-    typed = {f.name: 0.0 if f.type == "float" else fresh[f.name] for f in dataclasses.fields(LoopState)}
-    times = pos.get("epoch_times_s")
-    _same_shape(pos, {**typed, "epoch_times_s": [0.0] * (len(times) if isinstance(times, list) else 0)}, out, "pos")
+    _same_shape(pos, _pos_shape(pos), out, "pos")
     state = LoopState.from_dict(pos)
     total = sched.total_steps
     per = total // cfg.epochs
@@ -551,6 +638,12 @@ def _loop_state(pos: Any, cfg: TrainConfig, sched, out: Path) -> LoopState:
             and len(state.epoch_times_s) == state.epoch):
         _damaged(out, f"pos (epoch {state.epoch}, batch {state.batch}, step {state.step}) does not "
                       f"fit a run of {cfg.epochs} epochs of {per} steps")
+    if not (0 <= state.step_times_from <= state.step
+            and len(state.step_times_s) == min(state.step - state.step_times_from, MAX_TIMED_STEPS)):
+        _damaged(out, f"pos.step_times_s holds {len(state.step_times_s)} step times, but steps "
+                      f"{state.step_times_from + 1}..{state.step} were timed")
+    if any(t < 0 for t in state.step_times_s):
+        _damaged(out, "pos.step_times_s holds a negative time")
     if state.step != sched.last_epoch:
         _damaged(out, f"pos.step {state.step} disagrees with the schedule's step {sched.last_epoch}")
     return state
@@ -615,6 +708,9 @@ class TrainResult:
     metrics: list[dict] = field(default_factory=list)
     interrupted: bool = False
     signal: int | None = None                    # SIGINT / SIGTERM when a signal stopped it
+    # conv1/conv2 weights at initialization and after each epoch ("conv1.epoch0", ...; what
+    # filters_by_epoch.safetensors holds); None for a resumed run whose saved state predates them
+    filters_by_epoch: dict[str, torch.Tensor] | None = None
 
     @property
     def test_accuracy(self) -> float:
@@ -794,6 +890,7 @@ def _run(cfg: TrainConfig, writer: RunWriter, split: Split | None, data_dir: str
             end_of_epoch = state.batch == steps_per_epoch
             if end_of_epoch:
                 state.end_epoch()
+                writer.snapshot_filters(model, state.epoch)
                 perm = None
             # A logged point within half an interval of the epoch's end is skipped: the end-of-epoch
             # point follows a few steps later (each validation pass costs ~0.3–0.5 s on a CPU).
@@ -840,17 +937,37 @@ def _run(cfg: TrainConfig, writer: RunWriter, split: Split | None, data_dir: str
         "steps": state.step, "steps_per_epoch": steps_per_epoch, "epochs_done": state.epoch,
         "timing": {"train_time_s": state.train_time_s, "epoch_times_s": state.epoch_times_s,
                    "wall_time_s": time.perf_counter() - wall0, "test_eval_s": eval_time,
-                   "images_per_s": state.step * cfg.batch_size / max(state.train_time_s, 1e-9)},
+                   "images_per_s": state.step * cfg.batch_size / max(state.train_time_s, 1e-9),
+                   "step_time_s": step_time_summary(state.step_times_s, steps_per_epoch, state.step_times_from)},
         "best": {"epoch": state.best_epoch, "step": state.best_step, "val_accuracy": best_val[0],
                  "val_loss": best_val[1]},
         "test": {"accuracy": test.accuracy, "loss": test.loss, "errors": int((test.predictions != split.test_y.cpu()).sum())},
         "params": sum(p.numel() for p in model.parameters()),
     }
+    writer.write_records(state)
     writer.finish(info, metrics, model, split, cfg)
     model.fused_kernels = False        # the caller's network computes as a loaded one does
     model.cpu()
     split.to("cpu")
-    return TrainResult(writer.out, model, cfg, info, metrics, interrupted, stop.signal if interrupted else None)
+    return TrainResult(writer.out, model, cfg, info, metrics, interrupted, stop.signal if interrupted else None,
+                       dict(writer.filters) if writer.filters is not None else None)
+
+
+def step_time_summary(times: Any, steps_per_epoch: int, first: int = 0) -> dict[str, Any]:
+    """run.json's timing.step_time_s: median, 10th and 90th percentile and mean of the seconds of
+    the timed optimizer steps (`times`, in order, after the first `first` steps), their count n,
+    the first timed step (1-based), and the medians of the first epoch's steps and of the rest
+    (None when no step of that part was timed). One slow stretch moves the mean, not the median."""
+    t = np.asarray(times, dtype=np.float64)
+    idx = first + np.arange(t.size)                    # 0-based global step of each time
+    part = lambda m: float(np.median(t[m])) if m.any() else None  # noqa: E731
+    if t.size == 0:
+        return {"n": 0, "first_step": first + 1, "median": None, "p10": None, "p90": None, "mean": None,
+                "first_epoch_median": None, "rest_median": None, "file": "step_times.npy"}
+    p10, med, p90 = (float(v) for v in np.percentile(t, [10, 50, 90]))
+    return {"n": int(t.size), "first_step": first + 1, "median": med, "p10": p10, "p90": p90,
+            "mean": float(t.mean()), "first_epoch_median": part(idx < steps_per_epoch),
+            "rest_median": part(idx >= steps_per_epoch), "file": "step_times.npy"}
 
 
 def _diverged_message(loss_value: float, state: LoopState, writer: RunWriter, precision: str) -> str:

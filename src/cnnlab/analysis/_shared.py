@@ -87,6 +87,25 @@ class AscentResult(AnalysisResult):
             ax.set_xticks([]), ax.set_yticks([])
 
 
+def ascent_grid(T: int, title_lines: int = 3, ncols: int = 6, suptitle_lines: int = 2):
+    """A figure FIG_WIDTH_IN wide (printed at full size) for the start or source image and `T`
+    ascent images, in rows of `ncols` panels with room for `title_lines` lines of 8-pt title over
+    each; returns (fig, the T + 1 axes). Spare cells at the end stay blank."""
+    import matplotlib.pyplot as plt
+
+    from ..figures import FIG_WIDTH_IN
+    n = T + 1
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    cell = min(FIG_WIDTH_IN / ncols, 1.4)      # the images' height: with few panels they stay this size
+    height = nrows * (0.85 * cell + title_lines * 8 * 1.25 / 72 + 0.1) + suptitle_lines * 9 * 1.3 / 72 + 0.15
+    fig, axes = plt.subplots(nrows, ncols, figsize=(FIG_WIDTH_IN, height), squeeze=False, layout="constrained")
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.axis("off")
+    return fig, flat[:n]
+
+
 @contextmanager
 def evaluating(model: nn.Module):
     """Eval mode for the duration, then the model's previous mode again (batch-norm running
@@ -356,19 +375,23 @@ def pct(p: float) -> str:
 
 def cost_figure(cost: np.ndarray, prob: np.ndarray, targets: np.ndarray, title: str):
     import matplotlib.pyplot as plt
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.6))
+
+    from ..figures import FIG_WIDTH_IN, wrap_text
+    fig, (a, b) = plt.subplots(1, 2, figsize=(FIG_WIDTH_IN, 3.5), layout="constrained")
     steps = np.arange(len(cost))
     cmap = plt.get_cmap("tab10")
     for i, t in enumerate(targets):
         a.plot(steps, cost[:, i], color=cmap(int(t) % 10), lw=1.4, label=str(int(t)))
         b.plot(steps, prob[:, i], color=cmap(int(t) % 10), lw=1.4)
-    a.set(xlabel="step", ylabel="C", title=title)
-    a.legend(title="target", fontsize=7, ncol=2, loc="lower right")
-    b.set(xlabel="step", ylabel="softmax probability of the target", title="confidence in the target",
-          ylim=(-0.02, 1.02))
+    a.set(xlabel="step", ylabel="C")
+    a.set_title("cost C", fontsize=9.5)
+    b.set(xlabel="step", ylabel="softmax p(target)", ylim=(-0.02, 1.02))
+    b.set_title("confidence in the target", fontsize=9.5)
+    b.legend(*a.get_legend_handles_labels(), title="target", fontsize=7.5, title_fontsize=8, ncol=1,
+             loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     for ax in (a, b):
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.suptitle(wrap_text(title, fontsize=9.5), fontsize=9.5)
     return fig
 
 

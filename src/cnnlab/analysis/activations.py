@@ -150,48 +150,57 @@ def depth_verdict(stats: Sequence[Mapping]) -> Verdict:
 
 
 def _plot_activations(res: ActivationResult):
+    """The image and the per-layer numbers against depth on top; below, one full-width row per
+    layer with its 32 feature maps (16 a row, one colour scale per layer). Designed 6.8 in wide:
+    printed at full size, no text under 7 pt."""
+    import matplotlib
     import matplotlib.pyplot as plt
-    fig = plt.figure(figsize=(17, 10))
-    gs = fig.add_gridspec(4, 2, width_ratios=[1, 5.2], hspace=0.5, wspace=0.08)
-    ax = fig.add_subplot(gs[0:2, 0])
+
+    from ..figures import FIG_WIDTH_IN
+    layers = list(FEATURE_LAYERS)
+    fig = plt.figure(figsize=(FIG_WIDTH_IN, 7.6), layout="constrained")
+    gs = fig.add_gridspec(1 + len(layers), 1, height_ratios=[1.7] + [1.0] * len(layers))
+    top = gs[0].subgridspec(1, 2, width_ratios=[1, 2.4])
+    ax = fig.add_subplot(top[0])
     ax.imshow(res.image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.axis("off")
     head = f"{res.name}\n" if res.name else ""
     truth = f"true {res.label}, " if res.label is not None else ""
-    ax.set_title(f"{head}{truth}predicted {res.pred} ({res.probs[res.pred]:.1%})", fontsize=10)
-    axs = fig.add_subplot(gs[2:4, 0])
-    layers = list(FEATURE_LAYERS)
+    ax.set_title(f"{head}{truth}predicted {res.pred}\n({res.probs[res.pred]:.1%})", fontsize=9)
+    axs = fig.add_subplot(top[1])
     xs = np.arange(len(layers))
     axs.plot(xs, [res.stats[l]["active_fraction"] for l in layers], "o-", label="active units")
-    axs.plot(xs, [res.stats[l]["spread"] for l in layers], "s-", label="spread (eff. positions / all)")
-    axs.plot(xs, [res.stats[l]["stroke_mass_share"] for l in layers], "^-", label="activation on stroke cells")
+    axs.plot(xs, [res.stats[l]["spread"] for l in layers], "s-", label="spread (effective\npositions / all)")
+    axs.plot(xs, [res.stats[l]["stroke_mass_share"] for l in layers], "^-", label="activation on\nstroke cells")
     axs.plot(xs, [res.stats[l]["stroke_area_share"] for l in layers], "^--", color="C2", alpha=0.5,
              label="stroke cells (area)")
     axs.set_xticks(xs, layers)
     axs.set_ylim(0, 1.05)
     axs.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
     axs.grid(alpha=0.3)
-    axs.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12))
-    axs.set_title("with depth", fontsize=10)
+    axs.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    axs.set_title("with depth", fontsize=9.5)
+    cmap = matplotlib.colormaps["magma"].with_extremes(bad="white")
     for i, layer in enumerate(layers):
         a = res.maps[layer]
         C, H, W = a.shape
         st = res.stats[layer]
-        ax = fig.add_subplot(gs[i, 1])
+        ax = fig.add_subplot(gs[1 + i])
         vmax = float(a.max()) or 1.0
-        import matplotlib
-        cmap = matplotlib.colormaps["magma"].with_extremes(bad="white")
         im = ax.imshow(mosaic(a, 16, 2, 2), cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
         for s in ax.spines.values():
             s.set_visible(False)
-        ax.set_title(f"{layer} (after ReLU) {C}×{H}×{W}, receptive field {st['receptive_field']}×"
-                     f"{st['receptive_field']} px — {st['active_fraction']:.0%} of units active, "
-                     f"{st['active_channels']}/{C} channels respond; each response covers "
-                     f"{st['effective_positions']:.0f} of {H * W} positions ({st['spread']:.0%}); "
-                     f"{st['stroke_mass_share']:.0%} of it on stroke cells ({st['stroke_area_share']:.0%} of area)",
-                     fontsize=8, loc="left")
-        fig.colorbar(im, ax=ax, fraction=0.015, pad=0.025, label="activation")
-    fig.suptitle("feature maps of the 32 channels (one shared colour scale per layer, 0 = black)", fontsize=11)
+        rf = st["receptive_field"]
+        ax.set_title(f"{layer} after ReLU: {C}×{H}×{W}, receptive field {rf}×{rf} px, "
+                     f"{st['active_fraction']:.0%} of units active, {st['active_channels']}/{C} channels respond\n"
+                     f"each response covers {st['effective_positions']:.0f} of {H * W} positions "
+                     f"({st['spread']:.0%}); {st['stroke_mass_share']:.0%} of it on stroke cells "
+                     f"({st['stroke_area_share']:.0%} of the area)", fontsize=7.5, loc="left")
+        cb = fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01, aspect=8)
+        cb.ax.locator_params(nbins=3)
+        cb.ax.tick_params(labelsize=7.5)
+    fig.suptitle(f"feature maps of the {res.maps[layers[0]].shape[0]} channels (16 a row; one colour scale "
+                 "per layer, 0 = black)", fontsize=9.5)
     return fig

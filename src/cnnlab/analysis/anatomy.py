@@ -70,10 +70,18 @@ class Summary(AnalysisResult):
 
     def figure(self):
         """The layer table as a figure (monospace text)."""
+        import textwrap
+
         import matplotlib.pyplot as plt
-        text = self.table_text()
-        fig = plt.figure(figsize=(0.09 * max(len(line) for line in text.splitlines()), 0.22 * (text.count("\n") + 2)))
-        fig.text(0.01, 0.99, text, family="monospace", fontsize=9, va="top")
+
+        from ..figures import FIG_WIDTH_IN
+        size = 9.0                           # points; DejaVu Sans Mono is 0.6 em a character
+        fit = int((FIG_WIDTH_IN - 0.4) * 72 / (0.6 * size))          # characters a line
+        lines = [w for line in self.table_text().splitlines()
+                 for w in (textwrap.wrap(line, fit, subsequent_indent="    ") or [""])]
+        width = max(len(line) for line in lines) * 0.6 * size / 72 + 0.2
+        fig = plt.figure(figsize=(width, size * 1.25 / 72 * (len(lines) + 1) + 0.2))
+        fig.text(0.01, 0.99, "\n".join(lines), family="monospace", fontsize=size, va="top")
         return fig
 
     def table_text(self) -> str:

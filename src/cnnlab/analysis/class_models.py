@@ -10,7 +10,18 @@ import numpy as np
 
 from ..config import BLUR_SIGMA, REGULARIZED, SIGMA, STEPS, SYNTH_STEP_SIZE
 from ..errors import ConfigError
-from ._shared import N_CLASSES, AscentResult, ascend, check_int, check_number, check_targets, cost_figure, initial_noise, pct
+from ._shared import (
+    N_CLASSES,
+    AscentResult,
+    ascend,
+    ascent_grid,
+    check_int,
+    check_number,
+    check_targets,
+    cost_figure,
+    initial_noise,
+    pct,
+)
 from .verdict import Verdict
 
 # ---------------------------------------------------------------------------------------------
@@ -69,10 +80,9 @@ class SynthesisResult(AscentResult):
         target). Shown on 0–255 with values outside clipped for display, plus the initial noise.
         With `likeness` (from `digit_likeness`), each title adds r = correlation with the
         target's class-mean training image."""
-        import matplotlib.pyplot as plt
+        from ..figures import wrap_text
         T = len(self.targets)
-        fig, axes = plt.subplots(1, T + 1, figsize=(1.45 * (T + 1), 2.15), squeeze=False)
-        axes = axes[0]
+        fig, axes = ascent_grid(T, title_lines=3 if likeness is not None else 2, suptitle_lines=3)
         axes[0].imshow(self.initial[0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         axes[0].set_title(f"start: noise\n128 ± {self.params.get('sigma', 0):g}", fontsize=8)
         self.draw_targets(axes, self.images, [f"\nr = {likeness['images']['corr_target_mean'][i]:+.2f}"
@@ -80,10 +90,10 @@ class SynthesisResult(AscentResult):
         s = self.summary()
         shown = (f"; pixels span {s['pixel_min']:.0f}..{s['pixel_max']:.0f}, shown clipped to 0..255"
                  if s["fraction_pixels_outside_0_255"] > 0 else "")
-        fig.suptitle(f"{self.label or 'class models'}: X ← X + {self.params['step_size']:g}·dC/dX, "
-                     f"C = logits[target], {self.params['steps']} steps — {s['n_predicted_as_target']}/{T} "
-                     f"predicted as target, min confidence {pct(s['min_target_prob'])}{shown}", fontsize=9)
-        fig.tight_layout()
+        fig.suptitle(wrap_text(f"{self.label or 'class models'}: X ← X + {self.params['step_size']:g}·dC/dX, "
+                               f"C = logits[target], {self.params['steps']} steps — {s['n_predicted_as_target']}/{T} "
+                               f"predicted as target, min confidence {pct(s['min_target_prob'])}{shown}", fontsize=9),
+                     fontsize=9)
         return fig
 
     def cost_figure(self):

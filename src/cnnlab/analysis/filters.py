@@ -254,56 +254,80 @@ def patterns_verdict(res: FilterResult, compare: FilterResult | None = None) -> 
 _CLASS_LETTER = {"edge": "E", "blob": "B", "line": "L", "mixed": "·"}
 
 
+def _mosaic_axes(ax, tiles: np.ndarray, ncols: int, v: float, labels: list[str], colors: list[str] | None = None):
+    """3×3 `tiles` in rows of `ncols` with a 2-unit gap under each for its 7-pt label; returns the image."""
+    im = ax.imshow(mosaic(tiles, ncols, 1, 2), cmap=diverging_cmap(), vmin=-v, vmax=v, interpolation="nearest")
+    for i, label in enumerate(labels):
+        r, c = divmod(i, ncols)
+        ax.text(c * 4 + 1, r * 5 + 3.2, label, ha="center", va="center", fontsize=7,
+                color=colors[i] if colors is not None else "black")
+    rows = -(-len(tiles) // ncols)
+    ax.set_ylim(rows * 5 - 0.5, -0.5)          # the label band under the last row too
+    ax.set_facecolor("#d9d9d9")                # ... in the colour of the other gaps
+    for s in ax.spines.values():
+        s.set_visible(False)
+    ax.tick_params(length=0)
+    return im
+
+
 def _plot_conv1(res: FilterResult):
+    """Top: the kernels (trained, untrained) in rows of 8, the kernel index on the axes and each
+    kernel's class (and edge direction) under it; bottom: what the kernels are made of, and the
+    directions of the edge kernels. Designed 6.8 in wide: printed at full size, no text under 7 pt."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    from ..figures import FIG_WIDTH_IN, wrap_text
     panels = [("trained", res.weights, res.trained)]
     if res.reference is not None:
         panels.append(("untrained (same seed)", res.reference, res.untrained_numbers))
-    fig = plt.figure(figsize=(6.2 * len(panels) + 4.6, 5.0))
-    gs = fig.add_gridspec(2, len(panels) + 1, width_ratios=[6.2] * len(panels) + [4.2], hspace=0.45, wspace=0.25)
+    fig = plt.figure(figsize=(FIG_WIDTH_IN, 6.6), layout="constrained")
+    gs = fig.add_gridspec(2, 2, height_ratios=[1.25, 1])
     for j, (name, w, nums) in enumerate(panels):
-        ax = fig.add_subplot(gs[:, j])
+        ax = fig.add_subplot(gs[0, j] if len(panels) > 1 else gs[0, :])
         st = kernel_stats(w)
         v = float(np.abs(w).max())
-        im = ax.imshow(mosaic(w[:, 0], 8, 1, 2), cmap=diverging_cmap(), vmin=-v, vmax=v,
-                       interpolation="nearest")
+        labels, colors = [], []
         for i in range(w.shape[0]):
-            r, c = divmod(i, 8)
             cls = st["class"][i, 0]
-            label = f"{i} {_CLASS_LETTER[cls]}"
+            label = _CLASS_LETTER[cls]
             if cls == "edge":
                 label += _direction_bin(float(st["gradient_direction_deg"][i, 0]))
-            ax.text(c * 4 + 1, r * 5 + 3.1, label, ha="center", va="center", fontsize=7,
-                    color="black" if cls != "mixed" else "#777777")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for s in ax.spines.values():
-            s.set_visible(False)
+            labels.append(label)
+            colors.append("black" if cls != "mixed" else "#777777")
+        im = _mosaic_axes(ax, w[:, 0], 8, v, labels, colors)
+        rows = -(-w.shape[0] // 8)
+        ax.set_xticks(np.arange(8) * 4 + 1, [f"+{c}" for c in range(8)])
+        ax.set_yticks(np.arange(rows) * 5 + 1, [str(8 * r) for r in range(rows)])
+        ax.set(xlabel="kernel index: row + column")
         cc = nums["class_counts"]
-        ax.set_title(f"conv1 {name}: {w.shape[0]} kernels 3×3, shared colour scale ±{v:.2f}\n"
-                     f"edge {cc['edge']} · blob {cc['blob']} · line {cc['line']} · mixed {cc['mixed']}"
-                     f"   (gradient share {nums['mean_share']['gradient']:.0%}, chance {CHANCE_SHARE['gradient']:.0%})",
-                     fontsize=9)
-        fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02, label="weight")
-    ax = fig.add_subplot(gs[0, -1])
+        ax.set_title(f"{name}, colour scale ±{v:.2f}\nedge {cc['edge']} · blob {cc['blob']} · line {cc['line']} · "
+                     f"mixed {cc['mixed']}\ngradient share {nums['mean_share']['gradient']:.0%} "
+                     f"(chance {CHANCE_SHARE['gradient']:.0%})", fontsize=9)
+        cb = fig.colorbar(im, ax=ax, orientation="horizontal", fraction=0.06, shrink=0.8, aspect=30)
+        cb.set_label("weight")
+        cb.ax.locator_params(nbins=5)
+    ax = fig.add_subplot(gs[1, 0])
     _share_bars(ax, res)
-    ax = fig.add_subplot(gs[1, -1])
+    ax = fig.add_subplot(gs[1, 1])
     bins = np.arange(len(DIRECTIONS))
     width = 0.38
     ax.bar(bins - width / 2, [res.trained["edge_directions"][d] for d in DIRECTIONS], width, label="trained", color="C0")
     if res.untrained is not None:
         ax.bar(bins + width / 2, [res.untrained["edge_directions"][d] for d in DIRECTIONS], width,
                label="untrained", color="C7")
-    ax.set_xticks(bins, [f"{d}\n{45 * i}°" for i, d in enumerate(DIRECTIONS)], fontsize=7)
-    ax.set(title="edge kernels by gradient direction\n(dark → bright)", ylabel="kernels")
-    ax.set_ylim(0, ax.get_ylim()[1] * 1.35)
-    ax.legend(fontsize=7, ncol=2, loc="upper center")
+    ax.set_xticks(bins, [f"{d}\n{45 * i}°" for i, d in enumerate(DIRECTIONS)], fontsize=7.5)
+    ax.set(ylabel="edge kernels", xlabel="gradient direction (dark → bright)")
+    ax.set_title("edge kernels by direction", fontsize=9.5)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.3)
+    ax.legend(fontsize=7.5, ncol=2, loc="upper center")
     extra = ""
     if res.untrained is not None:
         extra = (f"; cosine to initial kernels {res.trained['mean_cosine_to_init']:.2f}, "
                  f"moved {res.trained['relative_change_from_init']:.0%} of their norm")
-    fig.suptitle("conv1 filters — E edge (arrow: direction of increasing brightness), B blob, L line, "
-                 "· mixed" + extra, fontsize=10)
+    fig.suptitle(wrap_text(f"conv1: {res.weights.shape[0]} kernels 3×3 — under each: E edge (arrow: direction of "
+                           "increasing brightness), B blob, L line, · mixed" + extra, fontsize=10), fontsize=10)
     return fig
 
 
@@ -316,60 +340,503 @@ def _share_bars(ax, res: FilterResult) -> None:
         ax.bar(x, [res.untrained["mean_share"][g] for g in groups], width, label="untrained", color="C7")
     ax.bar(x + width, [CHANCE_SHARE[g] for g in groups], width, label="i.i.d. chance", color="none",
            edgecolor="black", hatch="//")
-    ax.set_xticks(x, ["mean\n(dc)", "gradient\n(edge)", "centre-\nsurround", "line\n(bar)", "higher"], fontsize=7)
-    ax.set(ylabel="mean share of kernel energy", title=f"what the {res.layer} kernels are made of")
+    ax.set_xticks(x, ["mean\n(dc)", "gradient\n(edge)", "centre-\nsurround", "line\n(bar)", "higher"], fontsize=7.5)
+    ax.set(ylabel="mean share of energy")
+    ax.set_title(f"what the {res.layer} kernels are made of", fontsize=9.5)
     ax.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
-    ax.set_ylim(0, ax.get_ylim()[1] * 1.4)          # room for the legend above the bars
-    ax.legend(fontsize=7, ncol=3, loc="upper center")
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.45)          # room for the legend above the bars
+    ax.legend(fontsize=7.5, ncol=2, loc="upper center")
+
+
+CONV2_SHOWN = 6      # conv2 figure: the strongest input-channel kernels shown per output filter
+CONV2_GROUPS = 4     # ... in this many side-by-side groups of output filters
 
 
 def _plot_conv2(res: FilterResult):
+    """Top: for every output filter, its CONV2_SHOWN strongest input-channel kernels (by norm,
+    strongest first) on one colour scale, the input channel under each; bottom: what each filter's
+    kernels are made of and how many input channels it uses. Designed 6.8 in wide, text ≥ 7 pt:
+    the full 32×32 mosaic cannot be read at that size."""
     import matplotlib.pyplot as plt
-    panels = [("trained", res.weights)]
-    if res.reference is not None:
-        panels.append(("untrained (same seed)", res.reference))
-    fig = plt.figure(figsize=(8.2 * len(panels), 11.5))
-    gs = fig.add_gridspec(2, len(panels), height_ratios=[3.2, 1.25], hspace=0.22, wspace=0.12)
-    for j, (name, w) in enumerate(panels):
-        ax = fig.add_subplot(gs[0, j])
-        v = float(np.quantile(np.abs(w), 0.995))
-        im = ax.imshow(mosaic(w.reshape(-1, *w.shape[2:]), w.shape[1]), cmap=diverging_cmap(), vmin=-v, vmax=v, interpolation="nearest")
-        ticks = np.arange(0, 32, 4)
-        ax.set_xticks(ticks * 4 + 1, ticks)
-        ax.set_yticks(ticks * 4 + 1, ticks)
-        ax.set(xlabel="input channel (conv1 filter)", ylabel="output filter" if j == 0 else "")
-        nums = res.trained if j == 0 else res.untrained_numbers
-        cc = nums["class_counts"]
-        ax.set_title(f"conv2 {name}: 32×32 kernels 3×3, shared scale ±{v:.2f} (99.5th pct of |w|)\n"
-                     f"edge {cc['edge']} · blob {cc['blob']} · line {cc['line']} · mixed {cc['mixed']} of 1024; "
-                     f"mean effective inputs {nums['mean_effective_inputs']:.1f} of 32", fontsize=9)
-        fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="weight")
-    sub = gs[1, :].subgridspec(1, 2, width_ratios=[2.2, 1], wspace=0.22)
-    ax = fig.add_subplot(sub[0])
+
+    from ..figures import FIG_WIDTH_IN, wrap_text
+    w = res.weights
+    n_out, n_in = w.shape[:2]
+    k = min(CONV2_SHOWN, n_in)
+    energy = (w.reshape(n_out, n_in, -1) ** 2).sum(-1)                  # [out, in]
+    order = np.argsort(-energy, axis=1, kind="stable")[:, :k]            # strongest inputs first
+    held = np.take_along_axis(energy, order, 1).sum(1) / np.maximum(energy.sum(1), 1e-30)
+    v = float(np.quantile(np.abs(w), 0.995))
+    per = -(-n_out // CONV2_GROUPS)
+    fig = plt.figure(figsize=(FIG_WIDTH_IN, 6.6), layout="constrained")
+    gs = fig.add_gridspec(2, 1, height_ratios=[1.55, 1])
+    top = gs[0].subgridspec(1, CONV2_GROUPS)
+    im = None
+    axes = []
+    for g in range(CONV2_GROUPS):
+        outs = list(range(g * per, min(n_out, (g + 1) * per)))
+        if not outs:
+            continue
+        ax = fig.add_subplot(top[g])
+        axes.append(ax)
+        tiles = np.stack([w[o, i] for o in outs for i in order[o]])
+        im = _mosaic_axes(ax, tiles, k, v, [str(int(i)) for o in outs for i in order[o]])
+        ax.set_xticks([])
+        ax.set_yticks(np.arange(len(outs)) * 5 + 1, [str(o) for o in outs])
+        ax.set_title(f"filters {outs[0]}–{outs[-1]}", fontsize=9)
+        if g == 0:
+            ax.set_ylabel("output filter")
+    if im is not None:
+        cb = fig.colorbar(im, ax=axes, orientation="horizontal", fraction=0.04, shrink=0.6, aspect=40, pad=0.02)
+        cb.set_label(f"weight (shared scale ±{v:.2f}, the 99.5th percentile of |w|)")
+        cb.ax.locator_params(nbins=5)
+    bottom = gs[1].subgridspec(1, 2, width_ratios=[1.9, 1])
+    ax = fig.add_subplot(bottom[0])
     o = np.arange(len(res.kernels))
-    bottom = np.zeros(len(o))
+    base = np.zeros(len(o))
     colors = {"dc": "#bbbbbb", "gradient": "C0", "center_surround": "C1", "line": "C2", "higher": "C3"}
-    for g in _GROUPS:
-        vals = np.array([k["energy_weighted_share"][g] for k in res.kernels])
-        ax.bar(o, vals, bottom=bottom, color=colors[g], label=g.replace("_", "-"), width=0.85)
-        bottom += vals
-    ax.set(xlabel="output filter", ylabel="share of filter energy", xlim=(-0.6, len(o) - 0.4),
-           title="per output filter: what its 32 kernels are made of (energy-weighted)")
-    ax.set_xticks(o[::2])
-    ax.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
-    ax.legend(fontsize=7, ncol=5, loc="lower center", bbox_to_anchor=(0.5, 1.08), frameon=False)
-    ax2 = fig.add_subplot(sub[1])
-    ax2.plot(o, [k["effective_inputs"] for k in res.kernels], "o-", ms=3, label="trained")
+    names = {"dc": "mean (dc)", "gradient": "gradient", "center_surround": "centre-surround", "line": "line",
+             "higher": "higher"}
+    for grp in _GROUPS:
+        vals = np.array([kk["energy_weighted_share"][grp] for kk in res.kernels])
+        ax.bar(o, vals, bottom=base, color=colors[grp], label=names[grp], width=0.85)
+        base += vals
+    ax.set(xlabel="output filter", ylabel="share of filter energy", xlim=(-0.6, len(o) - 0.4))
+    ax.set_title("what each filter's kernels are made of", fontsize=9.5)
+    ax.set_xticks(o[::4])
+    ax.yaxis.set_major_formatter(lambda val, _: f"{val:.0%}")
+    ax.legend(fontsize=7.5, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.3), frameon=False)
+    ax2 = fig.add_subplot(bottom[1])
+    ax2.plot(o, [kk["effective_inputs"] for kk in res.kernels], "o-", ms=3, label="trained")
     if res.reference is not None:
-        ax2.plot(o, [k["untrained_effective_inputs"] for k in res.kernels], "s-", ms=3, color="C7", label="untrained")
-    ax2.set(xlabel="output filter", ylabel="effective input channels", ylim=(0, 32),
-            title="how many conv1 channels each filter uses")
-    ax2.legend(fontsize=8)
+        ax2.plot(o, [kk["untrained_effective_inputs"] for kk in res.kernels], "s-", ms=3, color="C7", label="untrained")
+    ax2.set(xlabel="output filter", ylabel="effective input channels", ylim=(0, n_in))
+    ax2.set_xticks(o[::8])
+    ax2.set_title("input channels used", fontsize=9.5)
+    ax2.legend(fontsize=7.5, loc="lower right")
     ax2.grid(alpha=0.3)
-    extra = ""
+    t = res.trained
+    text = (f"conv2: {n_out}×{n_in} kernels 3×3. Top: each output filter's {k} strongest input-channel kernels "
+            f"(by norm, strongest left; the number under each is its input channel, a conv1 filter): "
+            f"{held.mean():.0%} of a filter's energy on average.")
+    kinds = ("edge", "blob", "line")
     if res.untrained is not None:
-        extra = (f" — gradient share {res.trained['mean_share']['gradient']:.0%} trained vs "
-                 f"{res.untrained['mean_share']['gradient']:.0%} untrained; cosine to init "
-                 f"{res.trained['mean_cosine_to_init']:.2f}")
-    fig.suptitle("conv2 filters: rows = output filters, columns = input channels" + extra, fontsize=11, y=0.995)
+        u = res.untrained
+        text += (" Trained vs untrained: " + ", ".join(f"{c} {t['class_counts'][c]} vs {u['class_counts'][c]}"
+                                                         for c in kinds)
+                 + f" of {n_out * n_in} kernels; gradient share {t['mean_share']['gradient']:.0%} vs "
+                   f"{u['mean_share']['gradient']:.0%}; cosine to init {t['mean_cosine_to_init']:.2f}.")
+    else:
+        text += " " + ", ".join(f"{c} {t['class_counts'][c]}" for c in kinds) + f" of {n_out * n_in} kernels."
+    fig.suptitle(wrap_text(text, fontsize=9), fontsize=9)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# 2.1, continued: how the kernels move epoch by epoch (filters_by_epoch.safetensors, written by
+# training), and what each conv1 filter responds to in real images
+# ---------------------------------------------------------------------------------------------
+
+FILTERS_BY_EPOCH = "filters_by_epoch.safetensors"   # in a run directory; absent in older runs
+HISTORY_LAYERS = ("conv1", "conv2")
+_NON_DC = ("gradient", "center_surround", "line", "higher")
+NON_DC_CHANCE = {g: len(_GROUP_DIMS[g]) / 8 for g in _NON_DC}   # i.i.d. kernel, mean removed
+
+
+def load_filters_by_epoch(run) -> dict[str, np.ndarray] | None:
+    """{"conv1.epoch0": [32, 1, 3, 3], ...} from a run directory (or `runs.Run`), or None for a
+    run written before training kept them."""
+    from pathlib import Path
+
+    from ..model import read_safetensors
+    path = Path(getattr(run, "path", run)) / FILTERS_BY_EPOCH
+    if not path.is_file():
+        return None
+    tensors, _ = read_safetensors(path)
+    return {k: v.double().numpy() for k, v in tensors.items()}
+
+
+def _by_epoch(snapshots) -> dict[str, np.ndarray]:
+    """{layer: [E+1, out, in, 3, 3]} from {"conv1.epoch0": tensor or array, ...}; ConfigError
+    unless each layer has epochs 0..E (the same E) of one shape."""
+    out: dict[str, np.ndarray] = {}
+    epochs: set[int] = set()
+    for layer in HISTORY_LAYERS:
+        found: dict[int, np.ndarray] = {}
+        for k, v in snapshots.items():
+            name, _, e = str(k).partition(".epoch")
+            if name == layer and e.isdigit():
+                found[int(e)] = np.asarray(v.detach().cpu().double() if hasattr(v, "detach") else v, dtype=np.float64)
+        if not found:
+            continue
+        n = len(found)
+        if sorted(found) != list(range(n)) or len({a.shape for a in found.values()}) != 1:
+            raise ConfigError(f"{layer}'s snapshots must be epochs 0..{n - 1} of one shape; got epochs {sorted(found)[:8]}")
+        if found[0].ndim != 4 or found[0].shape[-2:] != (3, 3):
+            raise ConfigError(f"{layer}'s snapshots must be [out, in, 3, 3] kernels; got {list(found[0].shape)}")
+        out[layer] = np.stack([found[e] for e in range(n)])
+        epochs.add(n)
+    if "conv1" not in out:
+        raise ConfigError("no conv1 snapshots (keys conv1.epoch0, conv1.epoch1, ...)")
+    if len(epochs) != 1:
+        raise ConfigError("conv1 and conv2 have snapshots of different numbers of epochs")
+    return out
+
+
+@dataclass
+class FilterHistoryResult(AnalysisResult):
+    """Per epoch e = 0..E, for each layer: the mean over its filters of the cosine similarity to
+    their initial values, ‖W_e − W_0‖/‖W_0‖, ‖W_e − W_(e−1)‖/‖W_0‖ and the edge/blob/line/mixed
+    counts and energy shares of `kernel_stats` (the classification `filters` uses)."""
+    stem = "filter_history"
+    weights: dict[str, np.ndarray]        # layer -> [E+1, out, in, 3, 3]
+    layers: dict[str, dict]               # layer -> per-epoch lists (see to_dict)
+
+    @property
+    def epochs(self) -> int:
+        return len(self.weights["conv1"]) - 1
+
+    def to_dict(self) -> dict:
+        return {"epochs": self.epochs, "layers": self.layers,
+                "definitions": {
+                    "mean_cosine_to_init": "per epoch, the mean over the layer's output filters of the cosine "
+                                           "similarity of the filter's weights to its weights at initialization "
+                                           "(epoch 0); 1 = unchanged direction",
+                    "min_cosine_to_init": "the smallest of those cosines",
+                    "relative_change": "‖W_e − W_0‖ / ‖W_0‖ over the whole layer",
+                    "epoch_change": "‖W_e − W_(e−1)‖ / ‖W_0‖: how far epoch e moved the layer (0 at epoch 0)",
+                    "class_counts": f"edge/blob/line/mixed kernels by filters.kernel_stats (threshold {CLASS_THRESHOLD})",
+                    "low_order_share": "mean share of kernel energy in the mean and gradient (filters.kernel_stats)",
+                    "gradient_share": "mean share of kernel energy in the gradient (edge) part"}}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {f"{layer}_by_epoch": w for layer, w in self.weights.items()}
+
+    def figure(self):
+        return _plot_history(self)
+
+
+def filter_history(source) -> FilterHistoryResult | None:
+    """How conv1 and conv2 moved during training, epoch by epoch. `source`: a run directory or
+    `runs.Run` (its filters_by_epoch.safetensors; None when the run has none: trained before
+    snapshots were kept), or the snapshots themselves ({"conv1.epoch0": tensor, ...}, e.g.
+    `TrainResult.filters_by_epoch`)."""
+    if source is None:
+        return None
+    if isinstance(source, dict):
+        snapshots = source
+    else:
+        loaded = load_filters_by_epoch(source)
+        if loaded is None:
+            return None
+        snapshots = loaded
+    weights = _by_epoch(snapshots)
+    layers = {}
+    for layer, w in weights.items():
+        w0 = w[0]
+        norm0 = max(float(np.linalg.norm(w0)), 1e-30)
+        cos = [_cos(we, w0) for we in w]
+        nums = [_layer_numbers(we) for we in w]
+        layers[layer] = {
+            "mean_cosine_to_init": [float(c.mean()) for c in cos],
+            "min_cosine_to_init": [float(c.min()) for c in cos],
+            "relative_change": [float(np.linalg.norm(we - w0)) / norm0 for we in w],
+            "epoch_change": [0.0] + [float(np.linalg.norm(w[e] - w[e - 1])) / norm0 for e in range(1, len(w))],
+            "class_counts": [d["class_counts"] for d in nums],
+            "low_order_share": [d["low_order_share"] for d in nums],
+            "gradient_share": [d["mean_share"]["gradient"] for d in nums]}
+    return FilterHistoryResult(weights, layers)
+
+
+def _kernel_panel(ax, w: np.ndarray, v: float, title: str):
+    """conv1's 32 kernels [32, 1, 3, 3] as a 4×8 mosaic on a shared colour scale ±v."""
+    im = ax.imshow(mosaic(w[:, 0], 8), cmap=diverging_cmap(), vmin=-v, vmax=v, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for s in ax.spines.values():
+        s.set_visible(False)
+    ax.set_title(title, fontsize=8)
+    return im
+
+
+def _plot_history(res: FilterHistoryResult):
+    import matplotlib.pyplot as plt
+    w1 = res.weights["conv1"]
+    E = res.epochs
+    shown = sorted({0, min(1, E), E})
+    fig = plt.figure(figsize=(6.7, 5.4), layout="constrained")     # prints at full size (≤ 7 in)
+    gs = fig.add_gridspec(2, 3, height_ratios=[1.0, 1.25])
+    v = float(np.abs(w1[shown]).max())
+    c1 = res.layers["conv1"]
+    im = None
+    for j, e in enumerate(shown):
+        ax = fig.add_subplot(gs[0, j])
+        what = "initial" if e == 0 else f"after epoch {e}"
+        extra = "" if e == 0 else f"\ncosine to initial {c1['mean_cosine_to_init'][e]:.2f}"
+        im = _kernel_panel(ax, w1[e], v, f"conv1 {what}{extra}")
+    if im is not None:
+        cb = fig.colorbar(im, ax=fig.axes[-1], fraction=0.05, pad=0.03)
+        cb.ax.tick_params(labelsize=7)
+        cb.set_label("weight", fontsize=7)
+    x = np.arange(E + 1)
+    colors = {"conv1": "C0", "conv2": "C1"}
+    ax = fig.add_subplot(gs[1, 0])
+    for layer, d in res.layers.items():
+        ax.plot(x, d["mean_cosine_to_init"], "o-", ms=3, color=colors[layer], label=layer)
+    lowest = min(min(d["mean_cosine_to_init"]) for d in res.layers.values())
+    ax.set(xlabel="epoch", ylabel="mean cosine to initial", ylim=(min(0.8, lowest - 0.05), 1.01))
+    ax.set_title("direction kept from init", fontsize=8)
+    ax.legend(fontsize=7)
+    ax = fig.add_subplot(gs[1, 1])
+    for layer, d in res.layers.items():
+        ax.plot(x, d["relative_change"], "o-", ms=3, color=colors[layer], label=f"{layer} from init")
+        ax.plot(x[1:], d["epoch_change"][1:], ":", color=colors[layer], label=f"{layer} per epoch")
+    ax.set(xlabel="epoch", ylabel="‖ΔW‖ / ‖W₀‖")
+    ax.set_title("how far the weights moved", fontsize=8)
+    ax.legend(fontsize=7)
+    ax = fig.add_subplot(gs[1, 2])
+    for cls, color in (("edge", "C0"), ("blob", "C1"), ("line", "C2"), ("mixed", "C7")):
+        ax.plot(x, [cc[cls] for cc in c1["class_counts"]], "o-", ms=3, color=color, label=cls)
+    ax.set(xlabel="epoch", ylabel="conv1 kernels", ylim=(0, 32))
+    ax.set_title("conv1 kernels by kind", fontsize=8)
+    ax.legend(fontsize=7, ncol=2)
+    for a in fig.axes[-3:]:
+        a.tick_params(labelsize=7)
+        a.xaxis.label.set_fontsize(8)
+        a.yaxis.label.set_fontsize(8)
+        a.grid(alpha=0.3)
+        if E <= 20:
+            a.set_xticks(x if E <= 10 else x[::2])
+    fig.suptitle(f"conv1 and conv2 over {E} epoch{'s' if E != 1 else ''} of training "
+                 f"(shared colour scale ±{v:.2f})", fontsize=9)
+    return fig
+
+
+# --- what each conv1 filter responds to --------------------------------------------------------
+
+def _non_dc(w: np.ndarray) -> dict:
+    """kernel_stats of 3×3 kernels [..., 3, 3] with their mean removed: the shares of the non-DC
+    energy (gradient, center_surround, line, higher), class (edge / blob / line when that part holds
+    ≥ CLASS_THRESHOLD of it, else mixed) and gradient direction."""
+    w = np.asarray(w, dtype=np.float64)
+    st = kernel_stats(w - w.mean(axis=(-2, -1), keepdims=True))
+    share = {g: st["share"][g] for g in _NON_DC}
+    cls = np.full(w.shape[:-2], "mixed", dtype=object)
+    cls[share["center_surround"] >= CLASS_THRESHOLD] = "blob"
+    cls[share["line"] >= CLASS_THRESHOLD] = "line"
+    cls[share["gradient"] >= CLASS_THRESHOLD] = "edge"
+    return {"share": share, "class": cls, "direction": st["gradient_direction_deg"]}
+
+
+@dataclass
+class ResponseResult(AnalysisResult):
+    """For each conv1 filter: the mean of the `top` 3×3 input patches that drive its pre-ReLU
+    response highest, in pixel units (0 = black, 1 = white), and how structured that patch is."""
+    stem = "filter_responses"
+    layer: str
+    top: int
+    n_images: int
+    weights: np.ndarray                  # [32, 3, 3]
+    patches: np.ndarray                  # [32, 3, 3] mean top patch, pixels
+    filters: list[dict]
+    summary: dict
+    reference_weights: np.ndarray | None = None
+    reference_patches: np.ndarray | None = None
+    reference_summary: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {"layer": self.layer, "top": self.top, "images": self.n_images,
+                "definitions": {
+                    "mean_patch": "mean of the `top` input patches (3×3, pixel units 0–1, padding = the "
+                                  "normalization mean) at which the filter's response before the ReLU "
+                                  "(after batch-norm, in eval mode, when the network has it) is highest, "
+                                  "over all positions of the images",
+                    "non_dc_share": "share of a 3×3 pattern's energy, its mean removed, in each part of "
+                                    "filters.kernel_stats' basis (i.i.d. chance: gradient 0.25, "
+                                    "center_surround 0.25, line 0.25, higher 0.25)",
+                    "class": f"edge / blob / line when that part holds ≥ {CLASS_THRESHOLD} of the non-DC "
+                             f"energy, else mixed",
+                    "direction_deg": "direction in which the pattern gets brighter (0 = right, 90 = up)",
+                    "alignment": "cosine between the filter's weights and its mean patch, both with their "
+                                 "mean removed"},
+                "chance_share": NON_DC_CHANCE, "summary": self.summary,
+                "untrained_summary": self.reference_summary, "filters": self.filters}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {"weights": self.weights, "mean_patches": self.patches}
+        if self.reference_patches is not None and self.reference_weights is not None:
+            out.update(untrained_weights=self.reference_weights, untrained_mean_patches=self.reference_patches)
+        return out
+
+    def figure(self):
+        return _plot_responses(self)
+
+
+def _as_images(images):
+    import torch
+    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images).detach().cpu()
+    x = x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    if x.dim() != 4 or tuple(x.shape[1:]) != (1, 28, 28) or len(x) == 0:
+        raise ConfigError(f"images must be [N, 28, 28] or [N, 1, 28, 28] with N ≥ 1; got {list(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ConfigError("the images hold NaN or infinite pixels")
+    return x
+
+
+def _top_patches(model: Net, x, top: int, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Mean top-`top` patch per conv1 filter ([32, 3, 3], normalized input units) and the mean of
+    those top responses ([32]); `x` [N, 1, 28, 28] pixels in [0, 1]."""
+    import torch
+
+    from ._shared import evaluating
+    conv, bn = model.conv1, model.bn1
+    n_f = conv.out_channels
+    best_v = torch.full((n_f, 0), float("-inf"), dtype=torch.float64)
+    best_i = torch.zeros((n_f, 0), dtype=torch.long)
+    hw = x.shape[-2] * x.shape[-1]
+    with evaluating(model):
+        for s in range(0, len(x), chunk):
+            xn = model.normalize(x[s:s + chunk].to(next(model.parameters()).device))
+            z = conv(xn)
+            z = bn(z) if bn is not None else z
+            z = z.double().cpu().transpose(0, 1).reshape(n_f, -1)               # [32, n·784]
+            k = min(top, z.shape[1])
+            v, i = z.topk(k, dim=1)
+            v, i = torch.cat([best_v, v], 1), torch.cat([best_i, i + s * hw], 1)
+            keep = v.topk(min(top, v.shape[1]), dim=1).indices
+            best_v, best_i = v.gather(1, keep), i.gather(1, keep)
+        mean, std = float(model.get_buffer("input_mean")), float(model.get_buffer("input_std"))
+    xpad = torch.nn.functional.pad((x.double() - mean) / std, (1, 1, 1, 1))      # zeros: conv1's padding
+    img, pos = best_i // hw, best_i % hw
+    r, c = pos // x.shape[-1], pos % x.shape[-1]
+    offs = torch.arange(3)
+    rows = (r[..., None, None] + offs[:, None]).expand(*r.shape, 3, 3)
+    cols = (c[..., None, None] + offs[None, :]).expand(*c.shape, 3, 3)
+    patches = xpad[img[..., None, None].expand(*img.shape, 3, 3), 0, rows, cols]  # [32, top, 3, 3]
+    return patches.mean(1).numpy(), best_v.mean(1).numpy()
+
+
+def _response_numbers(w: np.ndarray, patch_norm: np.ndarray, patch_px: np.ndarray, act: np.ndarray) -> tuple[list[dict], dict]:
+    pw, pp = _non_dc(w), _non_dc(patch_px)
+    wc = (w - w.mean(axis=(1, 2), keepdims=True)).reshape(len(w), -1)
+    pc = (patch_norm - patch_norm.mean(axis=(1, 2), keepdims=True)).reshape(len(w), -1)
+    align = (wc * pc).sum(1) / np.maximum(np.linalg.norm(wc, axis=1) * np.linalg.norm(pc, axis=1), 1e-30)
+    rows = []
+    for i in range(len(w)):
+        rows.append({"index": i, "weight_class": str(pw["class"][i]), "patch_class": str(pp["class"][i]),
+                     "weight_non_dc_share": {g: round(float(pw["share"][g][i]), 4) for g in _NON_DC},
+                     "patch_non_dc_share": {g: round(float(pp["share"][g][i]), 4) for g in _NON_DC},
+                     "patch_direction_deg": round(float(pp["direction"][i]), 1),
+                     "patch_direction": _direction_bin(float(pp["direction"][i])),
+                     "patch_contrast": round(float(patch_px[i].max() - patch_px[i].min()), 4),
+                     "alignment": round(float(align[i]), 4), "mean_top_response": round(float(act[i]), 4)})
+    count = lambda cls: {c: int((cls == c).sum()) for c in ("edge", "blob", "line", "mixed")}  # noqa: E731
+    summary = {"filters": len(w),
+               "weight_class_counts": count(pw["class"]), "patch_class_counts": count(pp["class"]),
+               "mean_weight_gradient_share": float(pw["share"]["gradient"].mean()),
+               "mean_patch_gradient_share": float(pp["share"]["gradient"].mean()),
+               "edge_patch_not_edge_weights": int(((pp["class"] == "edge") & (pw["class"] != "edge")).sum()),
+               "mean_alignment": float(align.mean()),
+               "patch_edge_direction_bins_covered": len({_direction_bin(float(d)) for d, c in
+                                                         zip(pp["direction"], pp["class"]) if c == "edge"})}
+    return rows, summary
+
+
+def what_filters_respond_to(model: Net, images, layer: str = "conv1", top: int = 100,
+                            reference: Net | None = None) -> ResponseResult:
+    """For each conv1 filter, the mean of the `top` 3×3 input patches (over every position of
+    `images`: [N, 28, 28] or [N, 1, 28, 28], uint8 or [0, 1]; a few thousand test images) where
+    its response before the ReLU is highest, and how structured that mean patch is (its energy
+    shares in kernel_stats' basis, mean removed). A filter whose weights look like noise can still
+    be driven hardest by oriented strokes: nearby pixels of handwriting are strongly correlated.
+    `reference` (e.g. `untrained_like(model, seed)`) gets the same numbers, as a control."""
+    if layer != "conv1":
+        raise ConfigError(f"what_filters_respond_to reads conv1 only (its inputs are pixels); got {layer!r}")
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise ConfigError(f"top must be an integer ≥ 1; got {top!r}")
+    x = _as_images(images)
+    top = min(top, len(x) * x.shape[-1] * x.shape[-2])
+
+    def measure(net: Net):
+        w = net.conv1.weight.detach().cpu().double().numpy()[:, 0].copy()
+        patch, act = _top_patches(net, x, top)
+        mean, std = float(net.get_buffer("input_mean")), float(net.get_buffer("input_std"))
+        px = patch * std + mean
+        rows, summary = _response_numbers(w, patch, px, act)
+        return w, px, rows, summary
+
+    w, px, rows, summary = measure(model)
+    res = ResponseResult(layer, top, len(x), w, px, rows, summary)
+    if reference is not None:
+        rw, rpx, _, rsum = measure(reference)
+        res.reference_weights, res.reference_patches, res.reference_summary = rw, rpx, rsum
+    return res
+
+
+def _plot_responses(res: ResponseResult):
+    import matplotlib.pyplot as plt
+    fig = plt.figure(figsize=(6.7, 5.6), layout="constrained")     # prints at full size (≤ 7 in)
+    gs = fig.add_gridspec(2, 2, height_ratios=[1.0, 1.0])
+    v = float(np.abs(res.weights).max())
+    for j, (tiles, title, kind) in enumerate([
+            (res.weights, "conv1 weights (shared scale)", "weight"),
+            (res.patches, f"mean of each filter's top {res.top:,} input patches", "patch")]):
+        ax = fig.add_subplot(gs[0, j])
+        if kind == "weight":
+            im = ax.imshow(mosaic(tiles, 8, 1, 2), cmap=diverging_cmap(), vmin=-v, vmax=v, interpolation="nearest")
+        else:
+            im = ax.imshow(mosaic(tiles, 8, 1, 2), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        for i, f in enumerate(res.filters):
+            r, c = divmod(i, 8)
+            cls = f["weight_class"] if kind == "weight" else f["patch_class"]
+            label = _CLASS_LETTER[cls] + (f["patch_direction"] if kind == "patch" and cls == "edge" else "")
+            ax.text(c * 4 + 1, r * 5 + 3.1, label, ha="center", va="center", fontsize=7,
+                    color="black" if cls != "mixed" else "#777777")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for s in ax.spines.values():
+            s.set_visible(False)
+        ax.set_title(title, fontsize=8)
+        cb = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+        cb.ax.tick_params(labelsize=7)
+        cb.set_label("weight" if kind == "weight" else "pixel (0 black, 1 white)", fontsize=7)
+    ax = fig.add_subplot(gs[1, 0])
+    wg = [f["weight_non_dc_share"]["gradient"] for f in res.filters]
+    pg = [f["patch_non_dc_share"]["gradient"] for f in res.filters]
+    ax.scatter(wg, pg, s=14, color="C0", label="trained", zorder=3)
+    if res.reference_weights is not None and res.reference_patches is not None:
+        rw, rp = _non_dc(res.reference_weights), _non_dc(res.reference_patches)
+        ax.scatter(rw["share"]["gradient"], rp["share"]["gradient"], s=14, marker="s", color="C7",
+                   label="untrained", zorder=2)
+    ax.plot([0, 1], [0, 1], color="black", lw=0.8, ls="--")
+    ax.axhline(NON_DC_CHANCE["gradient"], color="C3", lw=0.8, ls=":", label="chance (0.25)")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="gradient share of the weights", ylabel="gradient share of mean patch")
+    ax.set_title("edge structure: weights vs what excites them", fontsize=8)
+    ax.legend(fontsize=7, loc="lower right")
+    ax = fig.add_subplot(gs[1, 1])
+    classes = ("edge", "blob", "line", "mixed")
+    bars: list[tuple[str, dict, str, str | None]] = [
+        ("weights", res.summary["weight_class_counts"], "C0", None),
+        ("top patches", res.summary["patch_class_counts"], "C2", None)]
+    if res.reference_summary is not None:
+        bars += [("untrained weights", res.reference_summary["weight_class_counts"], "C7", None),
+                 ("untrained patches", res.reference_summary["patch_class_counts"], "none", "//")]
+    width = 0.8 / len(bars)
+    xs = np.arange(len(classes))
+    for k, (name, counts, color, hatch) in enumerate(bars):
+        ax.bar(xs + (k - (len(bars) - 1) / 2) * width, [counts[c] for c in classes], width, color=color,
+               edgecolor="black" if hatch else None, hatch=hatch, label=name)
+    ax.set_xticks(xs, classes)
+    ax.set(ylabel="conv1 filters", ylim=(0, 40))
+    ax.set_title("kind of pattern (mean removed)", fontsize=8)
+    ax.legend(fontsize=7, ncol=2, loc="upper center")
+    for a in fig.axes:
+        if a.get_label() != "<colorbar>":
+            a.tick_params(labelsize=7)
+            a.xaxis.label.set_fontsize(8)
+            a.yaxis.label.set_fontsize(8)
+    fig.suptitle("What excites each conv1 filter: E edge (arrow: towards brighter), B blob, L line, · mixed",
+                 fontsize=9)
     return fig

@@ -188,9 +188,13 @@ def likeness_figure(rows: Sequence[tuple[str, np.ndarray, dict | None]], means: 
     """Rows of images (label, [10, 28, 28] 0–255, likeness dict or None) under the class-mean
     training images, each titled with r (correlation with its class's mean) and the nearest class."""
     import matplotlib.pyplot as plt
+
+    from ..figures import FIG_WIDTH_IN, wrap_text
     allrows = [("class-mean training images", means, None)] + list(rows)
     n = len(allrows)
-    fig, axes = plt.subplots(n, N_CLASSES, figsize=(1.3 * N_CLASSES, 1.62 * n + 0.3), squeeze=False)
+    cell = (FIG_WIDTH_IN - 1.3) / N_CLASSES
+    fig, axes = plt.subplots(n, N_CLASSES, figsize=(FIG_WIDTH_IN, n * (cell + 0.4) + 0.6), squeeze=False,
+                             layout="constrained")
     for i, (label, ims, lk) in enumerate(allrows):
         for c in range(N_CLASSES):
             ax = axes[i, c]
@@ -199,14 +203,14 @@ def likeness_figure(rows: Sequence[tuple[str, np.ndarray, dict | None]], means: 
             if lk is not None:
                 rr = lk["images"]["corr_target_mean"][c]
                 nc = lk["images"]["nearest_class"][c]
-                ax.set_title(f"r={rr:+.2f} → {nc}", fontsize=8, color="tab:green" if nc == c else "tab:red")
+                ax.set_title(f"r {rr:+.2f}\n→ {nc}", fontsize=7.5, color="tab:green" if nc == c else "tab:red")
             elif i == 0:
                 ax.set_title(f"class {c}", fontsize=8)
-        lab = label
+        lab = wrap_text(label, 1.2, 8)
         if lk is not None:
             s = lk["summary"]
             lab += f"\nmean r {s['corr_target_mean_mean']:+.2f}\nlooks like\ntarget {s['nearest_is_target_rate'] * 100:.0f}%"
-        axes[i, 0].set_ylabel(lab, fontsize=8, rotation=0, ha="right", va="center", labelpad=8)
+        axes[i, 0].set_ylabel(lab, fontsize=8, rotation=0, ha="right", va="center", labelpad=6)
     ref = next((lk for _, _, lk in rows if lk is not None), None)
     if ref is not None:
         rr = ref["reference_real_test_digits"]
@@ -214,8 +218,7 @@ def likeness_figure(rows: Sequence[tuple[str, np.ndarray, dict | None]], means: 
             f"r = correlation with the class-mean image (real test digits: mean {rr['corr_own_mean_mean']:.2f}, "
             f"5th percentile {rr['corr_own_mean_p05']:.2f}); → nearest class by r (green = the target)")
     if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+        fig.suptitle(wrap_text(title, fontsize=9), fontsize=9)
     return fig
 
 

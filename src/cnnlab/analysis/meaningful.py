@@ -715,8 +715,14 @@ def meaningful_experiment(model: nn.Module, images=None, labels=None, *, split=N
 # ---------------------------------------------------------------------------------------------
 
 def _plot(r: MeaningfulResult):
+    """Rows M, N, P, R: the marked input, the grey-patch maps k = 1…5 (under each: the lowest p and
+    what the patch there covers) and the black 3×3 drop map the rule uses; below, the rule's five
+    measurements. Designed 6.8 in wide: printed at full size, no text under 7 pt."""
     import matplotlib.pyplot as plt
+
+    from ..figures import FIG_WIDTH_IN, wrap_text
     names = ("M", "N", "P", "R")
+    roles = {"M": "model under test", "N": "shortcut control", "P": "digit-only control", "R": "untrained"}
     img = np.array(r.example["image"], dtype=np.float64) / 255.0
     t = r.example["label"]
     mimg = img.copy()
@@ -724,22 +730,26 @@ def _plot(r: MeaningfulResult):
     mimg[y0:y0 + MARKER, x0:x0 + MARKER] = 1.0
     region = digit_region(np.array(r.example["image"], dtype=np.uint8))
     pmask = grow(np.array(r.example["image"]) >= INK_LEVEL, MASK_GROW)
-    ncol = 2 + len(GREY_SIZES)
-    fig = plt.figure(figsize=(2.1 * ncol + 1.0, 14.0))
-    gs = fig.add_gridspec(7, ncol, height_ratios=[1, 1, 1, 1, 0.07, 0.2, 1.3], hspace=0.5, wspace=0.15,
-                          top=0.93, bottom=0.06, left=0.05, right=0.96)
-    first_occ = 0
+    ncol = 2 + len(GREY_SIZES)                  # input, grey maps, black drop map
+    fig = plt.figure(figsize=(FIG_WIDTH_IN, 8.4), layout="constrained")
+    gs = fig.add_gridspec(len(names) + 2, ncol + 1, width_ratios=[1.25] + [1] * ncol,
+                          height_ratios=[1] * len(names) + [0.25, 2.1])
+    im = None
     for row, name in enumerate(names):
         sub = r.subjects[name]
-        ax = fig.add_subplot(gs[row, 0])
+        lab = fig.add_subplot(gs[row, 0])
+        lab.axis("off")
+        lab.text(1.0, 0.5, f"{name}\n{wrap_text(roles[name], 0.9, 8)}\n{sub['verdict']}\n"
+                           f"p({t}) = {sub['grey']['base_prob']:.3f}",
+                 transform=lab.transAxes, ha="right", va="center", fontsize=8)
+        ax = fig.add_subplot(gs[row, 1])
         shown = mimg * pmask if (name == "P" and sub["role"].startswith("positive control: M on")) else mimg
         ax.imshow(shown, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.contour(region.astype(float), levels=[0.5], colors="#33ccff", linewidths=0.8)
-        ax.set_title(f"{name}: {sub['verdict']}\np({t}) = {sub['grey']['base_prob']:.3f}", fontsize=9)
-        ax.set_ylabel({"M": "model under test", "N": "shortcut control", "P": "digit-only control",
-                       "R": "untrained"}[name], fontsize=9)
         ax.set_xticks([]), ax.set_yticks([])
-        for j, k in enumerate(GREY_SIZES, start=1):
+        if row == 0:
+            ax.set_title("input", fontsize=8)
+        for j, k in enumerate(GREY_SIZES, start=2):
             ax = fig.add_subplot(gs[row, j])
             p = np.array(sub["grey"]["_maps"][k])
             c0 = (k - 1) / 2
@@ -749,33 +759,38 @@ def _plot(r: MeaningfulResult):
             ax.set_xlim(-0.5, 27.5), ax.set_ylim(27.5, -0.5)
             ax.set_xticks([]), ax.set_yticks([])
             st = sub["grey"]["patch_sizes"][str(k)]
-            ax.set_title(f"grey {k}×{k}: min p {st['min_prob']:.2f}\non {st['lowest_p_falls_on']}; "
-                         f"raises p at {st['positions_where_grey_raises_p']}", fontsize=7.5)
-        ax = fig.add_subplot(gs[row, ncol - 1])
+            ax.set_xlabel(f"{st['min_prob']:.2f}\n{st['lowest_p_falls_on']}", fontsize=7.5, labelpad=2)
+            if row == 0:
+                ax.set_title(f"grey {k}×{k}", fontsize=8)
+        ax = fig.add_subplot(gs[row, ncol])
         d = r.arrays[f"{name}_drops"]
+        scale = "none"
         if len(d):
-            dm = d[first_occ]
+            dm = d[0]
             P = dm.shape[0]
             c0 = (OCC_PATCH - 1) / 2
-            vmax = max(float(np.abs(dm).max()), 1e-12)
-            im2 = ax.imshow(dm, cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest",
-                            extent=(c0 - 1, c0 + (P - 1) * OCC_STRIDE + 1, c0 + (P - 1) * OCC_STRIDE + 1, c0 - 1))
-            fig.colorbar(im2, ax=ax, fraction=0.046, pad=0.02, format="%.2g")
+            vmax = max(float(np.abs(dm).max()), 1e-12)       # its own scale: red raises, blue lowers p
+            ax.imshow(dm, cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest",
+                      extent=(c0 - 1, c0 + (P - 1) * OCC_STRIDE + 1, c0 + (P - 1) * OCC_STRIDE + 1, c0 - 1))
+            scale = f"±{vmax:.2g}"
         ax.contour(region.astype(float), levels=[0.5], colors="k", linewidths=0.6)
         ax.set_xlim(-0.5, 27.5), ax.set_ylim(27.5, -0.5)
         ax.set_xticks([]), ax.set_yticks([])
         o = sub["occlusion"]
-        ax.set_title(f"black 3×3: drop of log p\nlargest on digit {o['largest_drop_on_digit']['rate']:.0%}"
-                     f" of {o['images']}", fontsize=7.5)
-    cax = fig.add_subplot(gs[4, 1:ncol - 1])
-    fig.colorbar(im, cax=cax, orientation="horizontal", label=f"p(class {t}) with a grey (0.5) patch centred there")
+        ax.set_xlabel(f"{scale}\ndigit {o['largest_drop_on_digit']['rate']:.0%}", fontsize=7.5, labelpad=2)
+        if row == 0:
+            ax.set_title("black 3×3\ndrop of log p", fontsize=8)
+    cax = fig.add_subplot(gs[len(names), 2:ncol])
+    if im is not None:
+        fig.colorbar(im, cax=cax, orientation="horizontal")
+    cax.set_xlabel(f"p(class {t}) with a grey (0.5) patch centred there", fontsize=8.5)
 
     items = [("digit alone:\naccuracy", "behaviour", "accuracy_digit_alone", ACC_MIN, "≥"),
              ("digit removed:\naccuracy", "behaviour", "accuracy_digit_removed", REMOVED_MAX, "≤"),
              ("marker moved:\nfollowed", "behaviour", "follows_moved_marker", FOLLOW_MAX, "≤"),
              ("largest drop\non the digit", "occlusion", "largest_drop_on_digit", HIT_MIN, "≥"),
              ("most drop mass\noff the digit", "occlusion", "most_drop_mass_off_digit", OFF_MAX, "≤")]
-    ax = fig.add_subplot(gs[6, :])
+    ax = fig.add_subplot(gs[len(names) + 1, :])
     width = 0.19
     colors = {"M": "C0", "N": "C3", "P": "C2", "R": "C7"}
     for si, name in enumerate(names):
@@ -789,19 +804,22 @@ def _plot(r: MeaningfulResult):
                             color="k", capsize=2, lw=0.8)
     for ii, (_, _, _, thr, op) in enumerate(items):
         ax.hlines(thr, ii - 0.45, ii + 0.45, colors="k", linestyles="--", lw=0.8)
-        ax.text(ii + 0.46, thr, f"{op}{thr:g}", fontsize=7, va="center")
-    ax.set_xticks(range(len(items)), [it[0] for it in items], fontsize=8.5)
+        ax.text(ii + 0.47, thr, f"{op}{thr:g}", fontsize=7.5, va="center",
+                bbox=dict(facecolor="white", edgecolor="none", pad=0.5))
+    ax.set_xticks(range(len(items)), [it[0] for it in items], fontsize=8)
+    ax.set_xlim(-0.55, len(items) - 0.2)
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("share of images (95% Wilson)")
-    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.002, 1.0), frameon=False)
+    ax.set_ylabel("share of images\n(95% Wilson)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     ax.grid(axis="y", alpha=0.3)
-    ax.set_title(f"the rule's measurements: {r.settings['n_behaviour']} images for behaviour, "
-                 f"{r.settings['n_occlusion']} for occlusion (dashed: thresholds on the interval bounds)",
-                 fontsize=9)
-    fig.suptitle(f"2.4 is the learning meaningful? verdict: {r.verdict.upper()}"
-                 f"{'' if r.controls_ok else ' (controls failed)'} — one marked test image (label {t}, "
-                 f"marker of class {t} in its slot; outline = 'the digit')\n"
-                 "rows: the model M, the shortcut control N, the digit-only control P, the untrained R; "
-                 "columns: the input, the assignment's grey-patch maps k = 1…5, the black-patch drop the rule uses",
-                 fontsize=10.5, y=0.985)
+    ax.set_title(wrap_text(f"the rule's measurements: {r.settings['n_behaviour']} images for behaviour, "
+                           f"{r.settings['n_occlusion']} for occlusion (dashed: thresholds on the interval bounds)",
+                           FIG_WIDTH_IN - 1.0, 9), fontsize=9)
+    fig.suptitle(wrap_text(
+        f"2.4 is the learning meaningful? verdict: {r.verdict.upper()}{'' if r.controls_ok else ' (controls failed)'}"
+        f" — one marked test image (label {t}, marker of class {t} in its slot; outline = 'the digit'). Rows: "
+        "the model M and the controls N, P, R; columns: the input, the assignment's grey-patch maps (under each: "
+        "the lowest p and what the patch there covers), the black-patch drop the rule uses (on its own scale, "
+        "red = the patch lowers log p; under it: the scale, and the share of the occluded images whose largest "
+        "drop is on the digit).", fontsize=9), fontsize=9)
     return fig

@@ -73,7 +73,7 @@ import torch
 from ..config import SIGMA
 from ..errors import ConfigError
 from ..output import as_output_dir
-from ._shared import check_int, check_number, check_targets, cost_figure, few_threads, frozen, initial_noise, pct
+from ._shared import ascent_grid, check_int, check_number, check_targets, cost_figure, few_threads, frozen, initial_noise, pct
 from .class_models import SynthesisResult
 from .verdict import Verdict
 
@@ -156,20 +156,18 @@ class NaturalSynthesisResult(SynthesisResult):
     def figure(self, likeness: dict | None = None):
         """The start and the class models with target, prediction and confidence (green:
         predicted as the target); with `likeness` (`digit_likeness`), r with the class mean."""
-        import matplotlib.pyplot as plt
+        from ..figures import wrap_text
         T = len(self.targets)
-        fig, axes = plt.subplots(1, T + 1, figsize=(1.45 * (T + 1), 2.15), squeeze=False)
-        axes = axes[0]
+        fig, axes = ascent_grid(T, title_lines=3 if likeness is not None else 2, suptitle_lines=3)
         axes[0].imshow(self.initial[0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        axes[0].set_title(f"start: noise 128 ± {self.params['sigma']:g}\nprojected on the prior", fontsize=7)
+        axes[0].set_title(f"start: noise\n128 ± {self.params['sigma']:g},\non the prior", fontsize=8)
         self.draw_targets(axes, self.images, [f"\nr = {likeness['images']['corr_target_mean'][i]:+.2f}"
                                               if likeness is not None else "" for i in range(T)])
         prm = self.params
-        fig.suptitle(f"{self.label}: X = clip(mean + PCA-{prm['components']}·w), Adam on w, "
-                     f"C = logits[target] − {prm['prior_weight']:g}·½‖w‖², {prm['steps']} steps — "
-                     f"{int((self.final_pred == self.targets).sum())}/{T} predicted as target, "
-                     f"min confidence {pct(float(self.final_prob.min()))}", fontsize=9)
-        fig.tight_layout()
+        fig.suptitle(wrap_text(f"{self.label}: X = clip(mean + PCA-{prm['components']}·w), Adam on w, "
+                               f"C = logits[target] − {prm['prior_weight']:g}·½‖w‖², {prm['steps']} steps — "
+                               f"{int((self.final_pred == self.targets).sum())}/{T} predicted as target, "
+                               f"min confidence {pct(float(self.final_prob.min()))}", fontsize=9), fontsize=9)
         return fig
 
     def cost_figure(self):
@@ -361,40 +359,41 @@ class ReadabilityResult:
         nearest training label and distance and the judge's prediction (green = passes), and the
         judges' counts at the end of each row."""
         import matplotlib.pyplot as plt
+
+        from ..figures import FIG_WIDTH_IN, wrap_text
         T = len(self.targets)
         n = len(self.rows)
-        fig = plt.figure(figsize=(1.25 * T + 3.3, 1.55 * n + 1.0))
-        gs = fig.add_gridspec(n, T + 1, width_ratios=[1] * T + [2.6], wspace=0.08, hspace=0.55)
+        cell = (FIG_WIDTH_IN - 1.3) / T
+        fig, axes = plt.subplots(n, T, figsize=(FIG_WIDTH_IN, n * (cell + 0.5) + 0.9), squeeze=False,
+                                 layout="constrained")
         for i, r in enumerate(self.rows):
             v = r.verdicts(self.targets, self.threshold)
             for j in range(T):
-                ax = fig.add_subplot(gs[i, j])
+                ax = axes[i, j]
                 ax.imshow(r.images[j], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
                 ax.set_xticks([]), ax.set_yticks([])
                 ok = bool(v["readable"][j])
                 for sp in ax.spines.values():
+                    sp.set_visible(True)
                     sp.set_color("tab:green" if ok else "tab:red")
                     sp.set_linewidth(2.0)
                 near = "tab:green" if v["near_training_digit"][j] else "tab:red"
-                ax.set_title(f"1NN {r.nn_label[j]} · {r.nn_distance[j]:.0f}", fontsize=7, color=near, pad=2)
-                ax.set_xlabel(f"judge: {r.judge_pred[j]}", fontsize=7, labelpad=2,
+                ax.set_title(f"NN {r.nn_label[j]}\n{r.nn_distance[j]:.0f}", fontsize=7.5, color=near, pad=2)
+                ax.set_xlabel(f"judge {r.judge_pred[j]}", fontsize=7.5, labelpad=2,
                               color="tab:green" if v["named_by_judge"][j] else "tab:red")
-                if j == 0:
-                    ax.set_ylabel(r.name, fontsize=9, rotation=0, ha="right", va="center", labelpad=6)
             c = self.counts(r.name)
-            ax = fig.add_subplot(gs[i, T])
-            ax.axis("off")
-            lines = [f"readable {c['readable']}/{c['n']}",
-                     f"  near a digit {c['near_training_digit']}/{c['n']}",
-                     f"  named by judge {c['named_by_judge']}/{c['n']}"]
+            lines = [r.name, f"readable {c['readable']}/{c['n']}", f"near {c['near_training_digit']}/{c['n']}",
+                     f"judge {c['named_by_judge']}/{c['n']}"]
             if "maker_min_prob" in c:
-                lines.append(f"maker min p {c['maker_min_prob']:.3f}")
-            ax.text(0.05, 0.5, "\n".join(lines), fontsize=8.5, va="center", family="monospace",
-                    color="tab:green" if c["readable"] >= 0.9 * c["n"] else "black")
-        fig.suptitle(f"Can a person read the class models? targets {', '.join(map(str, self.targets))} "
-                     f"(columns). Frame green = readable: nearest training image (title: its label · "
-                     f"distance) is the target and within {self.threshold:.0f} grey levels (95% of real test "
-                     f"digits are), and {self.judge_name} names the target (below).", fontsize=8.5, wrap=True)
+                lines.append(f"maker min p\n{c['maker_min_prob']:.3f}")
+            axes[i, 0].set_ylabel("\n".join(lines), fontsize=7.5, rotation=0, ha="right", va="center", labelpad=6,
+                                  color="tab:green" if c["readable"] >= 0.9 * c["n"] else "black")
+        fig.suptitle(wrap_text(
+            f"Can a person read the class models? Columns: targets {', '.join(map(str, self.targets))}. Over each "
+            f"image: the label of its nearest training image (NN) and their distance in grey levels, green when "
+            f"that label is the target and the distance is within {self.threshold:.0f} (95% of real test digits "
+            f"are); under it: what {self.judge_name} predicts, green when the target. Frame green = readable (both).",
+            fontsize=8.5), fontsize=8.5)
         return fig
 
     def save(self, directory) -> list[str]:

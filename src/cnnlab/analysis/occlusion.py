@@ -218,31 +218,41 @@ def occlusion(model: Net, image, target: int | None = None, patch_sizes: Sequenc
 
 
 def _plot_occlusion(res: OcclusionResult):
-    """Row 1: p(target) on the fixed 0–1 scale (the assignment's plot). Row 2: the drop
-    p(clean) − p(occluded) on its own scale, so that where the network looks stays visible even
-    when it is so confident that row 1 is flat."""
+    """Top: the image and how to read the maps. Row 1: p(target) on the fixed 0–1 scale (the
+    assignment's plot). Row 2: the drop p(clean) − p(occluded) on its own scale, so that where the
+    network looks stays visible even when it is so confident that row 1 is flat. Designed 6.8 in
+    wide: printed at full size, no text under 7 pt (the per-size numbers are in the report's table)."""
     import matplotlib.pyplot as plt
+
+    from ..figures import FIG_WIDTH_IN, wrap_text
     sizes = sorted(res.prob)
     n = len(sizes)
-    fig, axes = plt.subplots(2, n + 1, figsize=(2.7 * (n + 1) + 0.9, 6.4), squeeze=False,
-                             gridspec_kw={"hspace": 0.42, "wspace": 0.12})
-    ax = axes[0, 0]
+    ncol = max(n, 3)                            # room beside the image for the note, even for one size
+    fig = plt.figure(figsize=(FIG_WIDTH_IN, 1.9 + 1.75 * 2), layout="constrained")
+    gs = fig.add_gridspec(3, ncol, height_ratios=[1.05, 1, 1])
+    ax = fig.add_subplot(gs[0, 0])
     ax.imshow(res.image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    truth = f"true {res.label} · " if res.label is not None else ""
-    ax.set_title(f"{res.name}\n{truth}p({res.target}) = {res.base_prob:.4f}", fontsize=9)
-    ax.set(xlabel="x (pixel)", ylabel="y (pixel)")
-    axes[1, 0].axis("off")
+    truth = f"true {res.label}\n" if res.label is not None else ""
+    ax.set_title(f"{res.name}\n{truth}p({res.target}) = {res.base_prob:.4f}" if res.name else
+                 f"{truth}p({res.target}) = {res.base_prob:.4f}", fontsize=8.5)
+    ax.set_xticks([]), ax.set_yticks([])
     desc = res.descriptive()
     stroke = res._ink_and_digit()[1].astype(float)
     drops = {k: np.clip(res.base_prob - res.prob[k], 0, None) for k in sizes}
     dmax = max(float(d.max()) for d in drops.values()) or 1e-12
     fill = "training-mean" if res.fill_spec == "mean" else f"{res.fill:g}-valued"
-    axes[1, 0].text(0.0, 0.5, f"fill: {fill} patch\nstride {res.stride}\nlargest drop\n{dmax:.3g}\n\n"
-                    "bottom row: drop\np(clean) − p(occluded),\none scale for all sizes\n\n"
-                    "blue outline: the digit\n(largest ink component,\ngrown 1 px)",
-                    transform=axes[1, 0].transAxes, va="center", fontsize=8.5)
+    note = fig.add_subplot(gs[0, 1:])
+    note.axis("off")
+    note.text(0.0, 0.5, wrap_text(
+        f"A {fill} square patch of k×k pixels (stride {res.stride}) replaces the image under it; each map "
+        f"pixel is the patch's centre.\nMiddle row: p(class {res.target}) with the patch there (dark = the patch "
+        f"lowers p).\nBottom row: the drop p(clean) − p(occluded), one scale for all sizes (largest drop "
+        f"{dmax:.3g}); 'peak' = what the patch at the lowest p covers.\nBlue outline: the digit (largest ink "
+        f"component, grown 1 px).", FIG_WIDTH_IN * (ncol - 1) / ncol - 0.2, 8), transform=note.transAxes,
+        va="center", fontsize=8)
+    axes = np.array([[fig.add_subplot(gs[row, j]) for j in range(n)] for row in (1, 2)])
     ims: list = [None, None]
-    for j, k in enumerate(sizes, start=1):
+    for j, k in enumerate(sizes):
         p = res.prob[k]
         P = p.shape[0]
         # each value is drawn at the centre of its patch, so the maps line up with the image
@@ -257,18 +267,20 @@ def _plot_occlusion(res: OcclusionResult):
                        colors="#33ccff", linewidths=0.7)
             ax.set_xlim(-0.5, IMAGE_SIZE - 0.5)
             ax.set_ylim(IMAGE_SIZE - 0.5, -0.5)
-            ax.tick_params(labelsize=7)
-            if j > 1:
+            ax.set_xticks([0, 10, 20]), ax.set_yticks([0, 10, 20])
+            ax.tick_params(labelsize=7.5)
+            if j > 0:
                 ax.set_yticklabels([])
-        iy, ix = np.unravel_index(int(np.argmin(p)), p.shape)
-        axes[0, j].set_title(f"{k}×{k} patch: min p = {p.min():.3f}\nat centre "
-                             f"({ix * res.stride + c0:g}, {iy * res.stride + c0:g})", fontsize=9)
-        d = desc[k]
-        axes[1, j].set_title(f"drop {k}×{k}, peak: {d['lowest_p_falls_on']}\n"
-                             f"p raised at {d['positions_where_grey_raises_p']}/{d['positions']}", fontsize=9)
-        axes[1, j].set_xlabel("patch centre x", fontsize=8)
-    fig.colorbar(ims[0], ax=list(axes[0, 1:]), fraction=0.02, pad=0.01, label=f"p(class {res.target})")
-    fig.colorbar(ims[1], ax=list(axes[1, 1:]), fraction=0.02, pad=0.01, label="drop in p", format="%.2g")
-    fig.suptitle(f"occlusion: probability of class {res.target} as a {fill} patch slides over the image",
-                 fontsize=10)
+            if row == 0:
+                ax.set_xticklabels([])
+        axes[0, j].set_title(f"{k}×{k} patch\nmin p {p.min():.3f}", fontsize=8)
+        axes[1, j].set_title(f"drop, {k}×{k}\npeak: {desc[k]['lowest_p_falls_on']}", fontsize=8)
+    axes[1, n // 2].set_xlabel("patch centre x (pixel)")
+    axes[0, 0].set_ylabel("y (pixel)")
+    axes[1, 0].set_ylabel("y (pixel)")
+    fig.colorbar(ims[0], ax=list(axes[0]), fraction=0.03, pad=0.02, label=f"p(class {res.target})")
+    cb = fig.colorbar(ims[1], ax=list(axes[1]), fraction=0.03, pad=0.02, label="drop in p", format="%.2g")
+    cb.ax.locator_params(nbins=4)
+    fig.suptitle(wrap_text(f"occlusion: probability of class {res.target} as a {fill} patch slides over the image",
+                           fontsize=10), fontsize=10)
     return fig

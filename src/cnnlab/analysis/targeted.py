@@ -16,6 +16,7 @@ from ._shared import (
     AnalysisResult,
     AscentResult,
     ascend,
+    ascent_grid,
     check_int,
     check_number,
     check_targets,
@@ -115,10 +116,9 @@ class AdversarialResult(AscentResult):
         """Source, then one fake per target: target, prediction (confidence), MSE to the source
         and, with `likeness` from `digit_likeness`, which digit it looks like: the label of the
         most correlated training image (`nn_label`)."""
-        import matplotlib.pyplot as plt
+        from ..figures import wrap_text
         T = len(self.targets)
-        fig, axes = plt.subplots(1, T + 1, figsize=(1.45 * (T + 1), 2.35), squeeze=False)
-        axes = axes[0]
+        fig, axes = ascent_grid(T, title_lines=4 if likeness is not None else 3, suptitle_lines=3)
         axes[0].imshow(self.source, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         lab = f" (a {self.source_label})" if self.source_label is not None else ""
         axes[0].set_title(f"source{lab}", fontsize=8, fontweight="bold")
@@ -129,11 +129,10 @@ class AdversarialResult(AscentResult):
         self.draw_targets(axes, self.images, [f"\nMSE {self.mse[i]:.0f}" + (f"\nlooks like {likeness['images']['nn_label'][i]}"
                                                                           if likeness is not None else "") for i in range(T)])
         s = self.summary()
-        fig.suptitle(f"targeted fakes: C = logits[target] − β·MSE(X, source), β = {self.beta:g}, "
-                     f"{self.params['steps']} steps from {self.params['init']} — "
-                     f"{s['n_predicted_as_target']}/{T} fooled, mean RMSE to source "
-                     f"{s['mean_rmse_to_source']:.0f} grey levels", fontsize=9)
-        fig.tight_layout()
+        fig.suptitle(wrap_text(f"targeted fakes: C = logits[target] − β·MSE(X, source), β = {self.beta:g}, "
+                               f"{self.params['steps']} steps from {self.params['init']} — "
+                               f"{s['n_predicted_as_target']}/{T} fooled, mean RMSE to source "
+                               f"{s['mean_rmse_to_source']:.0f} grey levels", fontsize=9), fontsize=9)
         return fig
 
     def cost_figure(self):
@@ -211,13 +210,16 @@ class BetaSweepResult(AnalysisResult):
         """Left: fooling rate and resemblance (correlation with the source) against β. Right: the
         fakes, one row per β, one column per target."""
         import matplotlib.pyplot as plt
+
+        from ..figures import FIG_WIDTH_IN
         d = self.to_dict()["rows"]
         T = len(self.results[0].targets)
         nb = len(self.betas)
-        fig = plt.figure(figsize=(5.2 + 0.95 * (T + 1), max(3.8, 0.95 * nb + 1.0)))
-        outer = fig.add_gridspec(1, 2, width_ratios=[4.0, 0.95 * (T + 1)], wspace=0.22)
-        ax = fig.add_subplot(outer[0, 0])
-        gs = outer[0, 1].subgridspec(nb, T + 1, wspace=0.08, hspace=0.12)
+        cell = (FIG_WIDTH_IN - 0.8) / (T + 1)
+        fig = plt.figure(figsize=(FIG_WIDTH_IN, nb * (cell + 0.05) + 0.5 + 2.6), layout="constrained")
+        outer = fig.add_gridspec(2, 1, height_ratios=[nb * (cell + 0.05) + 0.3, 2.4])
+        ax = fig.add_subplot(outer[1])
+        gs = outer[0].subgridspec(nb, T + 1)
         xb = np.arange(nb)
         ax.plot(xb, [100 * r["fooling_rate_other_classes"] for r in d], "o-", color="tab:red",
                 label="fooled: pred = target (%)")
@@ -225,17 +227,17 @@ class BetaSweepResult(AnalysisResult):
                 label="looks like source: 100·corr")
         ax.plot(xb, [100 * r["mean_target_prob"] for r in d], "^--", color="tab:red", alpha=0.5, ms=4,
                 label="mean target prob (%)")
-        ax.set_xticks(xb, [f"{b:g}" for b in self.betas], rotation=45)
-        ax.set(xlabel="β (MSE in grey levels²)", ylim=(-5, 105),
-               title="fooling vs resemblance")
+        ax.set_xticks(xb, [f"{b:g}" for b in self.betas])
+        ax.set(xlabel="β (MSE in grey levels²)", ylabel="%", ylim=(-5, 105))
+        ax.set_title("fooling vs resemblance", fontsize=9.5)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1, frameon=False)
+        ax.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
         r0 = self.results[0]
         for i, (b, r) in enumerate(zip(self.betas, self.results)):
             a = fig.add_subplot(gs[i, 0])
             a.imshow(r.source, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
             a.set_xticks([]), a.set_yticks([])
-            a.set_ylabel(f"β={b:g}", fontsize=8, rotation=0, ha="right", va="center")
+            a.set_ylabel(f"β = {b:g}", fontsize=8, rotation=0, ha="right", va="center")
             if i == 0:
                 a.set_title("source", fontsize=8)
             for j in range(T):
@@ -249,8 +251,8 @@ class BetaSweepResult(AnalysisResult):
                     sp.set_linewidth(1.5)
                 if i == 0:
                     a.set_title(f"→ {int(r0.targets[j])}", fontsize=8)
-        fig.suptitle("β sweep: C = logits[target] − β·MSE(X, source); frame green = classified as target",
-                     fontsize=9)
+        fig.suptitle("β sweep: C = logits[target] − β·MSE(X, source)\nrows: β; columns: the target; "
+                     "frame green = classified as the target", fontsize=9)
         return fig
 
 

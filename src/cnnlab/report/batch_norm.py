@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..analysis.batch_norm import accuracy_verdict, time_verdict
+from ..analysis.batch_norm import accuracy_verdict, load_step_times, time_verdict, time_verdict_steps
 from ..figures import plot_bn_comparison
 from ..runs import open_run
 from ..stats import mcnemar, mean_std, paired_ci
 from ..train import evaluate, read_metrics
-from .base import Context, Section, fig_to_data_uri
+from .base import Context, Section, esc, fig_to_data_uri
 
 
 def _time_to_reach(metrics: list[dict], target: float) -> float | None:
@@ -60,7 +60,11 @@ def section_1_6(ctx: Context) -> Section:
     y = ctx.split.test_y
     mc = mcnemar((ev_p.predictions == y).tolist(), (ev_b.predictions == y).tolist())
     acc_v = sec.verdict(accuracy_verdict(acc_p, acc_b, mc))
-    time_v = sec.verdict(time_verdict(ep_p, ep_b, reach))
+    steps_p, steps_b = [load_step_times(r) for r in plain], [load_step_times(r) for r in bn]
+    if all(t is not None for t in steps_p + steps_b):
+        time_v = sec.verdict(time_verdict_steps(steps_p, steps_b, reach))
+    else:
+        time_v = sec.verdict(time_verdict(ep_p, ep_b, reach))
     d_pts = 100 * diff["mean"]
     over = f" over {p('1.6.seeds', n, '{}')} seeds (mean)" if n > 1 else ""
     accs = (f"{p.pct('1.6.acc_bn_mean', mb_)} with batch-normalization against {p.pct('1.6.acc_plain_mean', mp_)} "
@@ -73,14 +77,32 @@ def section_1_6(ctx: Context) -> Section:
         acc_text = (f"<b>Accuracy: not measurably</b>: {accs}, a difference of "
                     f"{p('1.6.acc_diff', d_pts, '{:+.2f}')} points that chance alone could produce"
                     + (" with one seed." if n == 1 else " across these seeds."))
-    per_epoch = time_v.key.split("/")[0]
     ratio = float(np.mean(ep_b) / np.mean(ep_p))
-    time_text = {"slower": "<b>Training time: yes</b>, it makes training slower",
-                 "faster": "<b>Training time: yes</b>, it makes training faster",
-                 "same": "<b>Training time: no</b> measurable change"}[per_epoch]
-    time_text += (f": an epoch takes {p('1.6.epoch_s_bn', float(np.mean(ep_b)), '{:.2f}')} s with and "
-                  f"{p('1.6.epoch_s_plain', float(np.mean(ep_p)), '{:.2f}')} s without batch-normalization "
-                  f"(×{p('1.6.epoch_ratio', ratio, '{:.2f}')}).")
+    tv = time_v.numbers
+    if "ci_low" in tv:          # the per-step rule: medians of every optimizer step, with an interval
+        per_step = time_v.key.split("/")[0]
+        head = {"slower": "<b>Training time: yes</b>, it makes training slower",
+                "faster": "<b>Training time: yes</b>, it makes training faster",
+                "same": "<b>Training time: no</b> measurable change",
+                "inconclusive": "<b>Training time: too close to call</b> on this machine"}[per_step]
+        time_text = (f"{head}: a training step takes {p('1.6.step_ms_bn', tv['step_ms_bn'], '{:.1f}')} ms with and "
+                     f"{p('1.6.step_ms_plain', tv['step_ms_plain'], '{:.1f}')} ms without batch-normalization "
+                     f"(×{p('1.6.step_ratio', tv['ratio'], '{:.2f}')}, median over every step; 95% interval "
+                     f"×{p('1.6.step_ratio_lo', tv['ci_low'], '{:.2f}')}–×{p('1.6.step_ratio_hi', tv['ci_high'], '{:.2f}')})"
+                     + (", so timing noise decides." if per_step == "inconclusive" else "."))
+        if tv.get("mean_disagrees"):
+            sec.evidence.append(
+                f"Comparing mean epoch times instead would have answered '{esc(tv['mean_key'])}' "
+                f"(×{p('1.6.epoch_ratio', ratio, '{:.2f}')}): a few slow stretches of the machine move a mean, "
+                f"while the median of thousands of steps ignores them.")
+    else:                       # a run trained before step times were recorded: mean epoch times
+        per_epoch = time_v.key.split("/")[0]
+        time_text = {"slower": "<b>Training time: yes</b>, it makes training slower",
+                     "faster": "<b>Training time: yes</b>, it makes training faster",
+                     "same": "<b>Training time: no</b> measurable change"}[per_epoch]
+        time_text += (f": an epoch takes {p('1.6.epoch_s_bn', float(np.mean(ep_b)), '{:.2f}')} s with and "
+                      f"{p('1.6.epoch_s_plain', float(np.mean(ep_p)), '{:.2f}')} s without batch-normalization "
+                      f"(×{p('1.6.epoch_ratio', ratio, '{:.2f}')}).")
     sec.answer.extend([acc_text, time_text])
     if n == 1:
         sec.evidence.append(
@@ -98,7 +120,7 @@ def section_1_6(ctx: Context) -> Section:
             f"training seconds for every seed (appendix).")
     sec.numbers = {"test_acc_plain": acc_p, "test_acc_bn": acc_b, "epoch_s_plain": ep_p, "epoch_s_bn": ep_b,
                    "reach": reach, "paired_diff": diff, "mcnemar_seed0": mc, "epoch_time_ratio": ratio,
-                   "acc_plain_sd": sp_, "acc_bn_sd": sb_}
+                   "acc_plain_sd": sp_, "acc_bn_sd": sb_, "time": time_v.numbers}
     ctx.results["batch_norm"] = sec.numbers
 
     fig = plot_bn_comparison([read_metrics(r.path / "metrics.csv") for r in plain],

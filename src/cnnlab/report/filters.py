@@ -6,7 +6,7 @@ import numpy as np
 
 from ..analysis import untrained_for_run
 from ..analysis.activations import receptive_fields
-from ..analysis.filters import filters, patterns_verdict
+from ..analysis.filters import filter_history, filters, patterns_verdict, what_filters_respond_to
 from .base import Context, Section, fig_to_data_uri
 
 
@@ -20,9 +20,9 @@ def section_filters(ctx: Context) -> list[Section]:
 
     s1 = Section("2.1", "conv1 filters", "Plot the conv1 layer filters. Do you observe interesting patterns?",
                  figures=[(fig_to_data_uri(f1.figure()),
-                           "The 32 learned 3×3 kernels of conv1 on one colour scale (red positive, blue negative, "
-                           "white 0), beside the same kernels before training; letters: E edge, B blob, L line "
-                           "detector.")])
+                           "The 32 learned 3×3 kernels of conv1 (red positive, blue negative, white 0), beside the "
+                           "same kernels before training, each on its own colour scale; letters: E edge, B blob, "
+                           "L line detector.")])
     v1 = s1.verdict(patterns_verdict(f1))
     t, u = f1.trained, f1.untrained_numbers
     tc, uc = t["class_counts"], u["class_counts"]
@@ -39,6 +39,37 @@ def section_filters(ctx: Context) -> list[Section]:
     if cos is not None:
         s1.answer.append(f"The kernels stay close to their random initial values (mean cosine similarity "
                          f"{p('2.1.cosine', cos, '{:.2f}')}, where 1 means unchanged in shape).")
+    hist = filter_history(ctx.best_run)
+    if hist is not None and hist.epochs >= 1:
+        h1 = hist.layers["conv1"]["mean_cosine_to_init"]
+        s1.answer.append(f"That holds for trained filters, not only for a short run: the mean cosine to the initial "
+                         f"kernels is {p('2.1.cosine_epoch1', h1[1], '{:.2f}')} after the first epoch and "
+                         f"{p('2.1.cosine_last', h1[-1], '{:.2f}')} after the last "
+                         f"({p('2.1.epochs', hist.epochs, '{}')}).")
+        s1.appendix_figures.append((fig_to_data_uri(hist.figure()),
+                                    "conv1 and conv2 epoch by epoch: the kernels at initialization and after each "
+                                    "epoch, and their mean cosine similarity to their initial values."))
+        ctx.results["filters"]["history"] = hist.to_dict()
+    n_img = min(3000, len(ctx.split.test_x))
+    resp = what_filters_respond_to(ctx.best_model, ctx.split.test_x[:n_img], top=100, reference=untrained)
+    rs, r0 = resp.summary, resp.reference_summary or {}
+    edges, edges0 = rs["patch_class_counts"]["edge"], (r0.get("patch_class_counts") or {}).get("edge")
+    resp_text = (f"What the kernels respond to tells more than their weights: averaged over the "
+                 f"{p('2.1.top', resp.top, '{}')} image patches that excite each kernel most, "
+                 f"{p('2.1.edge_patches', edges, '{}')} of the 32 kernels respond to an edge (a stroke's border "
+                 f"at some angle)")
+    if edges0 is not None:
+        resp_text += (f", against {p('2.1.edge_patches_init', edges0, '{}')} of the untrained kernels"
+                      + (": small random 3×3 kernels on handwriting already act as edge detectors, because "
+                         "neighbouring pixels of a stroke are strongly alike, so training had little to add."
+                         if edges - edges0 <= 3 else ": training made more of them edge detectors."))
+    else:
+        resp_text += "."
+    s1.evidence.append(resp_text)
+    s1.appendix_figures.append((fig_to_data_uri(resp.figure()),
+                                f"Each conv1 kernel beside the mean of the {resp.top} 3×3 test-image patches that excite "
+                                f"it most (from {n_img} test images), for the trained and the untrained network."))
+    ctx.results["filters"]["responses"] = resp.to_dict()
     s1.evidence.append(
         f"With one input channel and 3×3 kernels, conv1 can only compute local differences of brightness. The share "
         f"of the kernels' weight energy in smooth patterns (a constant plus a linear ramp: what an edge detector "
@@ -49,12 +80,14 @@ def section_filters(ctx: Context) -> list[Section]:
         f"before: {uc['edge']} edge, {uc['blob']} blob, {uc['line']} line, {uc['mixed']} mixed. Random 3×3 kernels "
         f"put {100 * (f1.chance_share.get('dc', 0) + f1.chance_share.get('gradient', 0)):.0f}% of their energy in "
         f"the smooth patterns on average.")
-    s1.numbers = {"trained": t, "untrained": u}
+    s1.numbers = {"trained": t, "untrained": u, "responses": resp.summary, "responses_untrained": resp.reference_summary,
+                  "history": hist.to_dict() if hist is not None else None}
 
     s2 = Section("2.2", "Filters of a higher layer (conv2)", "Plot filters of a higher layer. Compare it with conv1 layer filters.",
                  figures=[(fig_to_data_uri(f2.figure()),
-                           "conv2's kernels: each of the 32 filters has a 3×3 kernel for each of the 32 conv1 "
-                           "feature maps (1,024 in all).")])
+                           "For each of the 32 conv2 filters, its 6 strongest of 32 input-channel kernels (by "
+                           "norm), the input channel under each; below, what each filter's kernels are made of and "
+                           "how many input channels it uses.")])
     v2 = s2.verdict(patterns_verdict(f2, compare=f1))
     t2, u2 = f2.trained, f2.untrained_numbers
     eff = [float(k["effective_inputs"]) for k in f2.kernels if k.get("effective_inputs") is not None]
