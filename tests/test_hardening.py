@@ -1588,9 +1588,17 @@ def test_report_stopped_while_rendering_the_pdf_says_so_inside(tmp_path, capsys,
     _report_faked(monkeypatch, "none", signal.SIGINT)
     monkeypatch.setattr(B, "SECTIONS", [])
     monkeypatch.setattr(B, "render_pdf", lambda html, pdf: os.kill(os.getpid(), signal.SIGINT))
+    # the notebook's kernel is another process, which cannot see the faked data: keep it unexecuted
+    import nbformat
+
+    from cnnlab.notebook import dumps
+    from cnnlab.report.notebook import report_notebook
+    monkeypatch.setattr(B, "executed_notebook",
+                        lambda groups, out, data_dir: nbformat.reads(dumps(report_notebook(groups, data_dir)), 4))
     out = tmp_path / "R"
     rc, _, err = run_cli(["report", "--preset", "smoke", "--out", out], capsys)
-    assert rc == 130 and "the report is incomplete: only report.html, results.json, report.ipynb written" in err, err
+    assert rc == 130 and ("the report is incomplete: only report.html, results.json, report.ipynb, "
+                          "report-notebook.pdf written") in err, err
     assert not (out / "report.pdf").exists()
     html = (out / "report.html").read_text()
     assert 'class="incomplete"' in html and "interrupted before writing report.pdf" in html

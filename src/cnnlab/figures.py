@@ -35,9 +35,9 @@ def wrap_text(text: str, width_in: float = FIG_WIDTH_IN, fontsize: float = 9.0) 
 
 def plot_curves(metrics: list[dict], title: str = "") -> plt.Figure:
     """Training and validation loss, error, and validation accuracy against images seen."""
-    fig = plt.figure(figsize=(FIG_WIDTH_IN, 5.6), layout="constrained")
-    gs = fig.add_gridspec(2, 2)
-    axes = [fig.add_subplot(gs[0, 0]), fig.add_subplot(gs[0, 1]), fig.add_subplot(gs[1, :])]
+    # one row of three: short enough to sit under its answer on the first page of the report
+    fig = plt.figure(figsize=(FIG_WIDTH_IN, 2.9), layout="constrained")
+    axes = fig.subplots(1, 3)
     if not metrics:
         for ax in axes:
             ax.text(0.5, 0.5, "no logged points", ha="center", va="center", transform=ax.transAxes)
@@ -55,20 +55,20 @@ def plot_curves(metrics: list[dict], title: str = "") -> plt.Figure:
     ax.plot(x, get("train_loss"), "o-", ms=3, label="training")
     ax.plot(x, get("val_loss"), "s-", ms=3, label="validation")
     ax.set(title="loss (cross-entropy)", xlabel=xlabel, ylabel="nats", yscale="log")
-    ax.legend()
+    ax.legend(fontsize=8)
     ax = axes[1]
     ax.plot(x, 100 * get("train_error"), "o-", ms=3, label="training")
     ax.plot(x, 100 * get("val_error"), "s-", ms=3, label="validation")
     ax.set(title="classification error", xlabel=xlabel, ylabel="% wrong", yscale="log")
-    ax.legend()
+    ax.legend(fontsize=8)
     ax = axes[2]
     ax.plot(x, 100 * get("val_acc"), "s-", ms=3, color="C2")
     best = int(np.argmax(get("val_acc")))
-    ax.plot(x[best], 100 * get("val_acc")[best], "*", ms=12, color="C3", label=f"best {100 * get('val_acc')[best]:.2f}%")
+    ax.plot(x[best], 100 * get("val_acc")[best], "*", ms=10, color="C3", label=f"best {100 * get('val_acc')[best]:.2f}%")
     ax.set(title="validation accuracy", xlabel=xlabel, ylabel="%")
     lo = max(90.0, 100 * float(np.nanmin(get("val_acc"))) - 0.5)
     ax.set_ylim(lo, 100)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=8)
     for ax in axes:
         ax.grid(alpha=0.3)
     if title:

@@ -3,14 +3,13 @@
 Two notebooks are built here:
 - notebooks/assignment.ipynb (`assignment_notebook()`, written by tools/make_notebook.py): trains
   its own networks and answers every question with the analysis API, committed without outputs;
-- a report's report.ipynb (`cnnlab.report.notebook`): answers every question from the report's
-  runs, with the report's outputs already in place.
+- a report's report.ipynb (`cnnlab.report.notebook`): the code behind every answer of the report,
+  run on the report's networks and executed when the report is written.
 
-Both share the cells that do not depend on where the runs come from (the title's Colab note, the
-explorer widget, the closing "whole report in one command" note). The notebook JSON is written by
-hand (nbformat 4.5: cells with ids) so that writing a report needs no Jupyter packages; cell ids
-are derived from the notebook name and cell position, so the same cells give the same file byte
-for byte (tests/test_notebook.py regenerates the committed notebook and compares).
+Both share the title's Colab note. The notebook JSON is built by hand (nbformat 4.5: cells with
+ids, no Jupyter package needed to build it); cell ids are derived from the notebook name and cell
+position, so the same cells give the same file byte for byte (tests/test_notebook.py regenerates
+the committed notebook and compares). Executing report.ipynb needs nbclient and ipykernel.
 """
 
 from __future__ import annotations
@@ -61,9 +60,11 @@ class Cells:
         self.cells.append({"cell_type": "markdown", "id": self._id(), "metadata": {},
                            "source": _lines(text.strip())})
 
-    def code(self, source: str, outputs: list[dict] | None = None) -> None:
+    def code(self, source: str, outputs: list[dict] | None = None, name: str | None = None) -> None:
+        """A code cell; `name` (e.g. "2.4 occlusion map") is kept in its metadata, for error messages."""
         outputs = outputs or []
-        self.cells.append({"cell_type": "code", "execution_count": None, "id": self._id(), "metadata": {},
+        self.cells.append({"cell_type": "code", "execution_count": None, "id": self._id(),
+                           "metadata": {"cnnlab": {"cell": name}} if name else {},
                            "outputs": outputs, "source": _lines(source.strip())})
 
     def notebook(self) -> dict[str, Any]:

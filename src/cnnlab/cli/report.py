@@ -10,7 +10,7 @@ from .common import int_range, out_path
 
 def register(sub) -> None:
     p = sub.add_parser("report", help="train, analyse and write the full report (HTML, PDF, notebook, results.json)",
-                       description="Train the network with and without batch-normalization, run every analysis on the best model and write DIR/report.html, DIR/report.pdf, DIR/report.ipynb (the same answers as a notebook that re-runs in place) and DIR/results.json.")
+                       description="Train the network with and without batch-normalization, run every analysis on the best model and write DIR/report.html, DIR/report.pdf, DIR/report.ipynb (the code behind every answer, executed) with its PDF DIR/report-notebook.pdf, and DIR/results.json.")
     p.add_argument("--out", type=out_path, default=Path("reports/latest"),
                    help="output folder (default reports/latest); must be absent or empty unless --overwrite")
     p.add_argument("--overwrite", action="store_true",

@@ -12,9 +12,10 @@ One module per part, in the assignment's order (the list is `build.SECTIONS`):
     targeted.py      3.2           targeted fakes
     robustness.py    4.1           FGSM/PGD robustness (beyond the assignment)
 
-`base.py` holds what sections share (Context, Section, the printed-number registry); `build.py`
-trains the runs, calls the sections and renders HTML and PDF; `notebook.py` writes report.ipynb,
-one cell per section builder, which re-runs in place (`open_report`, `show`).
+`base.py` holds what sections share (Context, Section, the printed-number registry, the glossary);
+`build.py` trains the runs, calls the sections and renders HTML and PDF; `notebook.py` writes
+report.ipynb, the code behind every answer (the source of the function cnnlab ran, run on the
+report's networks and checked against results.json), executes it in a kernel and renders its PDF.
 """
 
 from .build import SECTIONS, build_report

@@ -56,6 +56,7 @@ def section_anatomy(ctx: Context) -> list[Section]:
                  "How many neurons does your network have? How many of these are in the fully connected "
                  "layers and how many are in the convolutional layers?")
     n, q = plain.neurons, plain.neurons_with_pooling
+    per_unit = [r["output_shape"][0] for r in plain.layers if r["kind"] in ("conv", "fc")]   # filters and fc units
     s5.answer.append(f"Counting a neuron as one output value of a layer with weights: "
                      f"<b>{p('1.5.total', n['total'], '{:,}')}</b> neurons, "
                      f"{p('1.5.conv', n['conv'], '{:,}')} in the convolutional layers (32×28×28 + 32×14×14) and "
@@ -63,6 +64,6 @@ def section_anatomy(ctx: Context) -> list[Section]:
     s5.evidence.append(f"A convolutional neuron is one position of one feature map; all positions of a map share "
                        f"its 3×3 kernel. Counts differ with the convention: counting the pooling outputs as neurons "
                        f"too gives {p('1.5.with_pool', q['total'], '{:,}')}, and counting one neuron per filter "
-                       f"gives 32 + 32 + 500 + 10 = 574.")
-    s5.numbers = {"neurons": n, "neurons_with_pooling": q}
+                       f"gives {' + '.join(str(c) for c in per_unit)} = {p('1.5.per_filter', sum(per_unit), '{}')}.")
+    s5.numbers = {"neurons": n, "neurons_with_pooling": q, "one_per_filter": sum(per_unit)}
     return [s3, s4, s5]

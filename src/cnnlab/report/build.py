@@ -29,8 +29,8 @@ from ..output import OutputDir, atomic_write_bytes
 from ..runs import open_run, versions
 from ..train import on_stop_signals, train
 from . import activations, anatomy, batch_norm, class_models, filters, occlusion, robustness, targeted, training
-from .base import ASSIGNMENT, Context, Printed, Section
-from .notebook import NOTEBOOK, report_notebook
+from .base import ASSIGNMENT, GLOSSARY, Context, Printed, Section
+from .notebook import NOTEBOOK, NOTEBOOK_PDF, NotebookError, executed_notebook, notebook_pdf
 
 # The report's sections in the assignment's order; each builder returns a Section or a list of them.
 SECTIONS: list[Callable[[Context], Any]] = [
@@ -88,10 +88,10 @@ def _train_all(out: Path, preset_name: str, seeds: int, split, overrides: dict, 
     return runs
 
 
-REPORT_FILES = ("report.html", "results.json", "report.pdf", "report.ipynb")
+REPORT_FILES = ("report.html", "results.json", "report.ipynb", "report-notebook.pdf", "report.pdf")   # in the order written
 
 
-def build_report(out: str | Path = "reports/latest", preset: str = "quick", seeds: int = 1,
+def build_report(out: str | Path = "reports/latest", preset: str = "standard", seeds: int = 1,
                  data_dir: str | None = None, log: Callable[[str], None] | None = None,
                  train_overrides: dict | None = None, analysis: AnalysisConfig | None = None,
                  pdf: bool = True, command: str | None = None, overwrite: bool = False) -> dict:
@@ -115,7 +115,7 @@ def build_report(out: str | Path = "reports/latest", preset: str = "quick", seed
         try:
             return _build_report(d, preset, seeds, data_dir, log, train_overrides, analysis, pdf, command)
         except Interrupted as e:
-            expected = [n for n in REPORT_FILES if pdf or n != "report.pdf"]
+            expected = [n for n in REPORT_FILES if pdf or not n.endswith(".pdf")]
             written = [n for n in expected if (d.path / n).is_file()]
             missing = [n for n in expected if n not in written]
             what = ("every report file was written before the stop" if not missing else
@@ -127,10 +127,10 @@ def build_report(out: str | Path = "reports/latest", preset: str = "quick", seed
             raise Interrupted(e.signum, f"{e.message + '; ' if e.message else ''}{what}{runs}") from None
 
 
-def _mark_incomplete(d: OutputDir, missing: list[str]) -> None:
+def _mark_incomplete(d: OutputDir, missing: list[str], why: str = "it was interrupted") -> None:
     """Say inside report.html and results.json that the report stopped before `missing` were written
     (they were complete when written; only the stop after them is news)."""
-    note = f"This report is incomplete: it was interrupted before writing {', '.join(missing)}."
+    note = f"This report is incomplete: {why} before writing {', '.join(missing)}."
     html = (d.path / "report.html").read_text(encoding="utf-8")
     if "<body>" in html and 'class="incomplete"' not in html:
         d.write_text("report.html", html.replace("<body>", f'<body>\n<p class="incomplete" role="alert"><strong>'
@@ -209,13 +209,23 @@ def _build_report(d: OutputDir, preset: str, seeds: int, data_dir: str | None,
     ctx.results["verdicts"] = {v.id: v.to_dict() for s in sections for v in s.verdicts}
     # how each figure reads at print size (tests hold every figure to ≥ 7 pt with no overlapping text)
     ctx.results["figures"] = [{"section": s.id, "caption": re.sub(r"<[^>]+>", "", cap)[:80],
-                               **getattr(uri, "legibility", {})} for s in sections for uri, cap in s.figures]
+                               **getattr(uri, "legibility", {})}
+                              for s in sections for uri, cap in [*s.figures, *s.appendix_figures]]
     html_text = render_html(sections, ctx)
     d.write_text("report.html", html_text)
     d.write_json("results.json", ctx.results)
-    # Re-runs in place: its cells call the same builders on the runs above (see report/notebook.py).
-    stages.run("write the notebook report.ipynb",
-               lambda: d.write_text(NOTEBOOK, dumps(report_notebook(by_builder, data_dir))))
+    # The code behind every answer, executed now in a kernel of this Python with the report folder as its
+    # working directory (see report/notebook.py); a failed cell stops the report, and the files above say so.
+    try:
+        notebook = stages.run("run the notebook report.ipynb", lambda: executed_notebook(by_builder, out, data_dir))
+    except NotebookError:
+        _mark_incomplete(d, [n for n in (NOTEBOOK, NOTEBOOK_PDF, "report.pdf") if pdf or not n.endswith(".pdf")],
+                         why="its notebook failed to run")
+        raise
+    d.write_text(NOTEBOOK, dumps(notebook))
+    if pdf:
+        stages.run(f"render the notebook's PDF {NOTEBOOK_PDF}", lambda: notebook_pdf(notebook, d.target(NOTEBOOK_PDF), out))
+        d.record(NOTEBOOK_PDF)
     if pdf:
         stages.run("render the PDF (WeasyPrint)", lambda: render_pdf(out / "report.html", d.target("report.pdf")))
         d.record("report.pdf")
@@ -238,7 +248,13 @@ def render_html(sections: list[Section], ctx: Context) -> str:
     sections = sorted(sections, key=lambda s: [int(x) for x in s.id.split(".") if x.isdigit()] or [99])
     tpl = env.get_template("report.html.j2")
     prov = ctx.results["provenance"]
+    best = ctx.best_run
+    best_text = (f"Parts 2 and 3 use the network with the highest validation accuracy, as the assignment asks: the "
+                 f"{'batch-norm' if best.batch_norm else 'plain'} network {best.name} "
+                 f"({100 * best.info['best']['val_accuracy']:.2f}% validation, "
+                 f"{100 * best.info['test']['accuracy']:.2f}% test accuracy).")
     return tpl.render(title="cnnlab report", assignment=ASSIGNMENT, sections=sections, prov=prov,
+                      glossary=GLOSSARY, best_text=best_text,
                       results=ctx.results, stage_seconds=ctx.results["stage_seconds"],
                       total_seconds=ctx.results["total_seconds"])
 

@@ -104,8 +104,7 @@ def section_1_2(ctx: Context) -> Section:
                                               f"and the plain network's prediction and confidence; wrong ones in red."))
     sec.answer.append(f"The figure shows {p('1.2.n', n, '{}')} random test images with their true and predicted "
                       f"labels. The plain network of 1.1 gets {p('1.2.wrong', n_wrong, '{}')} of all 10,000 test "
-                      f"images wrong; the appendix shows the first of them: most are digits a person could also "
-                      f"misread.")
+                      f"images wrong; the appendix shows the first of them.")
     wrong = torch.nonzero(wrong_mask).flatten()[:16]
     probs = ev.probs if ev.probs is not None else torch.ones(len(ev.predictions), 1)   # kept: keep_probs=True
     if len(wrong):
