@@ -436,3 +436,19 @@ def test_each_answer_is_short_and_states_one_answer(report_dir):
     # the rules live in the appendix, not in the answers
     main = html.split('id="end-of-answers"')[0]
     assert 'class="rule"' not in main and 'class="rule"' in html
+
+
+def test_the_default_report_trains_long_enough_for_its_curves():
+    """`make demo` and `cnnlab report` use the standard preset: ≥ 5 epochs, ≥ 20 logged points."""
+    import inspect
+
+    from cnnlab.config import preset
+    from cnnlab.report.build import build_report as br
+    demo = next(line for line in (Path(__file__).parents[1] / "Makefile").read_text().splitlines()
+                if "cnnlab report" in line)
+    assert "--preset standard" in demo
+    assert inspect.signature(br).parameters["preset"].default == "standard"
+    cfg = preset("standard")
+    steps_per_epoch = -(-50_000 // cfg.batch_size)
+    points = cfg.epochs * (steps_per_epoch // max(1, steps_per_epoch // 4))
+    assert cfg.epochs >= 5 and points >= 20

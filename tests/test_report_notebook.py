@@ -184,6 +184,7 @@ def test_a_failed_notebook_leaves_the_report_marked_incomplete(report_dir, tmp_p
     assert 'class="incomplete"' in (out / "report.html").read_text(encoding="utf-8")
     info = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert info["incomplete"]["missing"] == ["report.ipynb", "report-notebook.pdf", "report.pdf"]
+    assert "its notebook failed to run before writing report.ipynb" in info["incomplete"]["note"]
 
 
 # ---------------------------------------------------------------------------------------------
