@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -283,6 +284,110 @@ def test_uncertainty_rule_against_hand_computed_margins():
 
 
 # ---------------------------------------------------------------------------------------------
+# Every rate the page quotes is measured on the runs it shows
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def smoothed_run(mnist_split, tmp_path_factory) -> Path:
+    """A run of the quick preset as shipped (label smoothing 0.1), one epoch."""
+    from cnnlab.config import preset
+    from cnnlab.train import train
+    out = tmp_path_factory.mktemp("runs") / "smoothed"
+    train(preset("quick", epochs=1), out, split=mnist_split, progress=False, log=lambda s: None)
+    return out
+
+
+def non_digit_images() -> np.ndarray:
+    """The shipped drawings of non-digits, read from the package file itself."""
+    with np.load(Path(explore.__file__).parent / "static" / "non_digits.npz", allow_pickle=False) as z:
+        return z["images"]
+
+
+def direct_measurements(run: Path, test_x: torch.Tensor, eps: float) -> dict:
+    """The oracle: the run's weights, every 5th test image and the shipped non-digits, softmax in
+    float64, the unsure rule written out: (p1 − p2) / (1 − ε) < 0.5."""
+    model = load_weights(run / "model.safetensors").eval()
+
+    def probs(u8: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return torch.softmax(model(torch.from_numpy(u8).float().div(255).reshape(-1, 1, 28, 28)).double(), 1).numpy()
+    out = {}
+    for name, u8 in [("test", test_x[::5].numpy()), ("non_digits", non_digit_images())]:
+        s = np.sort(probs(u8), 1)
+        flagged = (s[:, -1] - s[:, -2]) / (1 - eps) < 0.5
+        out[name] = {"n": len(s), "unsure": int(flagged.sum()), "top": s[:, -1]}
+    return out
+
+
+def quoted_numbers(text: str) -> list[str]:
+    """Every number a sentence quotes ('2,000', '91%', '>99.9%', '0.5', '13')."""
+    return re.findall(r"[<>]?\d[\d,]*(?:\.\d+)?%?", text)
+
+
+def test_quoted_rates_are_measured_on_each_loaded_run(mnist_run, smoothed_run, mnist_dir, mnist_split):
+    """The page's sentences on confidence and on the unsure rule quote only numbers measured on
+    the loaded runs: two runs, one without and one with label smoothing, each gets its own, equal
+    to a direct computation on that run's test images and on the shipped non-digit drawings."""
+    app = explore.create_app([mnist_run, smoothed_run], data_dir=mnist_dir)
+    with TestClient(app) as c:
+        r = c.post("/api/calibration", json={})
+        assert r.status_code == 200, r.text
+        cal = r.json()
+        assert c.get("/api/info").json()["calibration"] == cal      # what the page reads at load
+    n_nd = len(non_digit_images())
+    assert 40 <= n_nd <= 60
+    allowed = {"1", "2", "10", "0.5", "100%"}           # (p1 − p2) / (1 − ε) < 0.5; 1 − ε + ε/10
+    for got, run, eps in zip(cal["runs"], [mnist_run, smoothed_run], [0.0, 0.1]):
+        d = direct_measurements(run, mnist_split.test_x, eps)
+        assert got["label_smoothing"] == eps and got["unsure_margin"] == 0.5
+        t, nd = got["test"], got["non_digits"]
+        assert (t["n"], t["of"], t["step"]) == (2000, 10000, 5)
+        assert t["unsure"] == d["test"]["unsure"] and t["unsure_rate"] == pytest.approx(d["test"]["unsure"] / 2000)
+        top = d["test"]["top"]
+        assert t["top_prob"]["median"] == pytest.approx(np.median(top), abs=1e-5)
+        assert t["top_prob"]["p10"] == pytest.approx(np.quantile(top, 0.1), abs=1e-5)
+        assert t["top_prob"]["max"] == pytest.approx(top.max(), abs=1e-6)
+        assert (nd["n"], nd["unsure"]) == (n_nd, d["non_digits"]["unsure"])
+        assert nd["top_prob"]["median"] == pytest.approx(np.median(d["non_digits"]["top"]), abs=1e-5)
+        expected = {f"{t['n']:,}", f"{t['of']:,}", str(t["step"]), str(nd["n"]), str(nd["unsure"]),
+                    str(nd["n"] - nd["unsure"]), f"{t['unsure']:,}", explore.pct(t["unsure_rate"]),
+                    explore.pct(t["top_prob"]["median"]), explore.pct(t["top_prob"]["max"]),
+                    explore.pct(nd["top_prob"]["median"]), explore.pct(nd["top_prob"]["max"])}
+        if eps:
+            target = 1 - eps + eps / 10
+            above = int((top > target).sum())
+            assert t["above_target"] == {"threshold": pytest.approx(target), "count": above, "rate": pytest.approx(above / 2000)}
+            expected |= {f"{eps:g}", explore.pct(target), explore.pct(above / 2000)}
+        else:
+            assert t["above_target"] is None
+            expected.add(explore.pct(t["top_prob"]["p10"]))
+        name = run.name
+        conf = [s for s in cal["notes"]["confidence"] if s.startswith(name + ": ")]
+        unsure = [s for s in cal["notes"]["unsure"] if s.startswith(f"On {name}, ")]
+        assert len(conf) == 1 and len(unsure) == 1, cal["notes"]
+        for sentence in conf + unsure:
+            stray = set(quoted_numbers(sentence.split(": ", 1)[1] if sentence.startswith(name + ": ") else sentence))
+            assert stray <= expected | allowed, (sentence, stray - expected - allowed)
+        assert f"{nd['unsure']} of the {nd['n']} non-digit drawings" in unsure[0]
+        assert explore.pct(t["unsure_rate"]) in unsure[0]
+        assert ("label smoothing ε = 0.1" in conf[0]) == bool(eps)
+    # a second explorer on the same weights reads the measurements from the cache: no test set load
+    again = explore.Explorer([mnist_run, smoothed_run], data_dir=mnist_dir)
+    assert again.calibrated() == cal and again._test is None
+
+
+def test_the_page_quotes_no_fixed_rates():
+    """No rate or ceiling is written into the page: the measured sentences come from the app."""
+    static = Path(explore.__file__).parent / "static"
+    for name in ("explore.js", "explore.html"):
+        text = (static / name).read_text(encoding="utf-8")
+        # the only fixed percentages: the 0–100% probability scales and pct()'s bounds
+        assert set(re.findall(r"\d+(?:\.\d+)?\s?%", text)) <= {"0%", "100%", "99.9%", "0.1%"}, name
+        for phrase in ("in 10 ", "tops out", "about half", "quick runs"):
+            assert phrase not in text, (name, phrase)
+
+
+# ---------------------------------------------------------------------------------------------
 # The trained weights never change; beliefs are cached in the run directory
 # ---------------------------------------------------------------------------------------------
 
@@ -463,7 +568,7 @@ def test_in_chromium(mnist_run, mnist_dir, tmp_path):
             errors_before = [c for c in console if c[0] == "error"]
             page.set_input_files("#upload", files=[{"name": "notes.txt", "mimeType": "text/plain",
                                                     "buffer": b"not a picture at all"}])
-            wait_until(page, "document.getElementById('message').className === 'error'")
+            wait_until(page, "document.getElementById('message').classList.contains('error')")
             msg = page.locator("#message").inner_text()
             assert msg.startswith("Upload rejected") and re.search(r"not an? (readable )?image", msg)
             page.click("#clear")
@@ -644,13 +749,9 @@ def test_clear_new_input_and_brush(two_run_server, browser):
 
 
 @pytest.fixture(scope="module")
-def smoothed_server(two_run_server, mnist_split, mnist_dir, tmp_path_factory):
-    """A run of the quick preset as shipped (label smoothing 0.1), one epoch."""
-    from cnnlab.config import preset
-    from cnnlab.train import train
-    out = tmp_path_factory.mktemp("runs") / "smoothed"
-    train(preset("quick", epochs=1), out, split=mnist_split, progress=False, log=lambda s: None)
-    proc, url = start_server_runs([out], mnist_dir)
+def smoothed_server(two_run_server, smoothed_run, mnist_dir):
+    """The explorer on a run of the quick preset as shipped (label smoothing 0.1)."""
+    proc, url = start_server_runs([smoothed_run], mnist_dir)
     yield url
     proc.terminate()
     proc.wait(timeout=20)
@@ -665,9 +766,18 @@ def test_unsure_cue_on_drawings_of_non_digits(smoothed_server, browser):
     page.goto(smoothed_server)
     page.wait_for_selector("#cnnlab-explore[data-ready='1']")
     assert "(p1 − p2) / (1 − ε) < 0.5" in page.locator("#unsure-rule").inner_text()
-    # the quick preset's label smoothing 0.1, read from run.json: 1 − 0.1 + 0.01 = 91%
-    assert "label smoothing ε = 0.1" in page.locator("#confidence-note").inner_text()
-    assert "91%" in page.locator("#confidence-note").inner_text()
+    # the notes quote what the app measured on this run (test_quoted_rates_are_measured_on_each_
+    # loaded_run checks those numbers against a direct computation), once it has measured them
+    wait_until(page, "document.querySelector('.cnnlab-explore').dataset.calibrated === '1'", 120)
+    with urllib.request.urlopen(smoothed_server + "api/info") as r:
+        cal = json.load(r)["calibration"]
+    (conf,), (unsure,) = cal["notes"]["confidence"], cal["notes"]["unsure"]
+    assert page.locator("#confidence-note").inner_text() == conf
+    assert page.locator("#unsure-rule").inner_text().endswith(unsure)
+    # the quick preset's label smoothing 0.1, read from run.json: 1 − 0.1 + 0.01 = 91%, a target
+    assert "label smoothing ε = 0.1" in conf and "91%" in conf
+    assert explore.pct(cal["runs"][0]["test"]["above_target"]["rate"]) in conf
+    assert explore.pct(cal["runs"][0]["test"]["unsure_rate"]) in unsure
     seen = {}
     for name, strokes in [("1", DIGITS["1"]), ("7", DIGITS["7"]), ("E", LETTERS["E"]), ("X", LETTERS["X"]),
                           ("hash", SHAPES["hash"]), ("zigzag", SHAPES["zigzag"])]:
@@ -682,4 +792,41 @@ def test_unsure_cue_on_drawings_of_non_digits(smoothed_server, browser):
         assert seen[name] == (rel < 0.5) or abs(rel - 0.5) < 5e-3, (name, cue, probs)
     assert not seen["1"] and not seen["7"], seen
     assert sum(seen[k] for k in ("E", "X", "hash", "zigzag")) >= 2, seen
+    page.close()
+
+
+def shrunk(strokes, k: float = 0.15):
+    """The same drawing k times as large, around the canvas centre (a tiny digit)."""
+    return [[(140 + k * (x - 140), 140 + k * (y - 140)) for x, y in s] for s in strokes]
+
+
+@pytest.mark.browser
+def test_blob_warning_is_never_beside_a_clear_winner(two_run_server, browser):
+    """A drawing too small for its brush gets the blob warning; then neither run's cue may call
+    the prediction a clear winner (a tiny 2 once showed '8 61.3% clear winner' under it)."""
+    from drawings import DIGITS, dots
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(two_run_server)
+    page.wait_for_selector("#cnnlab-explore[data-ready='1']")
+    small = {"dot": list(dots().values())[0], **{f"tiny {d}": shrunk(DIGITS[d]) for d in "2714"}}
+    sure_by_margin = []
+    for name, strokes in small.items():
+        page.click("#clear")
+        draw_at(page, strokes)
+        wait_for_prediction(page)
+        assert page.locator("#warning").is_visible() and "blob" in page.locator("#warning").inner_text(), name
+        for i in range(2):
+            cue = page.locator(f"[data-testid=cue-{i}]")
+            assert "clear winner" not in cue.inner_text(), (name, i, cue.inner_text())
+            assert "unsure" in cue.get_attribute("class").split(), (name, i)
+            margin = float(re.search(r"margin ([\d.]+)", cue.get_attribute("title")).group(1))
+            sure_by_margin.append(margin >= 0.5)
+    # the case that matters: blobs the margin rule alone would have called a clear winner
+    assert any(sure_by_margin), sure_by_margin
+    # control: a full-size digit gets no warning, and its clear margin is called a clear winner
+    page.click("#clear")
+    draw_at(page, DIGITS["7"])
+    wait_for_prediction(page)
+    assert page.locator("#warning").is_hidden()
+    assert page.locator("[data-testid=cue-0]").inner_text() == "clear winner"
     page.close()

@@ -266,7 +266,7 @@ def test_readable_each_way(plain, natural, key):
     assert v.key == key
     assert v.answer.startswith({"readable": "Yes", "partly readable": "Only partly", "not readable": "No"}[key.split("/")[0]])
     assert (v.numbers["shown_by"] == "natural") == key.endswith("/shown")
-    assert "1550 grey levels" in v.answer and "a plain network of seed 1" in v.answer
+    assert "at most 55 grey levels per pixel (root-mean-square)" in v.answer and "a plain network of seed 1" in v.answer
 
 
 def test_readable_one_row_and_bad_input():

@@ -4,6 +4,7 @@ where Chromium, Playwright or JupyterLab is missing)."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -36,6 +37,17 @@ def tiny_run(mnist_split, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def tiny_run2(mnist_split, tmp_path_factory) -> Path:
+    """Another run: the smoke preset with label smoothing and another seed (the learner's own
+    run beside the report's)."""
+    from cnnlab.config import preset
+    from cnnlab.train import train
+    out = tmp_path_factory.mktemp("runs") / "learner"
+    train(preset("smoke", seed=1, label_smoothing=0.1), out, split=mnist_split, progress=False, log=lambda s: None)
+    return out
+
+
 def test_widget_answers_like_the_server(tiny_run, mnist_dir):
     """The widget's message handler and the HTTP route both call Explorer.request: same answer."""
     w = widget.widget(tiny_run, data_dir=mnist_dir)
@@ -54,22 +66,140 @@ def test_widget_answers_like_the_server(tiny_run, mnist_dir):
     assert 'id="cnnlab-explore"' in w._html and "<html" not in w._html
 
 
+def need_chromium():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"Debian's Chromium is not installed at {CHROMIUM}: apt-get install chromium (CI's .ci/run does)")
+    return pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra)")
+
+
+def seven_png() -> bytes:
+    """A photo of a 7: dark ink on light paper."""
+    import io
+
+    from PIL import Image, ImageDraw
+    im = Image.new("RGB", (200, 200), (240, 238, 230))
+    ImageDraw.Draw(im).line([(40, 40), (160, 40), (90, 170)], fill=(20, 20, 30), width=14)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def check_widgets_are_independent(page, n_expected: int = 2) -> None:
+    """Two explorer widgets on one page: each one's controls act on that widget only. The second's
+    "Upload a photo…" opens its own file picker and the photo lands in it; its checkbox label
+    toggles its own checkbox; no element id is shared and every label points inside its widget."""
+    roots = page.locator(".cnnlab-explore")
+    assert roots.count() == n_expected
+    first, second = roots.nth(0), roots.nth(1)
+    caption = "p[id^=seen-caption]"
+    # text_content, not inner_text: JupyterLab skips rendering cells out of view (content-visibility)
+    first_before = (first.locator(caption).text_content(), first.locator("[data-testid=pred-0]").all_text_contents())
+    with page.expect_file_chooser() as chooser:
+        second.get_by_text("Upload a photo…").click()
+    assert chooser.value.element.evaluate("(input, root) => root.contains(input)", second.element_handle())
+    chooser.value.set_files(files=[{"name": "seven.png", "mimeType": "image/png", "buffer": seven_png()}])
+    deadline = time.monotonic() + 60
+    while not second.locator("[data-testid=pred-0]").count():
+        assert time.monotonic() < deadline, "the upload did not reach the second widget within 60 s"
+        page.wait_for_timeout(200)
+    assert second.locator(caption).text_content().startswith("uploaded photo")
+    assert (first.locator(caption).text_content(), first.locator("[data-testid=pred-0]").all_text_contents()) == first_before
+    # the checkbox label toggles its own widget's checkbox only
+    boxes = [r.locator("input[type=checkbox]") for r in (first, second)]
+    assert boxes[0].is_checked() and boxes[1].is_checked()
+    second.get_by_text("stretch colours to the map's range").click()
+    assert boxes[0].is_checked() and not boxes[1].is_checked()
+    first.get_by_text("stretch colours to the map's range").click()
+    assert not boxes[0].is_checked() and not boxes[1].is_checked()
+    ids = page.evaluate("Array.from(document.querySelectorAll('.cnnlab-explore [id]')).map(e => e.id)")
+    assert len(ids) == len(set(ids)), sorted({i for i in ids if ids.count(i) > 1})
+    stray = page.evaluate("""Array.from(document.querySelectorAll('.cnnlab-explore')).flatMap(root =>
+        Array.from(root.querySelectorAll('label[for], output[for]'))
+          .filter(l => !l.getAttribute('for').split(' ').every(id => root.contains(document.getElementById(id))))
+          .map(l => l.getAttribute('for')))""")
+    assert stray == []
+
+
+HOST = "http://cnnlab.test"
+
+
+@pytest.mark.browser
+def test_two_widgets_in_one_page_act_independently(tiny_run, tiny_run2, mnist_dir):
+    """The widget's own front end (its _esm, _css and _html) rendered twice in one Chromium page,
+    as a notebook shows two explorer cells (the report's run beside a learner's), each talking to
+    its own Python widget (the kernel's side, through ExplorerWidget._on_request)."""
+    sync_api = need_chromium()
+    widgets = [widget.widget(tiny_run, data_dir=mnist_dir), widget.widget(tiny_run2, data_dir=mnist_dir)]
+
+    def kernel(i: int, msg: dict) -> list[dict]:
+        sent: list[dict] = []
+        widgets[i].send = sent.append
+        widgets[i]._on_request(widgets[i], msg, [])
+        return sent
+    fragment = json.dumps(widgets[0]._html).replace("</", "<\\/")
+    page_html = f"""<!doctype html><html><head><meta charset="utf-8"><link rel="stylesheet" href="/explore.css"></head>
+<body><div class="cell" id="out0"></div><div class="cell" id="out1"></div>
+<script type="module">
+import explorer from '/explore.js';
+const html = {fragment};
+for (const i of [0, 1]) {{
+  const handlers = [];
+  const model = {{ get: (k) => (k === '_html' ? html : undefined),
+    on: (ev, cb) => {{ if (ev === 'msg:custom') handlers.push(cb); }},
+    send: (msg) => {{ window.cnnlabKernel(i, msg).then((replies) => replies.forEach((r) => handlers.forEach((h) => h(r, [])))); }} }};
+  explorer.render({{ model, el: document.getElementById('out' + i) }});
+}}
+</script></body></html>"""
+    bodies = {"/": (page_html, "text/html"), "/explore.js": (widgets[0]._esm, "text/javascript"),
+              "/explore.css": (widgets[0]._css, "text/css")}
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.expose_function("cnnlabKernel", kernel)
+        page.route(f"{HOST}/**", lambda route: route.fulfill(
+            body=bodies[route.request.url[len(HOST):]][0], content_type=bodies[route.request.url[len(HOST):]][1]))
+        page.goto(f"{HOST}/")
+        deadline = time.monotonic() + 60
+        while page.locator(".cnnlab-explore[data-ready='1']").count() < 2:
+            assert time.monotonic() < deadline and not errors, errors
+            page.wait_for_timeout(200)
+        titles = [page.locator(".cnnlab-explore header span").nth(i).inner_text() for i in range(2)]
+        assert titles[0].startswith("tiny") and titles[1].startswith("learner"), titles
+        check_widgets_are_independent(page)
+        # each widget quotes what was measured on its own run (the two runs differ)
+        while page.locator(".cnnlab-explore[data-calibrated='1']").count() < 2:
+            assert time.monotonic() < deadline + 60, "the widgets showed no measured notes within 120 s"
+            page.wait_for_timeout(200)
+        notes = [w.explorer.calibration()["notes"] for w in widgets]
+        assert notes[0] != notes[1]
+        for i, note in enumerate(notes):
+            root = page.locator(".cnnlab-explore").nth(i)
+            assert root.locator("p[id^=confidence-note]").text_content() == " ".join(note["confidence"])
+            assert root.locator("p[id^=unsure-rule]").text_content().endswith(" ".join(note["unsure"]))
+        assert errors == []
+        browser.close()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def notebook(path: Path, run: Path, data_dir: Path) -> None:
+def notebook(path: Path, runs: list[Path], data_dir: Path) -> None:
+    """One explorer cell per run (the report's notebook shows one; a learner adds their own)."""
     import nbformat
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell(f"from cnnlab.widget import widget\nwidget({str(run)!r}, data_dir={str(data_dir)!r})")]
+    nb.cells = [nbformat.v4.new_code_cell(f"from cnnlab.widget import widget\nwidget({str(run)!r}, data_dir={str(data_dir)!r})")
+                for run in runs]
     nbformat.write(nb, str(path))
 
 
 @pytest.mark.browser
-def test_widget_in_jupyterlab(tiny_run, mnist_dir, tmp_path):
+def test_widget_in_jupyterlab(tiny_run, tiny_run2, mnist_dir, tmp_path):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"Debian's Chromium is not installed at {CHROMIUM}: apt-get install chromium (CI's .ci/run does)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra)")
@@ -77,7 +207,7 @@ def test_widget_in_jupyterlab(tiny_run, mnist_dir, tmp_path):
     from drawings import DIGITS
     nbdir = tmp_path / "notebooks"
     nbdir.mkdir()
-    notebook(nbdir / "explore.ipynb", tiny_run, mnist_dir)
+    notebook(nbdir / "explore.ipynb", [tiny_run, tiny_run2], mnist_dir)
     # JupyterLab's "get notified about news?" prompt would cover the widget in the screenshot
     news = tmp_path / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     news.parent.mkdir(parents=True)
@@ -142,6 +272,15 @@ def test_widget_in_jupyterlab(tiny_run, mnist_dir, tmp_path):
                     page.get_by_role("button", name="No", exact=True).click()
                     page.wait_for_timeout(1000)      # JupyterLab's news prompt
                 page.screenshot(path=str(ROOT / "docs" / "explore-widget-jupyterlab.png"))
+            # the second cell: a learner's own run in a second widget, beside the first
+            page.locator(".jp-Notebook .jp-Cell .jp-InputArea-editor").nth(1).click()
+            page.keyboard.press("Shift+Enter")
+            deadline = time.monotonic() + 90
+            while page.locator(".cnnlab-explore[data-ready='1']").count() < 2:
+                assert time.monotonic() < deadline, "the second widget did not load; " + " | ".join(console[-20:])
+                page.wait_for_timeout(200)
+            page.locator(".cnnlab-explore").nth(1).scroll_into_view_if_needed()
+            check_widgets_are_independent(page)
             browser.close()
     finally:
         os.kill(proc.pid, signal.SIGTERM)        # the server this test started, by its own id

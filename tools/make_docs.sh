@@ -8,10 +8,24 @@ RUN="$R/$BEST"
 OTHER=$(ls -d "$R"/runs/* | grep -v "$(basename "$RUN")" | head -1)
 T=$(mktemp -d)
 mkdir -p docs
-# A report's runs carry no per-run figures (the report draws them); a `cnnlab train` run does.
-for f in curves predictions; do
-  if [ -f "$RUN/$f.png" ]; then cp "$RUN/$f.png" "docs/$f.png"; else echo "docs/$f.png kept: $RUN has no $f.png" >&2; fi
-done
+# A report's runs carry no per-run figures (the report draws them): draw 1.1's and 1.2's from the
+# report's plain network, as the report does.
+PLAIN=$(ls -d "$R"/runs/plain-* | head -1)
+.venv/bin/python - "$PLAIN" <<'PY'
+import sys
+from pathlib import Path
+from cnnlab.figures import plot_curves, plot_predictions
+from cnnlab.output import save_figure
+from cnnlab.runs import open_run
+from cnnlab.train import read_metrics
+run = open_run(Path(sys.argv[1]))
+seed = run.info["config"]["seed"]
+save_figure(plot_curves(read_metrics(run.path / "metrics.csv"), title=f"plain network, seed {seed}"), Path("docs/curves.png"))
+save_figure(plot_predictions(run.load_model(), run.load_split(None), n=24, seed=seed), Path("docs/predictions.png"))
+PY
+# The sample report and its notebook, as `make demo` wrote them.
+cp "$R/report.pdf" docs/report-standard.pdf
+cp "$R/report-notebook.pdf" docs/report-notebook.pdf
 $C filters "$RUN" --layer conv1 --out "$T/f1" >/dev/null
 $C filters "$RUN" --layer conv2 --out "$T/f2" >/dev/null
 $C activations "$RUN" --index 18 --out "$T/a" >/dev/null

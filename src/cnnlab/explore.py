@@ -5,7 +5,9 @@ no outside fonts, scripts or styles, so it works with no internet at all. Every 
 shows comes from the functions the CLI and the report use — `cnnlab.predict` (the MNIST-style
 preprocessing and the decoder guards), `cnnlab.analysis` (layer table, filters, activations,
 occlusion, class models, targeted fakes). This module only moves arrays
-between them and the browser; it implements none of them a second time.
+between them and the browser; it implements none of them a second time. What the page says about
+confidence and about the unsure rule is measured on the runs it shows (`Explorer.calibration`),
+never carried over from another run.
 
 Security: binds 127.0.0.1 unless told otherwise; never opens a path the browser sends (the only
 files served are the three page files, by fixed name); every request body is size-limited while
@@ -60,10 +62,16 @@ STATIC_FILES = {"explore.html": "text/html; charset=utf-8",
                 "explore.css": "text/css; charset=utf-8"}
 CACHE_VERSION = 3                       # bump when the cached beliefs change meaning
 # "Unsure" when the top-2 margin is under half of the largest margin training aims for:
-# (p1 − p2) / (1 − ε) < UNSURE_MARGIN, ε = the run's label smoothing. Measured by
-# benchmarks/unsure.py on the quick-preset runs (seed 0, plain and batch-norm): it flags about 3%
-# of the 10,000 MNIST test digits and about half of 61 drawings of non-digits; none of 10 drawn digits.
+# (p1 − p2) / (1 − ε) < UNSURE_MARGIN, ε = the run's label smoothing. How often it fires differs
+# from run to run (benchmarks/unsure.py compares runs), so the page quotes only the rates measured
+# on the runs it shows (Explorer.calibration).
 UNSURE_MARGIN = 0.5
+# The page's sentences on confidence and on the unsure rule are measured on every loaded run:
+# on CALIBRATION_IMAGES of its test images, evenly spread (every k-th: MNIST's test set is ordered,
+# its first half the easier), and on the shipped drawings of non-digits (tools/make_non_digits.py).
+CALIBRATION_IMAGES = 2000
+CALIBRATION_VERSION = 1                 # bump when the cached measurements change meaning
+NON_DIGITS_FILE = "non_digits.npz"
 INSTALL_HINT = "pip install 'cnnlab[explore]'"
 N_CLASSES = 10
 
@@ -193,8 +201,9 @@ class RunView:
                             "batch_norm": self.run.batch_norm,
                             "test_accuracy": test.get("accuracy"),
                             "label_smoothing": self.label_smoothing,
-                            # what training aims for on the right class: 1 − ε + ε/K
-                            "confidence_ceiling": 1 - self.label_smoothing + self.label_smoothing / N_CLASSES,
+                            # what training aims for on the right class, 1 − ε + ε/K: a target,
+                            # not a ceiling (calibration() measures how far above it a run goes)
+                            "training_target": 1 - self.label_smoothing + self.label_smoothing / N_CLASSES,
                             "dataset": self.run.info["config"].get("dataset", "mnist"),
                             "summary": self.summary, "filters": pictures}
         return self._static
@@ -238,6 +247,8 @@ class Explorer:
         self._test_error: str | None = None
         self._beliefs: dict[int, dict] = {}
         self._info: dict | None = None
+        self._calibration: dict | None = None
+        self._calibration_lock = threading.Lock()
 
     # -- inputs ---------------------------------------------------------------------------------
 
@@ -260,10 +271,12 @@ class Explorer:
         return self._prior
 
     def preload_test_set(self) -> None:
-        """Load the test set in the background so the first 'test image' click is instant."""
+        """Load the test set in the background so the first 'test image' click is instant, then
+        measure what the page quotes about each run (unless the cache already holds it)."""
         def work():
             try:
                 self.test_set()
+                self.calibration()
             except CnnlabError as e:
                 self._test_error = str(e)
         threading.Thread(target=work, name="cnnlab-explore-test-set", daemon=True).start()
@@ -414,6 +427,66 @@ class Explorer:
                 pass
             return {**result, "cached": False}
 
+    # -- what the page says about confidence and the unsure rule, measured on each run ------------
+
+    def calibration_path(self, view: RunView) -> Path:
+        return cache_dir() / "explore" / f"calibration-{view.weights_sha256[:32]}.json"
+
+    def _calibration_key(self, view: RunView) -> dict:
+        drawings = non_digit_drawings() if self.dataset == "mnist" else None
+        return {"version": CALIBRATION_VERSION, "weights_sha256": view.weights_sha256, "dataset": self.dataset,
+                "label_smoothing": view.label_smoothing, "unsure_margin": UNSURE_MARGIN,
+                "images": CALIBRATION_IMAGES, "non_digits_sha256": drawings[2] if drawings else None}
+
+    def _calibration_file(self, view: RunView) -> dict | None:
+        cached = _read_json(self.calibration_path(view))
+        key = self._calibration_key(view)
+        ok = cached and all(cached.get(k) == v for k, v in key.items()) and isinstance(cached.get("test"), dict)
+        return cached if ok else None
+
+    def calibrated(self) -> dict | None:
+        """The measurements of every run and the page's sentences, if already measured (in memory
+        or in the user cache); None otherwise. Never computes: /api/info is a GET."""
+        if self._calibration is None:
+            runs = [self._calibration_file(v) for v in self.views]
+            if all(runs):
+                self._calibration = self._calibration_answer(runs)     # type: ignore[arg-type]
+        return self._calibration
+
+    def calibration(self) -> dict:
+        """Measure, once per run (cached in the user cache, keyed on the weights' SHA-256), the
+        numbers the page quotes: the unsure rule's flag rate on the run's test images and on the
+        shipped non-digit drawings, and the top probability's spread on both."""
+        with self._calibration_lock:
+            if self.calibrated() is not None:
+                return self._calibration        # type: ignore[return-value]
+            x, _ = self.test_set()
+            step = max(1, len(x) // CALIBRATION_IMAGES)
+            sample = x[::step][:CALIBRATION_IMAGES, 0].numpy()
+            runs = []
+            for view in self.views:
+                cached = self._calibration_file(view)
+                if cached is None:
+                    cached = {**self._calibration_key(view),
+                              **measure_run(view.model, view.label_smoothing, sample, len(x), step,
+                                            non_digit_drawings()[0] if self.dataset == "mnist" else None)}
+                    try:
+                        path = self.calibration_path(view)
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        write_json(path, cached)
+                    except OSError:     # an unwritable cache only costs a recomputation next time
+                        pass
+                runs.append(cached)
+            self._calibration = self._calibration_answer(runs)
+            return self._calibration
+
+    def _calibration_answer(self, runs: list[dict]) -> dict:
+        names = [v.run.name for v in self.views] if len(self.views) > 1 else [None]
+        noun = "digits" if self.dataset == "mnist" else "images"
+        return {"runs": runs,
+                "notes": {"confidence": [confidence_note(r, n, noun) for r, n in zip(runs, names)],
+                          "unsure": [unsure_note(r, n, noun) for r, n in zip(runs, names)]}}
+
     def fake_source(self) -> tuple[np.ndarray, dict]:
         """The digit the cached targeted fakes start from: the first test image of a 2, as in the
         assignment's example (an image of 2 that the network should call 5)."""
@@ -437,11 +510,13 @@ class Explorer:
     def info(self) -> dict:
         if self._info is None:
             self._info = self._make_info()
-        return {**self._info, "beliefs_cached": [self.beliefs_cached(i) for i in range(len(self.views))]}
+        return {**self._info, "beliefs_cached": [self.beliefs_cached(i) for i in range(len(self.views))],
+                "calibration": self.calibrated()}
 
     def _make_info(self) -> dict:
         return {"runs": [v.static_info() for v in self.views], "class_names": self.class_names,
-                "unsure_margin": UNSURE_MARGIN,
+                "unsure_margin": UNSURE_MARGIN, "attack_steps": config.STEPS,
+                "natural_components": natural.COMPONENTS,
                 "betas": [b for b in config.BETAS if b > 0], "beta": config.BETA,
                 "dataset": self.dataset, "limits": {"max_upload_bytes": MAX_BODY_BYTES},
                 "occlusion_colorbar": colorbar_url("viridis"), "activation_colorbar": colorbar_url("magma")}
@@ -466,6 +541,8 @@ class Explorer:
             if beta is not None and (isinstance(beta, bool) or not isinstance(beta, (int, float))):
                 raise ImageError("'beta' must be a number")
             return self.attack(u8, None if beta is None else float(beta))
+        if path == "/api/calibration":
+            return self.calibration()
         if path.startswith("/api/beliefs/") and path.rsplit("/", 1)[1].isdigit():
             return self.beliefs(int(path.rsplit("/", 1)[1]))
         raise ImageError(f"POST {path} is not an explorer request")
@@ -483,6 +560,110 @@ def uncertainty(probs, label_smoothing: float = 0.0) -> dict:
     p = np.sort(np.asarray(probs, dtype=np.float64))
     rel = float((p[-1] - p[-2]) / max(1e-9, 1.0 - label_smoothing))
     return {"margin": round(rel, 4), "unsure": rel < UNSURE_MARGIN}
+
+
+@cache
+def non_digit_drawings() -> tuple[np.ndarray, tuple[str, ...], str]:
+    """The shipped drawings of non-digits (uint8 [N, 28, 28], as the page's preprocessing made
+    them: tools/make_non_digits.py), their names, and the file's SHA-256."""
+    raw = files("cnnlab").joinpath("static").joinpath(NON_DIGITS_FILE).read_bytes()
+    with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+        images, names = np.asarray(z["images"], dtype=np.uint8), tuple(str(n) for n in z["names"])
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or len(images) != len(names):
+        raise ConfigError(f"{NON_DIGITS_FILE}: expected N 28×28 images with N names; reinstall cnnlab")
+    return images, names, hashlib.sha256(raw).hexdigest()
+
+
+def probabilities(model, u8: np.ndarray, batch: int = 500) -> np.ndarray:
+    """float64 [N, K] softmax of uint8 [N, 28, 28] images, fed on [0, 1] as everywhere here."""
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(u8), batch):
+            x = torch.from_numpy(np.ascontiguousarray(u8[i:i + batch])).float().div(255).unsqueeze(1)
+            out.append(torch.softmax(model(x).double(), 1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, N_CLASSES))
+
+
+def _spread(top: np.ndarray) -> dict:
+    return {"median": float(np.median(top)), "p10": float(np.quantile(top, 0.1)), "max": float(top.max())}
+
+
+def measure_run(model, label_smoothing: float, test_u8: np.ndarray, of: int, step: int,
+                non_digits: np.ndarray | None) -> dict:
+    """What the page quotes about one run: on its test images (`test_u8`, every `step`-th of
+    `of`), how many the unsure rule flags and how high the top probability goes (and, with label
+    smoothing, how many exceed the training target 1 − ε + ε/K); the same on the non-digits."""
+    def flagged(p: np.ndarray) -> int:
+        return sum(uncertainty(row, label_smoothing)["unsure"] for row in p)
+    p = probabilities(model, test_u8)
+    top = p.max(1)
+    n = len(p)
+    test: dict[str, Any] = {"n": n, "of": of, "step": step, "unsure": flagged(p),
+                            "top_prob": _spread(top), "above_target": None}
+    test["unsure_rate"] = test["unsure"] / n
+    if label_smoothing > 0:
+        target = 1 - label_smoothing + label_smoothing / p.shape[1]
+        above = int((top > target).sum())
+        test["above_target"] = {"threshold": target, "count": above, "rate": above / n}
+    out: dict[str, Any] = {"test": test, "non_digits": None}
+    if non_digits is not None and len(non_digits):
+        q = probabilities(model, non_digits)
+        k = flagged(q)
+        out["non_digits"] = {"n": len(q), "unsure": k, "unsure_rate": k / len(q), "top_prob": _spread(q.max(1))}
+    return out
+
+
+def pct(p: float) -> str:
+    """A probability as the page writes it (explore.js's pct)."""
+    if p >= 0.9995:
+        return ">99.9%"
+    if p < 0.0005:
+        return "<0.1%" if p > 0 else "0%"
+    s = f"{100 * p:.{1 if p >= 0.1 else 2}f}"
+    return (s.rstrip("0").rstrip(".") if "." in s else s) + "%"
+
+
+def _ordinal(k: int) -> str:
+    return f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
+
+
+def _sample(test: dict, noun: str) -> str:
+    """'2,000 test digits (every 5th of the 10,000)'."""
+    if test["step"] == 1 and test["n"] == test["of"]:
+        return f"the {test['n']:,} test {noun}"
+    return f"{test['n']:,} test {noun} (every {_ordinal(test['step'])} of the {test['of']:,})"
+
+
+def confidence_note(cal: dict, name: str | None = None, noun: str = "digits") -> str:
+    """The page's sentence on how confident this run is, from its measurements only."""
+    t, nd, eps = cal["test"], cal["non_digits"], cal["label_smoothing"]
+    top = t["top_prob"]
+    who = f"{name}: " if name else ""
+    if eps > 0:
+        above = t["above_target"]
+        text = (f"{who}Trained with label smoothing ε = {eps:g} (run.json), which aims the right class at "
+                f"1 − ε + ε/10 = {pct(above['threshold'])} — a target, not a ceiling: of {_sample(t, noun)}, "
+                f"{pct(above['rate'])} get a top probability above it (median {pct(top['median'])}, "
+                f"highest {pct(top['max'])}).")
+    else:
+        text = (f"{who}Trained without label smoothing (run.json), so training pushes the right class "
+                f"toward 100%: of {_sample(t, noun)}, the top probability has median {pct(top['median'])}, "
+                f"10th percentile {pct(top['p10'])}, highest {pct(top['max'])}.")
+    if nd:
+        text += (f" The {nd['n']} non-digit drawings shipped with cnnlab get a median top probability of "
+                 f"{pct(nd['top_prob']['median'])} (highest {pct(nd['top_prob']['max'])}).")
+    return text
+
+
+def unsure_note(cal: dict, name: str | None = None, noun: str = "digits") -> str:
+    """The page's sentence on how often the unsure rule fires for this run, as measured."""
+    t, nd = cal["test"], cal["non_digits"]
+    text = (f"On {name or 'this run'}, the rule flags {pct(t['unsure_rate'])} ({t['unsure']:,}) of "
+            f"{_sample(t, noun)}")
+    if nd:
+        text += (f" and {nd['unsure']} of the {nd['n']} non-digit drawings shipped with cnnlab (letters, "
+                 f"shapes, scribbles, a dot); the other {nd['n'] - nd['unsure']} are not flagged")
+    return text + "."
 
 
 def request_options(req: dict) -> tuple[int | None, int]:
@@ -632,6 +813,12 @@ def create_app(runs: list[Path], data_dir: str | Path | None = None,
     async def api_beliefs(request: Request, index: int):
         await json_body(request)
         return await run_in_threadpool(explorer.request, "POST", f"/api/beliefs/{index}", {})
+
+    # Measured on the first request when the cache does not hold it yet (seconds): a POST.
+    @app.post("/api/calibration")
+    async def api_calibration(request: Request):
+        await json_body(request)
+        return await run_in_threadpool(explorer.request, "POST", "/api/calibration", {})
 
     @app.post("/api/attack")
     async def api_attack(request: Request):

@@ -6,7 +6,8 @@ cnnlab/static, the files the standalone server serves) mounted on the page's own
 the transport differs. The page's requests travel as the widget's custom messages to the kernel,
 where `Explorer.request` answers them — the function the server's routes call — so there is one
 implementation of the page and one of its API. Nothing is downloaded from a CDN: anywidget's
-front end ships inside its Python package.
+front end ships inside its Python package. Each widget's element ids get a suffix of their own
+when it is drawn (explore.js), so two explorers in one notebook never share a control.
 
     from cnnlab.widget import widget
     widget("runs/quick-s0")                      # one run

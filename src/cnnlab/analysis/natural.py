@@ -558,15 +558,17 @@ def readable_verdict(rows: Mapping[str, Mapping], reference: Mapping, threshold:
     head = {"readable": f"Yes, the {names[0]} class models can be read as their digits",
             "partly readable": f"Only partly: some of the {names[0]} class models can be read as their digits",
             "not readable": f"No, the {names[0]} class models cannot be read as digits"}[first["class"]]
-    text = (f"{head}, judged by what did not make them: a real test digit lies within {threshold:.0f} grey levels of "
-            f"its nearest training image in {PERCENTILE:g}% of cases, and {judge} names "
+    rms = float(threshold) / 28.0       # Euclidean over 784 pixels → root-mean-square per pixel
+    text = (f"{head}, judged by what did not make them: a real test digit differs from its nearest training image by "
+            f"at most {rms:.0f} grey levels per pixel (root-mean-square) in {PERCENTILE:g}% of cases, and {judge} names "
             f"{100 * float(reference['judge_accuracy']):.1f}% of real test digits right. " + "; ".join(parts) + ".")
     if shown:
         text += (f" The {shown[0]} row, made by the same network with the same objective but kept among likely digit "
                  f"images, is readable: the network does hold a digit-shaped model of each class.")
     elif len(names) > 1:
         text += " No later row is both readable and believed by the generating network, so these rows do not show the reason."
-    numbers = {"rows": out, "threshold_grey_levels": float(threshold), "percentile": PERCENTILE,
+    numbers = {"rows": out, "threshold_grey_levels": float(threshold), "threshold_rms_grey_levels": rms,
+               "percentile": PERCENTILE,
                "judge": judge, "judge_accuracy_real": float(reference["judge_accuracy"]),
                "near_training_digit_rate_real": float(reference["near_training_digit_rate"]),
                "readable_share": READABLE_SHARE, "unreadable_share": UNREADABLE_SHARE, "maker_sure": MAKER_SURE,

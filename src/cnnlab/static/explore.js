@@ -21,7 +21,8 @@ function fetchTransport() {
     },
   };
 }
-function widgetTransport(model) {
+function widgetTransport(model, prefix) {
+  // Request ids carry the mount's own prefix: two views of one widget share its messages.
   let next = 0;
   const waiting = new Map();
   model.on('msg:custom', (msg) => {
@@ -32,7 +33,7 @@ function widgetTransport(model) {
   });
   return {
     call(method, path, body) {
-      const id = ++next;
+      const id = `${prefix}:${++next}`;
       return new Promise((resolve, reject) => {
         waiting.set(id, { resolve, reject });
         model.send({ id, method, path, body: body === undefined ? null : body });
@@ -76,23 +77,35 @@ function img(src, cls, alt, width) {
   return el;
 }
 
+// A suffix for one mount's element ids that no other element in the document has: a notebook
+// may show several explorers in one document, and a label's `for` must name its own input.
+let mounts = 0;
+function uniqueSuffix() {
+  for (;;) {
+    const suffix = `-x${++mounts}${Math.random().toString(36).slice(2, 8)}`;
+    if (!document.querySelector(`[id$="${suffix}"]`)) return suffix;
+  }
+}
+
 // ---- the app, mounted on one root element ----
-function mount(root, transport) {
-  // In a notebook several explorers may share a document: ids get a per-mount suffix.
-  const suffix = root.id === 'cnnlab-explore' ? '' : '-' + Math.random().toString(36).slice(2, 8);
+// `suffix`: appended to every element id under `root` (and to every label's `for`); '' only for
+// the standalone page, which is the one explorer in its document.
+function mount(root, transport, suffix = '') {
   if (suffix) {
     root.querySelectorAll('[id]').forEach((el) => { el.id += suffix; });
-    root.querySelectorAll('label[for], output[for]').forEach((el) => el.setAttribute('for', el.getAttribute('for') + suffix));
+    if (root.id) root.id += suffix;
+    root.querySelectorAll('label[for], output[for]').forEach((el) =>
+      el.setAttribute('for', el.getAttribute('for').split(' ').map((id) => id + suffix).join(' ')));
   }
   const $ = (id) => root.querySelector('#' + id + suffix);
   const api = (method, path, body) => transport.call(method, path, body);
   const state = { info: null, pixels: null, drawn: false, pending: null, busy: false, attackBusy: false,
-    gen: 0, last: null, full: false };
+    gen: 0, last: null, full: false, blob: null };
 
   const setCells = (id, cells) => $(id).replaceChildren(...cells);
   const runHeading = (i) => (state.info.runs.length > 1 ? h('h4', { text: state.info.runs[i].label }) : null);
   const className = (k) => (state.info ? state.info.class_names[k] : String(k));
-  function message(text, kind) { const m = $('message'); m.textContent = text || ''; m.className = kind || ''; }
+  function message(text, kind) { const m = $('message'); m.textContent = text || ''; m.className = 'xp-message' + (kind ? ' ' + kind : ''); }
   function setBusy(b) { state.busy = b; root.dataset.busy = b ? '1' : '0'; }
 
   // ---- drawing ----
@@ -124,11 +137,25 @@ function mount(root, transport) {
   function showBlobWarning() {
     const ext = state.drawn ? inkCheck() : null;
     const w = $('warning');
+    state.blob = ext;
     w.hidden = ext === null;
     if (ext !== null) {
       w.textContent = `This drawing is only ${ext} px across — under ${BLOB_BRUSHES} brush widths (${brush()} px). ` +
         'Scaled up to MNIST\'s 20×20 box it becomes a blob, so the prediction means little: draw bigger or use a thinner brush.';
     }
+    refreshCues();
+  }
+  // The cue beside each prediction. Under the blob warning no margin makes a clear winner: the
+  // cue then points at the warning instead of contradicting it.
+  function cue(unsure) {
+    if (state.blob !== null) return { cls: 'cue unsure', text: 'too small to read — see the warning' };
+    return unsure ? { cls: 'cue unsure', text: 'unsure — may not be a digit' } : { cls: 'cue sure', text: 'clear winner' };
+  }
+  function refreshCues() {
+    root.querySelectorAll('[data-testid^="cue-"]').forEach((el) => {
+      const c = cue(el.dataset.unsure === '1');
+      el.className = c.cls; el.textContent = c.text;
+    });
   }
   canvas.addEventListener('pointerdown', (ev) => {
     ev.preventDefault();
@@ -163,6 +190,8 @@ function mount(root, transport) {
     $('attack-out').replaceChildren();
     for (const id of ['probs', 'occlusion', 'features', 'seen']) $(id).classList.add('stale');
     $('warning').hidden = true;
+    state.blob = null;
+    refreshCues();
   }
   function clearAll() {
     clearCanvas();
@@ -209,7 +238,7 @@ function mount(root, transport) {
     const ms = performance.now() - t0;
     $('timing').textContent = `last update: ${ms.toFixed(0)} ms in the browser, ${(1000 * res.seconds).toFixed(0)} ms of it computing`;
     if (req.kind === 'upload') message(`${req.name}: preprocessed like MNIST (20×20 box, centred by mass)`, 'info');
-    else if ($('message').className === 'error') message('');
+    else if ($('message').classList.contains('error')) message('');
   }
 
   // ---- rendering the analysis ----
@@ -234,12 +263,13 @@ function mount(root, transport) {
     const chosen = options().target;
     setCells('probs', res.runs.map((r, i) => {
       const u = r.unsure;
+      const c = cue(u.unsure);
       return h('div', { class: 'cell' }, runHeading(i),
         h('p', { class: 'pred' }, 'predicts ', h('b', { text: className(r.pred), 'data-testid': `pred-${i}` }),
           h('span', { text: pct(r.probs[r.pred]), 'data-testid': `conf-${i}` }),
-          h('span', { class: 'cue ' + (u.unsure ? 'unsure' : 'sure'), 'data-testid': `cue-${i}`,
+          h('span', { class: c.cls, 'data-testid': `cue-${i}`, 'data-unsure': u.unsure ? '1' : '0',
             title: `top-2 margin ${u.margin.toFixed(2)} of the largest training aims for; unsure below ${state.info.unsure_margin}`,
-            text: u.unsure ? 'unsure — may not be a digit' : 'clear winner' })),
+            text: c.text })),
         bars(r.probs, r.pred, chosen === null ? r.pred : chosen, res.runs.length));
     }));
 
@@ -319,16 +349,8 @@ function mount(root, transport) {
     info.class_names.forEach((n, k) => $('target').append(h('option', { value: String(k), text: n })));
     info.betas.forEach((b) => $('beta').append(h('option', { value: String(b), text: String(b), selected: b === info.beta })));
     $('act-cbar').src = info.activation_colorbar;
-    const same = info.runs.every((r) => r.label_smoothing === info.runs[0].label_smoothing);
-    $('confidence-note').textContent = (same ? info.runs.slice(0, 1) : info.runs).map((r) => {
-      const who = info.runs.length > 1 && !same ? `${r.name}: ` : '';
-      return r.label_smoothing > 0
-        ? `${who}Confidence tops out near ${pct(r.confidence_ceiling)}: trained with label smoothing ε = ${r.label_smoothing} (run.json), which aims the right class at 1 − ε + ε/10, not 100%.`
-        : `${who}Trained without label smoothing: confidence can approach 100%, even for inputs that are not digits.`;
-    }).join(' ');
-    $('unsure-rule').textContent = `"Unsure" when the gap between the top two classes is under ${info.unsure_margin} of the largest gap training aims for, ` +
-      '(p1 − p2) / (1 − ε) < ' + info.unsure_margin + '. The network only knows ten digits and has no "none of these": on the quick runs this rule ' +
-      'flags about 3% of real test digits and about 6 in 10 drawings of non-digits — the rest still get a confident digit.';
+    $('attack-steps').textContent = String(info.attack_steps);
+    showCalibration(info.calibration);
 
     setCells('filters', info.runs.map((r, i) => h('div', { class: 'cell' }, runHeading(i),
       ['conv1', 'conv2'].map((name) => {
@@ -359,6 +381,32 @@ function mount(root, transport) {
       h('p', { class: 'small muted', text: summary.definitions ? summary.definitions.neuron : '' }));
   }
 
+  // The notes on confidence and on the unsure rule quote only what the app measured on these
+  // runs (their test images and the shipped non-digit drawings): until then, only the rule.
+  function unsureRule() {
+    const m = state.info.unsure_margin;
+    return `"Unsure" when the gap between the top two classes is under ${m} of the largest gap training aims for, ` +
+      `(p1 − p2) / (1 − ε) < ${m}. The network only knows ten classes and has no "none of these".`;
+  }
+  function showCalibration(cal) {
+    if (!cal) {
+      $('confidence-note').textContent = 'Measuring how confident the network is on its test images…';
+      $('unsure-rule').textContent = unsureRule();
+      return;
+    }
+    $('confidence-note').textContent = cal.notes.confidence.join(' ');
+    $('unsure-rule').textContent = [unsureRule(), ...cal.notes.unsure].join(' ');
+    root.dataset.calibrated = '1';
+  }
+  async function loadCalibration() {
+    if (state.info.calibration) return;
+    try {
+      showCalibration(await api('POST', '/api/calibration', {}));
+    } catch (e) {
+      $('confidence-note').textContent = `Not measured: ${e.message}`;
+    }
+  }
+
   async function loadBeliefs() {
     $('beliefs-go').disabled = true;
     const cells = state.info.runs.map((r, i) => h('div', { class: 'cell' }, runHeading(i),
@@ -370,7 +418,7 @@ function mount(root, transport) {
         const fs = b.fake_source;
         cells[i].replaceChildren(...[runHeading(i),
           h('p', { class: 'small', text: 'Class models (from noise, C = logits[target]):' }), tiles(b.class_models),
-          h('p', { class: 'small natural-caption', text: 'Natural class models (the same C, X kept among likely digit images: a Gaussian prior on the training images\' top 30 principal components):' }),
+          h('p', { class: 'small natural-caption', text: `Natural class models (the same C, X kept among likely digit images: a Gaussian prior on the training images' top ${state.info.natural_components} principal components):` }),
           h('div', { class: 'natural' }, tiles(b.natural, null, 'natural class model')),
           h('p', { class: 'small', text: `Targeted fakes of test image #${fs.index} (a ${className(fs.label)}):` }),
           tiles(b.fakes, { png: fs.png, caption: `source #${fs.index}` }),
@@ -444,13 +492,14 @@ function mount(root, transport) {
     try { state.info = await api('GET', '/api/info'); } catch (e) { message(`cannot load the runs: ${e.message}`, 'error'); return; }
     renderInfo();
     root.dataset.ready = '1';
+    loadCalibration();
     if (state.info.beliefs_cached && state.info.beliefs_cached.every(Boolean)) loadBeliefs();
   })();
 }
 
 // The standalone page: mount on the page's own root, talking to the server over fetch.
 if (typeof document !== 'undefined' && document.documentElement.classList.contains('cnnlab-page')) {
-  mount(document.getElementById('cnnlab-explore'), fetchTransport());
+  mount(document.getElementById('cnnlab-explore'), fetchTransport(), '');
 }
 
 // The notebook widget (anywidget): the same app in the output cell, talking to the kernel.
@@ -460,6 +509,7 @@ export default {
     tpl.innerHTML = model.get('_html');          // cnnlab's own markup (explore.html), not user data
     const root = tpl.content.firstElementChild;
     el.replaceChildren(root);
-    mount(root, widgetTransport(model));
+    const suffix = uniqueSuffix();               // this widget's ids are its own
+    mount(root, widgetTransport(model, suffix), suffix);
   },
 };
