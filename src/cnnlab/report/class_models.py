@@ -150,7 +150,7 @@ def section_class_models(ctx: Context) -> list[Section]:
         s3.answer.append(
             "Why: nothing in C = logits[target] asks X to look like a digit. The network learned only to separate "
             "ten kinds of real digits, and its logit rises fastest by small changes spread over all 784 pixels, "
-            "which real digits never have; away from the digits it saw, its output is unconstrained."
+            "patterns unlike real digits; away from the images it was trained on, nothing constrains its output."
             + (f" Kept among digit-like images (X restricted to the main patterns of the training images), the same "
                f"network and cost make {p('3.1.3.readable_natural', cn['readable'], '{}')} of 10 readable digits: "
                f"the network does hold a digit shape for each class, plain gradient ascent just never needs it."

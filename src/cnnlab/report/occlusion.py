@@ -80,8 +80,9 @@ def section_occlusion(ctx: Context) -> Section:
         sec.evidence.append(
             f"In the map above (a {r0.label}), a 3×3 grey patch lowers p({r0.target}) by "
             f"{p('2.4.map.drop_ink', d3['mean_drop_ink_under_patch'], '{:.2g}')} on average where it covers the "
-            f"digit's ink and by {p('2.4.map.drop_bg', d3['mean_drop_pure_ink_insertion'], '{:.2g}')} on the "
-            f"background.")
+            f"digit's ink and by {p('2.4.map.drop_bg', d3['mean_drop_pure_ink_insertion'], '{:.2g}')} where it lies on "
+            f"the black background, where it adds grey ink that was not there; that is why the rule (appendix) erases "
+            f"with patches of 0 instead.")
     nb = res.subjects["N"]["behaviour"]
     sec.evidence.append(
         f"One map cannot decide the question, so the same measurements were made on a network built to cheat: "
