@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import io
 import random
@@ -168,6 +169,17 @@ def file_sha256(path: Path) -> str:
 # ---------------------------------------------------------------------------------------------
 # The explorer: framework-free, so the page's numbers can be tested without a server
 # ---------------------------------------------------------------------------------------------
+
+
+def _write_cache(path_of, data) -> None:
+    """Write `data` as JSON to the cache file `path_of()` names; an unwritable cache only costs a
+    recomputation next time."""
+    try:
+        path = path_of()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, data)
+    except OSError:
+        pass
 
 class RunView:
     """One run as the page sees it: frozen model, layer table and filters (computed once)."""
@@ -419,12 +431,7 @@ class Explorer:
                       "fake_source": {**source_info, "png": png_url(source_u8)},
                       "seconds": round(time.perf_counter() - t0, 2)}
             self._beliefs[index] = result
-            try:
-                path = self.beliefs_path(view)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                write_json(path, result)
-            except OSError:             # an unwritable cache only costs a recomputation next time
-                pass
+            _write_cache(functools.partial(self.beliefs_path, view), result)
             return {**result, "cached": False}
 
     # -- what the page says about confidence and the unsure rule, measured on each run ------------
@@ -470,12 +477,7 @@ class Explorer:
                     cached = {**self._calibration_key(view),
                               **measure_run(view.model, view.label_smoothing, sample, len(x), step,
                                             non_digit_drawings()[0] if self.dataset == "mnist" else None)}
-                    try:
-                        path = self.calibration_path(view)
-                        path.parent.mkdir(parents=True, exist_ok=True)
-                        write_json(path, cached)
-                    except OSError:     # an unwritable cache only costs a recomputation next time
-                        pass
+                    _write_cache(functools.partial(self.calibration_path, view), cached)
                 runs.append(cached)
             self._calibration = self._calibration_answer(runs)
             return self._calibration
