@@ -251,8 +251,7 @@ def time_verdict_steps(plain_step_s, bn_step_s, reach: Sequence[Mapping] | None 
             f"{seeds} seeds, per-seed ratios " + ", ".join(f"×{r:.2f}" for r in per_seed))
     times = (f"the median step takes {mb:.2f} ms with batch-normalization against {mp:.2f} ms without "
              f"(×{ratio:.2f}, {100 * CONFIDENCE:.0f}% interval ×{lo:.2f}–×{hi:.2f}; {over})")
-    text = {"slower": f"Per step, batch-normalization is slower: {times}; the two normalization layers add their "
-                      f"own forward and backward work.",
+    text = {"slower": f"Per step, batch-normalization is slower: {times}.",
             "faster": f"Per step, batch-normalization is faster: {times}.",
             "same": f"Per step, the two take the same time within ±{100 * SAME_TIME:.0f}%: {times}.",
             "inconclusive": f"Per step, timing noise decides: {times}. The interval reaches beyond "

@@ -30,7 +30,8 @@ def section_activations(ctx: Context) -> Section:
         f"{p('2.3.size_pool2', sizes[-1], '{}')}×{sizes[-1]} after pool2) while each unit sees more of the image "
         f"({p('2.3.rf_conv1', rf[0], '{}')} → {p('2.3.rf_pool2', rf[-1], '{}')} pixels on a side). conv1's maps are "
         f"filtered copies of the digit: {p.pct('2.3.stroke_conv1', n['stroke_mass_conv1'], 0)} of their activation "
-        f"lies on the digit's strokes. conv2's maps are "
+        f"lies on the cells holding the digit's strokes, which cover {p.pct('2.3.stroke_area_conv1', n['stroke_area_conv1'], 0)} "
+        f"of the map. conv2's maps are "
         + {"sparser": "sparser", "denser": "denser", "similar": "about as dense"}[density]
         + f" ({p.pct('2.3.active_conv2', n['active_conv2'], 0)} of units active against "
           f"{p.pct('2.3.active_conv1', n['active_conv1'], 0)} in conv1)"

@@ -104,6 +104,18 @@ def section_1_6(ctx: Context) -> Section:
                       f"{p('1.6.epoch_s_plain', float(np.mean(ep_p)), '{:.2f}')} s without batch-normalization "
                       f"(×{p('1.6.epoch_ratio', ratio, '{:.2f}')}).")
     sec.answer.extend([acc_text, time_text])
+    fused_plain = any("fused" in str(r.info.get("hardware", {}).get("kernels", "")) for r in plain)
+    fused_bn = any("fused" in str(r.info.get("hardware", {}).get("kernels", "")) for r in bn)
+    if fused_plain != fused_bn:
+        sec.evidence.append(
+            "The two networks did not train on the same code: the plain network used cnnlab's fused C kernels "
+            "for conv1 → pool and pool2, which cannot apply when batch-norm sits between a convolution and its "
+            "pool, and the batch-norm network used torch's operators. Part of the time difference is that, not "
+            "the normalization itself (appendix A.1.6 gives each run's kernels; `cnnlab train --no-fused-kernels` "
+            "trains both on torch's operators).")
+        sec.appendix.append("Kernels each run trained with: " + "; ".join(
+            f"{esc(r.name)}: {esc(r.info.get('hardware', {}).get('kernels', 'not recorded'))}" for r in plain + bn) + ".")
+
     if n == 1:
         sec.evidence.append(
             f"On the same 10,000 test images, {p('1.6.only_plain', mc['only_a'], '{}')} are right only for the plain "

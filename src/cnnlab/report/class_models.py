@@ -148,9 +148,11 @@ def section_class_models(ctx: Context) -> list[Section]:
         f"did not make the images, names the target.")
     if not (looks.key == "yes" and readable.key.startswith("readable")):
         s3.answer.append(
-            "Why: nothing in C = logits[target] asks X to look like a digit. The network learned only to separate "
-            "ten kinds of real digits, and its logit rises fastest by small changes spread over all 784 pixels, "
-            "patterns unlike real digits; away from the images it was trained on, nothing constrains its output."
+            "Why: nothing in C = logits[target] asks X to look like a digit, or even to stay within 0–255. The "
+            "network learned only to separate ten kinds of real digits; its logit is piecewise linear in X, so "
+            "gradient ascent keeps raising it by pushing pixels all over the image far outside the valid range "
+            "(the figure shows them clipped), towards patterns no real digit has, where nothing in training "
+            "constrains the output."
             + (f" Kept among digit-like images (X restricted to the main patterns of the training images), the same "
                f"network and cost make {p('3.1.3.readable_natural', cn['readable'], '{}')} of 10 readable digits: "
                f"the network does hold a digit shape for each class, plain gradient ascent just never needs it."

@@ -29,9 +29,9 @@ def section_filters(ctx: Context) -> list[Section]:
     eb, eb0 = tc["edge"] + tc["blob"], uc["edge"] + uc["blob"]
     cos = t.get("mean_cosine_to_init")
     if v1.key == "yes":
-        s1.answer.append(f"<b>Yes</b>: training turned conv1 into smooth edge and blob detectors: "
+        s1.answer.append(f"<b>Some</b>: training turned part of conv1 towards edge and blob detectors: "
                          f"{p('2.1.edge_blob', eb, '{}')} of the 32 kernels are edge or blob detectors after training "
-                         f"against {p('2.1.edge_blob_init', eb0, '{}')} before.")
+                         f"against {p('2.1.edge_blob_init', eb0, '{}')} before; the rest show no clear pattern.")
     else:
         s1.answer.append(f"<b>No clear pattern beyond the random start</b>: after training "
                          f"{p('2.1.edge_blob', eb, '{}')} of the 32 kernels look like edge or blob detectors, "

@@ -78,11 +78,12 @@ def section_occlusion(ctx: Context) -> Section:
     d3 = r0.descriptive().get(3)
     if d3 is not None:
         sec.evidence.append(
-            f"In the map above (a {r0.label}), a 3×3 grey patch lowers p({r0.target}) by "
+            f"The grey-patch maps the question asks for cannot decide it alone: in the map above (a {r0.label}), a "
+            f"3×3 grey patch lowers p({r0.target}) by "
             f"{p('2.4.map.drop_ink', d3['mean_drop_ink_under_patch'], '{:.2g}')} on average where it covers the "
             f"digit's ink and by {p('2.4.map.drop_bg', d3['mean_drop_pure_ink_insertion'], '{:.2g}')} where it lies on "
-            f"the black background, where it adds grey ink that was not there; that is why the rule (appendix) erases "
-            f"with patches of 0 instead.")
+            f"the black background, where it adds grey ink that was not there. So the answer above comes from "
+            f"erasing instead: everything but the digit, the digit itself, and 3×3 patches set to 0.")
     nb = res.subjects["N"]["behaviour"]
     sec.evidence.append(
         f"One map cannot decide the question, so the same measurements were made on a network built to cheat: "

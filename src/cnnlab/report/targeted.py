@@ -28,10 +28,11 @@ def section_targeted(ctx: Context) -> Section:
     v = sec.verdict(resemblance_verdict(d, adv.targets.tolist(), nearest, nn_label, adv.final_pred.tolist()))
     n = v.numbers
     fooled = (f"{p('3.2.1.n_fooled', s['n_predicted_as_target'], '{}')} of the 10 fakes are classified as their "
-              f"target (lowest target probability {p.pct('3.2.1.min_prob', s['min_target_prob'], 1)})")
+              f"target (lowest target probability {p.pct('3.2.1.min_prob', s['min_target_prob'], 2)})")
     look = {"source": lambda: f"<b>Yes, they resemble a digit: the {d} they were pulled towards</b>, not the class the network "
                       f"reads. {fooled[0].upper() + fooled[1:]}, yet the most similar training image is a {d} for "
-                      f"{p('3.2.1.nn_is_source', n['nn_is_source'], '{}')} of them.",
+                      f"{p('3.2.1.nn_is_source', n['nn_is_source'], '{}')} of them (and the nearest class-average "
+                      f"image is the {d}'s for {p('3.2.1.nearest_is_source', n['nearest_is_source'], '{}')}).",
             "target": lambda: f"<b>Yes, but they resemble their target classes</b>, not the {d}: {fooled}, and the most "
                       f"similar training image carries the target's label for "
                       f"{p('3.2.1.nn_is_target', n['nn_is_target'], '{}')} of them.",
@@ -47,8 +48,8 @@ def section_targeted(ctx: Context) -> Section:
         f"With β = {p('3.2.1.beta', adv.beta, '{:g}')}, the fakes differ from the source {d} by "
         f"{p('3.2.1.rmse', s['mean_rmse_to_source'], '{:.1f}')} grey levels per pixel (root-mean-square) and "
         f"correlate with it at r = {p('3.2.1.corr', s['mean_corr_to_source'], '{:.2f}')} on average. The MSE term "
-        f"pulls each image towards the {d}; what is left, the difference from the source, is a small perturbation "
-        f"that moves the logits: a targeted adversarial example. A larger β keeps the fake closer to the {d} but "
+        f"pulls each image towards the {d}; what is left, the difference from the source, is a perturbation that "
+        f"moves the logits: a targeted adversarial example. A larger β keeps the fake closer to the {d} but "
         f"fools the network less often (appendix).")
     sec.appendix_figures.append((fig_to_data_uri(adv.cost_figure()), "The cost C against step for each target class."))
     sec.appendix_figures.append((fig_to_data_uri(sweep.figure()),
