@@ -108,11 +108,9 @@ def section_1_6(ctx: Context) -> Section:
     fused_bn = any("fused" in str(r.info.get("hardware", {}).get("kernels", "")) for r in bn)
     if fused_plain != fused_bn:
         sec.evidence.append(
-            "The two networks did not train on the same code: the plain network used cnnlab's fused C kernels "
-            "for conv1 → pool and pool2, which cannot apply when batch-norm sits between a convolution and its "
-            "pool, and the batch-norm network used torch's operators. Part of the time difference is that, not "
-            "the normalization itself (appendix A.1.6 gives each run's kernels; `cnnlab train --no-fused-kernels` "
-            "trains both on torch's operators).")
+            "The two did not train on the same code: the plain network used cnnlab's fused C kernels, which "
+            "cannot apply when batch-norm sits between a convolution and its pool; part of the difference is "
+            "that, not the normalization itself (appendix A.1.6).")
         sec.appendix.append("Kernels each run trained with: " + "; ".join(
             f"{esc(r.name)}: {esc(r.info.get('hardware', {}).get('kernels', 'not recorded'))}" for r in plain + bn) + ".")
 

@@ -67,9 +67,8 @@ def section_1_1(ctx: Context) -> Section:
                f"{1 - ls + ls / 10:g} instead of 1, so the training loss cannot fall below "
                f"{p('1.1.loss_floor', floor, '{:.2f}')} nats, while the validation loss is measured against the "
                f"true labels.")
-    ev += (" The labels are class indices; cross-entropy on an index equals cross-entropy on its one-hot vector, "
-           "as the assignment's note asks (cnnlab.data.one_hot gives the one-hot form; a test checks the two losses "
-           "are equal).")
+    ev += (" The labels are class indices: cross-entropy on them equals cross-entropy on one-hot labels (the "
+           "assignment's note; tested).")
     s1.evidence.append(ev)
     s1.appendix.append(
         f"Training recipe (the run's config, saved in its run.json): AdamW with a one-cycle learning-rate schedule "
