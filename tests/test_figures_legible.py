@@ -10,9 +10,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from cnnlab.figures import MIN_PRINT_PT, legibility
+from trainkit import few_step_model
 
 pytestmark = pytest.mark.mnist
 
@@ -42,18 +42,7 @@ def kit(mnist_split):
     from cnnlab.model import Net
 
     def train(seed: int, steps: int) -> Net:
-        torch.manual_seed(seed)
-        net = Net(mean=mnist_split.mean, std=mnist_split.std)
-        opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-        g = torch.Generator().manual_seed(seed)
-        net.train()
-        for _ in range(steps):
-            idx = torch.randint(0, len(mnist_split.train_x), (64,), generator=g)
-            loss = F.cross_entropy(net(mnist_split.train_x[idx].float() / 255), mnist_split.train_y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        return net.eval()
+        return few_step_model(mnist_split, steps, seed, batch=64)
 
     model = train(0, 15)
     return {"split": mnist_split, "model": model, "reference": untrained_like(model, 0),

@@ -9,10 +9,10 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from cnnlab.analysis import meaningful as mm
 from cnnlab.errors import DataError
+from trainkit import few_step_model
 
 # ---------------------------------------------------------------------------------------------
 # Exact pieces against hand-computed cases
@@ -157,19 +157,7 @@ SMALL = {"n_behaviour": 150, "n_occlusion": 20}
 
 def _digit_model(split, steps: int = 150, seed: int = 0):
     """The assignment's network trained on clean MNIST for 150 Adam steps (≈ 95% test accuracy)."""
-    from cnnlab.model import Net
-    torch.manual_seed(seed)
-    net = Net(mean=split.mean, std=split.std)
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    g = torch.Generator().manual_seed(seed)
-    net.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(split.train_x), (128,), generator=g)
-        loss = F.cross_entropy(net(split.train_x[idx].float() / 255), split.train_y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return net.eval()
+    return few_step_model(split, steps, seed)
 
 
 @pytest.fixture(scope="module")

@@ -73,7 +73,18 @@ import torch
 from ..config import SIGMA
 from ..errors import ConfigError
 from ..output import as_output_dir
-from ._shared import ascent_grid, check_int, check_number, check_targets, cost_figure, few_threads, frozen, initial_noise, pct
+from ._shared import (
+    IMAGE_SIZE,
+    ascent_grid,
+    check_int,
+    check_number,
+    check_targets,
+    cost_figure,
+    few_threads,
+    frozen,
+    initial_noise,
+    pct,
+)
 from .class_models import SynthesisResult
 from .verdict import Verdict
 
@@ -527,6 +538,12 @@ def readable_class(readable: int, n: int) -> str:
     return "not readable" if readable <= UNREADABLE_SHARE * n else "partly readable"
 
 
+def rms_grey_levels(euclidean: float) -> float:
+    """A Euclidean distance over the 784 pixels (grey levels) as the root-mean-square difference
+    per pixel: the number a reader can picture."""
+    return float(euclidean) / IMAGE_SIZE       # sqrt(IMAGE_SIZE²) pixels
+
+
 def readable_verdict(rows: Mapping[str, Mapping], reference: Mapping, threshold: float,
                      judge: str = "second network") -> Verdict:
     """3.1.3 from the judges (`ReadabilityResult.counts` per row, first = the plain class models):
@@ -558,7 +575,7 @@ def readable_verdict(rows: Mapping[str, Mapping], reference: Mapping, threshold:
     head = {"readable": f"Yes, the {names[0]} class models can be read as their digits",
             "partly readable": f"Only partly: some of the {names[0]} class models can be read as their digits",
             "not readable": f"No, the {names[0]} class models cannot be read as digits"}[first["class"]]
-    rms = float(threshold) / 28.0       # Euclidean over 784 pixels → root-mean-square per pixel
+    rms = rms_grey_levels(threshold)
     text = (f"{head}, judged by what did not make them: a real test digit differs from its nearest training image by "
             f"at most {rms:.0f} grey levels per pixel (root-mean-square) in {PERCENTILE:g}% of cases, and {judge} names "
             f"{100 * float(reference['judge_accuracy']):.1f}% of real test digits right. " + "; ".join(parts) + ".")

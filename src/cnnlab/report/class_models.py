@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..analysis.class_models import confidence_verdict, cost_verdict, synthesize, synthesize_regularized
 from ..analysis.likeness import digit_likeness, looks_like_digits
-from ..analysis.natural import PcaPrior, readability, readable_verdict, synthesize_natural
+from ..analysis.natural import PcaPrior, readability, readable_verdict, rms_grey_levels, synthesize_natural
 from ..config import preset as make_preset
 from ..errors import RunError
 from ..runs import open_run
@@ -137,7 +137,7 @@ def section_class_models(ctx: Context) -> list[Section]:
     looks = s3.verdict(looks_like_digits({"plain": lp, "regularized": lr, "natural": ln}, ref))
     readable = s3.verdict(readable_verdict(counts, judged.reference, judged.threshold, judge=judge_info["name"]))
     cp, cn = counts["plain"], counts["natural"]
-    rms = judged.threshold / 28.0          # Euclidean distance over 784 pixels → root-mean-square per pixel
+    rms = rms_grey_levels(judged.threshold)
     head = ("<b>No</b>" if readable.key.startswith("not readable") else
             "<b>Only partly</b>" if readable.key.startswith("partly") else "<b>Yes</b>")
     s3.answer.append(
@@ -173,7 +173,7 @@ def section_class_models(ctx: Context) -> list[Section]:
                    "median RMS distance", "maker: min p", "maker: p ≥ 0.9"],
         "rows": [[name, f"{c['readable']}/{c['n']}", f"{c['near_training_digit']}/{c['n']}",
                   f"{c['named_by_judge']}/{c['n']}", f"{c['nn_label_is_target']}/{c['n']}",
-                  f"{c['median_nn_distance'] / 28.0:.0f}", f"{c['maker_min_prob']:.3f}",
+                  f"{rms_grey_levels(c['median_nn_distance']):.0f}", f"{c['maker_min_prob']:.3f}",
                   f"{c['maker_prob_ge_0_9']}/{c['n']}"] for name, c in counts.items()]})
     s3.appendix.append(
         f"A second measure, likeness to the class's average training image: a real test digit correlates "
