@@ -90,7 +90,7 @@ def state_digest(out: Path) -> str:
 
 def comparable_metrics(out: Path) -> list[dict]:
     """metrics.csv without the wall-clock columns."""
-    from cnnlab.train import read_metrics
+    from cnnlab.metrics import read_metrics
     return [{k: v for k, v in r.items() if k not in ("train_time_s", "elapsed_s")}
             for r in read_metrics(Path(out) / "metrics.csv")]
 

@@ -18,7 +18,7 @@ import json, resource, sys, torch
 import torch.nn.functional as F
 from cnnlab.allocator import keep_freed_memory
 from cnnlab.model import Net
-from cnnlab.train import cpu_has_bf16
+from cnnlab.device import cpu_has_bf16
 applied = keep_freed_memory()
 torch.manual_seed(0)
 m = Net().to(memory_format=torch.channels_last)

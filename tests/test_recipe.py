@@ -16,8 +16,9 @@ from cnnlab.analysis._shared import untrained_like
 from cnnlab.cli.common import add_config_flags
 from cnnlab.config import TrainConfig
 from cnnlab.errors import ConfigError
+from cnnlab.metrics import LoopState
 from cnnlab.model import Net
-from cnnlab.train import LoopState, evaluate, train
+from cnnlab.train import evaluate, train
 from faultkit import TINY, synthetic_split
 
 

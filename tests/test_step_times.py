@@ -14,8 +14,9 @@ from safetensors.torch import load_file, save_file
 
 from cnnlab.analysis import untrained_like
 from cnnlab.errors import RunError
+from cnnlab.metrics import LoopState, step_time_summary
 from cnnlab.model import weights_digest
-from cnnlab.train import LoopState, step_time_summary, train
+from cnnlab.train import train
 from faultkit import STEPS_PER_EPOCH, TINY, synthetic_split
 
 STEPS = TINY.epochs * STEPS_PER_EPOCH

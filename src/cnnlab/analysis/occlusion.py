@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from ..config import PATCH_SIZES, STROKE_THRESHOLD
+from ..device import autocast, resolve_precision
 from ..errors import ConfigError
 from ..model import Net
-from ..train import autocast, resolve_precision
 from ._shared import IMAGE_SIZE, AnalysisResult, as_image, chunk_for, device_of, evaluating, inference_copy
 from .meaningful import INK_LEVEL, describe_patch_map, digit_region
 

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import EPS_FGSM, EPS_PGD, PGD_STEPS
+from ..device import autocast, resolve_precision
 from ..errors import ConfigError
-from ..train import autocast, resolve_precision
 from ._shared import CPU_CHUNK, AnalysisResult, check_int, check_number, chunk_for, few_threads, frozen
 from .verdict import Verdict
 

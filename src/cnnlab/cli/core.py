@@ -102,7 +102,7 @@ def _print_summary(info: dict, out: Path) -> None:
 
 def cmd_evaluate(args) -> int:
     from ..data import load_split
-    from ..train import evaluate
+    from ..evaluation import evaluate
     run = open_run_noted(args.run)
     cfg = run.info["config"]
     model = run.load_model()

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..analysis.batch_norm import accuracy_verdict, load_step_times, time_verdict, time_verdict_steps
+from ..evaluation import evaluate
 from ..figures import plot_bn_comparison
+from ..metrics import read_metrics
 from ..runs import open_run
 from ..stats import mcnemar, mean_std, paired_ci
-from ..train import evaluate, read_metrics
 from .base import Context, Section, esc, fig_to_data_uri
 
 

@@ -6,10 +6,11 @@ import math
 
 import torch
 
+from ..evaluation import evaluate
 from ..figures import image_grid, plot_curves, plot_predictions
+from ..metrics import read_metrics
 from ..runs import open_run
 from ..stats import mean_std
-from ..train import evaluate, read_metrics
 from .base import Context, Section, esc, fig_to_data_uri
 
 
