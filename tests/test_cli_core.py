@@ -20,7 +20,7 @@ def run_cli(capsys, *argv):
 
 @pytest.mark.parametrize("argv, needle", [
     (["train", "--epochs", "0"], "--epochs 0: expected an integer in [1, 100000]"),                        # the config's own words
-    (["train", "--batch-size", "0"], "--batch-size 0: expected an integer between 1 and 60000"),
+    (["train", "--batch-size", "0"], "--batch-size 0: expected an integer in [1, 60000]"),
     (["train", "--lr", "nan"], "not a finite number"),
     (["train", "--bogus"], "unrecognized arguments"),
     (["evaluate", "/nonexistent/run"], "does not exist"),

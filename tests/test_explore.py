@@ -299,7 +299,7 @@ def smoothed_run(mnist_split, tmp_path_factory) -> Path:
 
 def non_digit_images() -> np.ndarray:
     """The shipped drawings of non-digits, read from the package file itself."""
-    with np.load(Path(explore.__file__).parent / "static" / "non_digits.npz", allow_pickle=False) as z:
+    with np.load(Path(explore.__file__).parent.parent / "static" / "non_digits.npz", allow_pickle=False) as z:
         return z["images"]
 
 
@@ -378,7 +378,7 @@ def test_quoted_rates_are_measured_on_each_loaded_run(mnist_run, smoothed_run, m
 
 def test_the_page_quotes_no_fixed_rates():
     """No rate or ceiling is written into the page: the measured sentences come from the app."""
-    static = Path(explore.__file__).parent / "static"
+    static = Path(explore.__file__).parent.parent / "static"
     for name in ("explore.js", "explore.html"):
         text = (static / name).read_text(encoding="utf-8")
         # the only fixed percentages: the 0–100% probability scales and pct()'s bounds

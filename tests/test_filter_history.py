@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from cnnlab.analysis import untrained_like
-from cnnlab.analysis.filters import filter_history, load_filters_by_epoch, what_filters_respond_to
+from cnnlab.analysis.filter_history import filter_history, load_filters_by_epoch
+from cnnlab.analysis.filter_responses import what_filters_respond_to
 from cnnlab.errors import ConfigError
 from cnnlab.figures import MIN_PRINT_PT, legibility
 from cnnlab.model import Net

@@ -6,11 +6,9 @@ Presets give the defaults; flags the user gives override them. Unknown keys are 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
-import re
-from collections.abc import Callable
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import ConfigError
@@ -25,29 +23,71 @@ MAX_THREADS = 1024            # torch.set_num_threads takes a C int; no machine 
 MIN_LR = 1e-8                 # below this an fp32 weight of ~1e-2 cannot change (eps ≈ 1.2e-7)
 
 
+def _int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _bool(x: Any) -> bool:
+    return isinstance(x, bool)
+
+
+def _setting(default: Any, help: str, ok: Callable[[Any], bool], accepts: str,
+             choices: tuple[str, ...] | None = None) -> Any:
+    """A TrainConfig field with its help text, its rule and the words for what it accepts, in one
+    place: the config checks values with the rule, and `cnnlab train`'s flags show the same words."""
+    return field(default=default, metadata={"help": help, "ok": ok, "accepts": accepts, "choices": choices})
+
+
+def _one_of(names: tuple[str, ...]) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in names), f"one of {', '.join(names)}"
+
+
+def _int_in(lo: int, hi: int) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: _int(v) and lo <= v <= hi), f"an integer in [{lo}, {hi}]"
+
+
+MAX_EPOCHS = 100_000
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    dataset: str = "mnist"        # which images: handwritten digits or Zalando's clothes (same shapes)
-    batch_norm: bool = False      # BatchNorm2d after conv1 and conv2, before their ReLU
-    epochs: int = 12              # passes over the 50,000 training images
-    batch_size: int = 256         # images per optimizer step
-    lr: float = 4e-3              # peak learning rate of the one-cycle schedule
-    pct_start: float = 0.25       # fraction of steps spent warming up to `lr`
-    weight_decay: float = 5e-4    # decoupled (AdamW) weight decay, per unit lr
-    label_smoothing: float = 0.0  # probability mass spread over the other classes
-    augment: bool = True          # random shifts/rotations of training images (network unchanged)
-    max_shift: float = 2.0        # pixels, when augment
-    max_rotate: float = 10.0      # degrees, when augment
-    seed: int = 0                 # weights init, shuffling and augmentation
-    split_seed: int = 0           # the 50k/10k train/validation permutation (shared across runs)
-    val_size: int = 10_000        # images held out of the 60,000 for validation
-    train_subset: int = 0         # use only the first N training images (0 = all); smoke runs
-    log_every: int = 0            # steps between logged points (0 = four per epoch)
-    device: str = "auto"          # auto picks cuda, then mps, then cpu
-    precision: str = "auto"       # auto: bf16 autocast where the hardware has it, else fp32
-    channels_last: bool = True    # memory format; identical function, faster oneDNN kernels
-    threads: int = 0              # torch intra-op threads (0 = torch's default)
-    fused_kernels: bool = True    # CPU training: conv1+pool+ReLU and pool2+ReLU as cnnlab's C kernels (built on first use; torch's ops without a C compiler)
+    dataset: str = _setting("mnist", "which images: handwritten digits or Zalando's clothes (same shapes)",
+                            *_one_of(DATASET_NAMES), choices=DATASET_NAMES)
+    batch_norm: bool = _setting(False, "BatchNorm2d after conv1 and conv2, before their ReLU", _bool, "true or false")
+    epochs: int = _setting(12, "passes over the 50,000 training images", *_int_in(1, MAX_EPOCHS))
+    batch_size: int = _setting(256, "images per optimizer step", *_int_in(1, 60_000))
+    lr: float = _setting(4e-3, "peak learning rate of the one-cycle schedule",
+                         lambda v: _finite(v) and MIN_LR <= v <= 10, f"a number in [{MIN_LR:g}, 10]")
+    pct_start: float = _setting(0.25, "fraction of steps spent warming up to lr",
+                                lambda v: _finite(v) and 0 < v < 1, "a number in (0, 1)")
+    weight_decay: float = _setting(5e-4, "decoupled (AdamW) weight decay, per unit lr",
+                                   lambda v: _finite(v) and v >= 0, "a number ≥ 0")
+    label_smoothing: float = _setting(0.0, "probability mass spread over the other classes",
+                                      lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)")
+    augment: bool = _setting(True, "random shifts and rotations of training images (the network is unchanged)",
+                             _bool, "true or false")
+    max_shift: float = _setting(2.0, "pixels, when augment", lambda v: _finite(v) and 0 <= v <= 8, "pixels in [0, 8]")
+    max_rotate: float = _setting(10.0, "degrees, when augment", lambda v: _finite(v) and 0 <= v <= 45,
+                                 "degrees in [0, 45]")
+    seed: int = _setting(0, "weights init, shuffling and augmentation", *_int_in(0, MAX_SEED))
+    split_seed: int = _setting(0, "the 50k/10k train/validation permutation (shared across runs)",
+                               *_int_in(0, MAX_SEED))
+    val_size: int = _setting(10_000, "images held out of the 60,000 for validation", *_int_in(1, 59_999))
+    train_subset: int = _setting(0, "use only the first N training images (0 = all); smoke runs", *_int_in(0, 60_000))
+    log_every: int = _setting(0, "steps between logged points (0 = four per epoch)", *_int_in(0, 2**31 - 1))
+    device: str = _setting("auto", "auto picks cuda, then mps, then cpu", *_one_of(DEVICES), choices=DEVICES)
+    precision: str = _setting("auto", "auto: bf16 autocast where the hardware has it, else fp32",
+                              *_one_of(PRECISIONS), choices=PRECISIONS)
+    channels_last: bool = _setting(True, "memory format; the same function, faster oneDNN kernels", _bool,
+                                   "true or false")
+    threads: int = _setting(0, "torch intra-op threads (0 = torch's default)", *_int_in(0, MAX_THREADS))
+    fused_kernels: bool = _setting(True, "CPU training: conv1+pool+ReLU and pool2+ReLU as cnnlab's C kernels "
+                                         "(built on first use; torch's operators without a C compiler)",
+                                   _bool, "true or false")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -68,44 +108,15 @@ class TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
 
-# What each field accepts: the config checks it, and the training CLI's flags use the same rule
-# (and show the same words) so the two never disagree.
-CHOICES: dict[str, tuple[str, ...]] = {"dataset": DATASET_NAMES, "device": DEVICES, "precision": PRECISIONS}
-RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "dataset": (lambda v: v in DATASET_NAMES, f"one of {', '.join(DATASET_NAMES)}"),
-    "batch_norm": (lambda v: isinstance(v, bool), "true or false"),
-    "epochs": (lambda v: _int(v) and 1 <= v <= 100_000, "an integer in [1, 100000]"),
-    "batch_size": (lambda v: _int(v) and 1 <= v <= 60_000, "an integer between 1 and 60000"),
-    "lr": (lambda v: _finite(v) and MIN_LR <= v <= 10, f"a number in [{MIN_LR:g}, 10]"),
-    "pct_start": (lambda v: _finite(v) and 0 < v < 1, "a number in (0, 1)"),
-    "weight_decay": (lambda v: _finite(v) and v >= 0, "a number ≥ 0"),
-    "label_smoothing": (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "augment": (lambda v: isinstance(v, bool), "true or false"),
-    "max_shift": (lambda v: _finite(v) and 0 <= v <= 8, "pixels in [0, 8]"),
-    "max_rotate": (lambda v: _finite(v) and 0 <= v <= 45, "degrees in [0, 45]"),
-    "seed": (lambda v: _int(v) and 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
-    "split_seed": (lambda v: _int(v) and 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
-    "val_size": (lambda v: _int(v) and 1 <= v < 60_000, "an integer in [1, 59999]"),
-    "train_subset": (lambda v: _int(v) and 0 <= v <= 60_000, "an integer in [0, 60000]"),
-    "log_every": (lambda v: _int(v) and 0 <= v <= 2**31 - 1, "an integer in [0, 2147483647]"),
-    "device": (lambda v: v in DEVICES, f"one of {', '.join(DEVICES)}"),
-    "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
-    "channels_last": (lambda v: isinstance(v, bool), "true or false"),
-    "threads": (lambda v: _int(v) and 0 <= v <= MAX_THREADS, f"an integer in [0, {MAX_THREADS}]"),
-    "fused_kernels": (lambda v: isinstance(v, bool), "true or false"),
-}
+def setting(name: str) -> Mapping[str, Any]:
+    """A TrainConfig field's help, rule ("ok"), accepted values in words ("accepts") and choices."""
+    return {f.name: f.metadata for f in fields(TrainConfig)}[name]
 
 
 def check_field(name: str, value: Any) -> None:
     """ConfigError naming the flag and what it accepts, unless `value` is valid for field `name`."""
-    ok, expected = RULES[name]
-    _check(ok(value), name.replace("_", "-"), value, expected)
-
-
-def field_help() -> dict[str, str]:
-    """Each TrainConfig field's end-of-line comment in the class above (the flags' help text)."""
-    text = inspect.getsource(TrainConfig)
-    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^    (\w+): [^=]+= .*?#\s*(.*)$", text, re.M)}
+    meta = setting(name)
+    _check(meta["ok"](value), name.replace("_", "-"), value, meta["accepts"])
 
 
 # Accuracy and training time of each preset: measured once, in BENCHMARKS.md § Headline numbers.
@@ -131,14 +142,6 @@ def preset(name: str, **overrides: Any) -> TrainConfig:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     values = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
     return TrainConfig.from_dict(values)
-
-
-def _int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _check(ok: bool, name: str, value: Any, expected: str) -> None:

@@ -27,9 +27,11 @@ from .verdict import Verdict
 # average, which is why every number is shown next to the untrained network of the same seed.
 
 _GROUPS = ("dc", "gradient", "center_surround", "line", "higher")
-_GROUP_DIMS = {"dc": [0], "gradient": [1, 2], "center_surround": [3, 8], "line": [4, 5], "higher": [6, 7]}
-CHANCE_SHARE = {g: len(d) / 9 for g, d in _GROUP_DIMS.items()}
+GROUP_DIMS = {"dc": [0], "gradient": [1, 2], "center_surround": [3, 8], "line": [4, 5], "higher": [6, 7]}
+CHANCE_SHARE = {g: len(d) / 9 for g, d in GROUP_DIMS.items()}
 CLASS_THRESHOLD = 0.5   # a kernel is an edge/blob/line detector when that part holds ≥ half its energy
+NON_DC = ("gradient", "center_surround", "line", "higher")
+NON_DC_CHANCE = {g: len(GROUP_DIMS[g]) / 8 for g in NON_DC}   # i.i.d. kernel, mean removed
 DIRECTIONS = ("→", "↗", "↑", "↖", "←", "↙", "↓", "↘")   # 8 compass bins of the gradient direction
 
 
@@ -54,7 +56,7 @@ def kernel_stats(w) -> dict:
     coef = w.reshape(*w.shape[:-2], 9) @ _B3
     energy = coef ** 2
     tot = np.maximum(energy.sum(-1), 1e-30)
-    share = {g: energy[..., d].sum(-1) / tot for g, d in _GROUP_DIMS.items()}
+    share = {g: energy[..., d].sum(-1) / tot for g, d in GROUP_DIMS.items()}
     blob = share["dc"] + share["center_surround"]
     cls = np.full(w.shape[:-2], "mixed", dtype=object)
     cls[blob >= CLASS_THRESHOLD] = "blob"
@@ -67,17 +69,17 @@ def kernel_stats(w) -> dict:
             "norm": np.sqrt(energy.sum(-1)), "mean": w.reshape(*w.shape[:-2], 9).mean(-1)}
 
 
-def _direction_bin(deg: float) -> str:
+def direction_bin(deg: float) -> str:
     return DIRECTIONS[int(((deg + 22.5) % 360) // 45)]
 
 
-def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a.reshape(a.shape[0], -1)
     b = b.reshape(b.shape[0], -1)
     return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
 
 
-def _layer_numbers(w: np.ndarray) -> dict:
+def layer_numbers(w: np.ndarray) -> dict:
     """Averages over all kernels of a layer: energy shares and class counts."""
     st = kernel_stats(w)
     flat_cls = st["class"].ravel()
@@ -147,7 +149,7 @@ def filters(model: Net, layer: str = "conv1", reference: Net | None = None) -> F
     b = conv.bias.detach().cpu().double().numpy().copy()
     ref = getattr(reference, layer).weight.detach().cpu().double().numpy().copy() if reference is not None else None
     st = kernel_stats(w)
-    cos = _cos(w, ref) if ref is not None else None
+    cos = cosine(w, ref) if ref is not None else None
     kernels = []
     if layer == "conv1":
         for i in range(w.shape[0]):
@@ -155,7 +157,7 @@ def filters(model: Net, layer: str = "conv1", reference: Net | None = None) -> F
                  "share": {g: round(float(st["share"][g][i, 0]), 4) for g in _GROUPS},
                  "gradient_direction_deg": round(float(st["gradient_direction_deg"][i, 0]), 1),
                  "edge_orientation_deg": round(float(st["edge_orientation_deg"][i, 0]), 1),
-                 "direction": _direction_bin(float(st["gradient_direction_deg"][i, 0])),
+                 "direction": direction_bin(float(st["gradient_direction_deg"][i, 0])),
                  "norm": round(float(st["norm"][i, 0]), 4), "mean": round(float(st["mean"][i, 0]), 4),
                  "bias": round(float(b[i]), 4)}
             if cos is not None:
@@ -182,11 +184,11 @@ def filters(model: Net, layer: str = "conv1", reference: Net | None = None) -> F
                 k["untrained_effective_inputs"] = round(float(ref_eff[o]), 2)
             kernels.append(k)
 
-    def layer_numbers(weights, cosines, effs):
-        d = _layer_numbers(weights)
+    def numbers(weights, cosines, effs):
+        d = layer_numbers(weights)
         if layer == "conv1":
             edges = [k for k in kernel_stats(weights)["gradient_direction_deg"][kernel_stats(weights)["class"] == "edge"]]
-            d["edge_directions"] = {s: sum(_direction_bin(a) == s for a in edges) for s in DIRECTIONS}
+            d["edge_directions"] = {s: sum(direction_bin(a) == s for a in edges) for s in DIRECTIONS}
             d["edge_direction_bins_covered"] = sum(v > 0 for v in d["edge_directions"].values())
         if effs is not None:
             d["mean_effective_inputs"] = float(np.mean(effs))
@@ -195,10 +197,10 @@ def filters(model: Net, layer: str = "conv1", reference: Net | None = None) -> F
             d["relative_change_from_init"] = float(np.linalg.norm(w - ref) / np.linalg.norm(ref))
         return d
 
-    trained = layer_numbers(w, cos, eff if layer == "conv2" else None)
+    trained = numbers(w, cos, eff if layer == "conv2" else None)
     untrained = None
     if ref is not None:
-        untrained = layer_numbers(ref, None, ref_eff if layer == "conv2" else None)
+        untrained = numbers(ref, None, ref_eff if layer == "conv2" else None)
     return FilterResult(layer, w, b, ref, kernels, trained, untrained)
 
 
@@ -251,10 +253,10 @@ def patterns_verdict(res: FilterResult, compare: FilterResult | None = None) -> 
     return Verdict("2.1" if res.layer == "conv1" else "2.2", key, text, PATTERN_RULE, numbers)
 
 
-_CLASS_LETTER = {"edge": "E", "blob": "B", "line": "L", "mixed": "·"}
+CLASS_LETTER = {"edge": "E", "blob": "B", "line": "L", "mixed": "·"}
 
 
-def _mosaic_axes(ax, tiles: np.ndarray, ncols: int, v: float, labels: list[str], colors: list[str] | None = None):
+def mosaic_axes(ax, tiles: np.ndarray, ncols: int, v: float, labels: list[str], colors: list[str] | None = None):
     """3×3 `tiles` in rows of `ncols` with a 2-unit gap under each for its 7-pt label; returns the image."""
     im = ax.imshow(mosaic(tiles, ncols, 1, 2), cmap=diverging_cmap(), vmin=-v, vmax=v, interpolation="nearest")
     for i, label in enumerate(labels):
@@ -290,12 +292,12 @@ def _plot_conv1(res: FilterResult):
         labels, colors = [], []
         for i in range(w.shape[0]):
             cls = st["class"][i, 0]
-            label = _CLASS_LETTER[cls]
+            label = CLASS_LETTER[cls]
             if cls == "edge":
-                label += _direction_bin(float(st["gradient_direction_deg"][i, 0]))
+                label += direction_bin(float(st["gradient_direction_deg"][i, 0]))
             labels.append(label)
             colors.append("black" if cls != "mixed" else "#777777")
-        im = _mosaic_axes(ax, w[:, 0], 8, v, labels, colors)
+        im = mosaic_axes(ax, w[:, 0], 8, v, labels, colors)
         rows = -(-w.shape[0] // 8)
         ax.set_xticks(np.arange(8) * 4 + 1, [f"+{c}" for c in range(8)])
         ax.set_yticks(np.arange(rows) * 5 + 1, [str(8 * r) for r in range(rows)])
@@ -380,7 +382,7 @@ def _plot_conv2(res: FilterResult):
         ax = fig.add_subplot(top[g])
         axes.append(ax)
         tiles = np.stack([w[o, i] for o in outs for i in order[o]])
-        im = _mosaic_axes(ax, tiles, k, v, [str(int(i)) for o in outs for i in order[o]])
+        im = mosaic_axes(ax, tiles, k, v, [str(int(i)) for o in outs for i in order[o]])
         ax.set_xticks([])
         ax.set_yticks(np.arange(len(outs)) * 5 + 1, [str(o) for o in outs])
         ax.set_title(f"filters {outs[0]}–{outs[-1]}", fontsize=9)
@@ -429,414 +431,4 @@ def _plot_conv2(res: FilterResult):
     else:
         text += " " + ", ".join(f"{c} {t['class_counts'][c]}" for c in kinds) + f" of {n_out * n_in} kernels."
     fig.suptitle(wrap_text(text, fontsize=9), fontsize=9)
-    return fig
-
-
-# ---------------------------------------------------------------------------------------------
-# 2.1, continued: how the kernels move epoch by epoch (filters_by_epoch.safetensors, written by
-# training), and what each conv1 filter responds to in real images
-# ---------------------------------------------------------------------------------------------
-
-FILTERS_BY_EPOCH = "filters_by_epoch.safetensors"   # in a run directory; absent in older runs
-HISTORY_LAYERS = ("conv1", "conv2")
-_NON_DC = ("gradient", "center_surround", "line", "higher")
-NON_DC_CHANCE = {g: len(_GROUP_DIMS[g]) / 8 for g in _NON_DC}   # i.i.d. kernel, mean removed
-
-
-def load_filters_by_epoch(run) -> dict[str, np.ndarray] | None:
-    """{"conv1.epoch0": [32, 1, 3, 3], ...} from a run directory (or `runs.Run`), or None for a
-    run written before training kept them."""
-    from pathlib import Path
-
-    from ..model import read_safetensors
-    path = Path(getattr(run, "path", run)) / FILTERS_BY_EPOCH
-    if not path.is_file():
-        return None
-    tensors, _ = read_safetensors(path)
-    return {k: v.double().numpy() for k, v in tensors.items()}
-
-
-def _by_epoch(snapshots) -> dict[str, np.ndarray]:
-    """{layer: [E+1, out, in, 3, 3]} from {"conv1.epoch0": tensor or array, ...}; ConfigError
-    unless each layer has epochs 0..E (the same E) of one shape."""
-    out: dict[str, np.ndarray] = {}
-    epochs: set[int] = set()
-    for layer in HISTORY_LAYERS:
-        found: dict[int, np.ndarray] = {}
-        for k, v in snapshots.items():
-            name, _, e = str(k).partition(".epoch")
-            if name == layer and e.isdigit():
-                found[int(e)] = np.asarray(v.detach().cpu().double() if hasattr(v, "detach") else v, dtype=np.float64)
-        if not found:
-            continue
-        n = len(found)
-        if sorted(found) != list(range(n)) or len({a.shape for a in found.values()}) != 1:
-            raise ConfigError(f"{layer}'s snapshots must be epochs 0..{n - 1} of one shape; got epochs {sorted(found)[:8]}")
-        if found[0].ndim != 4 or found[0].shape[-2:] != (3, 3):
-            raise ConfigError(f"{layer}'s snapshots must be [out, in, 3, 3] kernels; got {list(found[0].shape)}")
-        out[layer] = np.stack([found[e] for e in range(n)])
-        epochs.add(n)
-    if "conv1" not in out:
-        raise ConfigError("no conv1 snapshots (keys conv1.epoch0, conv1.epoch1, ...)")
-    if len(epochs) != 1:
-        raise ConfigError("conv1 and conv2 have snapshots of different numbers of epochs")
-    return out
-
-
-@dataclass
-class FilterHistoryResult(AnalysisResult):
-    """Per epoch e = 0..E, for each layer: the mean over its filters of the cosine similarity to
-    their initial values, ‖W_e − W_0‖/‖W_0‖, ‖W_e − W_(e−1)‖/‖W_0‖ and the edge/blob/line/mixed
-    counts and energy shares of `kernel_stats` (the classification `filters` uses)."""
-    stem = "filter_history"
-    weights: dict[str, np.ndarray]        # layer -> [E+1, out, in, 3, 3]
-    layers: dict[str, dict]               # layer -> per-epoch lists (see to_dict)
-
-    @property
-    def epochs(self) -> int:
-        return len(self.weights["conv1"]) - 1
-
-    def to_dict(self) -> dict:
-        return {"epochs": self.epochs, "layers": self.layers,
-                "definitions": {
-                    "mean_cosine_to_init": "per epoch, the mean over the layer's output filters of the cosine "
-                                           "similarity of the filter's weights to its weights at initialization "
-                                           "(epoch 0); 1 = unchanged direction",
-                    "min_cosine_to_init": "the smallest of those cosines",
-                    "relative_change": "‖W_e − W_0‖ / ‖W_0‖ over the whole layer",
-                    "epoch_change": "‖W_e − W_(e−1)‖ / ‖W_0‖: how far epoch e moved the layer (0 at epoch 0)",
-                    "class_counts": f"edge/blob/line/mixed kernels by filters.kernel_stats (threshold {CLASS_THRESHOLD})",
-                    "low_order_share": "mean share of kernel energy in the mean and gradient (filters.kernel_stats)",
-                    "gradient_share": "mean share of kernel energy in the gradient (edge) part"}}
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {f"{layer}_by_epoch": w for layer, w in self.weights.items()}
-
-    def figure(self):
-        return _plot_history(self)
-
-
-def filter_history(source) -> FilterHistoryResult | None:
-    """How conv1 and conv2 moved during training, epoch by epoch. `source`: a run directory or
-    `runs.Run` (its filters_by_epoch.safetensors; None when the run has none: trained before
-    snapshots were kept), or the snapshots themselves ({"conv1.epoch0": tensor, ...}, e.g.
-    `TrainResult.filters_by_epoch`)."""
-    if source is None:
-        return None
-    if isinstance(source, dict):
-        snapshots = source
-    else:
-        loaded = load_filters_by_epoch(source)
-        if loaded is None:
-            return None
-        snapshots = loaded
-    weights = _by_epoch(snapshots)
-    layers = {}
-    for layer, w in weights.items():
-        w0 = w[0]
-        norm0 = max(float(np.linalg.norm(w0)), 1e-30)
-        cos = [_cos(we, w0) for we in w]
-        nums = [_layer_numbers(we) for we in w]
-        layers[layer] = {
-            "mean_cosine_to_init": [float(c.mean()) for c in cos],
-            "min_cosine_to_init": [float(c.min()) for c in cos],
-            "relative_change": [float(np.linalg.norm(we - w0)) / norm0 for we in w],
-            "epoch_change": [0.0] + [float(np.linalg.norm(w[e] - w[e - 1])) / norm0 for e in range(1, len(w))],
-            "class_counts": [d["class_counts"] for d in nums],
-            "low_order_share": [d["low_order_share"] for d in nums],
-            "gradient_share": [d["mean_share"]["gradient"] for d in nums]}
-    return FilterHistoryResult(weights, layers)
-
-
-def _kernel_panel(ax, w: np.ndarray, v: float, title: str):
-    """conv1's 32 kernels [32, 1, 3, 3] as a 4×8 mosaic on a shared colour scale ±v."""
-    im = ax.imshow(mosaic(w[:, 0], 8), cmap=diverging_cmap(), vmin=-v, vmax=v, interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for s in ax.spines.values():
-        s.set_visible(False)
-    ax.set_title(title, fontsize=8)
-    return im
-
-
-def _plot_history(res: FilterHistoryResult):
-    import matplotlib.pyplot as plt
-    w1 = res.weights["conv1"]
-    E = res.epochs
-    shown = sorted({0, min(1, E), E})
-    fig = plt.figure(figsize=(6.7, 5.4), layout="constrained")     # prints at full size (≤ 7 in)
-    gs = fig.add_gridspec(2, 3, height_ratios=[1.0, 1.25])
-    v = float(np.abs(w1[shown]).max())
-    c1 = res.layers["conv1"]
-    im = None
-    for j, e in enumerate(shown):
-        ax = fig.add_subplot(gs[0, j])
-        what = "initial" if e == 0 else f"after epoch {e}"
-        extra = "" if e == 0 else f"\ncosine to initial {c1['mean_cosine_to_init'][e]:.2f}"
-        im = _kernel_panel(ax, w1[e], v, f"conv1 {what}{extra}")
-    if im is not None:
-        cb = fig.colorbar(im, ax=fig.axes[-1], fraction=0.05, pad=0.03)
-        cb.ax.tick_params(labelsize=7)
-        cb.set_label("weight", fontsize=7)
-    x = np.arange(E + 1)
-    colors = {"conv1": "C0", "conv2": "C1"}
-    ax = fig.add_subplot(gs[1, 0])
-    for layer, d in res.layers.items():
-        ax.plot(x, d["mean_cosine_to_init"], "o-", ms=3, color=colors[layer], label=layer)
-    lowest = min(min(d["mean_cosine_to_init"]) for d in res.layers.values())
-    ax.set(xlabel="epoch", ylabel="mean cosine to initial", ylim=(min(0.8, lowest - 0.05), 1.01))
-    ax.set_title("direction kept from init", fontsize=8)
-    ax.legend(fontsize=7)
-    ax = fig.add_subplot(gs[1, 1])
-    for layer, d in res.layers.items():
-        ax.plot(x, d["relative_change"], "o-", ms=3, color=colors[layer], label=f"{layer} from init")
-        ax.plot(x[1:], d["epoch_change"][1:], ":", color=colors[layer], label=f"{layer} per epoch")
-    ax.set(xlabel="epoch", ylabel="‖ΔW‖ / ‖W₀‖")
-    ax.set_title("how far the weights moved", fontsize=8)
-    ax.legend(fontsize=7)
-    ax = fig.add_subplot(gs[1, 2])
-    for cls, color in (("edge", "C0"), ("blob", "C1"), ("line", "C2"), ("mixed", "C7")):
-        ax.plot(x, [cc[cls] for cc in c1["class_counts"]], "o-", ms=3, color=color, label=cls)
-    ax.set(xlabel="epoch", ylabel="conv1 kernels", ylim=(0, 32))
-    ax.set_title("conv1 kernels by kind", fontsize=8)
-    ax.legend(fontsize=7, ncol=2)
-    for a in fig.axes[-3:]:
-        a.tick_params(labelsize=7)
-        a.xaxis.label.set_fontsize(8)
-        a.yaxis.label.set_fontsize(8)
-        a.grid(alpha=0.3)
-        if E <= 20:
-            a.set_xticks(x if E <= 10 else x[::2])
-    fig.suptitle(f"conv1 and conv2 over {E} epoch{'s' if E != 1 else ''} of training "
-                 f"(shared colour scale ±{v:.2f})", fontsize=9)
-    return fig
-
-
-# --- what each conv1 filter responds to --------------------------------------------------------
-
-def _non_dc(w: np.ndarray) -> dict:
-    """kernel_stats of 3×3 kernels [..., 3, 3] with their mean removed: the shares of the non-DC
-    energy (gradient, center_surround, line, higher), class (edge / blob / line when that part holds
-    ≥ CLASS_THRESHOLD of it, else mixed) and gradient direction."""
-    w = np.asarray(w, dtype=np.float64)
-    st = kernel_stats(w - w.mean(axis=(-2, -1), keepdims=True))
-    share = {g: st["share"][g] for g in _NON_DC}
-    cls = np.full(w.shape[:-2], "mixed", dtype=object)
-    cls[share["center_surround"] >= CLASS_THRESHOLD] = "blob"
-    cls[share["line"] >= CLASS_THRESHOLD] = "line"
-    cls[share["gradient"] >= CLASS_THRESHOLD] = "edge"
-    return {"share": share, "class": cls, "direction": st["gradient_direction_deg"]}
-
-
-@dataclass
-class ResponseResult(AnalysisResult):
-    """For each conv1 filter: the mean of the `top` 3×3 input patches that drive its pre-ReLU
-    response highest, in pixel units (0 = black, 1 = white), and how structured that patch is."""
-    stem = "filter_responses"
-    layer: str
-    top: int
-    n_images: int
-    weights: np.ndarray                  # [32, 3, 3]
-    patches: np.ndarray                  # [32, 3, 3] mean top patch, pixels
-    filters: list[dict]
-    summary: dict
-    reference_weights: np.ndarray | None = None
-    reference_patches: np.ndarray | None = None
-    reference_summary: dict | None = None
-
-    def to_dict(self) -> dict:
-        return {"layer": self.layer, "top": self.top, "images": self.n_images,
-                "definitions": {
-                    "mean_patch": "mean of the `top` input patches (3×3, pixel units 0–1, padding = the "
-                                  "normalization mean) at which the filter's response before the ReLU "
-                                  "(after batch-norm, in eval mode, when the network has it) is highest, "
-                                  "over all positions of the images",
-                    "non_dc_share": "share of a 3×3 pattern's energy, its mean removed, in each part of "
-                                    "filters.kernel_stats' basis (i.i.d. chance: gradient 0.25, "
-                                    "center_surround 0.25, line 0.25, higher 0.25)",
-                    "class": f"edge / blob / line when that part holds ≥ {CLASS_THRESHOLD} of the non-DC "
-                             f"energy, else mixed",
-                    "direction_deg": "direction in which the pattern gets brighter (0 = right, 90 = up)",
-                    "alignment": "cosine between the filter's weights and its mean patch, both with their "
-                                 "mean removed"},
-                "chance_share": NON_DC_CHANCE, "summary": self.summary,
-                "untrained_summary": self.reference_summary, "filters": self.filters}
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        out = {"weights": self.weights, "mean_patches": self.patches}
-        if self.reference_patches is not None and self.reference_weights is not None:
-            out.update(untrained_weights=self.reference_weights, untrained_mean_patches=self.reference_patches)
-        return out
-
-    def figure(self):
-        return _plot_responses(self)
-
-
-def _as_images(images):
-    import torch
-    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images).detach().cpu()
-    x = x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
-    if x.dim() == 3:
-        x = x.unsqueeze(1)
-    if x.dim() != 4 or tuple(x.shape[1:]) != (1, 28, 28) or len(x) == 0:
-        raise ConfigError(f"images must be [N, 28, 28] or [N, 1, 28, 28] with N ≥ 1; got {list(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise ConfigError("the images hold NaN or infinite pixels")
-    return x
-
-
-def _top_patches(model: Net, x, top: int, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Mean top-`top` patch per conv1 filter ([32, 3, 3], normalized input units) and the mean of
-    those top responses ([32]); `x` [N, 1, 28, 28] pixels in [0, 1]."""
-    import torch
-
-    from ._shared import evaluating
-    conv, bn = model.conv1, model.bn1
-    n_f = conv.out_channels
-    best_v = torch.full((n_f, 0), float("-inf"), dtype=torch.float64)
-    best_i = torch.zeros((n_f, 0), dtype=torch.long)
-    hw = x.shape[-2] * x.shape[-1]
-    with evaluating(model):
-        for s in range(0, len(x), chunk):
-            xn = model.normalize(x[s:s + chunk].to(next(model.parameters()).device))
-            z = conv(xn)
-            z = bn(z) if bn is not None else z
-            z = z.double().cpu().transpose(0, 1).reshape(n_f, -1)               # [32, n·784]
-            k = min(top, z.shape[1])
-            v, i = z.topk(k, dim=1)
-            v, i = torch.cat([best_v, v], 1), torch.cat([best_i, i + s * hw], 1)
-            keep = v.topk(min(top, v.shape[1]), dim=1).indices
-            best_v, best_i = v.gather(1, keep), i.gather(1, keep)
-        mean, std = float(model.get_buffer("input_mean")), float(model.get_buffer("input_std"))
-    xpad = torch.nn.functional.pad((x.double() - mean) / std, (1, 1, 1, 1))      # zeros: conv1's padding
-    img, pos = best_i // hw, best_i % hw
-    r, c = pos // x.shape[-1], pos % x.shape[-1]
-    offs = torch.arange(3)
-    rows = (r[..., None, None] + offs[:, None]).expand(*r.shape, 3, 3)
-    cols = (c[..., None, None] + offs[None, :]).expand(*c.shape, 3, 3)
-    patches = xpad[img[..., None, None].expand(*img.shape, 3, 3), 0, rows, cols]  # [32, top, 3, 3]
-    return patches.mean(1).numpy(), best_v.mean(1).numpy()
-
-
-def _response_numbers(w: np.ndarray, patch_norm: np.ndarray, patch_px: np.ndarray, act: np.ndarray) -> tuple[list[dict], dict]:
-    pw, pp = _non_dc(w), _non_dc(patch_px)
-    wc = (w - w.mean(axis=(1, 2), keepdims=True)).reshape(len(w), -1)
-    pc = (patch_norm - patch_norm.mean(axis=(1, 2), keepdims=True)).reshape(len(w), -1)
-    align = (wc * pc).sum(1) / np.maximum(np.linalg.norm(wc, axis=1) * np.linalg.norm(pc, axis=1), 1e-30)
-    rows = []
-    for i in range(len(w)):
-        rows.append({"index": i, "weight_class": str(pw["class"][i]), "patch_class": str(pp["class"][i]),
-                     "weight_non_dc_share": {g: round(float(pw["share"][g][i]), 4) for g in _NON_DC},
-                     "patch_non_dc_share": {g: round(float(pp["share"][g][i]), 4) for g in _NON_DC},
-                     "patch_direction_deg": round(float(pp["direction"][i]), 1),
-                     "patch_direction": _direction_bin(float(pp["direction"][i])),
-                     "patch_contrast": round(float(patch_px[i].max() - patch_px[i].min()), 4),
-                     "alignment": round(float(align[i]), 4), "mean_top_response": round(float(act[i]), 4)})
-    count = lambda cls: {c: int((cls == c).sum()) for c in ("edge", "blob", "line", "mixed")}  # noqa: E731
-    summary = {"filters": len(w),
-               "weight_class_counts": count(pw["class"]), "patch_class_counts": count(pp["class"]),
-               "mean_weight_gradient_share": float(pw["share"]["gradient"].mean()),
-               "mean_patch_gradient_share": float(pp["share"]["gradient"].mean()),
-               "edge_patch_not_edge_weights": int(((pp["class"] == "edge") & (pw["class"] != "edge")).sum()),
-               "mean_alignment": float(align.mean()),
-               "patch_edge_direction_bins_covered": len({_direction_bin(float(d)) for d, c in
-                                                         zip(pp["direction"], pp["class"]) if c == "edge"})}
-    return rows, summary
-
-
-def what_filters_respond_to(model: Net, images, layer: str = "conv1", top: int = 100,
-                            reference: Net | None = None) -> ResponseResult:
-    """For each conv1 filter, the mean of the `top` 3×3 input patches (over every position of
-    `images`: [N, 28, 28] or [N, 1, 28, 28], uint8 or [0, 1]; a few thousand test images) where
-    its response before the ReLU is highest, and how structured that mean patch is (its energy
-    shares in kernel_stats' basis, mean removed). A filter whose weights look like noise can still
-    be driven hardest by oriented strokes: nearby pixels of handwriting are strongly correlated.
-    `reference` (e.g. `untrained_like(model, seed)`) gets the same numbers, as a control."""
-    if layer != "conv1":
-        raise ConfigError(f"what_filters_respond_to reads conv1 only (its inputs are pixels); got {layer!r}")
-    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise ConfigError(f"top must be an integer ≥ 1; got {top!r}")
-    x = _as_images(images)
-    top = min(top, len(x) * x.shape[-1] * x.shape[-2])
-
-    def measure(net: Net):
-        w = net.conv1.weight.detach().cpu().double().numpy()[:, 0].copy()
-        patch, act = _top_patches(net, x, top)
-        mean, std = float(net.get_buffer("input_mean")), float(net.get_buffer("input_std"))
-        px = patch * std + mean
-        rows, summary = _response_numbers(w, patch, px, act)
-        return w, px, rows, summary
-
-    w, px, rows, summary = measure(model)
-    res = ResponseResult(layer, top, len(x), w, px, rows, summary)
-    if reference is not None:
-        rw, rpx, _, rsum = measure(reference)
-        res.reference_weights, res.reference_patches, res.reference_summary = rw, rpx, rsum
-    return res
-
-
-def _plot_responses(res: ResponseResult):
-    import matplotlib.pyplot as plt
-    fig = plt.figure(figsize=(6.7, 5.6), layout="constrained")     # prints at full size (≤ 7 in)
-    gs = fig.add_gridspec(2, 2, height_ratios=[1.0, 1.0])
-    v = float(np.abs(res.weights).max())
-    for j, (tiles, title, kind) in enumerate([
-            (res.weights, "conv1 weights (shared scale)", "weight"),
-            (res.patches, f"mean of each filter's top {res.top:,} input patches", "patch")]):
-        ax = fig.add_subplot(gs[0, j])
-        if kind == "weight":
-            im = ax.imshow(mosaic(tiles, 8, 1, 2), cmap=diverging_cmap(), vmin=-v, vmax=v, interpolation="nearest")
-        else:
-            im = ax.imshow(mosaic(tiles, 8, 1, 2), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        for i, f in enumerate(res.filters):
-            r, c = divmod(i, 8)
-            cls = f["weight_class"] if kind == "weight" else f["patch_class"]
-            label = _CLASS_LETTER[cls] + (f["patch_direction"] if kind == "patch" and cls == "edge" else "")
-            ax.text(c * 4 + 1, r * 5 + 3.1, label, ha="center", va="center", fontsize=7,
-                    color="black" if cls != "mixed" else "#777777")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for s in ax.spines.values():
-            s.set_visible(False)
-        ax.set_title(title, fontsize=8)
-        cb = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
-        cb.ax.tick_params(labelsize=7)
-        cb.set_label("weight" if kind == "weight" else "pixel (0 black, 1 white)", fontsize=7)
-    ax = fig.add_subplot(gs[1, 0])
-    wg = [f["weight_non_dc_share"]["gradient"] for f in res.filters]
-    pg = [f["patch_non_dc_share"]["gradient"] for f in res.filters]
-    ax.scatter(wg, pg, s=14, color="C0", label="trained", zorder=3)
-    if res.reference_weights is not None and res.reference_patches is not None:
-        rw, rp = _non_dc(res.reference_weights), _non_dc(res.reference_patches)
-        ax.scatter(rw["share"]["gradient"], rp["share"]["gradient"], s=14, marker="s", color="C7",
-                   label="untrained", zorder=2)
-    ax.plot([0, 1], [0, 1], color="black", lw=0.8, ls="--")
-    ax.axhline(NON_DC_CHANCE["gradient"], color="C3", lw=0.8, ls=":", label="chance (0.25)")
-    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="gradient share of the weights", ylabel="gradient share of mean patch")
-    ax.set_title("edge structure: weights vs what excites them", fontsize=8)
-    ax.legend(fontsize=7, loc="lower right")
-    ax = fig.add_subplot(gs[1, 1])
-    classes = ("edge", "blob", "line", "mixed")
-    bars: list[tuple[str, dict, str, str | None]] = [
-        ("weights", res.summary["weight_class_counts"], "C0", None),
-        ("top patches", res.summary["patch_class_counts"], "C2", None)]
-    if res.reference_summary is not None:
-        bars += [("untrained weights", res.reference_summary["weight_class_counts"], "C7", None),
-                 ("untrained patches", res.reference_summary["patch_class_counts"], "none", "//")]
-    width = 0.8 / len(bars)
-    xs = np.arange(len(classes))
-    for k, (name, counts, color, hatch) in enumerate(bars):
-        ax.bar(xs + (k - (len(bars) - 1) / 2) * width, [counts[c] for c in classes], width, color=color,
-               edgecolor="black" if hatch else None, hatch=hatch, label=name)
-    ax.set_xticks(xs, classes)
-    ax.set(ylabel="conv1 filters", ylim=(0, 40))
-    ax.set_title("kind of pattern (mean removed)", fontsize=8)
-    ax.legend(fontsize=7, ncol=2, loc="upper center")
-    for a in fig.axes:
-        if a.get_label() != "<colorbar>":
-            a.tick_params(labelsize=7)
-            a.xaxis.label.set_fontsize(8)
-            a.yaxis.label.set_fontsize(8)
-    fig.suptitle("What excites each conv1 filter: E edge (arrow: towards brighter), B blob, L line, · mixed",
-                 fontsize=9)
     return fig

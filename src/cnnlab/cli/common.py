@@ -9,7 +9,7 @@ import json
 import math
 import sys
 
-from ..config import CHOICES, RULES, TrainConfig, check_field, field_help
+from ..config import TrainConfig, check_field, setting
 from ..errors import ConfigError
 from ..output import json_default
 
@@ -76,14 +76,10 @@ def output_dir(args, run=None, name: str = ""):
 
 
 def open_run_noted(path):
-    """open_run, and when the run was stopped early, a warning as the first line on stderr: no
-    analysis of an interrupted run is shown without saying so."""
+    """open_run, which says on stderr, first, when the run was stopped early: no analysis of an
+    interrupted run is shown without saying so."""
     from ..runs import open_run
-    run = open_run(path)
-    note = run.status_note()
-    if note:
-        print(f"warning: {note}", file=sys.stderr, flush=True)
-    return run
+    return open_run(path)
 
 
 def print_json(obj) -> None:
@@ -106,29 +102,45 @@ def _finite_or_null(obj):
 
 
 def console():
+    """The terminal console. Markup and emoji codes are off: the lines printed hold the user's
+    paths and file names, and a name such as '[/]7.png' or '[bold red]x.png' must print as
+    written, never be parsed (a MarkupError) or restyled; control characters are made visible."""
     from rich.console import Console
-    return Console(stderr=False, highlight=False, soft_wrap=True)
+
+    class _Plain(Console):
+        def render_str(self, text: str, **kwargs):     # every str printed, table cells too
+            return super().render_str(printable(text), **kwargs)
+
+    return _Plain(stderr=False, highlight=False, soft_wrap=True, markup=False, emoji=False)
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7f, 0xa0)] if c not in (0x09, 0x0a)}
+
+
+def printable(text: str) -> str:
+    """`text` with terminal control characters (ESC, CR, BEL, ...) shown as \\xNN, so a file name
+    cannot move the cursor, recolour or clear the terminal."""
+    return text.translate(_CONTROL)
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field: help from the field's comment, accepted values from the
-    config's own rule (so a bad value is refused by argparse, before any work, with the same words)."""
-
-    helps = field_help()
+    """One flag per TrainConfig field: help and accepted values from the field's own metadata (so a
+    bad value is refused by argparse, before any work, with the config's words)."""
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        text = f"{helps.get(f.name, '')} ({RULES[f.name][1]})".replace("%", "%%")
+        meta = setting(f.name)
+        text = f"{meta['help']} ({meta['accepts']})".replace("%", "%%")
         if f.type in ("bool", bool):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                                help=helps.get(f.name, "").replace("%", "%%"))
-        elif f.name in CHOICES:
-            parser.add_argument(flag, dest=f.name, choices=CHOICES[f.name], help=helps.get(f.name))
+                                help=f"{meta['help']} (default: the preset's)".replace("%", "%%"))
+        elif meta["choices"]:
+            parser.add_argument(flag, dest=f.name, choices=meta["choices"], help=text)
         else:
-            parser.add_argument(flag, dest=f.name, type=_config_value(f.name, int if f.type in ("int", int) else float),
+            parser.add_argument(flag, dest=f.name, type=config_value(f.name, int if f.type in ("int", int) else float),
                                 help=text)
 
 
-def _config_value(name: str, kind: type):
+def config_value(name: str, kind: type):
     def parse(s: str):
         try:
             v = kind(s)

@@ -7,16 +7,21 @@ import base64
 import html
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..analysis.verdict import Verdict
 from ..config import AnalysisConfig
 from ..figures import PRINT_WIDTH_IN, legibility
-from ..runs import open_run
+from ..runs import Run, open_run
+
+if TYPE_CHECKING:
+    from ..data import Split
+    from ..model import Net
 
 ASSIGNMENT = "EE5179 Deep Learning for Imaging — Programming Assignment 2: Convolutional Neural Networks"
 
@@ -98,14 +103,18 @@ def esc(s: Any) -> str:
 
 @dataclass
 class Context:
+    """What every section reads: the report folder, the data, the runs and the analysis settings."""
     out: Path
-    split: Any
-    runs: dict[str, list[Path]]
-    best_run: Any
-    best_model: Any
+    split: Split
+    runs: dict[str, list[Path]]                  # "plain" / "batch_norm" → run folders, by seed
+    best_run: Run                                # the network parts 2 and 3 analyse
+    best_model: Net
     analysis: AnalysisConfig
     printed: Printed
     results: dict
+    # How a section trains a network it needs (3.1.3's judge): cnnlab.train.train, passed in by
+    # whoever builds the Context, so that no section imports the training loop. None: no training.
+    trainer: Callable[..., Any] | None = None
 
 
 def shape_text(s) -> str:

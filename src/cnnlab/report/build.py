@@ -191,7 +191,8 @@ def _build_report(d: OutputDir, preset: str, seeds: int, data_dir: str | None,
     best = max(all_runs, key=lambda r: (r.info["best"]["val_accuracy"], -all_runs.index(r)))
     ctx = Context(out, split, runs, best, best.load_model(), analysis, Printed(),
                   results={"assignment": ASSIGNMENT, "preset": preset, "seeds": seeds,
-                           "analysis": dataclasses.asdict(analysis), "notebook": NOTEBOOK})
+                           "analysis": dataclasses.asdict(analysis), "notebook": NOTEBOOK},
+                  trainer=train)
 
     sections: list[Section] = []
     by_builder: list[tuple[Callable[[Context], Any], list[Section]]] = []     # for report.ipynb's cells

@@ -13,7 +13,6 @@ from ..config import preset as make_preset
 from ..errors import RunError
 from ..runs import open_run
 from ..schema import config_from_dict
-from ..train import train
 from .base import Context, Section, drop_images, esc, fig_to_data_uri, other_models
 
 
@@ -42,8 +41,11 @@ def choose_judge(ctx: Context):
             cfg = make_preset(name, seed=seed + 1, **{k: maker_cfg.get(k) for k in (
                 "device", "threads", "dataset", "val_size", "split_seed")})     # the maker's data, as trained
             how = f"the {name} preset"
+        if ctx.trainer is None:
+            raise RunError("3.1.3 needs a judge network trained with another seed, and this report was opened "
+                           "without a trainer (pass trainer=cnnlab.train.train)")
         t0 = time.perf_counter()
-        res = train(cfg, None, split=ctx.split, progress=False, log=lambda s: None)
+        res = ctx.trainer(cfg, None, split=ctx.split, progress=False, log=lambda s: None)
         return res.model, {"name": f"a plain network trained with seed {seed + 1} ({how})",
                            "source": "trained for the judge", "seed": seed + 1, "preset": name, "another_seed": True,
                            "test_accuracy": res.test_accuracy, "seconds": round(time.perf_counter() - t0, 2)}

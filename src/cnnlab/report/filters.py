@@ -6,7 +6,9 @@ import numpy as np
 
 from ..analysis import untrained_for_run
 from ..analysis.activations import receptive_fields
-from ..analysis.filters import filter_history, filters, patterns_verdict, what_filters_respond_to
+from ..analysis.filter_history import filter_history
+from ..analysis.filter_responses import what_filters_respond_to
+from ..analysis.filters import filters, patterns_verdict
 from .base import Context, Section, fig_to_data_uri
 
 
@@ -28,6 +30,12 @@ def section_filters(ctx: Context) -> list[Section]:
     tc, uc = t["class_counts"], u["class_counts"]
     eb, eb0 = tc["edge"] + tc["blob"], uc["edge"] + uc["blob"]
     cos = t.get("mean_cosine_to_init")
+    imported = bool(ctx.best_run.imported)
+    if imported:        # its own initial weights were never saved: "before" is a fresh network of the same kind
+        cos = None
+        s1.evidence.append("This network was trained elsewhere and imported: its own initial weights are not known, "
+                           "so “before training” here means a freshly initialized network of the same layers "
+                           "(PyTorch's default initialization), and how far each kernel moved is not measured.")
     if v1.key == "yes":
         s1.answer.append(f"<b>Some</b>: training turned part of conv1 towards edge and blob detectors: "
                          f"{p('2.1.edge_blob', eb, '{}')} of the 32 kernels are edge or blob detectors after training "
@@ -92,7 +100,7 @@ def section_filters(ctx: Context) -> list[Section]:
     v2 = s2.verdict(patterns_verdict(f2, compare=f1))
     t2, u2 = f2.trained, f2.untrained_numbers
     eff = [float(k["effective_inputs"]) for k in f2.kernels if k.get("effective_inputs") is not None]
-    cos2 = t2.get("mean_cosine_to_init")
+    cos2 = None if imported else t2.get("mean_cosine_to_init")
     rf = receptive_fields(ctx.best_model)
     txt = (f"Unlike conv1's, a conv2 filter is not one 3×3 picture: it is a stack of 32 kernels, one per conv1 "
            f"feature map, and it sums their responses, so it sees a {rf['conv2']}×{rf['conv2']}-pixel region of the "

@@ -67,11 +67,13 @@ class NotebookMismatch(CnnlabError):
 # Used inside the notebook
 # ---------------------------------------------------------------------------------------------
 
-def open_report(path: str | Path = ".", data_dir: str | Path | None = None) -> Context:
+def open_report(path: str | Path = ".", data_dir: str | Path | None = None,
+                trainer: Callable[..., Any] | None = None) -> Context:
     """The Context a report's sections were built with, from the report folder `path`.
 
     `data_dir`: where the MNIST files are (default: CNNLAB_DATA_DIR or the cache, as for `cnnlab
-    train`). The split is rebuilt from the best run's config, so it is the report's split."""
+    train`). The split is rebuilt from the best run's config, so it is the report's split.
+    `trainer` (cnnlab.train.train): for the sections that train a network of their own (3.1.3's judge)."""
     out = Path(path)
     try:
         results = json.loads((out / "results.json").read_text(encoding="utf-8"))
@@ -85,7 +87,7 @@ def open_report(path: str | Path = ".", data_dir: str | Path | None = None) -> C
     split = load_split(cfg["dataset"], data_dir, cfg["val_size"], cfg["split_seed"], cfg["train_subset"])
     analysis = analysis_config_from(results["analysis"])
     return Context(out, split, runs, best, best.load_model(), analysis, Printed(),
-                   results={k: results[k] for k in ("assignment", "preset", "seeds", "analysis")})
+                   results={k: results[k] for k in ("assignment", "preset", "seeds", "analysis")}, trainer=trainer)
 
 
 def analysis_config_from(saved: dict[str, Any]) -> AnalysisConfig:
@@ -314,11 +316,12 @@ import matplotlib.pyplot as plt
 import torch
 
 from cnnlab.report.notebook import Checks, open_report, show_source
+from cnnlab.train import train
 
 # The report folder is the folder this notebook is in. DATA_DIR: where the MNIST files are
 # (None: CNNLAB_DATA_DIR or cnnlab's cache, as for `cnnlab train`).
 DATA_DIR = {data_dir}
-R = open_report(".", data_dir=DATA_DIR)           # the report's runs, data split and analysis settings
+R = open_report(".", data_dir=DATA_DIR, trainer=train)   # the report's runs, data split and analysis settings
 results = json.loads(Path("results.json").read_text(encoding="utf-8"))   # what report.html prints
 check = Checks(results)                           # compares this notebook's numbers with results.json
 model, split, A = R.best_model, R.split, R.analysis

@@ -1,169 +1,51 @@
-"""`cnnlab explore`: a local web page where you draw a digit and watch one or two trained networks think.
-
-The server is a small FastAPI app; the page is static HTML/JS/CSS shipped in `cnnlab/static`, with
-no outside fonts, scripts or styles, so it works with no internet at all. Every number the page
-shows comes from the functions the CLI and the report use — `cnnlab.predict` (the MNIST-style
-preprocessing and the decoder guards), `cnnlab.analysis` (layer table, filters, activations,
-occlusion, class models, targeted fakes). This module only moves arrays
-between them and the browser; it implements none of them a second time. What the page says about
-confidence and about the unsure rule is measured on the runs it shows (`Explorer.calibration`),
-never carried over from another run.
-
-Security: binds 127.0.0.1 unless told otherwise; never opens a path the browser sends (the only
-files served are the three page files, by fixed name); every request body is size-limited while
-it is read, before anything decodes it; images are decoded only by `cnnlab.predict`'s guards. The
-weights are loaded once, frozen (`requires_grad=False`) and only used for inference or input-only
-gradients.
-
-Images travel as base64 PNG data URLs (made here with Pillow, colour-mapped with matplotlib's
-lookup tables); the 28×28 input travels as 784 base64 bytes, so what the page shows is exactly
-what the network saw.
-"""
+"""The explorer: everything the page asks for, as plain dicts of numbers and PNG data URLs;
+framework-free, so the page's numbers can be tested without a server."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
-import hashlib
-import io
 import random
-import socket
-import sys
 import threading
 import time
-from functools import cache
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from . import config
-from .analysis import activations, anatomy, class_models, filters, natural, occlusion, targeted
-from .analysis._shared import FEATURE_LAYERS, first_image_of, mosaic
-from .data import cache_dir, get_spec
-from .errors import CnnlabError, ConfigError, ImageError, RunError
-from .output import write_json
-from .predict import preprocess_bytes
-from .runs import open_run
+from .. import config
+from ..analysis import activations, anatomy, class_models, filters, natural, occlusion, targeted
+from ..analysis._shared import FEATURE_LAYERS, first_image_of, mosaic
+from ..data import cache_dir, get_spec
+from ..errors import CnnlabError, ConfigError, ImageError, RunError
+from ..output import write_json
+from ..predict import preprocess_bytes
+from ..runs import open_run
+from .calibration import (
+    CALIBRATION_IMAGES,
+    CALIBRATION_VERSION,
+    N_CLASSES,
+    UNSURE_MARGIN,
+    confidence_note,
+    measure_run,
+    non_digit_drawings,
+    uncertainty,
+    unsure_note,
+)
+from .images import (
+    MAX_BODY_BYTES,
+    colorbar_url,
+    colorize,
+    decode_data_url,
+    decode_pixels,
+    encode_pixels,
+    file_sha256,
+    image_url,
+    png_url,
+    quantize,
+)
 
-try:    # the optional `explore` extra; FastAPI resolves the (string) annotations in this module
-    from fastapi import Request
-except ImportError:                     # pragma: no cover - `cnnlab explore` says how to install
-    Request = None  # type: ignore[misc,assignment]
-
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8179                     # EE5179; `--port 0` picks a free one
-MAX_BODY_BYTES = 8 * 1024 * 1024        # largest request body read (uploads, drawn canvases)
-MAX_JSON_BYTES = 12 * 1024 * 1024       # a canvas/photo data URL is base64: 4/3 of the bytes
-STATIC_FILES = {"explore.html": "text/html; charset=utf-8",
-                "explore.js": "text/javascript; charset=utf-8",
-                "explore.css": "text/css; charset=utf-8"}
 CACHE_VERSION = 3                       # bump when the cached beliefs change meaning
-# "Unsure" when the top-2 margin is under half of the largest margin training aims for:
-# (p1 − p2) / (1 − ε) < UNSURE_MARGIN, ε = the run's label smoothing. How often it fires differs
-# from run to run (benchmarks/unsure.py compares runs), so the page quotes only the rates measured
-# on the runs it shows (Explorer.calibration).
-UNSURE_MARGIN = 0.5
-# The page's sentences on confidence and on the unsure rule are measured on every loaded run:
-# on CALIBRATION_IMAGES of its test images, evenly spread (every k-th: MNIST's test set is ordered,
-# its first half the easier), and on the shipped drawings of non-digits (tools/make_non_digits.py).
-CALIBRATION_IMAGES = 2000
-CALIBRATION_VERSION = 1                 # bump when the cached measurements change meaning
-NON_DIGITS_FILE = "non_digits.npz"
-INSTALL_HINT = "pip install 'cnnlab[explore]'"
-N_CLASSES = 10
-
-
-# ---------------------------------------------------------------------------------------------
-# Pictures for the browser: arrays → PNG data URLs
-# ---------------------------------------------------------------------------------------------
-
-@cache
-def _lut(cmap: str) -> np.ndarray:
-    """uint8 [256, 3] colour lookup table of a matplotlib colormap ('gray' is exact)."""
-    if cmap == "gray":
-        return np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
-    import matplotlib
-    return (matplotlib.colormaps[cmap](np.linspace(0, 1, 256))[:, :3] * 255 + 0.5).astype(np.uint8)
-
-
-def png_url(arr: np.ndarray) -> str:
-    """A uint8 [H, W] (grey), [H, W, 3] or [H, W, 4] array as a PNG data URL."""
-    from PIL import Image
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG", compress_level=1)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def colorize(x: np.ndarray, vmin: float, vmax: float, cmap: str = "gray",
-             mask: np.ndarray | None = None) -> np.ndarray:
-    """Values → RGBA uint8 through `cmap` on [vmin, vmax]; pixels where mask is False are transparent."""
-    x = np.asarray(x, dtype=np.float64)
-    span = vmax - vmin if vmax > vmin else 1.0
-    idx = np.clip(np.nan_to_num((x - vmin) / span) * 255 + 0.5, 0, 255).astype(np.uint8)
-    rgba = np.empty(x.shape + (4,), dtype=np.uint8)
-    rgba[..., :3] = _lut(cmap)[idx]
-    rgba[..., 3] = 255 if mask is None else np.where(mask, 255, 0)
-    return rgba
-
-
-def image_url(img28: np.ndarray) -> str:
-    """An image on [0, 1] (what the network sees) as a grey PNG."""
-    return png_url(np.clip(np.asarray(img28, dtype=np.float64) * 255 + 0.5, 0, 255).astype(np.uint8))
-
-
-def colorbar_url(cmap: str, width: int = 128) -> str:
-    return png_url(np.repeat(_lut(cmap)[np.linspace(0, 255, width).astype(int)][None], 8, axis=0))
-
-
-# ---------------------------------------------------------------------------------------------
-# The 28×28 input: uint8 on the wire, [0, 1] float32 for the network
-# ---------------------------------------------------------------------------------------------
-
-def quantize(img: np.ndarray) -> np.ndarray:
-    """[28, 28] on [0, 1] → uint8, the form every input takes here (lossless on the wire)."""
-    img = np.asarray(img, dtype=np.float64)
-    if img.shape != (28, 28) or not np.isfinite(img).all():
-        raise ImageError(f"expected a finite 28×28 image, got shape {list(img.shape)}")
-    return np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
-
-
-def encode_pixels(u8: np.ndarray) -> str:
-    return base64.b64encode(np.ascontiguousarray(u8, dtype=np.uint8).tobytes()).decode("ascii")
-
-
-def decode_pixels(text: str) -> np.ndarray:
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError, TypeError):
-        raise ImageError("'pixels' must be base64 of 784 bytes (a 28×28 uint8 image)") from None
-    if len(raw) != 784:
-        raise ImageError(f"'pixels' holds {len(raw)} bytes; a 28×28 image is 784")
-    return np.frombuffer(raw, dtype=np.uint8).reshape(28, 28).copy()
-
-
-def decode_data_url(text: str, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The bytes of a `data:image/...;base64,` URL (the canvas or a photo); never a path or a URL."""
-    if not isinstance(text, str) or not text.startswith("data:") or ";base64," not in text[:100]:
-        raise ImageError("'image' must be a base64 data URL (data:image/png;base64,...)")
-    payload = text.split(",", 1)[1]
-    if len(payload) > (limit * 4) // 3 + 4:
-        raise ImageError(f"the image is larger than {limit // (1024 * 1024)} MiB")
-    try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise ImageError("'image' is not valid base64") from None
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -555,119 +437,6 @@ class Explorer:
         return self.views[index]
 
 
-def uncertainty(probs, label_smoothing: float = 0.0) -> dict:
-    """The page's "unsure" cue: the top-2 margin relative to the largest margin training aims
-    for, 1 − ε (with label smoothing ε the right class is trained toward 1 − ε + ε/K and the
-    others toward ε/K). Unsure when it is below UNSURE_MARGIN."""
-    p = np.sort(np.asarray(probs, dtype=np.float64))
-    rel = float((p[-1] - p[-2]) / max(1e-9, 1.0 - label_smoothing))
-    return {"margin": round(rel, 4), "unsure": rel < UNSURE_MARGIN}
-
-
-@cache
-def non_digit_drawings() -> tuple[np.ndarray, tuple[str, ...], str]:
-    """The shipped drawings of non-digits (uint8 [N, 28, 28], as the page's preprocessing made
-    them: tools/make_non_digits.py), their names, and the file's SHA-256."""
-    raw = files("cnnlab").joinpath("static").joinpath(NON_DIGITS_FILE).read_bytes()
-    with np.load(io.BytesIO(raw), allow_pickle=False) as z:
-        images, names = np.asarray(z["images"], dtype=np.uint8), tuple(str(n) for n in z["names"])
-    if images.ndim != 3 or images.shape[1:] != (28, 28) or len(images) != len(names):
-        raise ConfigError(f"{NON_DIGITS_FILE}: expected N 28×28 images with N names; reinstall cnnlab")
-    return images, names, hashlib.sha256(raw).hexdigest()
-
-
-def probabilities(model, u8: np.ndarray, batch: int = 500) -> np.ndarray:
-    """float64 [N, K] softmax of uint8 [N, 28, 28] images, fed on [0, 1] as everywhere here."""
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(u8), batch):
-            x = torch.from_numpy(np.ascontiguousarray(u8[i:i + batch])).float().div(255).unsqueeze(1)
-            out.append(torch.softmax(model(x).double(), 1).numpy())
-    return np.concatenate(out) if out else np.zeros((0, N_CLASSES))
-
-
-def _spread(top: np.ndarray) -> dict:
-    return {"median": float(np.median(top)), "p10": float(np.quantile(top, 0.1)), "max": float(top.max())}
-
-
-def measure_run(model, label_smoothing: float, test_u8: np.ndarray, of: int, step: int,
-                non_digits: np.ndarray | None) -> dict:
-    """What the page quotes about one run: on its test images (`test_u8`, every `step`-th of
-    `of`), how many the unsure rule flags and how high the top probability goes (and, with label
-    smoothing, how many exceed the training target 1 − ε + ε/K); the same on the non-digits."""
-    def flagged(p: np.ndarray) -> int:
-        return sum(uncertainty(row, label_smoothing)["unsure"] for row in p)
-    p = probabilities(model, test_u8)
-    top = p.max(1)
-    n = len(p)
-    test: dict[str, Any] = {"n": n, "of": of, "step": step, "unsure": flagged(p),
-                            "top_prob": _spread(top), "above_target": None}
-    test["unsure_rate"] = test["unsure"] / n
-    if label_smoothing > 0:
-        target = 1 - label_smoothing + label_smoothing / p.shape[1]
-        above = int((top > target).sum())
-        test["above_target"] = {"threshold": target, "count": above, "rate": above / n}
-    out: dict[str, Any] = {"test": test, "non_digits": None}
-    if non_digits is not None and len(non_digits):
-        q = probabilities(model, non_digits)
-        k = flagged(q)
-        out["non_digits"] = {"n": len(q), "unsure": k, "unsure_rate": k / len(q), "top_prob": _spread(q.max(1))}
-    return out
-
-
-def pct(p: float) -> str:
-    """A probability as the page writes it (explore.js's pct)."""
-    if p >= 0.9995:
-        return ">99.9%"
-    if p < 0.0005:
-        return "<0.1%" if p > 0 else "0%"
-    s = f"{100 * p:.{1 if p >= 0.1 else 2}f}"
-    return (s.rstrip("0").rstrip(".") if "." in s else s) + "%"
-
-
-def _ordinal(k: int) -> str:
-    return f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
-
-
-def _sample(test: dict, noun: str) -> str:
-    """'2,000 test digits (every 5th of the 10,000)'."""
-    if test["step"] == 1 and test["n"] == test["of"]:
-        return f"the {test['n']:,} test {noun}"
-    return f"{test['n']:,} test {noun} (every {_ordinal(test['step'])} of the {test['of']:,})"
-
-
-def confidence_note(cal: dict, name: str | None = None, noun: str = "digits") -> str:
-    """The page's sentence on how confident this run is, from its measurements only."""
-    t, nd, eps = cal["test"], cal["non_digits"], cal["label_smoothing"]
-    top = t["top_prob"]
-    who = f"{name}: " if name else ""
-    if eps > 0:
-        above = t["above_target"]
-        text = (f"{who}Trained with label smoothing ε = {eps:g} (run.json), which aims the right class at "
-                f"1 − ε + ε/10 = {pct(above['threshold'])} — a target, not a ceiling: of {_sample(t, noun)}, "
-                f"{pct(above['rate'])} get a top probability above it (median {pct(top['median'])}, "
-                f"highest {pct(top['max'])}).")
-    else:
-        text = (f"{who}Trained without label smoothing (run.json), so training pushes the right class "
-                f"toward 100%: of {_sample(t, noun)}, the top probability has median {pct(top['median'])}, "
-                f"10th percentile {pct(top['p10'])}, highest {pct(top['max'])}.")
-    if nd:
-        text += (f" The {nd['n']} non-digit drawings shipped with cnnlab get a median top probability of "
-                 f"{pct(nd['top_prob']['median'])} (highest {pct(nd['top_prob']['max'])}).")
-    return text
-
-
-def unsure_note(cal: dict, name: str | None = None, noun: str = "digits") -> str:
-    """The page's sentence on how often the unsure rule fires for this run, as measured."""
-    t, nd = cal["test"], cal["non_digits"]
-    text = (f"On {name or 'this run'}, the rule flags {pct(t['unsure_rate'])} ({t['unsure']:,}) of "
-            f"{_sample(t, noun)}")
-    if nd:
-        text += (f" and {nd['unsure']} of the {nd['n']} non-digit drawings shipped with cnnlab (letters, "
-                 f"shapes, scribbles, a dot); the other {nd['n'] - nd['unsure']} are not flagged")
-    return text + "."
-
-
 def request_options(req: dict) -> tuple[int | None, int]:
     target, patch = req.get("target"), req.get("patch", 3)
     if target is not None and (isinstance(target, bool) or not isinstance(target, int)):
@@ -692,212 +461,10 @@ def _belief_rows(model, res) -> list[dict]:
 
 
 def _read_json(path: Path) -> dict | None:
-    from .schema import read_json
+    from ..schema import read_json
     try:        # a damaged or planted cache file is recomputed, never a crash
         obj = read_json(path, RunError, what="explorer cache file")
     except RunError:
         return None
     return obj if isinstance(obj, dict) else None
 
-
-# ---------------------------------------------------------------------------------------------
-# The web app
-# ---------------------------------------------------------------------------------------------
-
-class _TooLarge(Exception):
-    pass
-
-
-async def _read_body(request, limit: int) -> bytes:
-    """The request body, refused as soon as it is known to exceed `limit` (declared or streamed)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise _TooLarge()
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge()
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
-
-
-def create_app(runs: list[Path], data_dir: str | Path | None = None,
-               allowed_hosts: tuple[str, ...] | None = None):
-    """The FastAPI app serving the page and its JSON API for one or two runs.
-
-    `allowed_hosts`: Host header names to answer (any port); `serve` passes the loopback names
-    when it binds 127.0.0.1, so a web page that rebinds its own DNS name to 127.0.0.1 gets no
-    answer. Cross-site POSTs (an Origin header naming another site) are refused either way."""
-    try:
-        from fastapi import FastAPI
-        from fastapi.responses import JSONResponse, Response
-        from starlette.concurrency import run_in_threadpool
-    except ImportError:
-        raise CnnlabError(f"the explorer needs its optional dependencies: {INSTALL_HINT}") from None
-
-    explorer = Explorer(runs, data_dir=data_dir)
-    explorer.info()                 # layer tables and filters once, and any API mismatch at start
-    explorer.preload_test_set()
-    app = FastAPI(title="cnnlab explore", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.explorer = explorer
-
-    def error(status: int, msg: str) -> JSONResponse:
-        return JSONResponse({"error": msg}, status_code=status)
-
-    @app.middleware("http")
-    async def same_site_only(request: Request, call_next):
-        host = request.headers.get("host", "")
-        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        if allowed_hosts is not None and name not in allowed_hosts:
-            return error(400, f"unexpected Host {host!r}: open the explorer at the address it printed")
-        origin = request.headers.get("origin")
-        if request.method == "POST" and origin is not None and origin.split("://", 1)[-1] != host:
-            return error(403, "cross-site request refused")
-        response = await call_next(request)
-        response.headers.update(SECURITY_HEADERS)
-        return response
-
-    @app.exception_handler(_TooLarge)
-    async def too_large(request, exc):
-        return error(413, f"the upload is larger than {MAX_BODY_BYTES // (1024 * 1024)} MiB; "
-                          f"choose a smaller image")
-
-    @app.exception_handler(CnnlabError)
-    async def user_error(request, exc):
-        return error(400, str(exc))
-
-    async def json_body(request: Request) -> dict:
-        raw = await _read_body(request, MAX_JSON_BYTES)
-        from .schema import parse_json
-        # depth-limited before json.loads (which would recurse: '[' * 200000 → RecursionError → 500)
-        obj = parse_json(raw or b"{}", "the request body", ImageError, max_bytes=MAX_JSON_BYTES)
-        if not isinstance(obj, dict):
-            raise ImageError("the request body must be a JSON object")
-        return obj
-
-    @app.get("/")
-    async def page():
-        return _static_response("explore.html", Response)
-
-    @app.get("/static/{name}")
-    async def static(name: str):
-        if name not in STATIC_FILES:            # a fixed list: no path from the browser is opened
-            return error(404, "not found")
-        return _static_response(name, Response)
-
-    @app.get("/api/info")
-    async def api_info():
-        return explorer.request("GET", "/api/info", None)
-
-    @app.post("/api/analyze")
-    async def api_analyze(request: Request):
-        req = await json_body(request)
-        request_options(req)                    # a bad option is refused before any work
-        return await run_in_threadpool(explorer.request, "POST", "/api/analyze", req)
-
-    @app.post("/api/upload")
-    async def api_upload(request: Request, target: int | None = None, patch: int = 3):
-        data = await _read_body(request, MAX_BODY_BYTES)
-        if not data:
-            raise ImageError("the upload is empty; choose an image file")
-
-        def work():
-            u8 = explorer.image_from_bytes(data)
-            return explorer.analyze(u8, {"kind": "upload"}, target, patch)
-        return await run_in_threadpool(work)
-
-    # Beliefs take seconds to minutes the first time: a POST (Origin-checked), never a GET.
-    @app.post("/api/beliefs/{index}")
-    async def api_beliefs(request: Request, index: int):
-        await json_body(request)
-        return await run_in_threadpool(explorer.request, "POST", f"/api/beliefs/{index}", {})
-
-    # Measured on the first request when the cache does not hold it yet (seconds): a POST.
-    @app.post("/api/calibration")
-    async def api_calibration(request: Request):
-        await json_body(request)
-        return await run_in_threadpool(explorer.request, "POST", "/api/calibration", {})
-
-    @app.post("/api/attack")
-    async def api_attack(request: Request):
-        req = await json_body(request)
-        return await run_in_threadpool(explorer.request, "POST", "/api/attack", req)
-
-    return app
-
-
-def _static_response(name: str, Response):
-    body = files("cnnlab").joinpath("static").joinpath(name).read_bytes()
-    return Response(body, media_type=STATIC_FILES[name], headers={"Cache-Control": "no-cache"})
-
-
-# Everything from this server; images only from it or inline data URLs. The CSP makes the
-# "no outside requests" promise hold even if a future edit slipped a CDN link in.
-# frame-ancestors 'none' (and X-Frame-Options for older browsers): no other page may frame the
-# explorer and click its buttons for the user. Sent on every response, the API's included.
-CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-       "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
-       "frame-ancestors 'none'")
-SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Frame-Options": "DENY",
-                    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
-                    "Cross-Origin-Resource-Policy": "same-origin"}
-
-
-def app_fragment() -> str:
-    """The page's markup without the standalone document around it (the notebook widget mounts
-    this same fragment)."""
-    html = files("cnnlab").joinpath("static").joinpath("explore.html").read_text(encoding="utf-8")
-    start, end = html.index("<!-- app -->") + len("<!-- app -->"), html.index("<!-- /app -->")
-    return html[start:end].strip()
-
-
-def serve(runs: list[Path], host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-          data_dir: str | Path | None = None, open_browser: bool = False,
-          log=lambda s: print(s, file=sys.stderr)) -> None:
-    """Serve the explorer until Ctrl-C. `port=0` picks a free port; the URL is printed on stdout."""
-    try:
-        import uvicorn
-    except ImportError:
-        raise CnnlabError(f"the explorer needs its optional dependencies: {INSTALL_HINT}") from None
-    if host not in ("127.0.0.1", "localhost", "::1"):    # the default binds this machine only
-        log(f"warning: serving on {host}: anyone who can reach this address can use the explorer "
-            f"(it reads no files the browser names, but it runs the model for them); the default "
-            f"127.0.0.1 keeps it on this machine")
-    loopback = host in ("127.0.0.1", "localhost", "::1")
-    app = create_app(runs, data_dir=data_dir, allowed_hosts=LOOPBACK_HOSTS if loopback else None)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise RunError(f"cannot listen on {host}:{port} ({e.strerror or e}); pass another --port "
-                       f"(0 picks a free one)") from None
-    sock.listen(64)
-    sock.setblocking(False)
-    actual = sock.getsockname()[1]
-    shown = f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{actual}/"
-    print(f"cnnlab explore: serving {', '.join(v.label for v in app.state.explorer.views)} at {url} "
-          f"(Ctrl-C to stop)", flush=True)
-    if open_browser:
-        import webbrowser
-        threading.Timer(0.5, webbrowser.open, args=(url,)).start()
-    server_config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-    server = uvicorn.Server(server_config)
-    try:
-        server.run(sockets=[sock])
-    finally:
-        sock.close()
-
-
-def widget(run: str | Path, run2: str | Path | None = None, data_dir: str | Path | None = None):
-    """The same explorer inline in a notebook (Jupyter, JupyterLab, VS Code, Colab): see
-    cnnlab.widget.widget. Imported here lazily: cnnlab.widget builds on this module."""
-    from .widget import widget as make
-    return make(run, run2, data_dir=data_dir)
