@@ -186,8 +186,11 @@ def test_class_models_reach_the_target_and_weights_never_change(trained, mnist_s
     assert weights_digest(model) == digest
     assert all(torch.equal(a, b.detach()) for a, b in zip(params, model.parameters()))
     assert [p.requires_grad for p in model.parameters()] == flags
-    # Targeted fakes: every target fooled, and still close to the source digit.
-    assert (adv.final_pred == adv.targets).all() and adv.final_prob.min() >= 0.9
+    # Targeted fakes: every target fooled (with β lowered for a target that β alone left short: on
+    # the Intel CPU's rounding of this fixture, the 2 aimed at 1), and still close to the source.
+    assert (adv.final_pred == adv.targets).all() and adv.not_reached == []
+    kept = adv.beta_per_target == adv.beta
+    assert kept.sum() >= 8 and adv.final_prob[kept].min() >= 0.9
     # Measured on the 1-epoch fixture (seed 0): r = 0.38–0.78 with the source; the nearest-training
     # label test below is the sharper check that they still look like the source.
     assert adv.corr_to_source.min() > 0.3 and np.median(adv.corr_to_source) > 0.5
@@ -260,3 +263,25 @@ def test_cli_bad_index_is_one_line(mnist_run, mnist_dir, capsys):
     assert code != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "out of range" in err[0] and "0..9999" in err[0]
+
+
+def test_targeted_fakes_lower_beta_only_for_targets_it_leaves_unreached_and_name_those_never_reached(trained):
+    """Control: a β whose pull to the source overwhelms every target's logit leaves targets
+    unreached; the result names them, halves their β each round, and runs them longer."""
+    _, model = trained
+    src = np.zeros((28, 28), dtype=np.uint8)
+    src[6:22, 12:16] = 255                                       # a bar: a 1 to the network
+    strong = targeted.adversarial(model, src, targets=[1, 3, 8], beta=0.3, step_size=1000.0, steps=20, adapt=2)
+    assert strong.not_reached and set(strong.not_reached) <= {3, 8}
+    for t, b, n in zip(strong.targets, strong.beta_per_target, strong.steps_per_target):
+        if int(t) in strong.adapted:
+            assert b < 0.3 and n > 20
+        else:
+            assert b == 0.3 and n == 20
+    assert set(strong.not_reached) <= set(strong.adapted)
+    assert strong.cost.shape[0] == strong.steps_per_target.max() + 1
+    assert "not reached" in strong.adapt_note() and strong.summary()["not_reached"] == strong.not_reached
+    plain = targeted.adversarial(model, src, targets=[1, 3, 8], beta=0.3, step_size=1000.0, steps=20, adapt=0)
+    assert plain.adapted == [] and (plain.beta_per_target == 0.3).all() and plain.cost.shape[0] == 21
+    # without adapting, the same first 20 steps
+    np.testing.assert_allclose(strong.cost[:21], plain.cost, rtol=1e-5, atol=1e-4)

@@ -299,10 +299,11 @@ class Trace:
 
 
 def ascend(model, x0: torch.Tensor, targets: list[int], *, steps: int, step_size: float,
-            source: torch.Tensor | None = None, beta: float = 0.0, clip: bool = False,
+            source: torch.Tensor | None = None, beta: float | np.ndarray = 0.0, clip: bool = False,
             l2: float = 0.0, blur_every: int = 0, blur_sigma: float = BLUR_SIGMA, jitter: int = 0,
             seed: int = 0) -> Trace:
     """Gradient ascent of C = logits[target] − β·MSE(X, source) on X (0–255 scale), in one batch.
+    `beta`: one β for all targets, or one per target [T].
 
     Records C, the target's logit and probability, the predicted class and the MSE at X_0 … X_steps.
     """
@@ -311,6 +312,7 @@ def ascend(model, x0: torch.Tensor, targets: list[int], *, steps: int, step_size
     idx = torch.tensor(targets, device=device)
     rows = torch.arange(T, device=device)
     x = x0.to(device=device, dtype=torch.float32).clone()
+    beta_t = torch.as_tensor(np.asarray(beta, dtype=np.float64), device=device)      # scalar or [T]
     src = source.to(device=device, dtype=torch.float32) if source is not None else None
     g = torch.Generator().manual_seed(int(seed) + 1)   # jitter shifts; one shift for the whole batch
     hist = {k: np.zeros((steps + 1, T), dtype=np.float64) for k in ("cost", "logit", "prob", "mse")}
@@ -320,7 +322,7 @@ def ascend(model, x0: torch.Tensor, targets: list[int], *, steps: int, step_size
         logits = logits.detach().double()
         logit_t = logits[rows, idx]
         hist["logit"][k] = logit_t.cpu().numpy()
-        hist["cost"][k] = (logit_t - beta * mse.detach().double()).cpu().numpy()
+        hist["cost"][k] = (logit_t - beta_t * mse.detach().double()).cpu().numpy()
         hist["prob"][k] = logits.softmax(1)[rows, idx].cpu().numpy()
         hist["pred"][k] = logits.argmax(1).cpu().numpy()
         hist["mse"][k] = mse.detach().double().cpu().numpy()
@@ -340,7 +342,7 @@ def ascend(model, x0: torch.Tensor, targets: list[int], *, steps: int, step_size
                 xin = x
             logits = model((xin / 255.0).unsqueeze(1))        # the network takes [0, 1] pixels
             mse = mse_of(x)
-            cost = logits[rows, idx] - beta * mse
+            cost = logits[rows, idx] - beta_t.float() * mse
             if k == steps:                                    # X_steps: record only
                 record(k, logits, mse)
                 break

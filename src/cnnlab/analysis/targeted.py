@@ -30,6 +30,8 @@ from .verdict import Verdict
 # Targeted fakes (§3.2)
 # ---------------------------------------------------------------------------------------------
 
+ADAPT_ROUNDS = 3        # a target not reached at β gets up to 3 more rounds, at β/2, β/4, β/8
+
 def as_image_255(image, scale: str = "auto") -> torch.Tensor:
     """A 28×28 image as float32 on the 0–255 scale.
 
@@ -70,6 +72,22 @@ class AdversarialResult(AscentResult):
     mse_history: np.ndarray
     params: dict
     seconds: float = 0.0
+    # The β each target ended with: `beta`, or less for a target that β = `beta` left unreached
+    # (see `adversarial`'s `adapt`); the steps each target ran.
+    beta_per_target: np.ndarray | None = None
+    steps_per_target: np.ndarray | None = None
+
+    @property
+    def not_reached(self) -> list[int]:
+        """The targets the network does not read the final fake as."""
+        return [int(t) for t, p in zip(self.targets, self.final_pred) if int(p) != int(t)]
+
+    @property
+    def adapted(self) -> list[int]:
+        """The targets whose β was lowered because β = `beta` did not reach them."""
+        if self.beta_per_target is None:
+            return []
+        return [int(t) for t, b in zip(self.targets, self.beta_per_target) if b < self.beta]
 
     @property
     def mse(self) -> np.ndarray:
@@ -85,6 +103,7 @@ class AdversarialResult(AscentResult):
         others = self.targets != self.source_label if self.source_label is not None else np.ones_like(fooled)
         return {"n_predicted_as_target": int(fooled.sum()),
                 "all_predicted_as_target": bool(fooled.all()),
+                "not_reached": self.not_reached, "beta_lowered_for": self.adapted,
                 "fooling_rate_other_classes": float(fooled[others].mean()) if others.any() else float("nan"),
                 "min_target_prob": float(self.final_prob.min()),
                 "mean_target_prob": float(self.final_prob.mean()),
@@ -99,7 +118,10 @@ class AdversarialResult(AscentResult):
                 "source_label": self.source_label, "targets": self.targets.tolist(),
                 "final_target_prob": self.final_prob.tolist(), "final_pred": self.final_pred.tolist(),
                 "mse_to_source": self.mse.tolist(), "corr_to_source": self.corr_to_source.tolist(),
-                "final_cost": self.cost[-1].tolist(), **self.summary()}
+                "final_cost": self.cost[-1].tolist(),
+                "beta_per_target": None if self.beta_per_target is None else self.beta_per_target.tolist(),
+                "steps_per_target": None if self.steps_per_target is None else self.steps_per_target.tolist(),
+                **self.summary()}
 
     stem = "adversarial"
 
@@ -132,8 +154,18 @@ class AdversarialResult(AscentResult):
         fig.suptitle(wrap_text(f"targeted fakes: C = logits[target] − β·MSE(X, source), β = {self.beta:g}, "
                                f"{self.params['steps']} steps from {self.params['init']} — "
                                f"{s['n_predicted_as_target']}/{T} fooled, mean RMSE to source "
-                               f"{s['mean_rmse_to_source']:.0f} grey levels", fontsize=9), fontsize=9)
+                               f"{s['mean_rmse_to_source']:.0f} grey levels" + self.adapt_note(), fontsize=9), fontsize=9)
         return fig
+
+    def adapt_note(self) -> str:
+        """What differed from one β for all: targets whose β was lowered, targets not reached."""
+        parts = []
+        if self.adapted and self.beta_per_target is not None:
+            low = {int(t): float(b) for t, b in zip(self.targets, self.beta_per_target) if b < self.beta}
+            parts.append("β lowered to reach " + ", ".join(f"{t} (β = {b:g})" for t, b in low.items()))
+        if self.not_reached:
+            parts.append("not reached: " + ", ".join(str(t) for t in self.not_reached))
+        return ("; " + "; ".join(parts)) if parts else ""
 
     def cost_figure(self):
         return cost_figure(self.cost, self.prob, self.targets,
@@ -143,7 +175,7 @@ class AdversarialResult(AscentResult):
 def adversarial(model, source_image, targets: Iterable[int] = range(N_CLASSES), beta: float = BETA,
                 steps: int = STEPS, step_size: float = STEP_SIZE, init: str = "noise",
                 sigma: float = SIGMA, seed: int = 0, clip: bool = False, source_label: int | None = None,
-                scale: str = "auto") -> AdversarialResult:
+                scale: str = "auto", adapt: int = ADAPT_ROUNDS) -> AdversarialResult:
     """Targeted fakes: maximize C = logits[target] − β·MSE(X, source) by X ← X + step_size · dC/dX.
 
     `source_image`: 28×28 (any shape with 784 pixels), uint8 or float; `scale` says whether it is
@@ -153,6 +185,13 @@ def adversarial(model, source_image, targets: Iterable[int] = range(N_CLASSES), 
     `config.STEPS`. `init`: "noise" starts
     from 128 + sigma·N(0, 1) as §3.1 (the assignment's choice), "source" starts from the source
     itself. `clip`: keep X in [0, 255] after every step (off by default, as in the assignment).
+
+    `adapt`: a target that the network does not read the fake as after `steps` steps gets up to
+    `adapt` more rounds of `steps` steps, each with its β halved (from where it stopped; the others
+    stay as they are): the pull to the source can balance the target's gradient short of the
+    target, and how close that balance falls differs between networks, even between the rounding of
+    two CPUs. Which targets needed it, and which were still not reached, the result says
+    (`adapted`, `not_reached`). `adapt=0`: one fixed β for all (the β sweep).
     """
     targets = check_targets(targets)
     beta = check_number("beta", beta, 0.0)
@@ -175,13 +214,29 @@ def adversarial(model, source_image, targets: Iterable[int] = range(N_CLASSES), 
     t0 = time.perf_counter()
     tr = ascend(model, x0, targets, steps=steps, step_size=step_size, source=src, beta=beta,
                  clip=bool(clip), seed=seed)
+    images = tr.images.clone()
+    hist = {"cost": tr.cost, "prob": tr.prob, "pred": tr.pred, "logit": tr.logit, "mse": tr.mse}
+    betas, steps_run = np.full(T, beta), np.full(T, steps)
+    for _ in range(check_int("adapt", adapt, 0)):
+        miss = np.flatnonzero(hist["pred"][-1] != np.asarray(targets))
+        if miss.size == 0 or beta == 0:
+            break
+        betas[miss] /= 2
+        more = ascend(model, images[miss], [targets[i] for i in miss], steps=steps, step_size=step_size,
+                      source=src, beta=betas[miss], clip=bool(clip), seed=seed)
+        images[miss] = more.images
+        steps_run[miss] += steps
+        for k, h in hist.items():       # the targets already reached hold their last values
+            ext = np.repeat(h[-1:], steps, axis=0)
+            ext[:, miss] = getattr(more, k)[1:]
+            hist[k] = np.concatenate([h, ext])
     seconds = time.perf_counter() - t0
     params = dict(steps=steps, step_size=step_size, beta=beta, init=init, sigma=sigma, seed=seed,
-                  clip=bool(clip), scale="0-255 (network fed X/255; MSE in grey levels²)")
-    return AdversarialResult(tr.images.numpy(), x0.numpy(), src.numpy(),
+                  clip=bool(clip), adapt=adapt, scale="0-255 (network fed X/255; MSE in grey levels²)")
+    return AdversarialResult(images.numpy(), x0.numpy(), src.numpy(),
                              None if source_label is None else int(source_label),
-                             np.array(targets, dtype=np.int64), beta, tr.cost, tr.prob, tr.pred,
-                             tr.logit, tr.mse, params, seconds)
+                             np.array(targets, dtype=np.int64), beta, hist["cost"], hist["prob"], hist["pred"],
+                             hist["logit"], hist["mse"], params, seconds, betas, steps_run)
 
 
 
@@ -263,6 +318,7 @@ def beta_sweep(model, source_image, betas: Sequence[float] = BETAS, targets: Ite
     if not betas:
         raise ConfigError("betas is empty")
     targets = check_targets(targets)
+    kwargs.setdefault("adapt", 0)          # the sweep shows what each β does on its own
     return BetaSweepResult(betas, [adversarial(model, source_image, targets, beta=b, **kwargs) for b in betas])
 
 

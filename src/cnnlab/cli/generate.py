@@ -228,18 +228,21 @@ def _print_adversarial(results: dict, res, out: Path) -> None:
     c = console()
     t = Table(title=f"targeted fakes of test image #{results['source_index']} (a {results['source_label']}), "
                     f"β = {res.beta:g}, {res.params['steps']} steps from {res.params['init']}")
-    for col in ("target", "predicted", "confidence", "MSE to source", "r with source", "looks like"):
+    for col in ("target", "predicted", "confidence", "MSE to source", "r with source", "looks like", "β"):
         t.add_column(col)
     corr = res.corr_to_source
     for i, tgt in enumerate(res.targets):
         p = int(res.final_pred[i])
-        t.add_row(str(int(tgt)), f"[{'green' if p == tgt else 'red'}]{p}[/]", f"{res.final_prob[i]:.4f}",
-                  f"{res.mse[i]:.0f}", f"{corr[i]:.2f}", str(results["looks_like_nn_label"][i]))
+        b = res.beta if res.beta_per_target is None else float(res.beta_per_target[i])
+        t.add_row(str(int(tgt)), str(p), f"{res.final_prob[i]:.4f}",
+                  f"{res.mse[i]:.0f}", f"{corr[i]:.2f}", str(results["looks_like_nn_label"][i]), f"{b:g}")
     c.print(t)
     s = res.summary()
     c.print(f"{s['n_predicted_as_target']}/{len(res.targets)} classified as their target; "
             f"{results['looks_like_source_rate'] * 100:.0f}% look like a {results['source_label']} "
             f"(label of the most correlated training image)")
+    if res.adapted or res.not_reached:
+        c.print("one β did not reach every target" + res.adapt_note())
     if "beta_sweep" in results:
         for r in results["beta_sweep"]["rows"]:
             c.print(f"  β = {r['beta']:<7g} fooled {r['fooling_rate_other_classes'] * 100:5.1f}%  "

@@ -6,7 +6,7 @@ from ..analysis._shared import first_image_of
 from ..analysis.likeness import digit_likeness
 from ..analysis.targeted import adversarial, beta_sweep, resemblance_verdict
 from ..config import BETA
-from .base import Context, Section, drop_images, fig_to_data_uri
+from .base import Context, Section, drop_images, esc, fig_to_data_uri
 
 
 def section_targeted(ctx: Context) -> Section:
@@ -40,6 +40,8 @@ def section_targeted(ctx: Context) -> Section:
                        f"(the most similar training image is a {d} for {p('3.2.1.nn_is_source', n['nn_is_source'], '{}')}"
                        f" and has the target's label for {p('3.2.1.nn_is_target', n['nn_is_target'], '{}')})."}[v.key]()
     sec.answer.append(look)
+    if adv.adapted or adv.not_reached:      # one β for all did not reach every target: say which
+        sec.answer.append(f"One β did not reach every target{esc(adv.adapt_note())}.")
     sec.figures.append((fig_to_data_uri(adv.figure()),
                         f"Source: test image #{idx} (a {d}). Each fake starts from noise and maximizes its target's "
                         f"logit minus β = {adv.beta:g} × MSE to the source (0–255 scale); title: the network's "
