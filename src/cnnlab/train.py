@@ -197,6 +197,16 @@ def _training_split(cfg: TrainConfig, split: Split | None, data_dir: str | None,
     return split
 
 
+def _on_device(split: Split, device: torch.device) -> Split:
+    """The split's tensors on `device`, as a new Split: the caller's stays where it was."""
+    if all(getattr(split, k).device == device for k in SPLIT_TENSORS):
+        return split
+    return dataclasses.replace(split, **{k: getattr(split, k).to(device) for k in SPLIT_TENSORS})
+
+
+SPLIT_TENSORS = ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
+
+
 def validate(model: Net, split: Split, precision: str) -> EvalResult:
     """Loss and accuracy on the validation images (the model's mode is restored afterwards)."""
     return evaluate(model, split.val_x, split.val_y, precision=precision)
@@ -211,8 +221,7 @@ def _run(cfg: TrainConfig, writer: RunWriter, split: Split | None, data_dir: str
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    split = _training_split(cfg, split, data_dir, log)
-    split.to(device)
+    split = _on_device(_training_split(cfg, split, data_dir, log), device)
     n_train = len(split.train_x)
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
@@ -325,7 +334,6 @@ def _run(cfg: TrainConfig, writer: RunWriter, split: Split | None, data_dir: str
     writer.finish(info, metrics, model, split, cfg)
     model.fused_kernels = False        # the caller's network computes as a loaded one does
     model.cpu()
-    split.to("cpu")
     return TrainResult(writer.out, model, cfg, info, metrics, interrupted, stop.signal if interrupted else None,
                        dict(writer.filters) if writer.filters is not None else None)
 

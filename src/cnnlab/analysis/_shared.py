@@ -215,10 +215,9 @@ def frozen(model: torch.nn.Module):
 def few_threads(batch: int, limit: int = 64):
     """One intra-op thread while working on a small batch (≤ `limit` images), restored after.
 
-    Measured on the 2-core development machine with other jobs running: one forward+backward of
-    10 images took ~14–22 ms on 1 thread but ~230 ms on 2 (the threads wait on each other); on
-    tiny tensors there is nothing to split anyway. `torch.set_num_threads` is process-global, so
-    this is a plain save-and-restore.
+    On tiny tensors the threads wait on each other more than they work (BENCHMARKS.md). torch's
+    thread count belongs to the calling thread (OpenMP's per-thread setting), so a save-and-restore
+    is exact even when the explorer's server runs two requests at once (tests/test_defects.py).
     """
     n = torch.get_num_threads()
     if batch <= limit and n > 1:

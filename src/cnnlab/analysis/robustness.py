@@ -165,7 +165,7 @@ class RobustnessResult(AnalysisResult):
 def robustness(models: Mapping[str, torch.nn.Module], x: torch.Tensor, y, attack: str = "fgsm",
                eps_list: Sequence[float] | None = None, steps: int = PGD_STEPS, alpha_per_eps: float | None = None,
                targeted: bool = False, batch_size: int = 1000, seed: int = 0, precision: str = "auto",
-               chunk: int | None = None) -> RobustnessResult:
+               chunk: int | None = None, kernels: Mapping[str, bool] | None = None) -> RobustnessResult:
     """Accuracy of each model (name → Net) on `x` ([N, 1, 28, 28] in [0, 1]) under `attack`
     ("fgsm" or "pgd") at each ε in `eps_list` ([0, 1] scale). Each model is attacked with its own
     gradients (white box). Targeted attacks aim at (y + 1) mod 10 and also report the fraction
@@ -179,7 +179,9 @@ def robustness(models: Mapping[str, torch.nn.Module], x: torch.Tensor, y, attack
     the one-ε-at-a-time `fgsm`/`pgd` loop (tested); bf16 computes the same attack with bf16
     activations and gradients, which flips the sign of a few near-zero gradient pixels and moves
     an accuracy by ≤ 0.02 (measured: 0.5 points at most on 1000 images for one pair of networks,
-    1.3 points, 4 of 300 images, at FGSM ε = 0.2 for another; tested at 0.02 on 300)."""
+    1.3 points, 4 of 300 images, at FGSM ε = 0.2 for another; tested at 0.02 on 300).
+    `kernels`: name → whether that model's bf16 attack steps may run cnnlab's C kernels (a run
+    trained with fused_kernels=False says no: pass its config's value); default yes for all."""
     if attack not in ("fgsm", "pgd"):
         raise ConfigError(f"attack must be 'fgsm' or 'pgd'; got {attack!r}")
     if not models:
@@ -224,7 +226,8 @@ def robustness(models: Mapping[str, torch.nn.Module], x: torch.Tensor, y, attack
         # bf16 attack steps on a CPU run conv1's and pool2's blocks as cnnlab's C kernels (the
         # predictions stay on torch's operators, so the ε = 0 row is evaluate()'s; fp32 stays exact
         # against the one-attack-at-a-time functions).
-        net.fused_kernels = prec == "bf16" and dev.type == "cpu" and hasattr(net, "fused_kernels")
+        allowed = True if kernels is None else bool(kernels.get(name, True))
+        net.fused_kernels = allowed and prec == "bf16" and dev.type == "cpu" and hasattr(net, "fused_kernels")
         correct = torch.zeros(len(nz), dtype=torch.long)
         hit = torch.zeros(len(nz), dtype=torch.long)
 

@@ -37,15 +37,18 @@ def cmd_robustness(args) -> int:
     from ..data import to_float
     runs = [open_run_noted(p) for p in args.runs]
     d = output_dir(args, runs[0], "robustness")    # checked writable before the attack is computed
-    models = {}
+    models, kernels = {}, {}
     for r in runs:
         name = f"{r.name} ({'batch-norm' if r.batch_norm else 'plain'})"
-        models[name if name not in models else f"{r.path} ({'batch-norm' if r.batch_norm else 'plain'})"] = r.load_model()
+        name = name if name not in models else f"{r.path} ({'batch-norm' if r.batch_norm else 'plain'})"
+        models[name] = r.load_model()
+        kernels[name] = bool(r.info["config"].get("fused_kernels", True))     # as the run was trained
     split = runs[0].load_split(args.data_dir)
     n = min(args.n or len(split.test_x), len(split.test_x))
     x, y = to_float(split.test_x[:n]), split.test_y[:n]
     res = robustness(models, x, y, attack=args.attack, eps_list=args.eps, steps=args.steps,
-                     targeted=args.targeted, batch_size=args.batch_size, seed=args.seed, precision=args.precision)
+                     targeted=args.targeted, batch_size=args.batch_size, seed=args.seed, precision=args.precision,
+                     kernels=kernels)
     out = d.path
     stem = f"robustness_{args.attack}{'_targeted' if args.targeted else ''}"
     d.save_figure(res.figure(), f"{stem}.png", dpi=110)
