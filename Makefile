@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.setup-stamp
 # Tests and benchmarks may read the shared copy of MNIST; the product never does.
 SHARED_MNIST := $(abspath ../shared/datasets/mnist)
 
-.PHONY: setup lint test test-all demo bench clean
+.PHONY: setup lint check test test-all demo bench clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,14 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 lint: setup
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/mypy
+
+# The edit loop: lint, types and the unit tests on tiny synthetic data (about 30 s on 2 cores).
+CHECK_TESTS := tests/test_data.py tests/test_stats.py tests/test_model.py tests/test_defects.py \
+	tests/test_fetch_npm.py tests/test_idx_property.py tests/test_verdicts.py tests/test_recipe.py \
+	tests/test_structure.py tests/test_predict.py tests/test_cli_core.py
+
+check: setup lint
+	CNNLAB_TEST_DATA=$${CNNLAB_TEST_DATA:-$(SHARED_MNIST)} $(PY) -m pytest -q -m "not slow" $(CHECK_TESTS)
 
 test: setup lint
 	CNNLAB_TEST_DATA=$${CNNLAB_TEST_DATA:-$(SHARED_MNIST)} $(PY) -m pytest -q -m "not slow"

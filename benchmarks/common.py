@@ -32,7 +32,7 @@ def load_split():
 
 def machine() -> dict:
     from cnnlab.runs import _cpu_name
-    from cnnlab.train import cpu_has_bf16
+    from cnnlab.device import cpu_has_bf16
     return {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "bf16_cpu": cpu_has_bf16(), "torch": torch.__version__, "python": platform.python_version(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

@@ -7,9 +7,9 @@ goal, figure and met / not met, and writes the table into BENCHMARKS.md.
     python benchmarks/run_all.py --table              # only print (and write) the table
 
 Rows: throughput, tta, quick_train, demo, robustness, occlusion (fast: 10 s to ~3 min each), and
-full_report, full_accuracy (slow: ~5–10 min; run with `--only` when the machine can be held
-that long). A row that was not run in this invocation is printed from its stored result with
-the date it was measured, marked "recorded". Every speed claim is a ratio or time measured in
+full_report, full_accuracy, known_answer (slow: ~5–10 min; run with `--only` when the machine
+can be held that long). A row that was not run in this invocation is printed from its stored
+result with the date it was measured, marked "recorded". Every speed claim is a ratio or time measured in
 one process on this machine; timings on a shared 2-core machine are noisy. Set CNNLAB_TEST_DATA
 (or CNNLAB_DATA_DIR) to a folder with the MNIST files to skip the fetch.
 """
@@ -31,7 +31,7 @@ from common import ROOT, data_dir, load_split, machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FAST = ["throughput", "tta", "quick_train", "demo", "robustness", "occlusion"]
-SLOW = ["full_report", "full_accuracy"]
+SLOW = ["full_report", "full_accuracy", "known_answer"]
 med = statistics.median
 
 
@@ -182,6 +182,19 @@ def row_full_accuracy(seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
             "raw": {"seeds": list(seeds), "accuracy": accs}}
 
 
+def row_known_answer() -> dict:
+    """2.4's known-answer suite (benchmarks/known_answer.py): the verdict on every network whose
+    answer is known by construction, and the command's time on a quick-preset run."""
+    import known_answer
+    r = known_answer.main(["--cli"])
+    cli = r["cli"]["quick_preset_wall_s"]
+    return {"goal": "2.4's verdict right on every known-answer network; `cnnlab occlusion RUN --meaningful "
+                    "--images F.npz --json` ≤ 15 s on a quick-preset run",
+            "figure": f"{r['right']} of {r['cases']} right; the command {med(cli):.1f} s "
+                      f"({', '.join(f'{w:.1f}' for w in cli)}; verdicts {', '.join(r['cli']['verdicts'])})",
+            "met": r["right"] == r["cases"] and med(cli) <= 15, "raw": r}
+
+
 ROWS = {"throughput": ("training throughput vs the plain fp32 loop; % of bf16 peak", row_throughput),
         "tta": ("training time to 99.0% test accuracy (quick preset)", row_tta),
         "quick_train": ("`cnnlab train --preset quick`, process start to exit", row_quick_train),
@@ -189,7 +202,8 @@ ROWS = {"throughput": ("training throughput vs the plain fp32 loop; % of bf16 pe
         "full_report": ("`cnnlab report --preset full`", row_full_report),
         "robustness": ("robustness stage of the quick report", row_robustness),
         "occlusion": ("occlusion, one image, k = 1…5, stride 1", row_occlusion),
-        "full_accuracy": ("full preset test accuracy, mean of 3 seeds", row_full_accuracy)}
+        "full_accuracy": ("full preset test accuracy, mean of 3 seeds", row_full_accuracy),
+        "known_answer": ("2.4 on known-answer networks; the 2.4 command's time", row_known_answer)}
 
 
 # --- storage and the table -------------------------------------------------------------------

@@ -34,7 +34,12 @@ def scorecard_line() -> str | None:
     tried = [k for k, v in _outcomes.items() if v != "skipped"]
     failed = [k for k, v in _outcomes.items() if v == "failed"]
     skipped = len(_outcomes) - len(tried)
-    extra = f" ({skipped} skipped)" if skipped else ""
+    per_file: dict[str, int] = {}
+    for k in tried:             # "tests/test_reliability.py::..." -> "reliability"
+        name = k.split("::")[0].rsplit("/", 1)[-1].removeprefix("test_").removesuffix(".py")
+        per_file[name] = per_file.get(name, 0) + 1
+    files = ", ".join(f"{n} {c}" for n, c in sorted(per_file.items()))
+    extra = f" ({files}{f'; {skipped} skipped' if skipped else ''})"
     if not failed:
         return (f"scorecard: {len(tried)} bad inputs and faults tried{extra}; none crashed, hung "
                 f"or lost data")

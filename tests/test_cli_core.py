@@ -31,7 +31,7 @@ def test_bad_input_is_one_clear_line(capsys, argv, needle):
 
 
 def test_run_dir_without_checkpoint(capsys, tmp_path):
-    (tmp_path / "run.json").write_text(json.dumps({"format": 1, "config": {}, "split": {}, "versions": {}, "status": "x"}))
+    (tmp_path / "run.json").write_text(json.dumps({"format": 1, "config": {}, "split": {}, "versions": {}, "status": "complete"}))
     code, _, err = run_cli(capsys, "evaluate", str(tmp_path))
     assert code == 2 and "no checkpoint" in err and len(err.strip().splitlines()) == 1
 

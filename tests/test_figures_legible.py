@@ -153,8 +153,8 @@ def _meaningful(kit):
     from cnnlab.analysis.meaningful import meaningful_experiment
     split = kit["split"]
     x, y = split.test_x[:100, 0].numpy(), split.test_y[:100].numpy()
-    return meaningful_experiment(kit["model"], x, y, seed=0, negative=kit["other"], n_behaviour=30,
-                                 n_occlusion=4).figure()
+    return meaningful_experiment(kit["model"], x, y, seed=0, negative=kit["other"], positive=kit["model"],
+                                 n_behaviour=30, n_occlusion=4).figure()
 
 
 def _class_models_figure(which, cost=False):

@@ -151,15 +151,18 @@ def _meaningful_key(n: dict) -> str:
     def verdict(s):
         b, o = behaviour(s), occlusion(s)
         return ("not meaningful" if b == "does not read" else "meaningful" if (b, o) == ("reads", "on")
-                else "invalid" if (b, o) == ("reads", "off") else "inconclusive")
+                else "inconclusive")
 
     S = n["subjects"]
-    controls = (verdict(S["N"]) == "not meaningful" and occlusion(S["N"]) == "off"
-                and occlusion(S["P"]) == "on" and verdict(S["R"]) != "meaningful")
-    assert controls == n["controls_ok"]
+    # controls trained without M: behaviour ones void every verdict, occlusion ones only "meaningful"
+    by_behaviour = (behaviour(S["N"]) == "does not read" and behaviour(S["P"]) == "reads"
+                    and behaviour(S["R"]) != "reads")
+    by_occlusion = occlusion(S["N"]) == "off" and occlusion(S["P"]) == "on"
+    assert (by_behaviour and by_occlusion) == n["controls_ok"]
     for name, s in S.items():                     # the stored calls are the rule's, too
         assert s["verdict"] == verdict(s), name
-    return verdict(S["M"]) if controls else "invalid"
+    m = verdict(S["M"])
+    return "invalid" if not by_behaviour or (m == "meaningful" and not by_occlusion) else m
 
 
 def test_every_verdict_follows_its_rule_and_its_numbers(report_dir):
@@ -307,9 +310,10 @@ def test_a_named_judge_preset_trains_a_judge_of_another_seed_on_the_makers_data(
     from cnnlab.report.base import Context, Printed
     from cnnlab.report.class_models import choose_judge
     from cnnlab.runs import open_run
+    from cnnlab.train import train
     best = open_run(report_dir / "runs" / "plain-seed0")
     ctx = Context(report_dir, mnist_split, {"plain": [best.path], "batch_norm": []}, best, None,
-                  AnalysisConfig(judge_preset="smoke"), Printed(), {})
+                  AnalysisConfig(judge_preset="smoke"), Printed(), {}, trainer=train)
     model, info = choose_judge(ctx)
     assert info["source"] == "trained for the judge" and info["preset"] == "smoke" and info["seed"] == 1
     assert info["another_seed"] and "(the smoke preset)" in info["name"] and 0.5 < info["test_accuracy"] <= 1

@@ -75,9 +75,9 @@ def test_the_notebook_was_executed_and_shows_the_code(report_dir):
                    "loss.backward()", "opt.step()",                                          # the training step
                    "register_forward_hook",                                                  # 1.3 shapes
                    "def features(self",                                                      # 2.3 activations
-                   "def _occlusion_batch(", "torch.where(mask",                              # 2.4 occluded copies
+                   "def occluded(", "torch.where(m, torch.tensor(fill",                              # 2.4 occluded copies
                    "p.requires_grad_(False)", "torch.autograd.grad(cost.sum(), x)",          # 3.1 frozen weights, dC/dX
-                   "cost = logits[rows, idx] - beta * mse",                                  # 3.1 / 3.2 the cost
+                   "cost = logits[rows, idx] - beta_t.float() * mse",                                # 3.1 / 3.2 the cost
                    "x = x.detach() + step_size * d",                                         # the ascent step
                    "def adversarial(", "def meaningful_experiment(", "def fgsm("):
         assert needle in shown, needle

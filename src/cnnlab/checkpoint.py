@@ -20,7 +20,7 @@ from .config import TrainConfig
 from .data import Split
 from .errors import CnnlabError, RunError
 from .metrics import MAX_TIMED_STEPS, METRIC_FIELDS, LoopState, read_metrics
-from .model import Net, load_weights, read_safetensors, save_weights, state_tensors
+from .model import Net, load_weights, read_safetensors, save_weights, state_tensors, tensor_problems
 from .output import OutputDir
 
 FILTER_LAYERS = ("conv1", "conv2")   # whose weights filters_by_epoch.safetensors holds, per epoch
@@ -215,10 +215,16 @@ def _load_state(out: Path, model: Net, opt, sched) -> tuple[dict, dict[str, torc
     meta, tensors_path = check_state(out)
     try:
         tensors, _ = read_safetensors(tensors_path)
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, CnnlabError) as e:
         raise RunError(f"cannot resume {out}: the saved training state is damaged ({str(e)[:200]}); "
                        f"train again with --overwrite") from None
+    # Every tensor checked before any reaches the model, the optimizer or the C kernels (a moment
+    # of the wrong shape is a segmentation fault in the fused AdamW step, not an error).
+    problems = state_tensor_problems(tensors, model, opt, meta["pos"].get("step"))
+    if problems:
+        raise RunError(f"cannot resume {out}: the saved training state is damaged ({tensors_path.name}: "
+                       f"{' | '.join(problems)[:400]}); restore it or train again with --overwrite")
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     sd = opt.state_dict()
     state: dict = {}
     for k, v in tensors.items():
@@ -249,6 +255,33 @@ def _load_state(out: Path, model: Net, opt, sched) -> tuple[dict, dict[str, torc
     sched_state.update(meta["sched"])
     sched.load_state_dict(sched_state)
     return meta["pos"], {k[8:]: v for k, v in tensors.items() if k.startswith("filters.")}
+
+
+ADAMW_STATE = ("step", "exp_avg", "exp_avg_sq")     # per parameter, as torch's AdamW saves it
+
+
+def state_tensor_problems(tensors: dict[str, torch.Tensor], model: Net, opt, step: Any) -> list[str]:
+    """What is wrong with a saved training state's tensors (model.*, opt.<i>.*; the filters.*
+    snapshots are checked by _saved_filters): names, shapes, dtypes and finiteness by
+    model.tensor_problems, then AdamW's invariants: exp_avg_sq ≥ 0, and every parameter's step
+    count the loop position's step (a whole number ≥ 0)."""
+    expected: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in model.state_dict().items()}
+    params = [p for g in opt.param_groups for p in g["params"]]
+    if any(k.startswith("opt.") for k in tensors):        # none before the first step
+        for i, p in enumerate(params):
+            expected[f"opt.{i}.step"] = torch.zeros((), dtype=torch.float32)
+            expected[f"opt.{i}.exp_avg"] = expected[f"opt.{i}.exp_avg_sq"] = p.detach()
+    saved = {k: v for k, v in tensors.items() if not k.startswith("filters.")}
+    problems = tensor_problems(saved, expected)
+    if problems:
+        return problems
+    neg = [k for k in saved if k.endswith(".exp_avg_sq") and bool((saved[k] < 0).any())]
+    if neg:
+        problems.append(f"negative second moments in {', '.join(neg[:4])} (AdamW's exp_avg_sq is ≥ 0)")
+    steps = {float(v) for k, v in saved.items() if k.endswith(".step")}
+    if steps and (type(step) is not int or steps != {float(step)}):
+        problems.append(f"the optimizer's step count {sorted(steps)[:3]} does not fit the loop position's step {step}")
+    return problems
 
 
 def _saved_filters(saved: dict[str, torch.Tensor], state: LoopState, model: Net,

@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import zlib
@@ -243,15 +244,40 @@ def _store_in_cache(spec: DatasetSpec, files: dict[str, bytes]) -> Path:
     return target
 
 
-def _download(url: str, timeout: float, limit: int = MAX_IDX_BYTES) -> bytes:
+MIN_RATE = 20_000          # bytes/s a download must average once past its first `timeout` seconds
+DOWNLOAD_DEADLINE = 300.0  # seconds for one file, whatever the rate (MNIST's largest is 9.9 MB)
+
+
+def _download(url: str, timeout: float, limit: int = MAX_IDX_BYTES, min_rate: float | None = None,
+              deadline: float | None = None) -> bytes:
+    """The body at `url`, at most `limit` bytes, under three clocks: `timeout` s for any one read
+    (the socket's), an overall deadline, and a minimum average rate once `timeout` s have passed
+    (a mirror that trickles 10 bytes every 2 s is dropped in seconds, not weeks)."""
+    min_rate = MIN_RATE if min_rate is None else min_rate
+    deadline = DOWNLOAD_DEADLINE if deadline is None else deadline
     req = urllib.request.Request(url, headers={"User-Agent": "cnnlab"})
+    t0 = time.monotonic()
+    chunks: list[bytes] = []
+    got = 0
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
-            body = r.read(limit + 1)
             declared = r.headers.get("Content-Length")
+            while got <= limit:
+                chunk = r.read1(min(1 << 16, limit + 1 - got))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
+                spent = time.monotonic() - t0
+                if spent > deadline:
+                    raise DataError(f"{url}: not complete after {deadline:.0f} s ({got:,} bytes); given up")
+                if spent > timeout and got / spent < min_rate:
+                    raise DataError(f"{url}: too slow ({got / spent:,.0f} bytes/s over {spent:.0f} s, under "
+                                    f"the {min_rate:,.0f} bytes/s minimum); given up")
     except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
         # HTTPException: IncompleteRead, a connection dropped mid-response, a garbled status line
         raise DataError(f"{url}: {getattr(e, 'reason', None) or type(e).__name__ + ' ' + str(e)}") from None
+    body = b"".join(chunks)
     if len(body) > limit:
         raise DataError(f"{url}: larger than {limit} bytes")
     if declared is not None and declared.isdigit() and int(declared) != len(body):

@@ -57,3 +57,13 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
         self.exit_code = 128 + signum
         self.message = message
+
+
+class WeightsImportError(CheckpointError):
+    """Weights trained elsewhere cannot be imported: unreadable, unsafe to open, or not the
+    assignment's network."""
+
+
+class PathError(ConfigError):
+    """A path given to a command cannot be used as given: a name or the whole path too long for
+    the file system, or an output folder that is a symbolic link."""

@@ -40,6 +40,7 @@ import platform
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -122,7 +123,11 @@ def build(cc: str | None = None, cache: Path | None = None) -> Kernel:
         key = hashlib.sha256(b"\0".join([*where, " ".join(flags).encode()])).hexdigest()[:20]
         path = folder / f"fused-{key}.so"
         try:
-            if not path.is_file():
+            if not _trusted_folder(folder):
+                # a cache another user could write into is never loaded from: build privately
+                private = Path(tempfile.mkdtemp(prefix="cnnlab-kernels-"))
+                path = private / path.name
+            if not path.is_file() or not _trusted_file(path):
                 _compile(command, flags, source, path)
             k = Kernel(_load(path), omp, f"cnnlab's fused C kernels ({version}, {' '.join(flags[:1] + flags[3:])}"
                                          f"{', on PyTorch OpenMP threads' if omp else ', one thread'})")
@@ -181,10 +186,46 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
+def _owned_private(st: os.stat_result) -> bool:
+    """Owned by this user (or root) and writable by no one else."""
+    return st.st_uid in (os.getuid(), 0) and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def _trusted_folder(folder: Path) -> bool:
+    """The kernel cache folder may be loaded from: created here if missing (0700), a real folder
+    (not a link) that this user owns and no one else can write, as is every folder above it up to
+    the home folder or the file system's root (a sticky /tmp counts: others cannot replace
+    what is ours in it)."""
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.lstat(folder)
+        if not stat.S_ISDIR(st.st_mode) or not _owned_private(st):
+            return False
+        for up in folder.resolve().parents:
+            st = os.stat(up)
+            if not (_owned_private(st) or (st.st_mode & stat.S_ISVTX and st.st_uid == 0)):
+                return False
+            if up == Path.home():
+                break
+        return True
+    except OSError:
+        return False
+
+
+def _trusted_file(path: Path) -> bool:
+    """A cached library may be loaded (its constructors run in this process): a regular file,
+    not a link, owned by this user, writable by no one else."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
 def _compile(command: list[str], flags: list[str], source: bytes, path: Path) -> None:
     """Build into a temporary file beside `path`, then rename: a reader sees a whole library or none."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=path.parent, prefix=".build-") as tmp:
             src, out = Path(tmp) / SOURCE, Path(tmp) / path.name
             src.write_bytes(source)
@@ -199,6 +240,13 @@ def _load(path: Path) -> ctypes.CDLL:
         lib = ctypes.CDLL(str(path))
     except OSError as e:
         raise KernelError(f"cannot load {path.name}: {e}") from None
+    try:
+        return _bind(lib)
+    except AttributeError as e:       # a library without cnnlab's functions: not ours
+        raise KernelError(f"{path.name} lacks cnnlab's kernel functions ({e}); not used") from None
+
+
+def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     p, i = ctypes.c_void_p, ctypes.c_int
     lib.cnnlab_conv1pool_forward.argtypes = [p, p, p, p, p, i, i, i]
     lib.cnnlab_conv1pool_backward.argtypes = [p, p, p, p, i, i, i, p, p]

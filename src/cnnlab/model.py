@@ -12,6 +12,7 @@ space. `forward` returns logits; probabilities are `softmax(logits)`.
 from __future__ import annotations
 
 import json
+import math
 from collections import OrderedDict
 from pathlib import Path
 
@@ -123,6 +124,26 @@ def save_weights(model: Net, path: str | Path, extra: dict | None = None) -> Non
     atomic_write_bytes(Path(path), save(state_tensors(model), metadata=meta))
 
 
+MAX_HEADER_BYTES = 100_000_000      # safetensors' own limit on its JSON header
+
+
+def sniff_format(data: bytes) -> str:
+    """What a weights file is, from its first bytes: "safetensors" (an 8-byte little-endian header
+    length, then a JSON object that fits in the file), "huge header" (a safetensors header over
+    MAX_HEADER_BYTES), "pickle" (a pickle stream or torch.save's zip), or "unknown". The
+    safetensors test comes first: its first two bytes are the header length, which may read as a
+    pickle's opcode (a header of 896 bytes starts 80 03)."""
+    if len(data) >= 9 and data[8:9] == b"{":
+        n = int.from_bytes(data[:8], "little")
+        if n > MAX_HEADER_BYTES:
+            return "huge header"
+        if n <= len(data) - 8:
+            return "safetensors"
+    if (len(data) >= 2 and data[0] == 0x80 and 2 <= data[1] <= 5) or data[:4] == b"PK\x03\x04":
+        return "pickle"
+    return "unknown"
+
+
 def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a safetensors file; CheckpointError for anything else (pickles too)."""
     from safetensors import SafetensorError
@@ -141,11 +162,14 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
         raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
     if len(data) > MAX_CHECKPOINT_BYTES:
         raise CheckpointError(f"{path} holds more than {MAX_CHECKPOINT_BYTES} bytes; refusing to read it")
-    head = data[:2]
-    if head in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or data[:2] == b"PK":
+    kind = sniff_format(data)
+    if kind == "pickle":
         raise CheckpointError(f"{path} is a pickle/torch.save file, not safetensors; cnnlab never "
                               f"unpickles files (that can run arbitrary code). Convert it with "
                               f"safetensors.torch.save_file in a trusted environment")
+    if kind == "huge header":
+        raise CheckpointError(f"{path} is not a valid safetensors file: its header declares {int.from_bytes(data[:8], 'little'):,} "
+                              f"bytes, more than the {MAX_HEADER_BYTES:,}-byte limit (damaged, or not a checkpoint)")
     try:
         tensors = load(data)
         header_len = int.from_bytes(data[:8], "little")
@@ -157,6 +181,28 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
         raise CheckpointError(f"{path} is not a valid safetensors file ({type(e).__name__}: "
                               f"{str(e)[:120]})") from None
     return tensors, meta
+
+
+def tensor_problems(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> list[str]:
+    """Every way `tensors` differ from `expected` (name -> a tensor of the wanted shape and dtype):
+    missing and unexpected names, wrong shapes, wrong dtypes (an int64 of 2^62 passes a float
+    finiteness check, then computes NaN once cast), non-finite values. The one check of every
+    tensor file cnnlab reads back (weights, the saved training state), before any is used."""
+    def dt(t: torch.Tensor) -> str:
+        return str(t.dtype).replace("torch.", "")
+
+    def some(names: list[str]) -> str:
+        return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    common = sorted(set(expected) & set(tensors))
+    wrong = [f"{k} {list(tensors[k].shape)} (expected {list(expected[k].shape)})"
+             for k in common if tensors[k].shape != expected[k].shape]
+    types = [f"{k} {dt(tensors[k])} (expected {dt(expected[k])})" for k in common if tensors[k].dtype != expected[k].dtype]
+    bad = [k for k in common if tensors[k].is_floating_point() and not bool(torch.isfinite(tensors[k]).all())]
+    return ([f"missing {some(missing)}"] * bool(missing) + [f"unexpected {some(extra)}"] * bool(extra)
+            + [f"wrong shape {'; '.join(wrong[:6])}"] * bool(wrong) + [f"wrong type {'; '.join(types[:6])}"] * bool(types)
+            + [f"non-finite values in {some(bad)}"] * bool(bad))
 
 
 def load_weights(path: str | Path, batch_norm: bool | None = None, device="cpu") -> Net:
@@ -174,31 +220,10 @@ def load_weights(path: str | Path, batch_norm: bool | None = None, device="cpu")
         raise CheckpointError(f"{path} holds the {got} network but the {want} network was asked for "
                               f"(bn1.*/bn2.* tensors {'absent' if batch_norm else 'present'})")
     model = Net(batch_norm=batch_norm)
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    wrong = [f"{k} {list(tensors[k].shape)} (expected {list(expected[k])})"
-             for k in sorted(set(expected) & set(tensors)) if tensors[k].shape != expected[k]]
-    problems = []
-    if missing:
-        problems.append("missing " + ", ".join(missing))
-    if extra:
-        problems.append("unexpected " + ", ".join(extra))
-    if wrong:
-        problems.append("wrong shape " + "; ".join(wrong))
+    problems = tensor_problems(tensors, model.state_dict())
     if problems:
         raise CheckpointError(f"{path} does not fit the {'batch-norm' if batch_norm else 'plain'} "
                               f"network: " + " | ".join(problems))
-    # Every tensor must have the network's own dtype: an int64 tensor of 2^62 passes a
-    # floating-point finiteness check and then computes NaN once cast to float32.
-    dtypes = [f"{k} {str(tensors[k].dtype).replace('torch.', '')} (expected "
-              f"{str(expected_dtype(model, k)).replace('torch.', '')})"
-              for k in sorted(tensors) if tensors[k].dtype != expected_dtype(model, k)]
-    if dtypes:
-        raise CheckpointError(f"{path} holds tensors of the wrong type: " + "; ".join(dtypes))
-    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise CheckpointError(f"{path} holds non-finite values in {', '.join(bad)}")
     # Values that are finite but make the forward pass divide by zero or take a negative root.
     if not float(tensors["input_std"]) > 0:
         raise CheckpointError(f"{path}: input_std is {float(tensors['input_std'])}; the network "
@@ -206,8 +231,37 @@ def load_weights(path: str | Path, batch_norm: bool | None = None, device="cpu")
     neg = [k for k in tensors if k.endswith("running_var") and bool((tensors[k] < 0).any())]
     if neg:
         raise CheckpointError(f"{path}: {', '.join(neg)} holds negative variances (must be ≥ 0)")
+    bound = logit_bound(tensors)
+    if not bound < MAX_LOGIT_BOUND:
+        raise CheckpointError(f"{path}: these weights can compute non-finite logits ({bound:.3g}) on an image "
+                              f"with pixels in [0, 1] (float32 overflows at 3.4e38, giving inf and "
+                              f"NaN); a trained network stays far below {MAX_LOGIT_BOUND:.0e}: the "
+                              f"file is damaged (input_std {float(tensors['input_std']):.3g})")
     model.load_state_dict({k: v.to(expected_dtype(model, k)) for k, v in tensors.items()})
     return model.to(device).eval()
+
+
+MAX_LOGIT_BOUND = 1e30     # float32's 3.4e38, less a margin for inputs beyond [0, 1]
+
+
+def logit_bound(tensors: dict[str, torch.Tensor]) -> float:
+    """An upper bound on |logit| over every image with pixels in [0, 1], computed in float64 layer
+    by layer (|layer(x)| ≤ Σ|w|·bound + |b|; ReLU and max-pool never increase it). Finite weights
+    can still overflow float32 (input_std = 1e-45 makes the input 1e45): this says so at load,
+    before evaluate, occlusion or the explorer compute NaN."""
+    t = {k: v.detach().to(torch.float64) for k, v in tensors.items()}
+    b = max(abs(float(t["input_mean"])), abs(1 - float(t["input_mean"]))) / float(t["input_std"])
+    for layer, bn in (("conv1", "bn1"), ("conv2", "bn2"), ("fc1", None), ("fc2", None)):
+        w = t[f"{layer}.weight"]
+        rows = w.abs().flatten(1).sum(1)                  # Σ|w| per output channel or unit
+        out = rows * b + t[f"{layer}.bias"].abs()
+        if bn is not None and f"{bn}.running_var" in t:
+            scale = t[f"{bn}.weight"].abs() / torch.sqrt(t[f"{bn}.running_var"] + 1e-5)
+            out = (out + t[f"{bn}.running_mean"].abs()) * scale + t[f"{bn}.bias"].abs()
+        b = float(out.max())
+        if not math.isfinite(b):
+            return math.inf
+    return b
 
 
 def expected_dtype(model: nn.Module, key: str) -> torch.dtype:

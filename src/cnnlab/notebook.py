@@ -175,7 +175,8 @@ image, with numbers that describe the map (where the lowest p falls, how many po
 patch *raises* p, the drop with ink under the patch against pure ink insertion on background).
 A map of one image cannot decide the question, so the verdict comes from a controlled experiment:
 the model M and three controls that must come out a known way (N, trained in seconds on labels
-that only a marker carries; P, M on the digit's ink alone; R, untrained), tested by behaviour
+that only a marker carries; P, a fresh network trained in seconds on true labels with markers it
+learns to ignore; R, untrained; none built from M), tested by behaviour
 (digit alone, digit erased, marker moved) and then by occlusion, under a stated rule.
 """)
     c.code("""
@@ -228,6 +229,33 @@ two = int((split.test_y == 2).nonzero()[0])
 adv = targeted.adversarial(model, split.test_x[two].float() / 255, steps=60 if SMALL else 200, source_label=2)
 display(adv.figure())
 display(adv.cost_figure())
+""")
+    c.md("""
+## Your own model
+
+Trained the network in your own notebook? Import its state dict (any layer names: an
+`nn.Sequential` or your own class, with or without batch-norm and dropout) with the input transform
+you trained it with, and every analysis above runs on it. From a shell:
+`cnnlab import model.pt --out runs/mine --normalize 0.1307 0.3081`, then
+`cnnlab report --runs runs/mine --out reports/mine`.
+""")
+    c.code("""
+from torch import nn
+import torch.nn.functional as F
+
+# Your network, your way (here trained for a few steps on inputs normalized like
+# transforms.Normalize((0.1307,), (0.3081,)); or load yours: mine.load_state_dict(torch.load("model.pt")))
+mine = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                     nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                     nn.Flatten(), nn.Linear(32 * 7 * 7, 500), nn.ReLU(), nn.Dropout(0.5), nn.Linear(500, 10))
+opt = torch.optim.Adam(mine.parameters(), lr=1e-3)
+for step in range(40 if SMALL else 400):
+    idx = torch.randint(0, len(split.train_x), (128,))
+    loss = F.cross_entropy(mine((split.train_x[idx].float() / 255 - 0.1307) / 0.3081), split.train_y[idx])
+    opt.zero_grad(); loss.backward(); opt.step()
+
+own = cnnlab.import_state_dict(mine.state_dict(), out=f"{OUT}/mine", normalize=(0.1307, 0.3081), overwrite=True)
+display(occlusion.occlusion(own.load_model(), split.test_x[0].float() / 255, label=int(split.test_y[0])).figure())
 """)
     c.md(WIDGET_MD)
     c.code(widget_cell('f"{OUT}/plain"'))

@@ -9,15 +9,19 @@ commands, predict --explain) writes through one. It
   - refuses, before any work, a folder holding files cnnlab did not write there, unless
     --overwrite (ownership is the folder's manifest, `.cnnlab-manifest.json`: the relative name
     of every file cnnlab wrote into it, recorded after each write);
-  - never replaces a file it did not write (without --overwrite), never writes through a
-    symbolic link (a link where a file or a subfolder would go is refused, not followed), and
-    deletes only files its manifest lists;
+  - never replaces a file it did not write (without --overwrite), never writes or creates a
+    folder through a symbolic link (a link where a file or a subfolder would go is refused, not
+    followed), and deletes only what the manifest listed before this command (or this command
+    wrote): names relative and inside the folder, regular files, never through a link;
+  - updates the manifest under a lock on the folder, merging with what is on disk, and records a
+    name before its file is written (a full disk between the two never orphans a file);
   - checks the folder is writable (a probe file) before the caller computes anything;
   - turns every OS error into one line naming the path (read-only, full, name too long, ...).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
@@ -49,11 +53,14 @@ _REASONS = {
 }
 
 
-def os_error(e: OSError, path: str | os.PathLike, doing: str = "write") -> OutputError:
-    """One line for an OSError met while writing `path`: what failed, where and why."""
+def os_error(e: OSError, path: str | os.PathLike, doing: str = "write",
+             existed: bool | None = None) -> OutputError:
+    """One line for an OSError met while writing `path`: what failed, where and why. `existed`:
+    whether a previous version of the file was there (said only when known)."""
     if e.errno == errno.ENOSPC:
-        return OutputError(f"no space left on the device while writing {path}; the previous "
-                           f"version of the file is intact")
+        kept = {True: "; the previous version of the file is intact",
+                False: "; no file was left there"}.get(existed, "") if existed is not None else ""
+        return OutputError(f"no space left on the device while writing {path}{kept}")
     reason = _REASONS.get(e.errno or -1, e.strerror or str(e))
     return OutputError(f"cannot {doing} {path}: {reason}")
 
@@ -79,12 +86,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except OSError as e:
         raise os_error(e, path.parent, "create the folder") from None
     _refuse_link(path)
+    existed = os.path.lexists(path)
     # The temp file's name is bounded (a 250-character name + ".<random>.tmp" would pass the file
     # system's 255-byte limit); mkstemp opens it with O_EXCL, which never follows a link.
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name[:200] + ".", suffix=".tmp")
     except OSError as e:
-        raise os_error(e, path) from None
+        raise os_error(e, path, existed=existed) from None
     try:
         with os.fdopen(fd, "wb") as f:
             # mkstemp creates the file 0600; give it the mode an ordinary write would (0666 less
@@ -96,7 +104,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
-        raise os_error(e, path) from None
+        raise os_error(e, path, existed=existed) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -113,16 +121,31 @@ def _refuse_link(path: Path) -> None:
         raise OutputError(f"{path} exists and is not a regular file; remove it or choose another folder")
 
 
-def make_dir(path: Path, root: Path | None = None) -> Path:
-    """Create folder `path` (and its parents); refuse if it, or any folder between `root` and it,
-    is a symbolic link or not a folder (files written there would land elsewhere)."""
-    path = Path(path)
+def _link_error(q: Path) -> OutputError:
+    return OutputError(f"{q} is a symbolic link; cnnlab never writes through a link it did not "
+                       f"create: remove it or choose another folder")
+
+
+def _check_folder(q: Path) -> bool:
+    """True if `q` is a real folder, False if absent; OutputError if a link or anything else."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise OutputError(f"cannot create the folder {path}: a file of that name exists") from None
+        st = os.lstat(q)
+    except FileNotFoundError:
+        return False
     except OSError as e:
-        raise os_error(e, path, "create the folder") from None
+        raise os_error(e, q, "use the folder") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise _link_error(q)
+    if not stat.S_ISDIR(st.st_mode):
+        raise OutputError(f"{q} exists and is not a folder")
+    return True
+
+
+def make_dir(path: Path, root: Path | None = None) -> Path:
+    """Create folder `path`; refuse, before creating anything, if it or any folder between `root`
+    and it is a symbolic link or not a folder (files written there would land elsewhere). The
+    folders above `root` (or above `path` without one) are the user's choice and are followed."""
+    path = Path(path)
     chain = [path]
     if root is not None:
         root = Path(root)
@@ -131,13 +154,59 @@ def make_dir(path: Path, root: Path | None = None) -> Path:
             p = p.parent
             chain.append(p)
         chain = [q for q in chain if q != root]
+    chain.reverse()                     # top down: each folder is checked before one is made in it
+    try:
+        (root if root is not None else path.parent).mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputError(f"cannot create the folder {path}: a file of that name exists") from None
+    except OSError as e:
+        raise os_error(e, path, "create the folder") from None
     for q in chain:
-        if q.is_symlink():
-            raise OutputError(f"{q} is a symbolic link; cnnlab never writes through a link it did "
-                              f"not create: remove it or choose another folder")
-        if not q.is_dir():
-            raise OutputError(f"{q} exists and is not a folder")
+        if _check_folder(q):
+            continue
+        try:
+            os.mkdir(q)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise os_error(e, q, "create the folder") from None
+        _check_folder(q)                # raced: something else appeared there meanwhile
     return path
+
+
+def valid_name(name: object) -> bool:
+    """A name cnnlab may own in a folder: relative, '/'-separated, normalized (no '', '.', '..'),
+    not the manifest itself. A manifest entry that is not one is ignored."""
+    if not isinstance(name, str) or not name or "\0" in name or name.startswith("/") or name == MANIFEST:
+        return False
+    return all(part not in ("", ".", "..") for part in name.split("/"))
+
+
+# The names a run directory written before manifests existed may be adopted under: what cnnlab
+# writes there, and no other (a user's state/state-mybackup.safetensors or notes.txt stays theirs).
+_RUN_NAMES = re.compile(r"^(run\.json|model\.safetensors|metrics\.csv|curves\.png|predictions\.png|"
+                        r"step_times\.npy|filters_by_epoch\.safetensors|state/(state|config)\.json|"
+                        r"state/state(-\d+)?\.safetensors)$")
+
+
+@contextlib.contextmanager
+def _folder_lock(path: Path):
+    """An exclusive flock on the folder itself (no file is left behind): the manifest's
+    read-merge-write is never interleaved with another process's."""
+    try:
+        import fcntl
+    except ImportError:         # not POSIX: no lock
+        yield
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as e:
+        raise os_error(e, path, "lock the folder") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)            # closing releases the lock
 
 
 class OutputDir:
@@ -155,11 +224,16 @@ class OutputDir:
         self.adopt = adopt
         self.flag = flag
         self._owned: set[str] | None = None
+        self._before: frozenset[str] = frozenset()   # the manifest as this command found it
+        self.written: set[str] = set()               # names this command wrote
+        self._targeted: set[str] = set()             # names `target` handed out to write
+        self._retired: set[str] = set()              # to delete at sweep() unless rewritten
 
     # --- ownership ------------------------------------------------------------------------------
     def owned(self) -> set[str]:
         if self._owned is None:
             self._owned = _read_manifest(self.path / MANIFEST)
+            self._before = frozenset(self._owned)   # what this command may delete
         return self._owned
 
     def owns(self, name: str) -> bool:
@@ -231,19 +305,25 @@ class OutputDir:
             raise os_error(e, self.path, "write into") from None
 
     def _adopt(self) -> None:
-        have = set(self.owned())
-        for q in self.path.rglob("*"):
-            if q.is_file() and not q.is_symlink() and not _TEMP_NAME.match(q.name) and q.name != MANIFEST:
-                have.add(str(q.relative_to(self.path)))
-        if have != self.owned():
-            self._owned = have
-            self._write_manifest()
+        """Record as ours the files of a run written before manifests existed: only the names a
+        run holds (`_RUN_NAMES`), real files, not through a link."""
+        found = [q.name for q in self.path.iterdir()]
+        state = self.path / "state"
+        if state.is_dir() and not state.is_symlink():
+            found += [f"state/{q.name}" for q in state.iterdir()]
+        have = {n for n in found if _RUN_NAMES.match(n) and _regular_file(self.path, n)}
+        self.owned()
+        self._before |= have            # adopted: as if the manifest had listed them
+        if have - self.owned():
+            self._update(add=have)
 
     # --- writing -------------------------------------------------------------------------------
     def target(self, name: str) -> Path:
         """The path to write `name` (relative, '/'-separated) at, after checking that its folders
         are real folders of ours and that no file of that name that cnnlab did not write (or a
         link) is there. Call `record(name)` after writing."""
+        if not valid_name(name):
+            raise OutputError(f"cannot write {name!r} into {self.path}: not a plain relative name")
         path = self.path / name
         if path.parent != self.path:
             make_dir(path.parent, root=self.path)
@@ -255,38 +335,78 @@ class OutputDir:
         if os.path.lexists(path) and not self.overwrite and not self.adopt and not self.owns(name):
             raise OutputError(f"{path} exists and was not written by cnnlab; pass {self.flag} to "
                               f"replace it, or choose another folder")
+        self._targeted.add(name)
         return path
 
     def record(self, *names: str) -> None:
+        """List `names` as cnnlab's; those written through `target` count as written by this command."""
+        self.written.update(n for n in names if n in self._targeted)
         new = set(names) - self.owned()
         if new:
-            self.owned().update(new)
-            self._write_manifest()
+            self._update(add=new)
 
     def forget(self, *names: str) -> None:
         gone = set(names) & self.owned()
         if gone:
-            self.owned().difference_update(gone)
-            self._write_manifest()
+            self._update(drop=gone)
+
+    def may_delete(self, name: str) -> bool:
+        """Whether `name` is cnnlab's to delete: listed in the manifest before this command, or
+        written by it; a plain relative name; a regular file reached through no link."""
+        self.owned()
+        return (valid_name(name) and (name in self._before or name in self.written)
+                and _regular_file(self.path, name))
 
     def remove(self, name: str) -> None:
-        """Delete `name` if cnnlab wrote it (per the manifest); anything else is left alone."""
-        if self.owns(name):
+        """Delete `name` if `may_delete(name)`; anything else is left alone."""
+        if self.may_delete(name):
             path = self.path / name
-            if path.is_file() and not path.is_symlink():
-                try:
-                    path.unlink()
-                except OSError as e:
-                    raise os_error(e, path, "remove") from None
-            self.forget(name)
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise os_error(e, path, "remove") from None
+        self.forget(name)
 
-    def _write_manifest(self) -> None:
-        text = json.dumps({"format": 1, "written_by": "cnnlab", "files": sorted(self.owned())}, indent=1)
-        atomic_write_text(self.path / MANIFEST, text + "\n")
+    def retire(self, *names: str) -> None:
+        """Mark files of an earlier output to delete once this command's output exists
+        (`sweep`); a name this command writes again is simply replaced."""
+        self._retired.update(names)
+
+    def sweep(self) -> list[str]:
+        """Delete the retired files this command did not write again (only cnnlab's: `remove`)."""
+        gone = sorted(n for n in self._retired - self.written if self.may_delete(n))
+        for n in gone:
+            self.remove(n)
+        self._retired.clear()
+        return gone
+
+    def _update(self, add: set[str] = frozenset(), drop: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        """The manifest on disk, merged with `add` less `drop`, under the folder's lock (another
+        process may have recorded its own files meanwhile)."""
+        add = {n for n in add if valid_name(n)}
+        with _folder_lock(self.path):
+            on_disk = _read_manifest(self.path / MANIFEST)
+            files = (on_disk | add) - set(drop)
+            text = json.dumps({"format": 1, "written_by": "cnnlab", "files": sorted(files)}, indent=1)
+            atomic_write_text(self.path / MANIFEST, text + "\n")
+            self._owned = files
 
     def write_bytes(self, name: str, data: bytes) -> Path:
+        """Write `name` atomically; its name goes into the manifest first, so a file is never left
+        unlisted (a failed write takes a name it added out again)."""
         path = self.target(name)
-        atomic_write_bytes(path, data)
+        new = name not in self.owned()
+        if new:
+            self._update(add={name})
+        try:
+            atomic_write_bytes(path, data)
+        except BaseException:
+            if new and not os.path.lexists(path):
+                with contextlib.suppress(OSError, OutputError):
+                    self._update(drop={name})
+            raise
         self.record(name)
         return path
 
@@ -306,15 +426,29 @@ class OutputDir:
         return make_dir(self.path / name, root=self.path)
 
 
+def _regular_file(root: Path, name: str) -> bool:
+    """`root/name` is a regular file, and no folder between `root` and it is a link."""
+    q = root
+    parts = name.split("/")
+    try:
+        for part in parts[:-1]:
+            q = q / part
+            if not stat.S_ISDIR(os.lstat(q).st_mode):
+                return False
+        return stat.S_ISREG(os.lstat(q / parts[-1]).st_mode)
+    except OSError:
+        return False
+
+
 def _read_manifest(path: Path) -> set[str]:
-    """The names a manifest lists; a missing, oversized or damaged one lists nothing (so every
-    file counts as not ours: the safe reading)."""
+    """The plain relative names a manifest lists; a missing, oversized or damaged one lists nothing
+    (so every file counts as not ours: the safe reading)."""
     try:
         if path.is_symlink() or not path.is_file() or path.stat().st_size > _MAX_MANIFEST_BYTES:
             return set()
         d = json.loads(path.read_bytes()[:_MAX_MANIFEST_BYTES])
         files = d.get("files") if isinstance(d, dict) else None
-        return {f for f in files if isinstance(f, str)} if isinstance(files, list) else set()
+        return {f for f in files if valid_name(f)} if isinstance(files, list) else set()
     except (OSError, ValueError, RecursionError):
         return set()
 

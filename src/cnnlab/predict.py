@@ -106,17 +106,18 @@ def load_image(path_or_bytes, max_bytes: int = MAX_IMAGE_BYTES,
     return img
 
 
-def preprocess_bytes(data: bytes, max_bytes: int = MAX_IMAGE_BYTES) -> np.ndarray:
+def preprocess_bytes(data: bytes, max_bytes: int = MAX_IMAGE_BYTES,
+                     max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """An uploaded file's bytes -> the MNIST-style float32 [28, 28] digit (same guards as files)."""
-    return _digit(data, max_bytes)
+    return _digit(data, max_bytes, max_pixels)
 
 
-def _digit(source, max_bytes: int = MAX_IMAGE_BYTES) -> np.ndarray:
+def _digit(source, max_bytes: int = MAX_IMAGE_BYTES, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """load_image + to_mnist, where anything but an ImageError (a pixel format the conversion
     does not expect: Pillow and numpy raise ValueError, TypeError, ...) also becomes one
     ImageError, so one odd file never stops the others or becomes an HTTP 500."""
     try:
-        return to_mnist(load_image(source, max_bytes=max_bytes))
+        return to_mnist(load_image(source, max_bytes=max_bytes, max_pixels=max_pixels))
     except ImageError:
         raise
     except (ValueError, TypeError, ArithmeticError, IndexError) as e:
@@ -156,7 +157,12 @@ def to_mnist(img: Image.Image) -> np.ndarray:
     if not isinstance(img, Image.Image):
         raise ImageError(f"expected a PIL image, got {type(img).__name__}")
     if max(img.size) > WORK_SIDE:                      # speed only: reduce huge photos first
-        img = img.copy()
+        # reduce() makes a new image a factor smaller (no full-size copy); thumbnail finishes the job
+        factor = max(img.size) // WORK_SIDE
+        try:
+            img = img.reduce(factor) if factor > 1 else img.copy()
+        except ValueError:                             # a mode reduce() lacks (palette, 1-bit)
+            img = img.copy()
         img.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.BOX)
     g = _grey(img)
 

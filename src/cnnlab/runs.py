@@ -13,6 +13,7 @@ import errno
 import os
 import platform
 import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,9 @@ class RunLock:
             if e.errno == errno.ELOOP or self.path.is_symlink():
                 raise RunError(f"{self.path} is a symbolic link; cnnlab never opens a lock file it did "
                                f"not create: remove it (the link's target is untouched)") from None
+            if e.errno == errno.EISDIR or self.path.is_dir():
+                raise RunError(f"{self.path} is a folder, where cnnlab keeps its lock file; move it "
+                               f"away (it is left as it is) or choose another --out") from None
             raise RunError(f"cannot use {self.path.parent} as a run directory: "
                            f"{os_error(e, self.path, 'open').args[0].split(': ', 1)[-1]}") from None
         st = os.fstat(fd)
@@ -132,12 +136,18 @@ class RunLock:
 
 
 def check_out_dir(out: Path, overwrite: bool = False, resume: bool = False) -> None:
-    """Refuse to train into a directory that holds another run, unless told to."""
+    """Refuse to train into a directory that holds another run, unless told to; and, before
+    anything in it is read or deleted, one that is (or holds at state/) a symbolic link."""
     out = Path(out)
+    for q in (out, out / "state"):
+        if q.is_symlink():
+            raise RunError(f"{q} is a symbolic link; cnnlab never reads, writes or deletes through a "
+                           f"link it did not create, with or without --overwrite: remove the link (its "
+                           f"target is left alone) or choose another --out")
     if out.exists() and not out.is_dir():
         raise RunError(f"{out} exists and is not a directory")
-    holds_run = (out / "run.json").exists() or (out / "model.safetensors").exists()
-    resumable = (out / "state" / "state.json").is_file()
+    holds_run = _is_file(out / "run.json") or _is_file(out / "model.safetensors")
+    resumable = _is_file(out / "state" / "state.json")
     if resume:
         if not resumable:
             raise RunError(f"nothing to resume in {out}: no state/state.json (train without --resume"
@@ -149,6 +159,20 @@ def check_out_dir(out: Path, overwrite: bool = False, resume: bool = False) -> N
                            f"continue it, or choose another --out")
         raise RunError(f"{out} already holds a run that cannot be resumed (it has no saved training "
                        f"state); pass --overwrite to replace it, or choose another --out")
+
+
+def _is_file(p: Path) -> bool:
+    """A regular file, not a link to one."""
+    try:
+        return stat.S_ISREG(os.lstat(p).st_mode)
+    except OSError:
+        return False
+
+
+# run.json's "status": a run that finished ("complete"; "imported" by `cnnlab import`) or one
+# stopped early ("interrupted"); anything else is refused, never taken for finished.
+FINISHED = ("complete", "imported")
+STATUSES = (*FINISHED, "interrupted")
 
 
 @dataclass
@@ -169,6 +193,11 @@ class Run:
     def name(self) -> str:
         return self.path.name
 
+    @property
+    def imported(self) -> dict | None:
+        """How `cnnlab import` made the run (file, format, input transform); None for a trained run."""
+        return self.info.get("imported")
+
     def load_model(self, device="cpu"):
         return load_weights(self.weights, batch_norm=self.batch_norm, device=device)
 
@@ -180,7 +209,8 @@ class Run:
 
     @property
     def interrupted(self) -> bool:
-        return self.info.get("status") == "interrupted"
+        """True unless run.json says the run finished (open_run refuses any other status)."""
+        return self.info.get("status") not in FINISHED
 
     def status_note(self) -> str | None:
         """One line saying that the run was stopped early, or None for a finished run."""
@@ -204,7 +234,8 @@ class Run:
 
 
 def open_run(path: str | os.PathLike) -> Run:
-    """The run in `path`, after checking run.json and that the weights file exists."""
+    """The run in `path`, after checking run.json and that the weights file exists. A run that
+    did not finish is said so on stderr, whoever opens it."""
     p = Path(path)
     if not p.exists():
         raise RunError(f"run directory {p} does not exist; train one with `cnnlab train --out {p}`")
@@ -221,6 +252,9 @@ def open_run(path: str | os.PathLike) -> Run:
     missing = [k for k in REQUIRED_FIELDS if k not in info]
     if missing:
         raise RunError(f"{rj} lacks the field(s) {', '.join(missing)}; was it written by cnnlab?")
+    if not isinstance(info["status"], str) or info["status"] not in STATUSES:
+        raise RunError(f"{rj}: 'status' is {repr(info['status'])[:40]}; it must be one of "
+                       f"{', '.join(map(repr, STATUSES))} (was it edited by hand?)")
     if info["format"] != RUN_FORMAT:
         raise RunError(f"{rj} has format {repr(info['format'])[:40]}; this cnnlab reads format "
                        f"{RUN_FORMAT} (a newer or older cnnlab wrote it)")
@@ -230,7 +264,7 @@ def open_run(path: str | os.PathLike) -> Run:
     # Every config field typed and in range (a hand-edited seed:"zero" or val_size:5000.5 is one
     # line naming the field); downstream code reads the validated values.
     info["config"] = config_from_dict(info["config"], str(rj)).to_dict()
-    for key in ("test", "best", "timing", "hardware"):      # optional, read by report and explore
+    for key in ("test", "best", "timing", "hardware", "imported"):      # optional, read by report and explore
         if key in info and not isinstance(info[key], dict):
             raise RunError(f"{rj}: '{key}' must be an object, not {type(info[key]).__name__}")
     acc = info.get("test", {}).get("accuracy")
@@ -239,4 +273,8 @@ def open_run(path: str | os.PathLike) -> Run:
     if not (p / "model.safetensors").is_file():
         raise RunError(f"{p} holds no checkpoint (model.safetensors); training may have stopped "
                        f"before the first evaluation — resume it with `cnnlab train --out {p} --resume`")
-    return Run(p, info)
+    run = Run(p, info)
+    note = run.status_note()
+    if note:        # so every command, notebook cell and server that opens it says so
+        print(f"warning: {note}", file=sys.stderr, flush=True)
+    return run

@@ -12,14 +12,18 @@ Every read is bounded before anything is parsed:
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import re
+import zipfile
 import zlib
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .config import TrainConfig
 from .errors import CnnlabError, ConfigError, RunError
@@ -51,7 +55,15 @@ def read_bytes_limited(path: str | os.PathLike, limit: int, error: type[CnnlabEr
             raise error(f"{p} is {size:,} bytes, more than the {limit:,}-byte limit for a {what}; "
                         f"refusing to read it (damaged, or not written by cnnlab)")
         with open(p, "rb") as f:
-            data = f.read(limit + 1)
+            # in chunks: read(limit + 1) would allocate the whole limit up front, whatever the size
+            parts, got = [], 0
+            while got <= limit:
+                chunk = f.read(min(_CHUNK, limit + 1 - got))
+                if not chunk:
+                    break
+                parts.append(chunk)
+                got += len(chunk)
+            data = b"".join(parts)
     except OSError as e:
         raise error(f"cannot read {p}: {e.strerror or e}") from None
     if len(data) > limit:
@@ -205,3 +217,58 @@ class LimitedReader:
             raise LimitExceeded(self.limit)
         return b
 
+
+
+# ---------------------------------------------------------------------------------------------
+# .npz files from a user: each array's size read from its header before anything is decompressed
+# ---------------------------------------------------------------------------------------------
+
+MAX_NPZ_FILE_BYTES = 256 * 1024 * 1024     # the file itself (compressed)
+MAX_NPZ_ARRAY_BYTES = 256 * 1024 * 1024    # one array once decompressed: 70,000 images as int32
+
+
+def read_npz(path: str | os.PathLike, names: dict[str, int], error: type[CnnlabError] = RunError,
+             max_file_bytes: int = MAX_NPZ_FILE_BYTES) -> dict[str, Any]:
+    """The arrays `names` (name -> the most elements it may hold) of the .npz at `path`, those
+    present; never unpickled. Each array's shape and dtype are read from its .npy header first,
+    and one that declares more than its limit, more than MAX_NPZ_ARRAY_BYTES, an object dtype,
+    or a size that disagrees with its zip entry is refused before its data is decompressed; the
+    decompression itself stops at the declared size (a 368-byte file declaring 10^11 images, or
+    1.5 MB of zeros unpacking to 1.8 GB, costs nothing)."""
+    p = Path(path)
+    data = read_bytes_limited(p, max_file_bytes, error, ".npz file")
+    out: dict[str, Any] = {}
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            members = {i.filename: i for i in z.infolist()}
+            for name, max_items in names.items():
+                info = members.get(f"{name}.npy")
+                if info is None:
+                    continue
+                with z.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    shape, fortran, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                                             else np.lib.format.read_array_header_2_0(f))
+                    header = f.tell() if f.seekable() else None
+                    items = math.prod(shape)
+                    if dtype.hasobject:
+                        raise error(f"{p}: '{name}' holds Python objects (a pickle); cnnlab reads plain arrays only")
+                    if items > max_items or items * dtype.itemsize > MAX_NPZ_ARRAY_BYTES:
+                        raise error(f"{p}: '{name}' declares shape {list(shape)} ({items:,} values); at most "
+                                    f"{max_items:,} are read (refused before decompressing it)")
+                    nbytes = items * dtype.itemsize
+                    if header is not None and info.file_size != header + nbytes:
+                        raise error(f"{p}: '{name}' declares {nbytes:,} bytes of data, but its zip entry "
+                                    f"holds {info.file_size - header:,}; damaged or crafted")
+                    raw = f.read(nbytes + 1)
+                if len(raw) != nbytes:
+                    raise error(f"{p}: '{name}' holds {len(raw):,} bytes of data, not the {nbytes:,} its header declares")
+                arr = np.frombuffer(raw, dtype=dtype)
+                out[name] = arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
+            out["__files__"] = sorted(n[:-4] for n in members if n.endswith(".npy"))
+    except CnnlabError:
+        raise
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, zlib.error, OverflowError) as e:
+        raise error(f"{p} is not a readable .npz of plain arrays ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0][:100] if str(e) else 'no detail'})") from None
+    return out

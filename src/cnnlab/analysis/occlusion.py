@@ -13,12 +13,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import PATCH_SIZES, STROKE_THRESHOLD
+from ..config import PATCH_SIZES
 from ..device import autocast, resolve_precision
 from ..errors import ConfigError
 from ..model import Net
+from . import regions as rg
 from ._shared import IMAGE_SIZE, AnalysisResult, as_image, chunk_for, device_of, evaluating, inference_copy
-from .meaningful import INK_LEVEL, describe_patch_map, digit_region
+from .regions import occluded, patch_overlap
 
 # ---------------------------------------------------------------------------------------------
 # Occlusion (question 2.4)
@@ -50,17 +51,6 @@ def _check_occlusion_args(patch_sizes, stride, fill, model) -> tuple[tuple[int, 
     return sizes, fill, f"{fill:g}"
 
 
-def _occlusion_batch(image: torch.Tensor, k: int, stride: int, fill: float) -> torch.Tensor:
-    """All occluded copies [P·P, 1, 28, 28] of `image` [28, 28], row-major over patch positions."""
-    P = positions(k, stride)
-    starts = torch.arange(P) * stride
-    idx = torch.arange(IMAGE_SIZE)
-    inside = (idx[None, :] >= starts[:, None]) & (idx[None, :] < starts[:, None] + k)   # [P, 28]
-    mask = inside[:, None, :, None] & inside[None, :, None, :]                           # [P, P, 28, 28]
-    batch = torch.where(mask, torch.tensor(fill, dtype=image.dtype), image)
-    return batch.reshape(P * P, 1, IMAGE_SIZE, IMAGE_SIZE)
-
-
 def forward_chunks(net: Net, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
     """Logits of `net` for every row of `x` (on the CPU, any device for `net`), in float64 on the
     CPU, computed a cache-sized chunk at a time in `precision` ("fp32" or "bf16"; see
@@ -84,26 +74,51 @@ def drop_attribution(drop: np.ndarray, k: int, stride: int = 1, size: int = IMAG
     return out
 
 
-def stroke_mask(image, dilate: int = 0, threshold: float = STROKE_THRESHOLD) -> np.ndarray:
-    """Boolean [28, 28]: pixels ≥ threshold, grown by `dilate` pixels in every direction."""
-    m = torch.as_tensor(np.asarray(image) >= threshold, dtype=torch.float32)[None, None]
-    if dilate:
-        m = F.max_pool2d(m, 2 * dilate + 1, stride=1, padding=dilate)
-    return m[0, 0].numpy() > 0
+def stroke_mask(image, dilate: int = 0) -> np.ndarray:
+    """Boolean [28, 28]: the image's ink (analysis/regions.py: stroke pixels against the image's own
+    background), grown by `dilate` pixels in every direction."""
+    return rg.grow(rg.ink(np.asarray(image)), dilate)
 
 
 def stroke_share(prob: np.ndarray, base_prob: float, image: np.ndarray, k: int, stride: int = 1,
-                 threshold: float = STROKE_THRESHOLD, dilate: int = 0) -> tuple[float, float]:
+                 dilate: int = 0) -> tuple[float, float]:
     """(share of the probability drop on stroke pixels, share expected if every position dropped
     it equally). Only drops count (rises are set to 0); NaN when nothing drops. With `dilate` > 0
     the region is the strokes grown by that many pixels (the digit and its immediate surround)."""
-    region = stroke_mask(image, dilate, threshold)
+    region = stroke_mask(image, dilate)
     drop = np.clip(base_prob - prob, 0.0, None)
     a = drop_attribution(drop, k, stride)
     c = drop_attribution(np.ones_like(drop), k, stride)
     total = a.sum()
     share = float(a[region].sum() / total) if total > 0 else float("nan")
     return share, float(c[region].sum() / c.sum())
+
+
+def describe_patch_map(p: np.ndarray, base_prob: float, ink: np.ndarray, region: np.ndarray, k: int,
+                       stride: int = 1, marker: np.ndarray | None = None) -> dict:
+    """Descriptive numbers of one occlusion map p [P, P] (p(class) with a k×k patch at each
+    position; base_prob without a patch): where the lowest p falls (the patch there touches the
+    marker, else "the digit" = `region`, else other ink, else only background; "none" when no
+    position lowers p), how many positions *raise* p, and the mean drop base − p at positions with
+    ink under the patch against positions where the patch lies on background only (there a grey
+    patch only inserts ink). No verdict: these describe one image."""
+    p = np.asarray(p, dtype=np.float64)
+    drop = base_prob - p
+    under = patch_overlap(ink, k, stride)
+    on_digit = patch_overlap(region, k, stride)
+    on_marker = patch_overlap(marker, k, stride) if marker is not None else np.zeros_like(under)
+    iy, ix = np.unravel_index(int(np.argmin(p)), p.shape)
+    where = ("none" if not drop.max() > 0 else "marker" if on_marker[iy, ix] else "digit" if on_digit[iy, ix]
+             else "other ink" if under[iy, ix] else "background")
+    bg = ~under
+    return {"min_prob": float(p.min()), "min_at_top_left_yx": [int(iy) * stride, int(ix) * stride],
+            "largest_drop": float(drop.max()), "lowest_p_falls_on": where,
+            "positions": int(p.size), "positions_where_grey_raises_p": int((drop < 0).sum()),
+            "positions_where_grey_lowers_p": int((drop > 0).sum()),
+            "positions_with_ink_under_patch": int(under.sum()), "positions_on_background_only": int(bg.sum()),
+            "background_positions_that_lower_p": int((drop[bg] > 0).sum()),
+            "mean_drop_ink_under_patch": float(drop[under].mean()) if under.any() else float("nan"),
+            "mean_drop_pure_ink_insertion": float(drop[bg].mean()) if bg.any() else float("nan")}
 
 
 @dataclass
@@ -129,12 +144,13 @@ class OcclusionResult(AnalysisResult):
         return {k: stroke_share(p, self.base_prob, self.image, k, self.stride) for k, p in self.prob.items()}
 
     def _ink_and_digit(self) -> tuple[np.ndarray, np.ndarray]:
-        u8 = np.clip(np.round(np.asarray(self.image, dtype=np.float64) * 255), 0, 255).astype(np.uint8)
-        return u8 >= INK_LEVEL, digit_region(u8)
+        """Ink and "the digit" by analysis/regions.py; no digit (a blank or texture image): empty."""
+        masks, _ = rg.find_digits(self.image)
+        return rg.ink(self.image), masks[0]
 
     def descriptive(self) -> dict[int, dict]:
-        """Per patch size, `describe_patch_map`: where the lowest p falls (on "the digit" = the
-        largest ink component grown 1 px, other ink, background, or "none"), how many positions the
+        """Per patch size, `describe_patch_map`: where the lowest p falls (on "the digit" of
+        analysis/regions.py, other ink, background, or "none"), how many positions the
         patch raises p, and the mean drop with ink under the patch against pure ink insertion."""
         ink, region = self._ink_and_digit()
         return {k: describe_patch_map(p, self.base_prob, ink, region, k, self.stride) for k, p in self.prob.items()}
@@ -148,13 +164,13 @@ class OcclusionResult(AnalysisResult):
         return {"name": self.name, "label": self.label, "target": self.target, "base_prob": self.base_prob,
                 "base_pred": self.base_pred, "fill": self.fill, "fill_spec": self.fill_spec,
                 "stride": self.stride, "seconds": self.seconds, "precision": self.precision,
-                "ink_level_uint8": INK_LEVEL, "patch_sizes": per,
+                "patch_sizes": per,
                 "definitions": {"prob_k": "probability of the target class with a k×k patch whose "
                                           "top-left corner is at (row·stride, column·stride)",
                                 "lowest_p_falls_on": "what the patch at the lowest p touches: 'digit' (the "
-                                                     "largest 8-connected ink component, pixels ≥ 32/255, grown "
-                                                     "1 px), else 'other ink', else 'background'; 'none' when "
-                                                     "no position lowers p",
+                                                     "main stroke against the image's own background, grown 1 px; "
+                                                     "analysis/regions.py), else 'other ink' (other strokes), else "
+                                                     "'background'; 'none' when no position lowers p",
                                 "positions_where_grey_raises_p": "positions where p(target) is higher with the "
                                                                  "patch than without",
                                 "mean_drop_ink_under_patch": "mean of p(clean) − p(occluded) over positions whose "
@@ -196,7 +212,7 @@ def occlusion(model: Net, image, target: int | None = None, patch_sizes: Sequenc
     dev = device_of(net)
     prec = resolve_precision(precision, dev)
     prec = prec if prec in ("fp32", "bf16") else "fp32"     # fp16 (old GPUs) is not offered here
-    batches = [_occlusion_batch(img, k, stride, fill_value) for k in sizes]
+    batches = [occluded(img, k, stride, fill_value) for k in sizes]
     with evaluating(net):
         # row 0 is the clean image, so p(clean) is computed exactly like every p(occluded)
         probs = F.softmax(forward_chunks(net, torch.cat([img[None, None], *batches]), prec), dim=1)
@@ -247,8 +263,8 @@ def _plot_occlusion(res: OcclusionResult):
         f"A {fill} square patch of k×k pixels (stride {res.stride}) replaces the image under it; each map "
         f"pixel is the patch's centre.\nMiddle row: p(class {res.target}) with the patch there (dark = the patch "
         f"lowers p).\nBottom row: the drop p(clean) − p(occluded), one scale for all sizes (largest drop "
-        f"{dmax:.3g}); 'peak' = what the patch at the lowest p covers.\nBlue outline: the digit (largest ink "
-        f"component, grown 1 px).", FIG_WIDTH_IN * (ncol - 1) / ncol - 0.2, 8), transform=note.transAxes,
+        f"{dmax:.3g}); 'peak' = what the patch at the lowest p covers.\nBlue outline: the digit (the main "
+        f"stroke against the image's own background, grown 1 px).", FIG_WIDTH_IN * (ncol - 1) / ncol - 0.2, 8), transform=note.transAxes,
         va="center", fontsize=8)
     axes = np.array([[fig.add_subplot(gs[row, j]) for j in range(n)] for row in (1, 2)])
     ims: list = [None, None]

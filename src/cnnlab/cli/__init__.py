@@ -12,6 +12,7 @@ instead of after torch's ~1.5 s import; everything light is imported at the top.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -19,10 +20,12 @@ import sys
 from .. import __version__
 from ..allocator import keep_freed_memory
 from ..errors import CnnlabError, Interrupted
+from ..paths import check_args
+from .common import printable
 
 # Modules under cnnlab.cli that each define register(subparsers). Missing ones are skipped so
 # that an optional area never breaks the others.
-AREAS = ("core", "inspect", "generate", "predict", "report", "explore", "robustness")
+AREAS = ("core", "imported", "inspect", "generate", "predict", "report", "explore", "robustness")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,12 +52,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     keep_freed_memory()      # every command runs tensors of MBs; see cnnlab.allocator
     try:
+        check_args(args)     # every path argument, before anything is read or created
         code = args.func(args)
     except CnnlabError as e:
-        print(f"cnnlab {args.command}: error: {e}", file=sys.stderr)
+        print(f"cnnlab {args.command}: error: {printable(str(e))}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        if e.errno not in (errno.ENAMETOOLONG, errno.ELOOP):
+            raise
+        print(f"cnnlab {args.command}: error: {printable(str(e.filename))}: {e.strerror}; choose a "
+              f"shorter path, or one without a loop of links", file=sys.stderr)
+        return 2
     except Interrupted as e:
-        print(f"cnnlab {args.command}: interrupted{': ' + e.message if e.message else ''}", file=sys.stderr)
+        print(f"cnnlab {args.command}: interrupted{': ' + printable(e.message) if e.message else ''}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"cnnlab {args.command}: interrupted", file=sys.stderr)

@@ -60,7 +60,7 @@ def cmd_data(args) -> int:
         print_json(summary)
         return 0
     c = console()
-    c.print(f"[bold]{args.dataset}[/bold] from {raw.source} — all 4 files verified (SHA-256) in {summary['seconds']} s")
+    c.print(f"{args.dataset} from {raw.source} — all 4 files verified (SHA-256) in {summary['seconds']} s")
     c.print(f"split (seed {args.split_seed}): {split.info['train_size']} train / {split.info['val_size']} "
             f"validation / {split.info['test_size']} test; validation indices hash {split.info['val_indices_sha256']}")
     c.print(f"training pixels: mean {split.mean:.4f}, std {split.std:.4f} (on the [0, 1] scale)")
@@ -95,7 +95,7 @@ def _print_summary(info: dict, out: Path) -> None:
     t.add_row("epochs / steps", f"{info['epochs_done']} / {info['steps']} (batch {cfg['batch_size']}, seed {cfg['seed']})")
     t.add_row("training time", f"{info['timing']['train_time_s']:.1f} s ({info['timing']['images_per_s']:.0f} images/s)")
     t.add_row("best validation accuracy", f"{info['best']['val_accuracy'] * 100:.2f}% (epoch {info['best']['epoch']})")
-    t.add_row("test accuracy", f"[bold]{info['test']['accuracy'] * 100:.2f}%[/bold] ({info['test']['errors']} of {info['split']['test_size']} wrong)")
+    t.add_row("test accuracy", f"{info['test']['accuracy'] * 100:.2f}% ({info['test']['errors']} of {info['split']['test_size']} wrong)")
     t.add_row("test loss", f"{info['test']['loss']:.4f}")
     console().print(t)
 
@@ -125,7 +125,7 @@ def cmd_evaluate(args) -> int:
         print_json(result)
         return 0
     c = console()
-    c.print(f"{run.path}: test accuracy [bold]{test.accuracy * 100:.2f}%[/bold] ({result['test_errors']} wrong), "
+    c.print(f"{run.path}: test accuracy {test.accuracy * 100:.2f}% ({result['test_errors']} wrong), "
             f"loss {test.loss:.4f}; validation accuracy {val.accuracy * 100:.2f}% — {args.precision}, "
             f"10,000 test images in {seconds:.2f} s")
     c.print("per class: " + ", ".join(f"{k} {v * 100:.1f}%" for k, v in per_class.items()))

@@ -44,8 +44,8 @@ def register(sub) -> None:
     p = sub.add_parser("occlusion", help="probability of the class as a patch slides over test images",
                        description="Slide a square patch over every position of each image and record p(class) (the "
                                    "assignment's maps). With --meaningful: decide whether the learning is meaningful "
-                                   "by a controlled experiment with a shortcut-trained, a digit-only and an untrained "
-                                   "control.")
+                                   "by a controlled experiment with a shortcut-trained, a digit-trained and an untrained "
+                                   "control, none of them derived from the model under test.")
     p.add_argument("run", type=Path)
     p.add_argument("--index", type=int_range(0, 59_999), action="append",
                    help="test-set image index (repeatable; default 0)")
@@ -57,10 +57,11 @@ def register(sub) -> None:
     p.add_argument("--target", type=int_range(0, 9), help="class of interest (default: the true class)")
     p.add_argument("--meaningful", action="store_true",
                    help="decide 2.4 by the controlled experiment (behaviour, then occlusion, with a "
-                        "shortcut, a digit-only and an untrained control) and print its verdict")
+                        "shortcut, a digit-reading and an untrained control, trained here) and print its verdict")
     p.add_argument("--images", type=Path, metavar="FILE.npz",
                    help="with --meaningful: test these images instead of MNIST's test set (.npz with "
-                        "'images' uint8 [N, 28, 28], 0 = background, and 'labels' int [N] in 0..9)")
+                        "'images' uint8 [N, 28, 28], 0 = background, 'labels' int [N] in 0..9, and optionally "
+                        "'masks' bool [N, 28, 28], True on the digit, where the digit finder should not decide)")
     p.add_argument("--data-dir")
     add_out_flags(p, "RUN/analysis/occlusion")
     p.add_argument("--json", action="store_true")
@@ -85,9 +86,9 @@ def cmd_summary(args) -> int:
     c = console()
     c.print(t)
     p, n, q = s.params, s.neurons, s.neurons_with_pooling
-    c.print(f"learnable parameters: [bold]{p['total']:,}[/bold] = conv {p['conv']:,} + fully connected "
+    c.print(f"learnable parameters: {p['total']:,} = conv {p['conv']:,} + fully connected "
             f"{p['fc']:,}" + (f" + batch-norm {p['batch_norm']:,}" if s.batch_norm else ""))
-    c.print(f"neurons: [bold]{n['total']:,}[/bold] = conv {n['conv']:,} + fully connected {n['fc']:,}")
+    c.print(f"neurons: {n['total']:,} = conv {n['conv']:,} + fully connected {n['fc']:,}")
     c.print("  (a neuron is one output unit of a conv or fully connected layer: a conv layer has "
             "channels × height × width of them)")
     c.print(f"counting the max-pooling outputs as neurons too: {q['total']:,} (+{q['pool']:,})")
@@ -140,8 +141,10 @@ def cmd_filters(args) -> int:
             f"mixed {cc['mixed']} (untrained: {uc['edge']}, {uc['blob']}, {uc['line']}, {uc['mixed']})")
     c.print(f"mean energy share in gradient (edges) {t['mean_share']['gradient']:.0%} vs "
             f"{u['mean_share']['gradient']:.0%} untrained (chance {2 / 9:.0%}); low-order (mean + gradient) "
-            f"{t['low_order_share']:.0%} vs {u['low_order_share']:.0%}; cosine to initial kernels "
-            f"{t['mean_cosine_to_init']:.2f}")
+            f"{t['low_order_share']:.0%} vs {u['low_order_share']:.0%}"
+            + ("" if run.imported else f"; cosine to initial kernels {t['mean_cosine_to_init']:.2f}"))
+    if run.imported:        # its own initial weights were never saved
+        c.print("imported network: 'untrained' is a fresh network of the same layers, not its own initial weights")
     if args.layer == "conv2":
         c.print(f"effective input channels per output filter {t['mean_effective_inputs']:.1f} of 32 "
                 f"(untrained {u['mean_effective_inputs']:.1f})")
@@ -208,18 +211,18 @@ def _cmd_meaningful(args) -> int:
     from ..analysis.meaningful import load_images_npz, meaningful_experiment
     run, model = _open(args)
     out = _out_dir(args, run, "occlusion")
-    images = labels = None
+    images = labels = masks = None
     if args.images is not None:
-        images, labels = load_images_npz(args.images)
+        images, labels, masks = load_images_npz(args.images)
     if not args.json:
-        print("training the shortcut control and measuring M, N, P, R…", file=sys.stderr)
-    res = meaningful_experiment(model, images, labels, split=run.load_split(args.data_dir))
+        print("training the controls N and P and measuring M, N, P, R…", file=sys.stderr)
+    res = meaningful_experiment(model, images, labels, masks=masks, split=run.load_split(args.data_dir))
     paths = res.save(out)
     if args.json:
         print_json(res.to_dict())
         return 0
     c = console()
-    c.print(f"is the learning meaningful? [bold]{res.verdict}[/bold] ({res.seconds['total']:.0f} s)")
+    c.print(f"is the learning meaningful? {res.verdict} ({res.seconds['total']:.0f} s)")
     c.print(res.answer_text())
     c.print(f"wrote {paths['png']} (+ .json, .npz)")
     return 0

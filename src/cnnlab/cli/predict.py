@@ -58,12 +58,12 @@ def _print_table(results: list[dict], top: int, names=None) -> None:
     t.add_column(f"top {top} (probability)")
     for r in results:
         if "error" in r:
-            t.add_row(r["file"], "[red]—[/red]", f"[red]error: {r['error']}[/red]")
+            t.add_row(r["file"], "—", f"error: {r['error']}")
             continue
         probs = r["probabilities"]
         order = sorted(range(len(probs)), key=lambda c: -probs[c])[:top]
         label = (lambda c: names[c]) if names else str
-        t.add_row(r["file"], f"[bold]{label(r['prediction'])}[/bold]",
+        t.add_row(r["file"], f"{label(r['prediction'])}",
                   ", ".join(f"{label(c)} {probs[c] * 100:.1f}%" for c in order))
     console().print(t)
 

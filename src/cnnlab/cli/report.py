@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import int_range, out_path
+from ..config import setting
+from .common import config_value, int_range, out_path
 
 
 def register(sub) -> None:
@@ -23,7 +24,11 @@ def register(sub) -> None:
     p.add_argument("--data-dir", help="folder holding the four MNIST IDX files (else cache, npm, ...)")
     p.add_argument("--no-pdf", action="store_true", help="skip the PDF")
     p.add_argument("--train-subset", type=int_range(0, 60_000), default=None, help="train on N images only (smoke tests)")
-    p.add_argument("--epochs", type=int_range(1, 1000), default=None, help="override the preset's epochs")
+    p.add_argument("--epochs", type=config_value("epochs", int), default=None,
+                   help=f"override the preset's epochs ({setting('epochs')['accepts']})")
+    p.add_argument("--runs", nargs="+", type=Path, metavar="RUN",
+                   help="PLAIN [BN]: answer from these runs (trained, or made by `cnnlab import`) instead of "
+                        "training; --preset then sets only the analysis budget")
     p.set_defaults(func=cmd_report)
 
 
@@ -31,5 +36,6 @@ def cmd_report(args) -> int:
     from ..report import build_report
     overrides = {k: v for k, v in (("train_subset", args.train_subset), ("epochs", args.epochs)) if v is not None}
     build_report(args.out, preset=args.preset, seeds=args.seeds, data_dir=args.data_dir,
-                 train_overrides=overrides, pdf=not args.no_pdf, overwrite=args.overwrite, command="cnnlab " + " ".join(sys.argv[1:]))
+                 train_overrides=overrides, pdf=not args.no_pdf, overwrite=args.overwrite, command="cnnlab " + " ".join(sys.argv[1:]),
+                 runs=args.runs)
     return 0

@@ -46,6 +46,11 @@ from .images import (
 )
 
 CACHE_VERSION = 3                       # bump when the cached beliefs change meaning
+# Decoding an upload holds its full-size pixels (a 25-megapixel RGB image is 75 MB): at most
+# DECODE_SLOTS at once, whatever the number of requests, and no more than MAX_UPLOAD_PIXELS each.
+DECODE_SLOTS = 2
+MAX_UPLOAD_PIXELS = 25_000_000
+_decoding = threading.BoundedSemaphore(DECODE_SLOTS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,6 +97,7 @@ class RunView:
                        for layer in ("conv1", "conv2")}
             test = self.run.info.get("test") or {}
             self._static = {"name": self.run.name, "label": self.label, "path": str(self.run.path),
+                            "status": self.run.info.get("status"), "status_note": self.run.status_note(),
                             "batch_norm": self.run.batch_norm,
                             "test_accuracy": test.get("accuracy"),
                             "label_smoothing": self.label_smoothing,
@@ -187,7 +193,9 @@ class Explorer:
     def image_from_bytes(self, data: bytes) -> np.ndarray:
         """An uploaded photo or the drawn canvas → the 28×28 the network sees, through predict's
         decoder guards and MNIST-style preprocessing."""
-        return quantize(np.asarray(preprocess_bytes(data, max_bytes=MAX_BODY_BYTES), dtype=np.float64))
+        with _decoding:
+            digit = preprocess_bytes(data, max_bytes=MAX_BODY_BYTES, max_pixels=MAX_UPLOAD_PIXELS)
+        return quantize(np.asarray(digit, dtype=np.float64))
 
     def resolve_input(self, req: dict) -> tuple[np.ndarray, dict]:
         """The request's one input: `pixels` (784 base64 bytes), `image` (a data URL), or `test`
@@ -402,7 +410,7 @@ class Explorer:
                 "unsure_margin": UNSURE_MARGIN, "attack_steps": config.STEPS,
                 "natural_components": natural.COMPONENTS,
                 "betas": [b for b in config.BETAS if b > 0], "beta": config.BETA,
-                "dataset": self.dataset, "limits": {"max_upload_bytes": MAX_BODY_BYTES},
+                "dataset": self.dataset, "limits": {"max_upload_bytes": MAX_BODY_BYTES, "max_upload_pixels": MAX_UPLOAD_PIXELS},
                 "occlusion_colorbar": colorbar_url("viridis"), "activation_colorbar": colorbar_url("magma")}
 
     # -- one entry point for both transports (the HTTP server and the notebook widget) -----------

@@ -28,6 +28,13 @@ def section_1_6(ctx: Context) -> Section:
                   "Use batch-normalization. Does it improve the test accuracy? Does it affect training time?")
     plain = [open_run(r) for r in ctx.runs["plain"]]
     bn = [open_run(r) for r in ctx.runs["batch_norm"]]
+    if not bn:
+        sec.answer.append("Not answered: this report was given no batch-norm network (<code>cnnlab report --runs "
+                          "PLAIN BN</code> answers 1.6 from a plain and a batch-norm network).")
+        sec.numbers = {"missing": "batch-norm network"}
+        return sec
+    if not all(r.info.get("timing") for r in plain + bn):
+        return _section_1_6_untimed(ctx, sec, plain, bn)
     acc_p = [r.info["test"]["accuracy"] for r in plain]
     acc_b = [r.info["test"]["accuracy"] for r in bn]
     ep_p = [float(np.mean(r.info["timing"]["epoch_times_s"])) for r in plain]
@@ -138,6 +145,35 @@ def section_1_6(ctx: Context) -> Section:
                              [read_metrics(r.path / "metrics.csv") for r in bn])
     sec.appendix_figures.append((fig_to_data_uri(fig), "Validation accuracy against training seconds (left) and validation "
                                               "error against images seen (right); plain in blue, batch-norm in orange."))
+    return sec
+
+
+def _section_1_6_untimed(ctx: Context, sec: Section, plain: list, bn: list) -> Section:
+    """1.6 for networks trained elsewhere (imported): accuracy by the same exact test; the training
+    time was not measured by cnnlab, so it is not compared."""
+    p = ctx.printed
+    acc_p, acc_b = [plain[0].info["test"]["accuracy"]], [bn[0].info["test"]["accuracy"]]
+    y = ctx.split.test_y
+    ev_p = evaluate(plain[0].load_model(), ctx.split.test_x, y, precision=plain[0].info["precision"])
+    ev_b = evaluate(bn[0].load_model(), ctx.split.test_x, y, precision=bn[0].info["precision"])
+    mc = mcnemar((ev_p.predictions == y).tolist(), (ev_b.predictions == y).tolist())
+    acc_v = sec.verdict(accuracy_verdict(acc_p, acc_b, mc))
+    accs = (f"{p.pct('1.6.acc_bn_mean', acc_b[0])} with batch-normalization against "
+            f"{p.pct('1.6.acc_plain_mean', acc_p[0])} without")
+    head = {"yes": "<b>Accuracy: yes</b>, batch-normalization improved test accuracy",
+            "no": "<b>Accuracy: no</b>, batch-normalization lowered test accuracy"}.get(
+        acc_v.key, "<b>Accuracy: not measurably</b>, a difference chance alone could produce")
+    sec.answer.append(f"{head}: {accs}.")
+    sec.answer.append("<b>Training time: not available</b>: the networks were trained elsewhere and imported, so "
+                      "cnnlab did not time their training.")
+    sec.evidence.append(
+        f"On the same 10,000 test images, {p('1.6.only_plain', mc['only_a'], '{}')} are right only for the plain "
+        f"network and {p('1.6.only_bn', mc['only_b'], '{}')} only for the batch-norm network (McNemar's test: "
+        f"p = {p('1.6.mcnemar_p', mc['p_value'], '{:.2g}')}). The two were not trained by the same recipe here, so "
+        f"the difference may come from their training as much as from batch-normalization.")
+    sec.numbers = {"test_acc_plain": acc_p, "test_acc_bn": acc_b, "mcnemar_seed0": mc, "time": None,
+                   "imported": [bool(r.imported) for r in (plain[0], bn[0])]}
+    ctx.results["batch_norm"] = sec.numbers
     return sec
 
 

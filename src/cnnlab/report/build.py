@@ -16,7 +16,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from ..data import load_split
 from ..errors import CnnlabError, ConfigError, Interrupted, OutputError, RunError
 from ..notebook import dumps
 from ..output import OutputDir, atomic_write_bytes
-from ..runs import open_run, versions
+from ..runs import Run, open_run, versions
 from ..train import on_stop_signals, train
 from . import activations, anatomy, batch_norm, class_models, filters, occlusion, robustness, targeted, training
 from .base import ASSIGNMENT, GLOSSARY, Context, Printed, Section
@@ -94,35 +94,42 @@ REPORT_FILES = ("report.html", "results.json", "report.ipynb", "report-notebook.
 def build_report(out: str | Path = "reports/latest", preset: str = "standard", seeds: int = 1,
                  data_dir: str | None = None, log: Callable[[str], None] | None = None,
                  train_overrides: dict | None = None, analysis: AnalysisConfig | None = None,
-                 pdf: bool = True, command: str | None = None, overwrite: bool = False) -> dict:
+                 pdf: bool = True, command: str | None = None, overwrite: bool = False,
+                 runs: Sequence[str | Path] | None = None) -> dict:
     """Train plain and batch-norm networks, run every analysis, write report.html/.pdf/.ipynb and results.json.
 
     Returns results.json as a dict. `train_overrides` change the training preset (e.g.
-    {"train_subset": 4000} for a smoke run); `analysis` sets how much analysis runs.
+    {"train_subset": 4000} for a smoke run); `analysis` sets how much analysis runs. `runs`: answer
+    from these existing runs (a plain one, and optionally a batch-norm one; trained or imported)
+    instead of training; they are copied into OUT/runs and `preset` sets only the analysis budget.
 
     `out` must be absent or empty unless `overwrite` (it holds runs and a report: an earlier
     report, its runs, or any other file is never replaced silently). The first SIGINT / SIGTERM
     stops the report (Interrupted, exit 130 / 143): a training run in progress stops after its
     step and is marked interrupted, and no report file is written after that point, except that
     a report.html and results.json written before the stop are marked incomplete inside, naming
-    the files that are missing (with `overwrite`, the earlier report's files are removed first,
-    so none is left beside new runs).
+    the files that are missing (with `overwrite`, the earlier report's files are deleted once this
+    report is complete, or once a stop leaves new runs beside them; only those cnnlab wrote).
     """
     if seeds < 1:
         raise ConfigError(f"--seeds must be ≥ 1 (got {seeds})")
+    given = _given_runs(runs) if runs else None       # checked before the report folder is touched
     d = _report_dir(Path(out), overwrite)
     with _stop_on_signal():
         try:
-            return _build_report(d, preset, seeds, data_dir, log, train_overrides, analysis, pdf, command)
+            return _build_report(d, preset, seeds, data_dir, log, train_overrides, analysis, pdf, command, given)
         except Interrupted as e:
             expected = [n for n in REPORT_FILES if pdf or not n.endswith(".pdf")]
-            written = [n for n in expected if (d.path / n).is_file()]
+            written = [n for n in expected if n in d.written]
             missing = [n for n in expected if n not in written]
             what = ("every report file was written before the stop" if not missing else
                     f"the report is incomplete: only {', '.join(written)} written" if written else "no report written")
             if "report.html" in written and missing:
                 with contextlib.suppress(CnnlabError, OSError, ValueError):   # best effort: the stop is the news
                     _mark_incomplete(d, missing)
+            if (d.path / "runs").is_dir():     # new runs replaced what an earlier report of cnnlab's described
+                with contextlib.suppress(CnnlabError, OSError):
+                    d.sweep()
             runs = f"; the runs trained so far are in {d.path / 'runs'}" if (d.path / "runs").is_dir() else ""
             raise Interrupted(e.signum, f"{e.message + '; ' if e.message else ''}{what}{runs}") from None
 
@@ -150,12 +157,12 @@ def _report_dir(out: Path, overwrite: bool) -> OutputDir:
         if held:
             raise OutputError(f"{out} already holds a report or its runs ({', '.join(held)}); pass "
                               f"--overwrite to replace them, or choose another --out")
+    if (out / "runs").is_symlink():
+        raise OutputError(f"{out / 'runs'} is a symbolic link; cnnlab never writes through a link it did not "
+                          f"create: remove it (its target is left alone) or choose another --out")
     d.prepare()
-    if overwrite:
-        for name in REPORT_FILES:      # an earlier report must not be left beside new runs
-            if (out / name).is_file() and not (out / name).is_symlink():
-                d.record(name)
-                d.remove(name)
+    if overwrite:       # an earlier report's files (cnnlab's only) go once this one is written: sweep()
+        d.retire(*REPORT_FILES)
     return d
 
 
@@ -169,20 +176,63 @@ def _stop_on_signal():
         yield
 
 
+def _given_runs(paths: Sequence[str | Path]) -> dict[str, Run]:
+    """--runs PLAIN [BN]: the plain run first, then optionally a batch-norm one."""
+    if len(paths) > 2:
+        raise ConfigError(f"--runs takes one or two runs (PLAIN [BN]), not {len(paths)}")
+    opened = [open_run(p) for p in paths]
+    stopped = [str(r.path) for r in opened if r.interrupted]
+    if stopped:
+        raise RunError(f"{', '.join(stopped)} did not finish training; no analysis is computed from an interrupted run")
+    if opened[0].batch_norm:
+        raise ConfigError(f"{opened[0].path} is a batch-norm network; --runs takes the plain network first (PLAIN [BN])")
+    if len(opened) == 2 and not opened[1].batch_norm:
+        raise ConfigError(f"{opened[1].path} is a plain network; the second of --runs must be the batch-norm network")
+    return {"plain": opened[0], **({"batch_norm": opened[1]} if len(opened) == 2 else {})}
+
+
+RUN_FILES = ("run.json", "model.safetensors", "metrics.csv", "step_times.npy", "filters_by_epoch.safetensors")
+
+
+def _copy_runs(d: OutputDir, given: dict[str, Run]) -> dict[str, list]:
+    """The given runs' files, copied into OUT/runs/ so the report folder stands on its own."""
+    from ..model import MAX_CHECKPOINT_BYTES
+    from ..schema import read_bytes_limited
+    runs: dict[str, list] = {"plain": [], "batch_norm": []}
+    for key, run in given.items():
+        name = f"{'bn' if key == 'batch_norm' else 'plain'}-{run.name}"
+        for f in RUN_FILES:
+            if (run.path / f).is_file():
+                d.write_bytes(f"runs/{name}/{f}", read_bytes_limited(run.path / f, MAX_CHECKPOINT_BYTES, RunError, f))
+        runs[key].append(d.path / "runs" / name)
+    return runs
+
+
 def _build_report(d: OutputDir, preset: str, seeds: int, data_dir: str | None,
                   log: Callable[[str], None] | None, train_overrides: dict | None,
-                  analysis: AnalysisConfig | None, pdf: bool, command: str | None) -> dict:
+                  analysis: AnalysisConfig | None, pdf: bool, command: str | None,
+                  given: dict[str, Run] | None = None) -> dict:
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     out = d.path
     analysis = analysis or ANALYSIS_PRESETS.get(preset, AnalysisConfig())
     stages = Stages(log)
     overrides = dict(train_overrides or {})
 
-    base = make_preset(preset, **overrides)          # validates the overrides before any work
-    split = stages.run(f"data: fetch and verify {base.dataset}", lambda: load_split(
-        base.dataset, data_dir, base.val_size, base.split_seed, base.train_subset, log=log))
-    runs = stages.run(f"train plain and batch-norm networks ({seeds} seed{'s' if seeds > 1 else ''}, preset {preset})",
-                      lambda: _train_all(out, preset, seeds, split, overrides, log))
+    if given:
+        # the maker's own config means nothing for an imported network: a judge is trained with `preset`
+        if analysis.judge_preset == "same":
+            analysis = dataclasses.replace(analysis, judge_preset=preset)
+        cfg = given["plain"].info["config"]
+        split = stages.run(f"data: fetch and verify {cfg['dataset']}", lambda: load_split(
+            cfg["dataset"], data_dir, cfg["val_size"], cfg["split_seed"], cfg["train_subset"], log=log))
+        runs = stages.run("copy the given runs (no training)", lambda: _copy_runs(d, given))
+        seeds = 1
+    else:
+        base = make_preset(preset, **overrides)          # validates the overrides before any work
+        split = stages.run(f"data: fetch and verify {base.dataset}", lambda: load_split(
+            base.dataset, data_dir, base.val_size, base.split_seed, base.train_subset, log=log))
+        runs = stages.run(f"train plain and batch-norm networks ({seeds} seed{'s' if seeds > 1 else ''}, preset {preset})",
+                          lambda: _train_all(out, preset, seeds, split, overrides, log))
     all_runs = [open_run(p) for p in runs["plain"] + runs["batch_norm"]]
     stopped = [r.name for r in all_runs if r.interrupted]
     if stopped:
@@ -230,6 +280,7 @@ def _build_report(d: OutputDir, preset: str, seeds: int, data_dir: str | None,
     if pdf:
         stages.run("render the PDF (WeasyPrint)", lambda: render_pdf(out / "report.html", d.target("report.pdf")))
         d.record("report.pdf")
+    d.sweep()
     log(f"report: {(out / 'report.html').resolve()}  ({stages.total:.0f} s in all)")
     return ctx.results
 
@@ -254,6 +305,9 @@ def render_html(sections: list[Section], ctx: Context) -> str:
                  f"{'batch-norm' if best.batch_norm else 'plain'} network {best.name} "
                  f"({100 * best.info['best']['val_accuracy']:.2f}% validation, "
                  f"{100 * best.info['test']['accuracy']:.2f}% test accuracy).")
+    if best.imported:
+        best_text += (" It was trained elsewhere and imported (`cnnlab import`), so it may have been trained on the "
+                      "validation images.")
     return tpl.render(title="cnnlab report", assignment=ASSIGNMENT, sections=sections, prov=prov,
                       glossary=GLOSSARY, best_text=best_text,
                       results=ctx.results, stage_seconds=ctx.results["stage_seconds"],

@@ -6,7 +6,7 @@ from ..analysis.meaningful import meaningful_experiment, meaningful_verdict
 from ..analysis.occlusion import occlusion
 from .base import Context, Section, esc, fig_to_data_uri, pick_images
 
-SUBJECT_NAMES = {"M": "M (the model under test)", "N": "N (shortcut control)", "P": "P (digit-only control)",
+SUBJECT_NAMES = {"M": "M (the model under test)", "N": "N (shortcut control)", "P": "P (digit-reading control)",
                  "R": "R (untrained)"}
 
 
@@ -98,7 +98,9 @@ def section_occlusion(ctx: Context) -> Section:
         f"How it is decided: each test image gets a small white marker whose position encodes its label, and four "
         f"networks are tested on the same {res.settings['n_behaviour']} images: M (the model), the shortcut "
         f"network N (trained {res.settings['shortcut_steps']} steps, {res.seconds['train_negative']:.1f} s, on "
-        f"labels only the marker carries), P (M shown only the digit's ink, a check of the occlusion measurement) "
+        f"labels only the marker carries), P (trained {res.settings['reader_steps']} steps, "
+        f"{res.seconds['train_positive']:.1f} s, on the true labels with markers in random slots: it reads the digit, "
+        f"scored against its own readings) "
         f"and R (untrained). Behaviour first: the digit alone, the digit erased, the marker moved. Then 3×3 "
         f"patches of 0 are slid over {res.settings['n_occlusion']} marked images M gets right, and the drop of "
         f"log p(label) is measured at each position. Each rate is a share of images with its 95% Wilson interval "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
@@ -29,6 +30,8 @@ def section_1_1(ctx: Context) -> Section:
     plain = [open_run(r) for r in ctx.runs["plain"]]
     # The section is about the plain network's first seed: its curves, its final errors.
     run = plain[0]
+    if run.imported:
+        return _section_1_1_imported(ctx, run)
     metrics = read_metrics(run.path / "metrics.csv")
     accs = [r.info["test"]["accuracy"] for r in plain]
     m, s = mean_std(accs)
@@ -86,6 +89,36 @@ def section_1_1(ctx: Context) -> Section:
                   "val_error_epoch1": one["val_error"], "val_error_final": last["val_error"],
                   "train_error_final": last["train_error"]}
     return s1
+
+
+def _section_1_1_imported(ctx: Context, run) -> Section:
+    """1.1 for a network trained elsewhere: its test accuracy, and its curves when the learner gave them."""
+    p = ctx.printed
+    sec = Section("1.1", "Training curves and test accuracy",
+                  "Show the plot of training error, validation error and prediction accuracy as the training "
+                  "progresses. At the end of training, report the average prediction accuracy for the whole "
+                  "test set of 10000 images.")
+    acc = run.info["test"]["accuracy"]
+    src = run.imported
+    sec.answer.append(f"The plain network classifies <b>{p.pct('1.1.test_acc', acc)}</b> of the 10,000 test images "
+                      f"correctly ({p('1.1.test_errors', run.info['test']['errors'], '{}')} wrong). It was trained "
+                      f"elsewhere and imported with <code>cnnlab import</code> (input: "
+                      f"{esc(src['transform']['describe'])}).")
+    numbers: dict = {"test_accuracy": [acc], "test_errors": run.info["test"]["errors"], "imported": True}
+    if (run.path / "metrics.csv").is_file():
+        metrics = read_metrics(run.path / "metrics.csv")
+        fig = plot_curves(metrics, title="plain network, the learner's own training log")
+        sec.figures.append((fig_to_data_uri(fig), f"The learner's training and validation loss and error, as logged in "
+                                                  f"{esc(Path(src.get('metrics') or 'metrics.csv').name)} "
+                                                  f"({p('1.1.points', len(metrics), '{}')} points)."))
+        numbers["points"] = len(metrics)
+    else:
+        sec.answer.append("The curves of an imported model are not available: it was imported without its training "
+                          "log (<code>cnnlab import --metrics FILE</code> adds them).")
+    sec.evidence.append("The accuracy is measured by cnnlab on the test set, with the learner's weights and input "
+                        "transform; how the network was trained (epochs, optimizer, time) is not known to cnnlab.")
+    sec.numbers = numbers
+    return sec
 
 
 def section_1_2(ctx: Context) -> Section:
