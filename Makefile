@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.setup-stamp
 # Tests and benchmarks may read the shared copy of MNIST; the product never does.
 SHARED_MNIST := $(abspath ../shared/datasets/mnist)
 
-.PHONY: setup lint check test test-all demo bench clean
+.PHONY: setup lint check test test-slow test-all demo bench clean
 
 setup: $(STAMP)
 
@@ -32,13 +32,22 @@ CHECK_TESTS := tests/test_data.py tests/test_stats.py tests/test_model.py tests/
 	tests/test_structure.py tests/test_predict.py tests/test_cli_core.py
 
 check: setup lint
-	CNNLAB_TEST_DATA=$${CNNLAB_TEST_DATA:-$(SHARED_MNIST)} $(PY) -m pytest -q -m "not slow" $(CHECK_TESTS)
+	CNNLAB_TEST_DATA=$${CNNLAB_TEST_DATA:-$(SHARED_MNIST)} $(PY) -m pytest -q -m "not slow" $(PARALLEL) $(CHECK_TESTS)
+
+# In parallel, each test file on one worker (its module fixtures built once; tests/conftest.py
+# shares the torch threads out among the workers): the suite less the slow tier.
+PARALLEL := -n auto --dist loadfile
 
 test: setup lint
-	CNNLAB_TEST_DATA=$${CNNLAB_TEST_DATA:-$(SHARED_MNIST)} $(PY) -m pytest -q -m "not slow"
+	CNNLAB_TEST_DATA=$${CNNLAB_TEST_DATA:-$(SHARED_MNIST)} $(PY) -m pytest -q -m "not slow" $(PARALLEL)
 
-test-all: setup
-	CNNLAB_TEST_DATA=$${CNNLAB_TEST_DATA:-$(SHARED_MNIST)} $(PY) -m pytest -q
+# The slow tier alone (marked `slow`: long end-to-end runs, JupyterLab and notebook kernels, child
+# processes stopped mid-write); CI runs it after `make test`.
+test-slow: setup
+	CNNLAB_TEST_DATA=$${CNNLAB_TEST_DATA:-$(SHARED_MNIST)} $(PY) -m pytest -q -m slow $(PARALLEL)
+
+test-all: setup lint
+	CNNLAB_TEST_DATA=$${CNNLAB_TEST_DATA:-$(SHARED_MNIST)} $(PY) -m pytest -q $(PARALLEL)
 
 demo: setup
 	$(VENV)/bin/cnnlab report --out reports/demo --preset standard --overwrite

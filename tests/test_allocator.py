@@ -60,6 +60,7 @@ def _probe(malloc: str | None, **glibc_env: str) -> dict:
 GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 
+@pytest.mark.slow          # ~8 s: two child processes train and count their page faults
 @pytest.mark.skipif(not GLIBC, reason="glibc's mallopt: Linux with glibc only")
 def test_tuned_allocator_keeps_training_steps_free_of_page_faults():
     """Untuned glibc faults 0–3,400 times per step here, depending on the heap's layout, so the

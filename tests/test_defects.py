@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import threading
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -92,3 +95,89 @@ def test_robustness_uses_the_c_kernels_only_for_runs_that_allow_them(monkeypatch
     assert calls["n"] == 0
     robustness({"m": net}, x, y, attack="fgsm", eps_list=[0.1], precision="bf16")      # control: allowed
     assert calls["n"] > 0
+
+
+def _strict(text: str):
+    """json.loads that refuses the bare NaN/Infinity tokens, as every other JSON parser does."""
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_files_hold_null_where_a_number_is_not_finite(tmp_path):
+    """OutputDir.write_json and write_json once wrote the bare token NaN into .json files (which no
+    JSON parser but Python's accepts), while --json printed null; every JSON cnnlab writes now goes
+    through output.jsonable."""
+    from cnnlab.output import OutputDir, dumps, write_json
+    obj = {"loss": float("nan"), "rates": np.array([0.5, np.inf]), "n": np.int64(3), "t": torch.tensor(-np.inf),
+           "where": tmp_path, "pair": (1, float("nan"))}
+    want = {"loss": None, "rates": [0.5, None], "n": 3, "t": None, "where": str(tmp_path), "pair": [1, None]}
+    (tmp_path / "out").mkdir()
+    d = OutputDir(tmp_path / "out")
+    assert _strict(d.write_json("a.json", obj).read_text(encoding="utf-8")) == want
+    write_json(tmp_path / "b.json", obj)
+    assert _strict((tmp_path / "b.json").read_text(encoding="utf-8")) == want
+    assert _strict(dumps(obj)) == want
+
+
+def test_cli_json_and_verdict_numbers_use_the_same_conversion(capsys):
+    from cnnlab.analysis.verdict import Verdict
+    from cnnlab.cli.common import print_json
+    v = Verdict("2.4", "invalid", "x", "rule", {"rate": np.float64("nan"), "k": np.int32(2)})
+    assert v.to_dict()["numbers"] == {"rate": None, "k": 2}
+    print_json({"a": float("inf"), "b": [np.float32(0.25)]})
+    assert _strict(capsys.readouterr().out) == {"a": None, "b": [0.25]}
+
+
+def test_resume_reads_the_saved_state_once_and_loads_the_bytes_it_hashed(tmp_path, monkeypatch):
+    """On resume, train() checked the saved state before loading data, then _load_state checked,
+    read and hashed it again (and loaded the second read, not the bytes it had hashed)."""
+    import builtins
+
+    from cnnlab.train import train
+    out = tmp_path / "run"
+    train(TINY, out, split=synthetic_split(), progress=False, log=lambda s: None, stop_at_step=5)
+    opened = []
+    real_open = builtins.open
+
+    def counting_open(file, *a, **k):
+        if str(file).endswith(".safetensors") and "state" in Path(file).parent.name:
+            opened.append(Path(file).name)
+        return real_open(file, *a, **k)
+    monkeypatch.setattr(builtins, "open", counting_open)
+    res = train(TINY, out, split=synthetic_split(), progress=False, log=lambda s: None, resume=True)
+    assert res.info["status"] == "complete"
+    assert len([n for n in opened if n.startswith("state")]) == 1, opened
+
+
+def test_a_damaged_state_json_is_named_once_and_not_by_its_prefix(tmp_path):
+    """check_state branched on its error message's prefix ("cannot resume") and used a bare
+    expression to raise KeyError for a missing field; a missing field is now named."""
+    import json as _json
+
+    from cnnlab.errors import RunError
+    from cnnlab.train import train
+    out = tmp_path / "run"
+    train(TINY, out, split=synthetic_split(), progress=False, log=lambda s: None, stop_at_step=5)
+    meta = _json.loads((out / "state" / "state.json").read_text(encoding="utf-8"))
+    del meta["sched"]
+    (out / "state" / "state.json").write_text(_json.dumps(meta), encoding="utf-8")
+    with pytest.raises(RunError) as e:
+        train(TINY, out, split=synthetic_split(), progress=False, log=lambda s: None, resume=True)
+    msg = str(e.value)
+    assert msg.count("cannot resume") == 1 and "state.json lacks sched" in msg, msg
+
+
+def test_a_bug_inside_the_safetensors_parser_is_not_called_a_bad_file(tmp_path, monkeypatch):
+    """model.read_safetensors caught every Exception: a programming error (here a ZeroDivisionError
+    raised inside the parser) was reported as "not a valid safetensors file"."""
+    import safetensors.torch
+
+    from cnnlab.model import Net, read_safetensors, save_weights
+    save_weights(Net(), tmp_path / "m.safetensors")
+
+    def broken(data):
+        raise ZeroDivisionError("a bug")
+    monkeypatch.setattr(safetensors.torch, "load", broken)
+    with pytest.raises(ZeroDivisionError):
+        read_safetensors(tmp_path / "m.safetensors")

@@ -657,7 +657,7 @@ SIZES = {"laptop": (1280, 800), "phone": (390, 844)}
 
 
 @pytest.mark.browser
-@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("size", [s if s == "laptop" else pytest.param(s, marks=pytest.mark.slow) for s in SIZES])
 def test_every_control_is_reachable_with_the_drawing_and_result_in_view(two_run_server, browser, size):
     from drawings import DIGITS
     w, h = SIZES[size]
@@ -701,6 +701,7 @@ def test_every_control_is_reachable_with_the_drawing_and_result_in_view(two_run_
 
 
 @pytest.mark.browser
+@pytest.mark.slow
 def test_clear_new_input_and_brush(two_run_server, browser):
     from drawings import DIGITS, dots
     page = browser.new_page(viewport={"width": 1280, "height": 800})
@@ -757,6 +758,7 @@ def smoothed_server(two_run_server, smoothed_run, mnist_dir):
     proc.wait(timeout=20)
 
 
+@pytest.mark.slow          # ~15 s: a third run trained and served (the rule: test_uncertainty_rule_against_hand_computed_margins)
 @pytest.mark.browser
 def test_unsure_cue_on_drawings_of_non_digits(smoothed_server, browser):
     """The cue the page shows equals the stated rule, it appears on non-digits (letters, a hash,

@@ -462,7 +462,9 @@ def assert_same_as_reference(out: Path, reference: dict, res=None) -> None:
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
 
 
-@pytest.mark.parametrize("stop_at", [1, 5, STEPS_PER_EPOCH, 13])
+@pytest.mark.parametrize("stop_at", [pytest.param(1, marks=pytest.mark.slow), 5,
+                                     pytest.param(STEPS_PER_EPOCH, marks=pytest.mark.slow),
+                                     pytest.param(13, marks=pytest.mark.slow)])
 def test_stop_and_resume_is_exact(stop_at, tmp_path, reference):
     """Ctrl-C after step N (the test hook), then --resume: identical to never stopping. Step 1 is
     before the first evaluation; step 8 is an epoch's end; 5 and 13 are mid-epoch."""
@@ -475,7 +477,7 @@ def test_stop_and_resume_is_exact(stop_at, tmp_path, reference):
     assert_same_as_reference(out, reference, res)
 
 
-@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("sig", ["SIGINT", pytest.param("SIGTERM", marks=pytest.mark.slow)])
 @pytest.mark.timeout(120)
 def test_signal_stops_after_the_current_step_and_resume_is_exact(sig, tmp_path, reference):
     out = tmp_path / "run"
@@ -491,13 +493,14 @@ def test_signal_stops_after_the_current_step_and_resume_is_exact(sig, tmp_path, 
     assert_same_as_reference(out, reference, res)
 
 
+# One file killed before its rename and one mid-write run in `make test`; the others in the slow tier.
 @pytest.mark.parametrize("target, nth, how", [
     ("model.safetensors", 2, "before-rename"),
-    ("model.safetensors", 3, "mid-write"),
-    ("state-", 2, "before-rename"),
+    pytest.param("model.safetensors", 3, "mid-write", marks=pytest.mark.slow),
+    pytest.param("state-", 2, "before-rename", marks=pytest.mark.slow),
     ("state-", 1, "mid-write"),
-    ("state.json", 2, "before-rename"),
-    ("metrics.csv", 4, "mid-write"),
+    pytest.param("state.json", 2, "before-rename", marks=pytest.mark.slow),
+    pytest.param("metrics.csv", 4, "mid-write", marks=pytest.mark.slow),
 ])
 @pytest.mark.timeout(120)
 def test_sigkill_while_saving_keeps_the_previous_file(target, nth, how, tmp_path, reference):
@@ -533,8 +536,9 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path)
     assert max(r["step"] for r in comparable_metrics(out)) < 12
 
 
-@pytest.mark.parametrize("target, nth", [("model.safetensors", 4), ("state-", 2), ("state.json", 2),
-                                         ("metrics.csv", 5), ("run.json", 1)])
+@pytest.mark.parametrize("target, nth", [("model.safetensors", 4), pytest.param("state-", 2, marks=pytest.mark.slow),
+                                         ("state.json", 2), pytest.param("metrics.csv", 5, marks=pytest.mark.slow),
+                                         pytest.param("run.json", 1, marks=pytest.mark.slow)])
 def test_full_disk_leaves_previous_files_intact(target, nth, tmp_path, monkeypatch, reference):
     out = tmp_path / "run"
     real_fsync, count, before = os.fsync, {"n": 0}, {}
@@ -582,6 +586,7 @@ def test_second_trainer_is_refused_by_the_lock(tmp_path, capsys):
     assert snapshot(out) == before, "nothing may be overwritten"
 
 
+@pytest.mark.slow          # ~16 s: a real Ctrl-C to the CLI, then --resume (the same in-process: test_signal_stops_…)
 @pytest.mark.timeout(200)
 def test_cli_sigint_then_resume(tmp_path, mnist_dir):
     """The real command: Ctrl-C during training exits 130 with everything written; --resume
@@ -1377,7 +1382,9 @@ def test_runlock_refuses_a_symlink_directly(tmp_path):
     assert victim.read_bytes() == b"x"
 
 
-@pytest.mark.parametrize("name", ["curves.png", "model.safetensors", "metrics.csv", "state", "state/state.json"])
+@pytest.mark.parametrize("name", [pytest.param("curves.png", marks=pytest.mark.slow), "model.safetensors",
+                                  pytest.param("metrics.csv", marks=pytest.mark.slow), "state",
+                                  pytest.param("state/state.json", marks=pytest.mark.slow)])
 def test_train_never_writes_through_a_link(name, tmp_path, capsys):
     """Item 4 and siblings: a link where an output file (or the state/ folder) would go. Without
     --overwrite: refused before any work. With it: a file link is replaced (not followed); a

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 import knownkit
+from cnnlab.analysis import controls as ctl
 from cnnlab.analysis import meaningful as mm
+from cnnlab.analysis import meaningful_rule as rule
 
 N_IMAGES = 150
 CASES = {c.name: c for c in knownkit.CASES}
@@ -23,15 +25,15 @@ def controls(mnist_split):
     """N and P, trained once for the module (the command trains them itself on every run)."""
     from cnnlab.model import Net
     ref = Net(mean=mnist_split.mean, std=mnist_split.std)
-    return {"negative": mm.train_shortcut(ref, mnist_split.train_x, seed=0),
-            "positive": mm.train_reader(ref, mnist_split.train_x, mnist_split.train_y, seed=0)}
+    return {"negative": ctl.train_shortcut(ref, mnist_split.train_x, seed=0),
+            "positive": ctl.train_reader(ref, mnist_split.train_x, mnist_split.train_y, seed=0)}
 
 
 def _check(name: str, split, controls) -> None:
     case = CASES[name]
     net, _ = knownkit.train_case(case, split)
     truth = knownkit.ground_truth(case, net, split)
-    assert truth["truth"] in mm.VERDICTS, truth                 # the construction gave a known answer
+    assert truth["truth"] in rule.VERDICTS, truth                 # the construction gave a known answer
     x, y = knownkit.case_images(case, split, N_IMAGES)
     r = mm.meaningful_experiment(net, x, y, split=split, n_behaviour=N_IMAGES, n_occlusion=20, **controls)
     assert r.verdict == truth["truth"], (r.verdict, r.reasons, r.subjects["M"]["behaviour"])
@@ -39,7 +41,9 @@ def _check(name: str, split, controls) -> None:
 
 
 @pytest.mark.mnist
-@pytest.mark.parametrize("name", [n for n in knownkit.CHEAP if n != knownkit.CHEAP[0]])
+# the reader is also test_meaningful's digit-reading model: its case here runs in the slow tier
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n.startswith("reader") else n
+                                  for n in knownkit.CHEAP if n != knownkit.CHEAP[0]])
 def test_a_cheap_known_answer_network_gets_its_verdict(name, mnist_split, controls):
     _check(name, mnist_split, controls)
 

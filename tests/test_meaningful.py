@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from cnnlab import stats
+from cnnlab.analysis import controls as ctl
 from cnnlab.analysis import meaningful as mm
+from cnnlab.analysis import meaningful_rule as rule
 from cnnlab.analysis import regions as rg
 from cnnlab.errors import DataError
 from trainkit import few_step_model
@@ -23,14 +26,14 @@ from trainkit import few_step_model
 def test_wilson_bounds_match_the_hand_computed_interval():
     # 8 of 10, z = 1.96: centre (0.8 + 0.19208) / 1.38416 = 0.71674,
     # half 1.96 / 1.38416 · sqrt(0.016 + 0.009604) = 0.22658 → [0.4902, 0.9433]
-    lo, hi = mm.wilson(8, 10)
+    lo, hi = stats.wilson(8, 10)
     assert lo == pytest.approx(0.49016, abs=2e-4)
     assert hi == pytest.approx(0.94332, abs=2e-4)
     # 0 of 10: lower bound 0, upper z² / (n + z²) = 3.8415 / 13.8415
-    lo, hi = mm.wilson(0, 10)
+    lo, hi = stats.wilson(0, 10)
     assert lo == 0.0 and hi == pytest.approx(3.8415 / 13.8415, abs=1e-4)
-    assert mm.wilson(0, 0) == (0.0, 1.0)
-    r = mm.rate(10, 10)
+    assert stats.wilson(0, 0) == (0.0, 1.0)
+    r = stats.rate(10, 10)
     assert r["rate"] == 1.0 and r["hi"] == 1.0 and r["lo"] < 1.0
 
 
@@ -174,11 +177,11 @@ def test_off_digit_share_counts_only_positive_drops():
 
 def test_mark_pastes_the_marker_of_each_class_in_its_own_slot():
     x = torch.zeros(10, 1, 28, 28)
-    m = mm.mark(x, torch.arange(10))
+    m = ctl.mark(x, torch.arange(10))
     for c in range(10):
-        assert (m[c, 0].numpy() == mm.marker_box(c)).all()
+        assert (m[c, 0].numpy() == ctl.marker_box(c)).all()
     assert (x == 0).all()                                                    # the input is untouched
-    boxes = sum(mm.marker_box(c).astype(int) for c in range(10))
+    boxes = sum(ctl.marker_box(c).astype(int) for c in range(10))
     assert boxes.max() == 1                                                  # slots never overlap
 
 
@@ -201,12 +204,12 @@ GOOD_Y = np.array([0, 1, 2, 9])
 ])
 def test_bad_images_or_labels_give_a_one_line_data_error(x, y, words):
     with pytest.raises(DataError) as e:
-        mm.check_images(x, y)
+        rg.check_images(x, y)
     assert words in str(e.value) and "\n" not in str(e.value)
 
 
 def test_good_images_pass_unchanged():
-    x, y = mm.check_images(GOOD_X[:, None], GOOD_Y.astype(np.int32))   # [N, 1, 28, 28] is accepted
+    x, y = rg.check_images(GOOD_X[:, None], GOOD_Y.astype(np.int32))   # [N, 1, 28, 28] is accepted
     assert x.shape == (4, 28, 28) and y.dtype == np.int64 and (y == GOOD_Y).all()
 
 
@@ -225,18 +228,18 @@ def test_bad_npz_files_give_a_one_line_data_error(tmp_path):
     cases["missing.npz"] = "no file"
     for name, words in cases.items():
         with pytest.raises(DataError) as e:
-            mm.load_images_npz(tmp_path / name)
+            rg.load_images_npz(tmp_path / name)
         assert words in str(e.value) and "\n" not in str(e.value), name
     np.savez(tmp_path / "good.npz", images=GOOD_X, labels=GOOD_Y)
-    x, y, masks = mm.load_images_npz(tmp_path / "good.npz")
+    x, y, masks = rg.load_images_npz(tmp_path / "good.npz")
     assert (x == GOOD_X).all() and (y == GOOD_Y).all() and masks is None
     m = np.zeros((4, 28, 28), bool)
     m[:, 5:9, 5:9] = True
     np.savez(tmp_path / "masks.npz", images=GOOD_X, labels=GOOD_Y, masks=m)
-    assert (mm.load_images_npz(tmp_path / "masks.npz")[2] == m).all()
+    assert (rg.load_images_npz(tmp_path / "masks.npz")[2] == m).all()
     np.savez(tmp_path / "badmasks.npz", images=GOOD_X, labels=GOOD_Y, masks=m[:3])
     with pytest.raises(DataError) as e:
-        mm.load_images_npz(tmp_path / "badmasks.npz")
+        rg.load_images_npz(tmp_path / "badmasks.npz")
     assert "[4, 28, 28]" in str(e.value) and "\n" not in str(e.value)
 
 
@@ -254,7 +257,7 @@ def test_bad_npz_files_give_a_one_line_data_error(tmp_path):
     ("reads the digit", "on the digit", {"behaviour": False, "occlusion": True}, "invalid"),
 ])
 def test_the_rule_decides_by_behaviour_and_voids_only_on_a_failed_control(behaviour, occlusion, controls, verdict):
-    assert mm.decide(behaviour, occlusion, controls) == verdict
+    assert rule.decide(behaviour, occlusion, controls) == verdict
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,9 +275,9 @@ def _digit_model(split, steps: int = 150, seed: int = 0):
 @pytest.fixture(scope="module")
 def models(mnist_split):
     digit = _digit_model(mnist_split)
-    negative = mm.train_shortcut(digit, mnist_split.train_x, seed=0)
-    positive = mm.train_reader(digit, mnist_split.train_x, mnist_split.train_y, seed=0)
-    shortcut = mm.train_shortcut(digit, mnist_split.train_x, seed=5)     # another Clever Hans
+    negative = ctl.train_shortcut(digit, mnist_split.train_x, seed=0)
+    positive = ctl.train_reader(digit, mnist_split.train_x, mnist_split.train_y, seed=0)
+    shortcut = ctl.train_shortcut(digit, mnist_split.train_x, seed=5)     # another Clever Hans
     return {"digit": digit, "negative": negative, "positive": positive, "shortcut": shortcut}
 
 
@@ -297,11 +300,12 @@ def test_a_digit_reading_model_is_meaningful_and_the_controls_come_out_as_they_m
     assert text.startswith("By the stated rule the learning is meaningful.")
     assert f"{a['rate']:.0%} of {a['n']} images (95% interval {a['lo']:.0%}–{a['hi']:.0%})" in text
     assert not any(w in text for w in ("clearly", "far ", "strongly"))
-    paths = r.save(tmp_path)
-    assert json.loads(paths["json"].read_text())["verdict"] == "meaningful"
-    with np.load(paths["npz"]) as z:
+    paths = {p.suffix: p for p in r.save(tmp_path)}          # the one result protocol: a list of paths
+    assert sorted(p.name for p in paths.values()) == ["meaningful.json", "meaningful.npz", "meaningful.png"]
+    assert json.loads(paths[".json"].read_text())["verdict"] == "meaningful"
+    with np.load(paths[".npz"]) as z:
         assert z["M_drops"].shape == (d["settings"]["n_occlusion"], 13, 13)
-    assert paths["png"].stat().st_size > 10_000
+    assert paths[".png"].stat().st_size > 10_000
     _check_verdict(r, "meaningful")
 
 
@@ -310,7 +314,7 @@ def _check_verdict(r, key):
     numbers it carries (the subjects' rates and bounds, the patch, 95%)."""
     from verdictkit import unbacked_numbers
     v = mm.meaningful_verdict(r)
-    assert (v.id, v.key, v.answer, v.rule) == ("2.4", key, r.answer_text(), mm.RULE)
+    assert (v.id, v.key, v.answer, v.rule) == ("2.4", key, r.answer_text(), rule.RULE)
     assert not unbacked_numbers(v.answer, v.numbers), v.answer
     d = v.to_dict()
     assert d["numbers"]["subjects"]["N"]["verdict"] == r.subjects["N"]["verdict"]
@@ -330,6 +334,7 @@ def test_a_shortcut_model_is_not_meaningful(models, mnist_split):
     _check_verdict(r, "not meaningful")
 
 
+@pytest.mark.slow          # ~8 s: two more experiments (the rule's "invalid" is pinned on numbers above)
 @pytest.mark.mnist
 def test_swapping_a_control_makes_the_experiment_invalid(models, mnist_split):
     # the shortcut network posing as the positive control: it does not read the digit
@@ -346,6 +351,7 @@ def test_swapping_a_control_makes_the_experiment_invalid(models, mnist_split):
     _check_verdict(r, "invalid")
 
 
+@pytest.mark.slow
 @pytest.mark.mnist
 def test_the_same_seed_gives_the_same_result(models, mnist_split):
     x, y = mnist_split.test_x[:200, 0].numpy(), mnist_split.test_y[:200].numpy()
@@ -374,6 +380,7 @@ def _fake_run(path, model):
     return path
 
 
+@pytest.mark.slow          # ~9 s (the command end to end runs in make test: test_known_answer)
 @pytest.mark.mnist
 def test_cli_prints_the_whole_result_as_json_and_refuses_a_bad_file(models, mnist_split, mnist_dir, tmp_path, capsys):
     from cnnlab.cli import main
@@ -383,7 +390,7 @@ def test_cli_prints_the_whole_result_as_json_and_refuses_a_bad_file(models, mnis
     assert main(["occlusion", str(run), "--meaningful", "--images", str(npz), "--data-dir", str(mnist_dir),
                  "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
-    assert d["verdict"] in mm.VERDICTS and d["settings"]["n_behaviour"] == 12 and d["rule"] == mm.RULE
+    assert d["verdict"] in rule.VERDICTS and d["settings"]["n_behaviour"] == 12 and d["rule"] == rule.RULE
     assert (run / "analysis" / "occlusion" / "meaningful.png").is_file()
     bad = tmp_path / "bad.npz"
     np.savez(bad, images=mnist_split.test_x[:4, 0].numpy().astype(np.float32), labels=np.arange(4))

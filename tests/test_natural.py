@@ -169,7 +169,7 @@ def test_judges_pass_real_digits_and_fail_noise_and_plain_class_models(mnist_spl
     assert r.counts("plain")["maker_min_prob"] > 0.5                 # ... though the maker believes them
     files = r.save(tmp_path)
     d = json.loads((tmp_path / "readability.json").read_text())
-    assert files == ["readability.json", "readability.png"] and set(d["rows"]) == {"real", "noise",
+    assert [p.name for p in files] == ["readability.json", "readability.png"] and set(d["rows"]) == {"real", "noise",
                                                                                    "uniform noise", "plain"}
     assert d["rows"]["real"]["readable"] == r.row("real").verdicts(r.targets, r.threshold)["readable"].tolist()
     assert "0 of 10" in r.answer_text() or "1 of 10" in r.answer_text() or "2 of 10" in r.answer_text()

@@ -15,6 +15,7 @@ def test_notebook_is_committed_without_outputs():
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
 
 
+@pytest.mark.slow          # ~35 s: the whole assignment notebook in a kernel (make test-all; report.ipynb runs in make test)
 def test_notebook_executes(mnist_dir, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")

@@ -99,7 +99,8 @@ def test_overwrite_never_deletes_through_a_linked_state_folder(stopped, tmp_path
 
 
 @pytest.mark.parametrize("entry", ["state/state-1/../../../V/important.safetensors",
-                                   "/ABS/V/important.safetensors", "state/./../../V/important.safetensors"],
+                                   pytest.param("/ABS/V/important.safetensors", marks=pytest.mark.slow),
+                                   pytest.param("state/./../../V/important.safetensors", marks=pytest.mark.slow)],
                          ids=["dot-dot", "absolute", "dot"])
 def test_manifest_entry_outside_the_folder_is_never_deleted(entry, stopped, tmp_path):
     out = _copy(stopped, tmp_path / "INT")
@@ -238,7 +239,13 @@ except CnnlabError as e:
 """
 
 
-@pytest.mark.parametrize("name", list(STATE_TENSOR_CASES))
+# Each case resumes in a child process (a wrong shape was a segmentation fault): three, one of
+# each kind of damage, run in `make test`; the others in the slow tier.
+FAST_STATE_CASES = ("exp_avg of the wrong shape", "a NaN weight", "an int64 bias of 2^40")
+
+
+@pytest.mark.parametrize("name", [n if n in FAST_STATE_CASES else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in STATE_TENSOR_CASES])
 @pytest.mark.timeout(120)
 def test_resume_refuses_a_damaged_state_tensor(name, stopped, tmp_path):
     """In a child process: a moment of the wrong shape crashed the fused AdamW step (SIGSEGV)."""
@@ -639,12 +646,13 @@ NPZ_CASES = {
 }
 
 
-@pytest.mark.parametrize("name", list(NPZ_CASES))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "2,000,000 zero images" else n
+                                  for n in NPZ_CASES])
 @pytest.mark.timeout(60)
 def test_npz_images_are_bounded_before_decompression(name, tmp_path):
     import tracemalloc
 
-    from cnnlab.analysis.meaningful import load_images_npz
+    from cnnlab.analysis.regions import load_images_npz
     p = tmp_path / "x.npz"
     p.write_bytes(NPZ_CASES[name]())
     tracemalloc.start()
@@ -659,7 +667,7 @@ def test_npz_images_are_bounded_before_decompression(name, tmp_path):
 
 
 def test_npz_images_good_file_reads(tmp_path):
-    from cnnlab.analysis.meaningful import load_images_npz
+    from cnnlab.analysis.regions import load_images_npz
     p = tmp_path / "x.npz"
     x = np.random.default_rng(0).integers(0, 255, (5, 28, 28), dtype=np.uint8)
     np.savez_compressed(p, images=x, labels=np.arange(5), masks=x > 100)

@@ -2,7 +2,7 @@
 
 import html as htmllib
 import json
-import os
+import math
 import re
 import shutil
 from pathlib import Path
@@ -11,22 +11,24 @@ import pytest
 
 from cnnlab.config import AnalysisConfig
 from cnnlab.report import build_report
+from cnnlab.report import notebook as N
+from cnnlab.report import notebook_cells as NC
+from cnnlab.report import notebook_run as NR
+from conftest import REPORT_ANALYSIS
+
+nbformat = pytest.importorskip("nbformat")       # the report writes and executes report.ipynb
 
 SECTIONS = ["1.1", "1.2", "1.3", "1.4", "1.5", "1.6", "2.1", "2.2", "2.3", "2.4",
             "3.1.1", "3.1.2", "3.1.3", "3.1.4", "3.2.1"]
-TINY = AnalysisConfig(n_random_images=8, activation_images=1, occlusion_images=1,
-                      meaningful_n_behaviour=150, meaningful_n_occlusion=20,
-                      synth_steps=40, adv_steps=40, robustness_n=100, pgd_steps=3, judge_preset="same")
+TINY = AnalysisConfig(**REPORT_ANALYSIS)
+# The tests of a whole smoke report (~50 s to build on 2 cores) are the slow tier: `make test-slow`
+# and CI run them; the sections' own tests (verdicts, figures, imported runs) run in `make test`.
+on_the_report = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def report_dir(tmp_path_factory, mnist_dir) -> Path:
-    if os.environ.get("CNNLAB_CHECK_REPORT"):      # re-check a report already written (the edit loop)
-        return Path(os.environ["CNNLAB_CHECK_REPORT"])
-    out = tmp_path_factory.mktemp("report")
-    build_report(out, preset="smoke", data_dir=str(mnist_dir), analysis=TINY,
-                 train_overrides={"train_subset": 3000}, log=lambda s: None, command="pytest")
-    return out
+def report_dir(smoke_report) -> Path:
+    return smoke_report
 
 
 def _text(html: str) -> str:
@@ -34,6 +36,7 @@ def _text(html: str) -> str:
     return re.sub(r"\s+", " ", htmllib.unescape(no_tags))
 
 
+@on_the_report
 def test_outputs_and_sections(report_dir):
     for f in ("report.html", "report.pdf", "report.ipynb", "results.json"):
         assert (report_dir / f).stat().st_size > 1000
@@ -46,6 +49,7 @@ def test_outputs_and_sections(report_dir):
     assert (report_dir / "runs" / "bn-seed0" / "model.safetensors").exists()
 
 
+@on_the_report
 def test_every_printed_number_is_in_the_html(report_dir):
     results = json.loads((report_dir / "results.json").read_text())
     text = _text((report_dir / "report.html").read_text())
@@ -55,6 +59,7 @@ def test_every_printed_number_is_in_the_html(report_dir):
     assert not missing
 
 
+@on_the_report
 def test_conclusions_follow_the_numbers(report_dir):
     results = json.loads((report_dir / "results.json").read_text())
     text = _text((report_dir / "report.html").read_text())
@@ -165,6 +170,7 @@ def _meaningful_key(n: dict) -> str:
     return "invalid" if not by_behaviour or (m == "meaningful" and not by_occlusion) else m
 
 
+@on_the_report
 def test_every_verdict_follows_its_rule_and_its_numbers(report_dir):
     """Each answer sentence: shown in the HTML with its rule, its key what the rule gives on its
     numbers, every number it prints among them, and those numbers the measured ones."""
@@ -215,6 +221,7 @@ def test_every_verdict_follows_its_rule_and_its_numbers(report_dir):
         assert m["pgd"] == next(r["accuracy"] for r in pgd if r["model"] == name and r["eps"] == verdicts["4.1"]["numbers"]["eps"])
 
 
+@on_the_report
 def test_the_judge_of_3_1_3_did_not_make_the_images(report_dir):
     """One seed: the smoke report trains a plain judge of seed + 1 (recorded with its cost); without
     a judge preset the report's other network judges, and the text says it is the same seed."""
@@ -237,6 +244,7 @@ def test_the_judge_of_3_1_3_did_not_make_the_images(report_dir):
         assert model.batch_norm == other.startswith("bn")
 
 
+@on_the_report
 def test_2_4_shows_the_shortcut_control_failing_and_describes_the_grey_maps(report_dir):
     results = json.loads((report_dir / "results.json").read_text())
     html = (report_dir / "report.html").read_text()
@@ -260,6 +268,7 @@ def test_2_4_shows_the_shortcut_control_failing_and_describes_the_grey_maps(repo
         assert f"{d['positions_where_grey_raises_p']} of {d['positions']}" in sec
 
 
+@on_the_report
 def test_pdf_pages_text_and_figures(report_dir):
     pdfium = pytest.importorskip("pypdfium2")
     import numpy as np
@@ -278,6 +287,7 @@ def test_pdf_pages_text_and_figures(report_dir):
 
 
 @pytest.mark.browser
+@on_the_report
 def test_report_in_a_real_browser(report_dir, tmp_path):
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(chromium).exists():
@@ -305,6 +315,7 @@ def test_report_in_a_real_browser(report_dir, tmp_path):
     assert (tmp_path / "report.png").stat().st_size > 10_000
 
 
+@on_the_report
 def test_a_named_judge_preset_trains_a_judge_of_another_seed_on_the_makers_data(report_dir, mnist_split):
     """The path the quick and full reports take: judge_preset names a preset (here smoke, for time)."""
     from cnnlab.report.base import Context, Printed
@@ -379,6 +390,7 @@ def test_words_off_the_page_are_found_on_a_page_built_to_have_them(tmp_path):
     assert off and all(w == "overflowing" for _, w in off)
 
 
+@on_the_report
 def test_no_word_lies_past_the_page_edge_and_the_answers_end_by_page_12(report_dir):
     assert words_off_the_page(report_dir / "report.pdf") == []
     pages = {}
@@ -390,6 +402,7 @@ def test_no_word_lies_past_the_page_edge_and_the_answers_end_by_page_12(report_d
     assert appendix and appendix[0] >= end[0]
 
 
+@on_the_report
 def test_every_figure_reads_at_print_size(report_dir):
     """≥ 7 pt text at the width it is printed, no overlapping labels (figures.legibility, measured
     when the report drew each figure)."""
@@ -416,6 +429,7 @@ CONSTANTS = {"0", "1", "2", "3", "5", "7", "8", "9", "10", "14", "20", "28", "32
              "1568", "1,568"}
 
 
+@on_the_report
 def test_every_number_in_the_answers_is_a_measured_one(report_dir):
     """Every number the main body states is backed by results.json at its printed precision."""
     from verdictkit import unbacked_numbers
@@ -431,6 +445,7 @@ def test_every_number_in_the_answers_is_a_measured_one(report_dir):
     assert not unbacked
 
 
+@on_the_report
 def test_each_answer_is_short_and_states_one_answer(report_dir):
     html = (report_dir / "report.html").read_text()
     body = _main_body(html)
@@ -456,3 +471,169 @@ def test_the_default_report_trains_long_enough_for_its_curves():
     steps_per_epoch = -(-50_000 // cfg.batch_size)
     points = cfg.epochs * (steps_per_epoch // max(1, steps_per_epoch // 4))
     assert cfg.epochs >= 5 and points >= 20
+
+
+# ---------------------------------------------------------------------------------------------
+# report.ipynb: the code behind every answer, executed when the report is written (execution
+# counts, outputs from running it, no errors), with the numbers of results.json; its PDF,
+# report-notebook.pdf; a cell that fails is a one-line error naming the cell, and the files
+# already written say the report is incomplete. (In this file: one smoke report for both.)
+# ---------------------------------------------------------------------------------------------
+
+QUESTIONS = ["1.1", "1.2", "1.3", "1.4", "1.5", "1.6", "2.1", "2.2", "2.3", "2.4",
+             "3.1.1", "3.1.2", "3.1.3", "3.1.4", "3.2.1", "4.1"]
+# verdicts the notebook computes itself (the rest it reads from results.json)
+RECOMPUTED = {"1.6.accuracy", "2.1", "2.2", "2.3", "3.1.2", "3.1.3.readable", "3.1.4"}
+
+
+def code_cells(nb) -> list:
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def outputs_of(nb) -> list[dict]:
+    return [o for c in code_cells(nb) for o in c.get("outputs", [])]
+
+
+def meta(o: dict) -> dict:
+    return o.get("metadata", {}).get("cnnlab", {})
+
+
+def text_of(o: dict) -> str:
+    if o.get("output_type") == "stream":
+        return "".join(o.get("text", ""))
+    return "".join(o.get("data", {}).get("text/plain", ""))
+
+
+@on_the_report
+def test_the_notebook_was_executed_and_shows_the_code(report_dir):
+    nb = nbformat.read(report_dir / "report.ipynb", as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata.kernelspec.name == "python3" and nb.metadata.language_info.name == "python"
+    # executed, top to bottom, by a kernel: every code cell has its count, nothing failed
+    counts = [c.execution_count for c in code_cells(nb)]
+    assert counts == list(range(1, len(counts) + 1)), counts
+    assert not [o for o in outputs_of(nb) if o.get("output_type") == "error"]
+    assert all(c.metadata.get("execution") for c in code_cells(nb))          # nbclient's timestamps
+    # the questions in the report's order, each with its heading
+    headings = [c.source.split("\n", 1)[0] for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("## ")]
+    assert [h.split()[1] for h in headings if h.split()[1][0].isdigit()] == QUESTIONS
+    # the code of the network, the training loop, the hooks, the occlusion loop and the gradient ascent
+    shown = "\n".join(text_of(o) for o in outputs_of(nb) if "source" in meta(o))
+    for needle in ("class Net(nn.Module):", "self.conv1 = nn.Conv2d(1, 32, kernel_size=3",    # the network
+                   "loss.backward()", "opt.step()",                                          # the training step
+                   "register_forward_hook",                                                  # 1.3 shapes
+                   "def features(self",                                                      # 2.3 activations
+                   "def occluded(", "torch.where(m, torch.tensor(fill",                              # 2.4 occluded copies
+                   "p.requires_grad_(False)", "torch.autograd.grad(cost.sum(), x)",          # 3.1 frozen weights, dC/dX
+                   "cost = logits[rows, idx] - beta_t.float() * mse",                                # 3.1 / 3.2 the cost
+                   "x = x.detach() + step_size * d",                                         # the ascent step
+                   "def adversarial(", "def meaningful_experiment(", "def fgsm("):
+        assert needle in shown, needle
+    # the runs are found by relative path: nothing in the code names the report folder
+    code = "".join(c.source for c in code_cells(nb))
+    assert str(report_dir) not in code and 'open_report(".",' in code
+    # figures produced by the kernel (matplotlib inline), not copied from the HTML
+    pngs = [o["data"]["image/png"] for o in outputs_of(nb) if "image/png" in o.get("data", {})]
+    assert len(pngs) >= 8
+    html = (report_dir / "report.html").read_text(encoding="utf-8")
+    assert not any(p[:4000] in html for p in pngs)
+
+
+@on_the_report
+def test_the_numbers_it_computes_are_the_reports(report_dir):
+    nb = nbformat.read(report_dir / "report.ipynb", as_version=4)
+    results = json.loads((report_dir / "results.json").read_text(encoding="utf-8"))
+    assert results["notebook"] == "report.ipynb" and "incomplete" not in results
+    checks = [meta(o) for o in outputs_of(nb) if "check" in meta(o)]
+    assert len(checks) >= 18
+    for c in checks:                       # every number has its counterpart, and they agree
+        assert c["status"] == "same", c
+        want = [N.lookup(results, p) for p in c["paths"]]
+        want = want[0] if len(c["paths"]) == 1 else want
+        assert want is not N._MISSING
+        assert _close(c["got"], want), (c["check"], c["got"], want)
+    checked = {p.split("/")[0] for c in checks for p in c["paths"]}
+    assert checked >= {"sections", "summary", "batch_norm", "filters", "activations", "occlusion", "class_models", "targeted"}
+    # the verdicts it recomputes have the report's keys (results.json records every verdict)
+    verdicts = {meta(o)["verdict"]: meta(o) for o in outputs_of(nb) if "verdict" in meta(o)}
+    assert set(verdicts) == RECOMPUTED
+    if results.get("verdicts"):
+        for vid, m in verdicts.items():
+            assert m["status"] == "same" and m["key"] == results["verdicts"][vid]["key"], vid
+    summary = [text_of(o) for o in outputs_of(nb) if meta(o).get("summary")]
+    assert len(summary) == 1 and summary[0].startswith(f"{len(checks) + len(verdicts)} numbers and verdicts")
+
+
+def _close(a, b) -> bool:
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and math.isnan(a):
+        return isinstance(b, float) and math.isnan(b)
+    return a == pytest.approx(b, rel=1e-5, abs=1e-7)
+
+
+@on_the_report
+def test_the_notebook_pdf_is_the_executed_notebook_on_a4(report_dir):
+    pdfium = pytest.importorskip("pypdfium2")
+    path = report_dir / "report-notebook.pdf"
+    assert path.read_bytes()[:5] == b"%PDF-"
+    pdf = pdfium.PdfDocument(str(path))
+    try:
+        assert len(pdf) >= 8
+        text = ""
+        for i in range(len(pdf)):
+            page = pdf[i]
+            w, h = page.get_size()
+            assert (round(w), round(h)) == (595, 842), (w, h)         # A4, in points
+            tp = page.get_textpage()
+            text += tp.get_text_range()
+            # no text runs past the right margin (long code lines wrap)
+            rights = [tp.get_rect(k)[2] for k in range(tp.count_rects())]
+            assert rights and max(rights) <= w - 20, (i, max(rights))
+        flat = " ".join(text.split())
+        assert "In [1]:" in flat and "In [12]:" in flat                # the execution counts
+        assert "class Net(nn.Module):" in flat and "same as the report" in flat
+    finally:
+        pdf.close()
+
+
+@on_the_report
+def test_a_failing_cell_is_one_line_naming_the_cell(report_dir, mnist_dir, monkeypatch):
+    from cnnlab.report.base import Section
+    monkeypatch.setitem(NC.ANSWERS, "2.4", NC.Answer("fails on purpose", (("occlusion map", "import math\nmath.sqrt(-1)"),)))
+    nb = N.report_notebook([(None, [Section("2.4", "Occluding parts of the image", "Plot the probability …")])], mnist_dir)
+    with pytest.raises(NR.NotebookError) as e:
+        NR.run_notebook(nb, report_dir)
+    msg = str(e.value)
+    assert msg == "report.ipynb: cell 4 (2.4 occlusion map) failed: ValueError: math domain error", msg
+
+
+@on_the_report
+def test_a_failed_notebook_leaves_the_report_marked_incomplete(report_dir, tmp_path, mnist_dir, monkeypatch, capsys):
+    """Through the CLI: exit 2 and one line naming the cell; report.html and results.json, written
+    before the notebook, say the report is incomplete and what is missing; no notebook is written."""
+    import shutil
+
+    import cnnlab.report.build as B
+    from cnnlab.cli import main
+    from cnnlab.report import anatomy
+
+    def reuse_runs(out, *args):        # the module's trained runs: this test is about the notebook
+        shutil.copytree(report_dir / "runs", out / "runs")
+        return {"plain": [out / "runs" / "plain-seed0"], "batch_norm": [out / "runs" / "bn-seed0"]}
+    monkeypatch.setattr(B, "_train_all", reuse_runs)
+    monkeypatch.setattr(B, "SECTIONS", [anatomy.section_anatomy])
+    monkeypatch.setitem(NC.ANSWERS, "1.4", NC.Answer("fails on purpose", (("parameters", "raise KeyError('params')"),)))
+    monkeypatch.setenv("CNNLAB_DATA_DIR", str(mnist_dir))
+    out = tmp_path / "R"
+    code = main(["report", "--preset", "smoke", "--out", str(out), "--train-subset", "3000"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1] == "cnnlab report: error: report.ipynb: cell 6 (1.4 parameters) failed: KeyError: 'params'", err[-1]
+    assert not (out / "report.ipynb").exists() and not (out / "report-notebook.pdf").exists()
+    assert 'class="incomplete"' in (out / "report.html").read_text(encoding="utf-8")
+    info = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert info["incomplete"]["missing"] == ["report.ipynb", "report-notebook.pdf", "report.pdf"]
+    assert "its notebook failed to run before writing report.ipynb" in info["incomplete"]["note"]

@@ -202,6 +202,7 @@ def test_stacked_fp32_table_equals_the_one_eps_at_a_time_loop(models, mnist_spli
     assert res.params["precision"] == "fp32"
 
 
+@pytest.mark.slow          # ~9 s: six ε, FGSM and PGD, in both precisions
 def test_bf16_robustness_is_within_0_02_of_fp32_and_strong_pgd_still_wins(models, mnist_split):
     from cnnlab.data import to_float
     x, y = to_float(mnist_split.test_x[:300]), mnist_split.test_y[:300]

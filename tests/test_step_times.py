@@ -103,7 +103,8 @@ def test_in_memory_run_keeps_the_snapshots():
     assert res.info["timing"]["step_time_s"]["n"] == STEPS_PER_EPOCH
 
 
-@pytest.mark.parametrize("stop_at", [5, STEPS_PER_EPOCH, 13])
+@pytest.mark.parametrize("stop_at", [5, pytest.param(STEPS_PER_EPOCH, marks=pytest.mark.slow),
+                                     pytest.param(13, marks=pytest.mark.slow)])
 def test_stop_and_resume_keeps_every_record(stop_at, tmp_path, reference):
     out = tmp_path / "run"
     res = _train(out, stop_at_step=stop_at)

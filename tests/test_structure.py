@@ -98,6 +98,12 @@ def test_no_import_circles_including_function_level_imports():
     assert find_cycle(import_graph()) is None
 
 
+def test_no_module_holds_more_than_600_lines():
+    long = {name: n for name, path in _modules().items()
+            if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
+    assert long == {}, f"split these modules (lines): {long}"
+
+
 def test_no_analysis_or_report_module_imports_the_training_loop():
     graph = import_graph()
     users = sorted(m for m, deps in graph.items()

@@ -40,7 +40,7 @@ def test_reported_accuracy_matches_independent_evaluation(mnist_run, mnist_split
     assert evaluate(model, mnist_split.test_x, mnist_split.test_y).accuracy == pytest.approx(acc, abs=1e-6)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=pytest.mark.slow)])
 def test_same_seed_same_metrics(mnist_split, precision):
     cfg = TrainConfig(epochs=1, train_subset=1024, batch_size=128, precision=precision, log_every=4)
     a, b = train(cfg, split=mnist_split, **QUIET), train(cfg, split=mnist_split, **QUIET)

@@ -198,6 +198,7 @@ def notebook(path: Path, runs: list[Path], data_dir: Path) -> None:
     nbformat.write(nb, str(path))
 
 
+@pytest.mark.slow          # ~27 s: a JupyterLab server and Chromium (the widget's own tests run without them)
 @pytest.mark.browser
 def test_widget_in_jupyterlab(tiny_run, tiny_run2, mnist_dir, tmp_path):
     if not Path(CHROMIUM).exists():

@@ -9,6 +9,7 @@ import hashlib
 import io
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,9 @@ from safetensors.torch import save as save_safetensors
 
 from .config import TrainConfig
 from .data import Split
-from .errors import CnnlabError, RunError
+from .errors import CnnlabError, RunError, StateDamagedError
 from .metrics import MAX_TIMED_STEPS, METRIC_FIELDS, LoopState, read_metrics
-from .model import Net, load_weights, read_safetensors, save_weights, state_tensors, tensor_problems
+from .model import Net, load_weights, parse_safetensors, save_weights, state_tensors, tensor_problems
 from .output import OutputDir
 
 FILTER_LAYERS = ("conv1", "conv2")   # whose weights filters_by_epoch.safetensors holds, per epoch
@@ -33,9 +34,11 @@ class RunWriter:
     Every file goes through one `OutputDir` (output.py): atomic, never through a link, recorded
     in the folder's manifest; only files the manifest lists are ever deleted."""
 
-    def __init__(self, out: Path | None, directory: OutputDir | None = None, figures: bool = True):
+    def __init__(self, out: Path | None, directory: OutputDir | None = None, figures: bool = True,
+                 checked: CheckedState | None = None):
         self.out = out
         self.figures = figures
+        self.checked = checked          # the saved state, already read and checked by train() on resume
         self.dir = directory if directory is not None or out is None else OutputDir(out)
         self._best_in_memory: dict[str, torch.Tensor] = {}
         # conv1's and conv2's weights at initialization and after every epoch ("conv1.epoch0", ...),
@@ -68,7 +71,7 @@ class RunWriter:
                 d.remove(stale)
             d.write_json("state/config.json", cfg.to_dict())
             return LoopState(), []
-        pos, saved_filters = _load_state(out, model, opt, sched)
+        pos, saved_filters = _load_state(out, model, opt, sched, self.checked)
         state = _loop_state(pos, cfg, sched, out)
         self.filters = _saved_filters(saved_filters, state, model, out)
         metrics = read_metrics(out / "metrics.csv", RunError) if (out / "metrics.csv").exists() else []
@@ -175,7 +178,16 @@ class RunWriter:
         self.dir.save_figure(plot_predictions(model, split, seed=cfg.seed), "predictions.png", dpi=110)
 
 
-def check_state(out: Path) -> tuple[dict, Path]:
+@dataclass(frozen=True)
+class CheckedState:
+    """The saved training state as checked before any data is loaded: state.json, the bytes of the
+    tensors file it names (read once, hashed once, and parsed from these very bytes)."""
+    meta: dict
+    tensors_path: Path
+    blob: bytes
+
+
+def check_state(out: Path) -> CheckedState:
     """state.json and the tensors file it names, checked (before any data is loaded)."""
     from .schema import MAX_STATE_BYTES, read_bytes_limited, read_json
     try:
@@ -189,8 +201,9 @@ def check_state(out: Path) -> tuple[dict, Path]:
         blob = read_bytes_limited(tensors_path, MAX_STATE_BYTES, RunError, "training state file")
         if "tensors_sha256" in meta and hashlib.sha256(blob).hexdigest() != meta["tensors_sha256"]:
             raise ValueError(f"{tensors_path.name} does not have the hash state.json records")
-        for key in ("pos", "sched", "param_groups"):
-            meta[key]
+        missing = [key for key in ("pos", "sched", "param_groups") if key not in meta]
+        if missing:
+            raise ValueError(f"state.json lacks {', '.join(missing)}")
         if not isinstance(meta["pos"], dict):
             raise ValueError("pos must be an object")
         # the loop position's types, and metrics.csv, before any data is loaded (their agreement
@@ -199,23 +212,26 @@ def check_state(out: Path) -> tuple[dict, Path]:
         _same_shape(meta["pos"], _pos_shape(meta["pos"]), out, "pos")
         if (out / "metrics.csv").exists():
             read_metrics(out / "metrics.csv", RunError)
+    except StateDamagedError:
+        raise                                   # already says what is damaged, and how to recover
     except RunError as e:
-        if str(e).startswith("cannot resume"):
-            raise
         raise RunError(f"cannot resume {out}: {str(e)[:300]}") from None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except (OSError, ValueError, TypeError, AttributeError) as e:
         raise RunError(f"cannot resume {out}: the saved training state is damaged ({str(e)[:200]}); "
                        f"train again with --overwrite") from None
-    return meta, tensors_path
+    return CheckedState(meta, tensors_path, blob)
 
 
-def _load_state(out: Path, model: Net, opt, sched) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Loads the saved weights, optimizer and schedule; returns the loop position (unchecked:
-    _loop_state) and the saved filter snapshots ("conv1.epoch0": tensor, ...)."""
-    meta, tensors_path = check_state(out)
+def _load_state(out: Path, model: Net, opt, sched,
+                checked: CheckedState | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Loads the saved weights, optimizer and schedule from the state `check_state` read (read now
+    when not given); returns the loop position (unchecked: _loop_state) and the saved filter
+    snapshots ("conv1.epoch0": tensor, ...)."""
+    checked = checked or check_state(out)
+    meta, tensors_path = checked.meta, checked.tensors_path
     try:
-        tensors, _ = read_safetensors(tensors_path)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, CnnlabError) as e:
+        tensors, _ = parse_safetensors(checked.blob, tensors_path)
+    except CnnlabError as e:
         raise RunError(f"cannot resume {out}: the saved training state is damaged ({str(e)[:200]}); "
                        f"train again with --overwrite") from None
     # Every tensor checked before any reaches the model, the optimizer or the C kernels (a moment
@@ -309,7 +325,7 @@ def _filter_order(key: str) -> tuple[int, int]:
 
 
 def _damaged(out: Path, what: str):
-    raise RunError(f"cannot resume {out}: the saved training state is damaged (state/state.json: "
+    raise StateDamagedError(f"cannot resume {out}: the saved training state is damaged (state/state.json: "
                    f"{what}); restore it or train again with --overwrite")
 
 

@@ -35,6 +35,10 @@ class RunError(CnnlabError):
     """A run directory is missing, malformed, locked by another process, or would be overwritten."""
 
 
+class StateDamagedError(RunError):
+    """The saved training state of a run cannot be resumed; the message says what and how to recover."""
+
+
 class OutputError(RunError):
     """An output folder or file cannot be written, or writing it would replace a file cnnlab did
     not write (a user's file, a symlink) without --overwrite."""

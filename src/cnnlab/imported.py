@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
 import math
-import re
-import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,13 +29,11 @@ from .metrics import METRIC_FIELDS
 from .model import Net, state_tensors
 from .output import OutputDir
 from .runs import RUN_FORMAT, Run, hardware, open_run, versions
+from .weights_file import flatten_state_dict, read_weights
 
-MAX_WEIGHTS_BYTES = 64 * 1024 * 1024   # the assignment's network is 3.3 MB in fp32 (6.7 MB in fp64)
 MAX_METRICS_ROWS = 100_000
 CHANCE_LIMIT = 0.3                     # test accuracy below this: the transform is probably wrong
-SAVE_HINT = "save the weights with torch.save(model.state_dict(), 'model.pt')"
 # Keys under which checkpoint dicts commonly keep the model's weights beside optimizer state.
-WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights")
 # (cnnlab name, weight shape) of the assignment's layers, in order.
 LAYERS = (("conv1", (32, 1, 3, 3)), ("conv2", (32, 32, 3, 3)), ("fc1", (500, 32 * 7 * 7)), ("fc2", (10, 500)))
 BN_LEAVES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -87,111 +82,6 @@ class InputTransform:
 # What a learner most likely used, tried in this order when the given transform scores near chance.
 ALTERNATIVES = (InputTransform(), InputTransform(1.0, 0.1307, 0.3081), InputTransform(255.0),
                 InputTransform(1.0, 0.5, 0.5))
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading a weights file: tensors only, nothing else unpickled
-# ---------------------------------------------------------------------------------------------
-
-def read_weights(path: str | Path) -> tuple[OrderedDict[str, torch.Tensor], str, str]:
-    """The tensors of a state dict file (torch.save or safetensors), its format's name, its SHA-256."""
-    path = Path(path)
-    try:
-        if not path.is_file():
-            raise WeightsImportError(f"no weights file at {path}")
-        size = path.stat().st_size
-        if size > MAX_WEIGHTS_BYTES:
-            raise WeightsImportError(f"{path} is {size:,} bytes; the assignment's network saved as a state dict "
-                                     f"is about 3.3 MB (limit {MAX_WEIGHTS_BYTES:,}); refusing to read it")
-        with open(path, "rb") as f:
-            data = f.read(MAX_WEIGHTS_BYTES + 1)
-    except OSError as e:
-        raise WeightsImportError(f"cannot read {path}: {e.strerror or e}") from None
-    if len(data) > MAX_WEIGHTS_BYTES:
-        raise WeightsImportError(f"{path} holds more than {MAX_WEIGHTS_BYTES:,} bytes; refusing to read it")
-    digest = hashlib.sha256(data).hexdigest()
-    if data[:4] == b"PK\x03\x04":
-        return _flatten(_torch_load(data, path), path), "torch.save", digest
-    if len(data) >= 10 and data[8:9] == b"{":          # an 8-byte header length, then its JSON
-        return _read_safetensors(data, path), "safetensors", digest
-    if data[:1] == b"\x80":                            # torch.save's legacy (pre-1.6, non-zip) format
-        return _flatten(_torch_load(data, path), path), "torch.save (legacy)", digest
-    raise WeightsImportError(f"{path} is neither a torch.save file nor a .safetensors file "
-                             f"(it starts with {data[:8]!r}); {SAVE_HINT}")
-
-
-def _torch_load(data: bytes, path: Path) -> Any:
-    if data[:4] == b"PK\x03\x04":
-        _check_zip(data, path)
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as e:          # noqa: BLE001  (any failure of the restricted unpickler is one line)
-        text = str(e)
-        if "Unsupported global" in text or "Weights only load failed" in text:
-            what = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-            found = f" (it needs {what.group(1)})" if what else ""
-            raise WeightsImportError(f"{path} holds a whole pickled model or other objects{found}, not a state dict; "
-                                     f"cnnlab never unpickles code: {SAVE_HINT}") from None
-        raise WeightsImportError(f"{path} is not a readable torch.save file ({type(e).__name__}: "
-                                 f"{text.splitlines()[0][:120] if text else 'no message'})") from None
-
-
-def _check_zip(data: bytes, path: Path) -> None:
-    """A torch.save zip before torch opens it: no TorchScript, a data.pkl, bounded content."""
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as z:
-            infos = z.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as e:
-        raise WeightsImportError(f"{path} is a damaged zip file ({str(e)[:100]})") from None
-    names = [i.filename for i in infos]
-    if any("/code/" in n or n.endswith("constants.pkl") for n in names):
-        raise WeightsImportError(f"{path} is a TorchScript file (torch.jit.save), not a state dict; {SAVE_HINT}")
-    if not any(n.endswith("data.pkl") for n in names):
-        raise WeightsImportError(f"{path} is a zip archive but not a torch.save file (no data.pkl); {SAVE_HINT}")
-    if sum(i.file_size for i in infos) > MAX_WEIGHTS_BYTES:
-        raise WeightsImportError(f"{path} unpacks to more than {MAX_WEIGHTS_BYTES:,} bytes; refusing to read it")
-
-
-def _read_safetensors(data: bytes, path: Path) -> OrderedDict[str, torch.Tensor]:
-    from safetensors.torch import load
-    try:
-        tensors = load(data)
-    except Exception as e:          # noqa: BLE001  (safetensors' parser: one line for any malformed file)
-        raise WeightsImportError(f"{path} is not a valid safetensors file ({type(e).__name__}: "
-                                 f"{str(e)[:120]})") from None
-    # A safetensors header does not keep the writer's order: names in natural order stand in for it.
-    return OrderedDict(sorted(tensors.items(), key=lambda kv: _natural(kv[0])))
-
-
-def _natural(name: str) -> list:
-    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name) if t]
-
-
-def _flatten(obj: Any, path: Path | str) -> OrderedDict[str, torch.Tensor]:
-    """A state dict from what torch.load returned: a mapping of tensors, possibly nested, or a
-    checkpoint dict holding one under a usual key ("model_state_dict", "state_dict", ...)."""
-    if not isinstance(obj, Mapping):
-        raise WeightsImportError(f"{path} holds a {type(obj).__name__}, not a state dict; {SAVE_HINT}")
-    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        inner = [k for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)]
-        if inner:
-            obj = obj[inner[0]]
-    out: OrderedDict[str, torch.Tensor] = OrderedDict()
-
-    def walk(d: Mapping, prefix: str) -> None:
-        for k, v in d.items():
-            key = f"{prefix}{k}"
-            if isinstance(v, torch.Tensor):
-                out[key] = v
-            elif isinstance(v, Mapping):
-                walk(v, key + ".")
-            else:
-                raise WeightsImportError(f"{path}: entry {key!r} is a {type(v).__name__}, not a tensor; a state "
-                                         f"dict holds only tensors ({SAVE_HINT})")
-    walk(obj, "")
-    if not out:
-        raise WeightsImportError(f"{path} holds no tensors; {SAVE_HINT}")
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -461,7 +351,7 @@ def import_weights(source: str | Path | Mapping[str, torch.Tensor] | nn.Module, 
         where = str(source)
     else:
         sd = source.state_dict() if isinstance(source, nn.Module) else source
-        tensors = _flatten(sd, "the state dict")
+        tensors = flatten_state_dict(sd, "the state dict")
         origin = {"file": None, "format": "state dict (Python)"}
         where = "the state dict"
     matched = match_layers(tensors, where)

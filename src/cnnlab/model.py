@@ -24,6 +24,7 @@ from . import fused
 from .errors import CheckpointError
 from .output import atomic_write_bytes
 
+IMAGE_SIZE = 28                             # px: the side of an MNIST image, the network's input
 N_CLASSES = 10
 MAX_CHECKPOINT_BYTES = 256 * 1024 * 1024   # the network is 3.3 MB, its training state ~10 MB
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081   # defaults; training sets them from the training split
@@ -146,22 +147,17 @@ def sniff_format(data: bytes) -> str:
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a safetensors file; CheckpointError for anything else (pickles too)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
+    from .schema import read_bytes_limited
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        size = path.stat().st_size
-        if size > MAX_CHECKPOINT_BYTES:
-            raise CheckpointError(f"{path} is {size} bytes; a cnnlab checkpoint is a few MB "
-                                  f"(limit {MAX_CHECKPOINT_BYTES}); refusing to read it")
-        with open(path, "rb") as f:           # bounded: the file may grow between stat and read
-            data = f.read(MAX_CHECKPOINT_BYTES + 1)
-    except OSError as e:
-        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
-    if len(data) > MAX_CHECKPOINT_BYTES:
-        raise CheckpointError(f"{path} holds more than {MAX_CHECKPOINT_BYTES} bytes; refusing to read it")
+    return parse_safetensors(read_bytes_limited(path, MAX_CHECKPOINT_BYTES, CheckpointError, "checkpoint"), path)
+
+
+def parse_safetensors(data: bytes, path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of safetensors bytes read from `path` (named in errors)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
     kind = sniff_format(data)
     if kind == "pickle":
         raise CheckpointError(f"{path} is a pickle/torch.save file, not safetensors; cnnlab never "
@@ -177,7 +173,8 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
         meta = header.get("__metadata__") or {}
         if not isinstance(meta, dict):
             raise ValueError("__metadata__ is not an object")
-    except (SafetensorError, ValueError, UnicodeDecodeError, OSError, Exception) as e:
+    except (SafetensorError, ValueError, UnicodeDecodeError, KeyError, TypeError, RuntimeError, OverflowError) as e:
+        # what safetensors' parser and json raise on malformed bytes; anything else is a bug, not a bad file
         raise CheckpointError(f"{path} is not a valid safetensors file ({type(e).__name__}: "
                               f"{str(e)[:120]})") from None
     return tensors, meta

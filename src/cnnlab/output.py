@@ -25,6 +25,7 @@ import contextlib
 import errno
 import io
 import json
+import math
 import os
 import re
 import stat
@@ -414,7 +415,7 @@ class OutputDir:
         return self.write_bytes(name, text.encode("utf-8"))
 
     def write_json(self, name: str, obj: Any) -> Path:
-        return self.write_bytes(name, (json.dumps(obj, indent=2, default=json_default) + "\n").encode("utf-8"))
+        return self.write_bytes(name, (dumps(obj) + "\n").encode("utf-8"))
 
     def save_figure(self, fig, name: str, dpi: int = 110, **kwargs: Any) -> Path:
         return self.write_bytes(name, figure_png(fig, dpi, **kwargs))
@@ -468,22 +469,29 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n")
+    atomic_write_text(path, dumps(obj) + "\n")
 
 
-def json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+def jsonable(v: Any) -> Any:
+    """`v` as plain JSON values, the one conversion every JSON cnnlab writes goes through: NumPy and
+    torch scalars and arrays → Python numbers and lists, paths → strings, tuples → lists, and a
+    non-finite float → None (json would write the bare token NaN, which no JSON parser accepts)."""
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    if isinstance(v, Path):
+        return str(v)
+    if hasattr(v, "tolist") and not isinstance(v, (str, bytes)):      # NumPy and torch values
+        return jsonable(v.tolist())
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
 
 
 def dumps(obj: Any) -> str:
-    """JSON text for `obj`; numpy scalars/arrays and paths are converted."""
-    return json.dumps(obj, indent=2, default=json_default)
+    """JSON text for `obj` (through `jsonable`: always valid JSON)."""
+    return json.dumps(jsonable(obj), indent=2, allow_nan=False)
 
 
 def figure_png(fig, dpi: int = 110, **kwargs: Any) -> bytes:

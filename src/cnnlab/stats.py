@@ -61,3 +61,21 @@ def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict:
     k = min(b, c)
     tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
     return {"only_a": b, "only_b": c, "p_value": min(1.0, 2 * tail)}
+
+
+def wilson(k: int, n: int, z: float = _Z975) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k/n; (0, 1) when n = 0."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    # the bounds at k = 0 and k = n are exactly 0 and 1 (rounding would leave 1e-17 of them)
+    return (0.0 if k == 0 else max(0.0, centre - half)), (1.0 if k == n else min(1.0, centre + half))
+
+
+def rate(k: int, n: int) -> dict:
+    """k of n as a rate with its 95% Wilson bounds (a JSON-ready dict)."""
+    lo, hi = wilson(int(k), int(n))
+    return {"k": int(k), "n": int(n), "rate": (k / n) if n else float("nan"), "lo": lo, "hi": hi}

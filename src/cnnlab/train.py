@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from . import fused
 from .allocator import keep_freed_memory
-from .checkpoint import RunWriter, check_state, resume_config, saved_config
+from .checkpoint import CheckedState, RunWriter, check_state, resume_config, saved_config
 from .config import TrainConfig
 from .data import Split, load_split, to_float
 from .device import autocast, resolve_device, resolve_precision
@@ -165,7 +165,8 @@ def train(cfg: TrainConfig, out: str | Path | None = None, *, split: Split | Non
     # another one is training into. (RunLock refuses a linked or foreign-looking .lock unopened.)
     lock = RunLock(out) if out is not None else contextlib.nullcontext()
     with lock:
-        directory = None
+        directory: OutputDir | None = None
+        checked: CheckedState | None = None
         if out is not None:
             created = isinstance(lock, RunLock) and lock.created
             try:
@@ -182,8 +183,8 @@ def train(cfg: TrainConfig, out: str | Path | None = None, *, split: Split | Non
                 directory.record(".lock")
             if resume:
                 cfg = resume_config(out, cfg, log)
-                check_state(out)
-        return _run(cfg, RunWriter(out, directory, figures), split, data_dir, resume, progress, log, stop_at_step, callback)
+                checked = check_state(out)      # before any data is loaded; read once, used to resume
+        return _run(cfg, RunWriter(out, directory, figures, checked), split, data_dir, resume, progress, log, stop_at_step, callback)
 
 
 def _training_split(cfg: TrainConfig, split: Split | None, data_dir: str | None, log) -> Split:

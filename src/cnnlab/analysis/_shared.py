@@ -22,11 +22,9 @@ from torch import nn
 
 from ..config import BLUR_SIGMA, NOISE_MEAN, SIGMA
 from ..errors import ConfigError
-from ..model import Net
+from ..model import IMAGE_SIZE, N_CLASSES, Net
 from ..output import OutputDir, as_output_dir
 
-IMAGE_SIZE = 28                                       # pixels on a side of an MNIST image
-N_CLASSES = 10
 FEATURE_LAYERS = ("conv1", "pool1", "conv2", "pool2")  # the layers whose outputs are feature maps
 
 

@@ -192,7 +192,7 @@ def filters(model: Net, layer: str = "conv1", reference: Net | None = None) -> F
             d["edge_direction_bins_covered"] = sum(v > 0 for v in d["edge_directions"].values())
         if effs is not None:
             d["mean_effective_inputs"] = float(np.mean(effs))
-        if cosines is not None:
+        if cosines is not None and ref is not None:
             d["mean_cosine_to_init"] = float(np.mean(cosines))
             d["relative_change_from_init"] = float(np.linalg.norm(w - ref) / np.linalg.norm(ref))
         return d

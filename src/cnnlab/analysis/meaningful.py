@@ -1,156 +1,79 @@
 """Question 2.4 — "is the learning meaningful?" — decided by a controlled experiment.
 
-The question asks for a judgment. An occlusion map alone cannot make it: a network that reads
-only a label-encoding marker still has most of its probability drop "near ink", and the saliency
-of an untrained network looks like the digit too (Adebayo et al. 2018, "Sanity checks for
-saliency maps"). So the verdict comes from interventions first and occlusion second, and every
-run carries controls whose answer is known without the model under test:
+An occlusion map alone cannot decide it: a network that reads only a label-encoding marker still
+has most of its drop "near ink", and an untrained network's map looks like the digit too. So the
+verdict comes from interventions first and occlusion second, with controls whose answers are known
+without the model under test M (analysis/controls.py: N reads a marker, P reads the digit, R is
+untrained):
 
-    M  the model under test.
-    N  negative control: M's architecture, freshly initialised, trained for a few seconds on the
-       split's training images with labels drawn at random and written into the image as the
-       position of a 3×3 white marker (a "Clever Hans" predictor, Lapuschkin et al. 2019; the
-       DecoyMNIST idea of Ross et al. 2017, moved to ten border slots so that its *position* is
-       the code). By construction it reads the marker and nothing else.
-    P  positive control: M's architecture, freshly initialised, trained for a few seconds on the
-       same images with their true labels and a marker in a random slot (unrelated to the label):
-       by construction it reads the digit and ignores the marker. It is scored against its own
-       readings of the unmarked images, so it is a control on any images, also on images whose
-       labels follow a cue instead of the digit.
-    R  M's architecture with untrained weights (the model-randomisation check of Adebayo et al.).
+1. Behaviour: on a seeded sample, each image marked with the marker of its own label — accuracy
+   with the digit alone, with the digit removed, and how often a moved marker takes the prediction.
+   "The digit" is found by analysis/regions.py, or given as `masks`.
+2. Occlusion on marked copies of correctly classified images (3×3 patch of 0, stride 2, drop of
+   log p(label)): the pointing game and the share of drop mass off the digit, per image.
 
-Why controls trained here rather than derived from M: a control built from M (M shown only the
-digit's ink) inherits M's shortcut and fails exactly when M is what the test must catch. Trained
-in seconds from fresh weights, N and P have an answer fixed by their training data whatever M is,
-work for either architecture (plain or batch-norm) and any dataset, and ship no weights to go stale.
-
-1. Behaviour (causal, Zeiler & Fergus' "does the prediction follow the object" made explicit).
-   On a seeded sample of the images, each marked with the marker of its own label:
-     - digit alone: everything but "the digit" erased → accuracy;
-     - digit removed: "the digit" erased, everything else (marker, cues, stray ink) kept → accuracy;
-     - marker moved to the slot of another (random) class → how often the prediction follows it.
-   "The digit" is found on the unmarked image by analysis/regions.py (the main stroke against the
-   image's own background: not a faint background or texture, not a separate marker or frame), or
-   given by the caller as `masks`.
-2. Occlusion on marked copies of the images each subject classifies correctly: a 3×3 patch of 0
-   (it erases ink: the deletion metric of Petsiuk et al. 2018 and the region perturbation of Samek
-   et al. 2017, rather than a 0.5 patch, which *adds* ink on black background and so makes every
-   background position matter), stride 2, measured as the drop of the log-probability of the
-   label (the probability saturates near 1; its log does not). Per image:
-     - pointing game (Petsiuk et al.; Zhang et al. 2016): a hit when the largest drop is positive,
-       unique, and its patch overlaps the digit and not the marker; ties and non-positive maxima
-       are misses;
-     - "mostly off the digit": more than half of the positive drop mass sits at positions whose
-       patch misses the digit or touches the marker (an image with no positive drop counts here).
-   Both are per-image yes/no outcomes, so images are independent binary trials and Wilson bounds
-   apply exactly.
-
-Every rate is a proportion over independent images with a 95% Wilson score interval; the verdict
-rule (RULE, quoted verbatim in every result) compares those bounds with fixed thresholds. The
-controls come in two groups: the behaviour controls (N does not read the digit, P does, R does
-not) check the interventions and the digit finder, and void every verdict when one fails; the
-occlusion controls (N's evidence off the digit, P's on it) check the occlusion measurement, which
-can only confirm a "meaningful", so they void only that. A decisive behavioural failure decides
-"not meaningful": occlusion cannot overrule a failed intervention. The assignment's own plots stay:
-0.5 ("grey") patch maps for k = 1…5 with p(label) as intensity, for M, N, P and R side by side on
-one marked image, with descriptive numbers.
-
-Limits: a cue that touches the digit's strokes is part of "the digit" (no reader could separate
-it either); give `masks` where that matters. Cost: `seconds` in every result; measured times are
-in BENCHMARKS.md.
+Every rate is a share of independent images with a 95% Wilson interval; RULE, quoted in every
+result, compares those bounds with fixed thresholds. A decisive behavioural failure decides "not
+meaningful"; a failed control makes the verdict "invalid". The method, its references and its
+limits in full: docs/meaningful.md.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, DataError
-from ..output import OutputDir, as_output_dir
-from ..schema import read_npz
+from ..model import IMAGE_SIZE, N_CLASSES
+from ..output import jsonable
+from ..stats import rate
 from . import regions as rg
-from ._shared import chunk_for
+from ._shared import AnalysisResult
+from .controls import (
+    MARKER,
+    MARKER_SLOTS,
+    READER_STEPS,
+    SHORTCUT_STEPS,
+    device_of,
+    fresh_copy,
+    log_probs,
+    mark,
+    marker_box,
+    train_reader,
+    train_shortcut,
+)
+from .meaningful_rule import (
+    ACC_MIN,
+    FOLLOW_MAX,
+    HIT_MIN,
+    OFF_MAX,
+    REMOVED_MAX,
+    RULE,
+    behaviour_call,
+    controls_held,
+    decide,
+    occlusion_call,
+    subject_verdict,
+)
 from .occlusion import describe_patch_map
 from .regions import occluded, patch_overlap
 from .verdict import Verdict
 
-IMAGE_SIZE = 28
-N_CLASSES = 10
-MARKER = 3                # px: side of the white marker square
-# Top-left corners (row, col) of the marker of class c: the 4-px border that MNIST's 20×20
-# centred box leaves empty, on the stride-2 grid so one occlusion patch covers a marker exactly.
-MARKER_SLOTS = ((0, 0), (0, 8), (0, 16), (0, 24), (24, 0), (24, 8), (24, 16), (24, 24), (12, 0), (12, 24))
 OCC_PATCH, OCC_STRIDE, OCC_FILL = 3, 2, 0.0
 GREY_FILL, GREY_SIZES = 0.5, (1, 2, 3, 4, 5)
-Z95 = 1.959963984540054   # two-sided 95% normal quantile
-SHORTCUT_STEPS = 40       # Adam steps of 128 images for N: it follows a moved marker on ~100%
-READER_STEPS = 60         # Adam steps of 128 images for P: ~93% on clean MNIST test digits
 
-# Thresholds of the rule (fractions of images).
-ACC_MIN = 0.5        # digit alone must give the label on more than half the images (chance: 0.1)
-FOLLOW_MAX = 0.2     # a moved marker may take the prediction on at most 1 in 5 images (chance ≈ 0.1)
-REMOVED_MAX = 0.5    # without the digit, the label may come back on at most half the images
-HIT_MIN = 0.5        # the largest drop must fall on the digit on more than half the images
-OFF_MAX = 0.5        # at most half the images may have most of their drop mass off the digit
 
-RULE = (
-    "All rates are over images, with 95% Wilson intervals [lo, hi]. Behaviour: the model READS THE "
-    f"DIGIT if lo(accuracy, digit alone) ≥ {ACC_MIN}, hi(prediction follows a moved marker) ≤ "
-    f"{FOLLOW_MAX} and hi(accuracy, digit removed) ≤ {REMOVED_MAX}; it DOES NOT if hi(accuracy, "
-    f"digit alone) < {ACC_MIN} or lo(follows marker) > {FOLLOW_MAX} or lo(accuracy, digit removed) "
-    f"> {REMOVED_MAX}; otherwise undecided. Occlusion (3×3 patch of 0, stride 2, drop of log p(label) "
-    f"on marked copies of correctly classified images): ON THE DIGIT if lo(largest drop on the digit) "
-    f"≥ {HIT_MIN} and hi(most drop mass off the digit) ≤ {OFF_MAX}; OFF THE DIGIT if hi(largest drop "
-    f"on the digit) < {HIT_MIN} or lo(most drop mass off the digit) > {OFF_MAX}; otherwise undecided. "
-    "A model is 'not meaningful' when it does not read the digit (occlusion cannot overrule a failed "
-    "intervention: the untrained network R shows that occlusion alone can point at the digit); "
-    "'meaningful' when it reads the digit and occlusion is on the digit; otherwise 'inconclusive'. "
-    "The controls' answers are known without M: N (trained on labels only a marker carries) must not "
-    "read the digit, P (trained on true labels with markers in random slots, scored against its own "
-    "readings) must read it, and R (untrained) must not; if one of these fails, the verdict is "
-    "'invalid'. A 'meaningful' verdict also needs the occlusion controls: N's occlusion off the digit "
-    "and P's on it; if one fails, the verdict is 'invalid'.")
-
-VERDICTS = ("meaningful", "not meaningful", "inconclusive", "invalid")
 
 
 # ---------------------------------------------------------------------------------------------
-# Small exact pieces: Wilson bounds, the pointing game
+# Small exact pieces: the pointing game
 # ---------------------------------------------------------------------------------------------
-
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion k/n; (0, 1) when n = 0."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    # the bounds at k = 0 and k = n are exactly 0 and 1 (rounding would leave 1e-17 of them)
-    return (0.0 if k == 0 else max(0.0, centre - half)), (1.0 if k == n else min(1.0, centre + half))
-
-
-def rate(k: int, n: int) -> dict:
-    lo, hi = wilson(int(k), int(n))
-    return {"k": int(k), "n": int(n), "rate": (k / n) if n else float("nan"), "lo": lo, "hi": hi}
-
-
-
-def marker_box(c: int) -> np.ndarray:
-    m = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=bool)
-    y, x = MARKER_SLOTS[int(c)]
-    m[y:y + MARKER, x:x + MARKER] = True
-    return m
-
-
 
 def pointing_hit(drop: np.ndarray, on_digit: np.ndarray, rtol: float = 1e-9) -> bool:
     """The pointing game on a [P, P] drop map: hit iff the largest drop is positive, unique (no
@@ -173,70 +96,6 @@ def off_digit_share(drop: np.ndarray, on_digit: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Inputs
-# ---------------------------------------------------------------------------------------------
-
-def check_images(images, labels) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 [N, 28, 28] images (0 = background) and integer labels [N] in 0..9, or a DataError."""
-    x, y = np.asarray(images), np.asarray(labels)
-    if x.dtype != np.uint8:
-        raise DataError(f"images must be uint8 pixels 0..255 (0 = background), not {x.dtype}; "
-                        f"convert with (x * 255).round().astype(np.uint8) if they are floats in [0, 1]")
-    if x.ndim == 4 and x.shape[1] == 1:
-        x = x[:, 0]
-    if x.ndim != 3 or x.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or len(x) == 0:
-        raise DataError(f"images must have shape [N, 28, 28] with N ≥ 1, not {list(x.shape)}")
-    if y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer):
-        raise DataError(f"labels must be integers 0..9, not {y.dtype}")
-    if y.ndim != 1 or len(y) != len(x):
-        raise DataError(f"labels must have shape [{len(x)}] (one per image), not {list(y.shape)}")
-    if y.min() < 0 or y.max() >= N_CLASSES:
-        raise DataError(f"labels must lie in 0..9; found {int(y.min())}..{int(y.max())}")
-    return np.ascontiguousarray(x), y.astype(np.int64)
-
-
-MAX_NPZ_IMAGES = 70_000      # images read from an --images .npz: all of MNIST's
-
-
-def load_images_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """`images`, `labels` and the optional `masks` (bool [N, 28, 28], True = the digit) from an .npz
-    file (never unpickled), checked by `check_images` and `regions.digit_masks`."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"no file at {p}: give an .npz holding 'images' (uint8 [N, 28, 28]) and 'labels' (int [N])")
-    try:
-        with open(p, "rb") as f:
-            head = f.read(6)
-    except OSError as e:
-        raise DataError(f"cannot read {p}: {e.strerror or e}") from None
-    if head.startswith(b"\x93NUMPY"):
-        raise DataError(f"{p} is a single .npy array, not an .npz with 'images' and 'labels'")
-    if not head.startswith(b"PK"):
-        raise DataError(f"{p} is not an .npz file (no zip header); save with np.savez(path, images=..., labels=...)")
-    # every array's size read from its header and bounded before it is decompressed (schema.read_npz)
-    z = read_npz(p, {"images": MAX_NPZ_IMAGES * 28 * 28, "labels": MAX_NPZ_IMAGES,
-                     "masks": MAX_NPZ_IMAGES * 28 * 28}, DataError)
-    missing = [k for k in ("images", "labels") if k not in z]
-    if missing:
-        raise DataError(f"{p} lacks {', '.join(missing)} (holds: {', '.join(z['__files__']) or 'nothing'}); "
-                        f"save with np.savez(path, images=..., labels=...)")
-    x, y, masks = z["images"], z["labels"], z.get("masks")
-    x, y = check_images(x, y)
-    if masks is not None:
-        masks = rg.digit_masks(x, masks)
-    return x, y, masks
-
-
-def mark(images01: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """Copies of [B, 1, 28, 28] images with the white marker of classes[i] pasted in."""
-    out = images01.clone()
-    for i, c in enumerate(classes.tolist()):
-        y, x = MARKER_SLOTS[c]
-        out[i, :, y:y + MARKER, x:x + MARKER] = 1.0
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
 # The models of the experiment
 # ---------------------------------------------------------------------------------------------
 
@@ -249,83 +108,6 @@ class Subject:
     labels: torch.Tensor | None = None
 
 
-def _device(net: nn.Module) -> torch.device:
-    p = next(iter(net.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def _fresh_copy(model: nn.Module, seed: int) -> nn.Module:
-    """M's architecture (a deep copy, input normalisation buffers kept) with every layer that
-    can re-initialise itself re-initialised under `seed`; the global RNG is left as it was."""
-    net = copy.deepcopy(model)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        for mod in net.modules():
-            if mod is not net and hasattr(mod, "reset_parameters"):
-                mod.reset_parameters()  # type: ignore[operator]  # every module with the attribute defines it
-    return net.eval()
-
-
-def _log_probs(net: nn.Module, x: torch.Tensor, batch: int | None = None) -> torch.Tensor:
-    """log softmax [B, classes] in float64 of x [B, 1, 28, 28] on the [0, 1] scale, `batch`
-    images per forward (default: `chunk_for`, a cache-sized chunk; 2048 at once ran ~2×
-    slower on the 2-core CPU, its activations spilling out of cache)."""
-    dev = _device(net)
-    batch = batch or chunk_for(dev)
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(x), batch):
-            xb = x[i:i + batch].to(dev)
-            if dev.type == "cpu":
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            out.append(F.log_softmax(net(xb).double(), dim=1).cpu())
-    return torch.cat(out) if out else torch.zeros(0, N_CLASSES, dtype=torch.float64)
-
-
-def _train_marked(model: nn.Module, train_images: torch.Tensor, train_labels: torch.Tensor | None, *,
-                  seed: int, steps: int, batch: int = 128, lr: float = 2e-3) -> nn.Module:
-    """M's architecture from fresh weights, `steps` Adam steps on marked training images. With
-    `train_labels` None the labels are drawn at random and the marker carries them (N); else the
-    labels are the true ones and the marker sits in a random slot, independent of them (P)."""
-    net = _fresh_copy(model, seed)
-    dev = _device(net)
-    cpu = dev.type == "cpu"
-    if cpu:     # channels_last: ~2× faster steps on CPU, the same function
-        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit memory_format
-    g = torch.Generator().manual_seed(int(seed) + 6)
-    if train_images.ndim == 3:
-        train_images = train_images[:, None]
-    n = len(train_images)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    net.train()
-    for _ in range(steps):
-        idx = torch.randint(0, n, (batch,), generator=g)
-        slot = torch.randint(0, N_CLASSES, (batch,), generator=g)
-        y = slot if train_labels is None else train_labels[idx]   # N: the marker is the label
-        x = mark(train_images[idx].float().div(255.0), slot).to(dev)
-        if cpu:
-            x = x.contiguous(memory_format=torch.channels_last)
-        loss = F.cross_entropy(net(x), y.to(dev))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return net.eval()
-
-
-def train_shortcut(model: nn.Module, train_images: torch.Tensor, *, seed: int = 0,
-                   steps: int = SHORTCUT_STEPS) -> nn.Module:
-    """The negative control N: M's architecture trained on images whose labels are drawn at
-    random (so independent of the digits) and written into the image as the marker's position."""
-    return _train_marked(model, train_images, None, seed=seed + 1, steps=steps)
-
-
-def train_reader(model: nn.Module, train_images: torch.Tensor, train_labels: torch.Tensor, *, seed: int = 0,
-                 steps: int = READER_STEPS) -> nn.Module:
-    """The positive control P: M's architecture trained on the true labels, with a marker in a
-    random slot on every image so that it learns to ignore the marker."""
-    return _train_marked(model, train_images, torch.as_tensor(train_labels), seed=seed + 3, steps=steps)
-
-
 # ---------------------------------------------------------------------------------------------
 # The measurements
 # ---------------------------------------------------------------------------------------------
@@ -335,21 +117,12 @@ def _behaviour(net: nn.Module, x: torch.Tensor, y: torch.Tensor, moved: torch.Te
     variants = {"marked": marked, "digit_alone": marked * region, "digit_removed": marked * (1 - region),
                 "marker_moved": mark(x, moved)}
     n = len(y)
-    pred = {k: _log_probs(net, v).argmax(1) for k, v in variants.items()}
+    pred = {k: log_probs(net, v).argmax(1) for k, v in variants.items()}
     return {"accuracy_marked": rate(int((pred["marked"] == y).sum()), n),
             "accuracy_digit_alone": rate(int((pred["digit_alone"] == y).sum()), n),
             "accuracy_digit_removed": rate(int((pred["digit_removed"] == y).sum()), n),
             "follows_moved_marker": rate(int((pred["marker_moved"] == moved).sum()), n),
             "keeps_label_when_marker_moved": rate(int((pred["marker_moved"] == y).sum()), n)}
-
-
-def _behaviour_call(b: dict) -> str:
-    a, f, r = b["accuracy_digit_alone"], b["follows_moved_marker"], b["accuracy_digit_removed"]
-    if a["lo"] >= ACC_MIN and f["hi"] <= FOLLOW_MAX and r["hi"] <= REMOVED_MAX:
-        return "reads the digit"
-    if a["hi"] < ACC_MIN or f["lo"] > FOLLOW_MAX or r["lo"] > REMOVED_MAX:
-        return "does not read the digit"
-    return "undecided"
 
 
 def _occlusion(net: nn.Module, x: torch.Tensor, y: torch.Tensor, regions: np.ndarray) -> dict:
@@ -358,13 +131,13 @@ def _occlusion(net: nn.Module, x: torch.Tensor, y: torch.Tensor, regions: np.nda
     k, st = OCC_PATCH, OCC_STRIDE
     P = (IMAGE_SIZE - k) // st + 1
     marked = mark(x, y)
-    base = _log_probs(net, marked)
+    base = log_probs(net, marked)
     drops, hits, shares = [], [], []
     chunk = 12                                   # images per forward pass: 12 × 169 copies
     for i0 in range(0, len(y), chunk):
         idx = range(i0, min(i0 + chunk, len(y)))
         occ = torch.cat([occluded(marked[i], k, st, OCC_FILL) for i in idx])
-        lp = _log_probs(net, occ).reshape(len(idx), P * P, -1)
+        lp = log_probs(net, occ).reshape(len(idx), P * P, -1)
         for j, i in enumerate(idx):
             t = int(y[i])
             d = (base[i, t] - lp[j, :, t]).numpy().reshape(P, P)
@@ -387,31 +160,13 @@ def _occlusion(net: nn.Module, x: torch.Tensor, y: torch.Tensor, regions: np.nda
             "_shares": sh}
 
 
-def _occlusion_call(o: dict) -> str:
-    h, m = o["largest_drop_on_digit"], o["most_drop_mass_off_digit"]
-    if h["lo"] >= HIT_MIN and m["hi"] <= OFF_MAX:
-        return "on the digit"
-    if h["hi"] < HIT_MIN or m["lo"] > OFF_MAX:
-        return "off the digit"
-    return "undecided"
-
-
-def _subject_verdict(behaviour: str, occlusion: str) -> str:
-    """RULE for one network, before the controls: behaviour decides, occlusion only confirms."""
-    if behaviour == "does not read the digit":
-        return "not meaningful"
-    if behaviour == "reads the digit" and occlusion == "on the digit":
-        return "meaningful"
-    return "inconclusive"
-
-
 def _grey_maps(net: nn.Module, img: torch.Tensor, target: int, region: np.ndarray) -> dict:
     """The assignment's plot for one marked image: p(target) under a 0.5 patch, k = 1..5, stride 1,
     and the descriptive numbers."""
     batches = [occluded(img, k, 1, GREY_FILL) for k in GREY_SIZES]
     x = torch.cat(batches)
-    lp = _log_probs(net, x)
-    base = float(_log_probs(net, img[None])[0, target].exp())
+    lp = log_probs(net, x)
+    base = float(log_probs(net, img[None])[0, target].exp())
     ink = rg.ink(img[0].numpy())
     mbox = marker_box(target)
     maps, stats, at = {}, {}, 0
@@ -429,7 +184,9 @@ def _grey_maps(net: nn.Module, img: torch.Tensor, target: int, region: np.ndarra
 # ---------------------------------------------------------------------------------------------
 
 @dataclass
-class MeaningfulResult:
+class MeaningfulResult(AnalysisResult):
+    """The experiment's result, in the one protocol (to_dict, figure, arrays, save: meaningful.*)."""
+    stem: ClassVar[str] = "meaningful"
     verdict: str
     reasons: list[str]
     subjects: dict[str, dict]          # name -> {"role", "behaviour", "occlusion", "grey", calls, verdict}
@@ -437,24 +194,18 @@ class MeaningfulResult:
     settings: dict
     seconds: dict
     example: dict                      # the one marked image of the grey maps
-    arrays: dict = field(repr=False, default_factory=dict)   # drop maps, hits, images (npz)
+    maps: dict = field(repr=False, default_factory=dict)     # drop maps, hits, images (the .npz)
     controls: dict = field(default_factory=dict)             # {"behaviour": bool, "occlusion": bool}
 
     def to_dict(self) -> dict:
-        def clean(d):
+        def public(d):          # keys starting with "_" hold arrays, saved in the .npz instead
             if isinstance(d, dict):
-                return {str(k): clean(v) for k, v in d.items() if not str(k).startswith("_")}
-            if isinstance(d, (list, tuple)):
-                return [clean(v) for v in d]
-            if isinstance(d, float) and not math.isfinite(d):
-                return None
-            if isinstance(d, np.generic):
-                return clean(d.item())
-            return d
-        return clean({"question": "2.4: is the learning meaningful?", "verdict": self.verdict,
+                return {k: public(v) for k, v in d.items() if not str(k).startswith("_")}
+            return [public(v) for v in d] if isinstance(d, (list, tuple)) else d
+        return jsonable(public({"question": "2.4: is the learning meaningful?", "verdict": self.verdict,
                       "answer": self.answer_text(), "rule": RULE, "reasons": self.reasons,
                       "controls_ok": self.controls_ok, "controls": self.controls, "subjects": self.subjects, "settings": self.settings,
-                      "example": self.example, "seconds": self.seconds})
+                      "example": self.example, "seconds": self.seconds}))
 
     def answer_text(self) -> str:
         m, n, p, r = (self.subjects[k] for k in ("M", "N", "P", "R"))
@@ -489,12 +240,8 @@ class MeaningfulResult:
     def figure(self):
         return _plot(self)
 
-    def save(self, directory: str | Path | OutputDir, stem: str = "meaningful") -> dict[str, Path]:
-        """PNG + NPZ + JSON in `directory`, each written atomically through output.OutputDir."""
-        d = as_output_dir(directory)
-        return {"png": d.save_figure(self.figure(), f"{stem}.png", dpi=100),
-                "npz": d.save_npz(f"{stem}.npz", **self.arrays),
-                "json": d.write_json(f"{stem}.json", self.to_dict())}
+    def arrays(self) -> dict[str, np.ndarray]:
+        return self.maps
 
 
 def meaningful_verdict(result: MeaningfulResult) -> Verdict:
@@ -533,38 +280,6 @@ def _sample_regions(x_u8: np.ndarray, take: np.ndarray, masks) -> np.ndarray:
     return found
 
 
-def _controls(res: dict) -> tuple[dict, list[str]]:
-    """Which controls came out as they must, by group, and a reason for each that did not."""
-    n_, p_, r_ = res["N"], res["P"], res["R"]
-    reasons = []
-    if n_["behaviour_call"] != "does not read the digit":
-        reasons.append(f"the negative control N (trained on labels only a marker carries) came out "
-                       f"'{n_['behaviour_call']}' (it must not read the digit)")
-    if p_["behaviour_call"] != "reads the digit":
-        reasons.append(f"the positive control P (trained on the true labels) came out '{p_['behaviour_call']}' "
-                       f"(it must read the digit)")
-    if r_["behaviour_call"] == "reads the digit":
-        reasons.append("the untrained network R came out 'reads the digit'")
-    behaviour_ok = not reasons
-    if n_["occlusion_call"] != "off the digit":
-        reasons.append(f"N's occlusion came out '{n_['occlusion_call']}' (it must be off the digit)")
-    if p_["occlusion_call"] != "on the digit":
-        reasons.append(f"P's occlusion came out '{p_['occlusion_call']}' (it must be on the digit)")
-    occlusion_ok = n_["occlusion_call"] == "off the digit" and p_["occlusion_call"] == "on the digit"
-    return {"behaviour": behaviour_ok, "occlusion": occlusion_ok}, reasons
-
-
-def decide(m_behaviour: str, m_occlusion: str, controls: dict) -> str:
-    """RULE: M's verdict given its calls and which control groups held."""
-    if not controls["behaviour"]:
-        return "invalid"
-    if m_behaviour == "does not read the digit":
-        return "not meaningful"
-    if m_behaviour == "reads the digit" and m_occlusion == "on the digit":
-        return "meaningful" if controls["occlusion"] else "invalid"
-    return "inconclusive"
-
-
 def meaningful_experiment(model: nn.Module, images=None, labels=None, *, masks=None, split=None, seed: int = 0,
                           n_behaviour: int = 500, n_occlusion: int = 50, negative: nn.Module | None = None,
                           positive: nn.Module | None = None, untrained: nn.Module | None = None,
@@ -583,11 +298,11 @@ def meaningful_experiment(model: nn.Module, images=None, labels=None, *, masks=N
     if images is None and labels is None:
         if split is None:
             raise ConfigError("give images and labels, or a split whose test images to use")
-        x_u8, y_np = check_images(split.test_x.numpy(), split.test_y.numpy())
+        x_u8, y_np = rg.check_images(split.test_x.numpy(), split.test_y.numpy())
     elif images is None or labels is None:
         raise ConfigError("give both images and labels (or neither, to use the split's test images)")
     else:
-        x_u8, y_np = check_images(images, labels)
+        x_u8, y_np = rg.check_images(images, labels)
     for name, v in (("n_behaviour", n_behaviour), ("n_occlusion", n_occlusion), ("shortcut_steps", shortcut_steps),
                     ("reader_steps", reader_steps)):
         if not isinstance(v, (int, np.integer)) or v < 1:
@@ -597,7 +312,7 @@ def meaningful_experiment(model: nn.Module, images=None, labels=None, *, masks=N
                           "(cnnlab.data.load_split('mnist')) or trained negative= and positive=")
     was_training = model.training
     model.eval()
-    dev = _device(model)
+    dev = device_of(model)
     with torch.no_grad():
         out_classes = model(torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE, device=dev)).shape[-1]
     if out_classes != N_CLASSES:
@@ -622,19 +337,19 @@ def meaningful_experiment(model: nn.Module, images=None, labels=None, *, masks=N
         positive = train_reader(model, split.train_x, split.train_y, seed=seed, steps=reader_steps)
     t_pos = time.perf_counter()
     nets = {"M": model, "N": negative, "P": positive,
-            "R": untrained if untrained is not None else _fresh_copy(model, seed + 2)}
+            "R": untrained if untrained is not None else fresh_copy(model, seed + 2)}
     # Work on channels_last copies (faster on CPU, same function): the caller's models stay as given.
     copies: dict[int, nn.Module] = {}
     for key, net in list(nets.items()):
         if id(net) not in copies:
             c = copy.deepcopy(net).eval()
-            if _device(c).type == "cpu":
+            if device_of(c).type == "cpu":
                 c = c.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit memory_format
             copies[id(net)] = c
         nets[key] = copies[id(net)]
     # P is scored against its own readings of the unmarked images: its answer is known on any labels.
     subjects = {k: Subject(k, net, y_all) for k, net in nets.items()}
-    subjects["P"].labels = _log_probs(nets["P"], x_all).argmax(1)
+    subjects["P"].labels = log_probs(nets["P"], x_all).argmax(1)
 
     roles = {"M": "the model under test",
              "N": "negative control: trained on labels only a marker carries (digits shuffled)",
@@ -650,12 +365,12 @@ def meaningful_experiment(model: nn.Module, images=None, labels=None, *, masks=N
         y = s.labels if s.labels is not None else y_all
         moved = (y + shift) % N_CLASSES
         b = _behaviour(s.net, x_all, y, moved, region_t)
-        correct = np.nonzero((_log_probs(s.net, mark(x_all, y)).argmax(1) == y).numpy())[0][:n_occlusion]
+        correct = np.nonzero((log_probs(s.net, mark(x_all, y)).argmax(1) == y).numpy())[0][:n_occlusion]
         occ_idx[name] = correct
         o = _occlusion(s.net, x_all[correct], y[correct], regions[correct])
-        bc, oc = _behaviour_call(b), _occlusion_call(o)
+        bc, oc = behaviour_call(b), occlusion_call(o)
         res[name] = {"role": roles[name], "behaviour": b, "occlusion": o,
-                     "behaviour_call": bc, "occlusion_call": oc, "verdict": _subject_verdict(bc, oc)}
+                     "behaviour_call": bc, "occlusion_call": oc, "verdict": subject_verdict(bc, oc)}
         arrays[f"{name}_drops"] = o["_drops"].astype(np.float32)
         arrays[f"{name}_hits"] = o["_hits"]
         arrays[f"{name}_off_digit_share"] = o["_shares"].astype(np.float32)
@@ -674,7 +389,7 @@ def meaningful_experiment(model: nn.Module, images=None, labels=None, *, masks=N
             arrays[f"{name}_grey_k{k}"] = mp.astype(np.float32)
     model.train(was_training)
 
-    controls, reasons = _controls(res)
+    controls, reasons = controls_held(res)
     m_ = res["M"]
     verdict = decide(str(m_["behaviour_call"]), str(m_["occlusion_call"]), controls)
     if controls["behaviour"] and verdict == "not meaningful":
@@ -758,7 +473,7 @@ def _plot(r: MeaningfulResult):
             if row == 0:
                 ax.set_title(f"grey {k}×{k}", fontsize=8)
         ax = fig.add_subplot(gs[row, ncol])
-        d = r.arrays[f"{name}_drops"]
+        d = r.maps[f"{name}_drops"]
         scale = "none"
         if len(d):
             dm = d[0]

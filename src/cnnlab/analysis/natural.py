@@ -1,7 +1,7 @@
 """Class models a person can read (question 3.1.3): gradient ascent kept among natural images.
 
-The assignment's class model (§3.1, `generate.synthesize`) climbs C = logits[target] from noise
-with nothing asking X to be a natural image, so it climbs along the steepest, high-frequency,
+The assignment's class model (§3.1, `class_models.synthesize`) climbs C = logits[target] from
+noise with nothing asking X to be a natural image, so it climbs along the steepest, high-frequency,
 out-of-range directions: the network (and even another network, Ilyas et al. 2019) reads the
 result as the target, but no person would. This module answers "can you think of some reason?"
 by showing the contrast: the same network, the same objective, with an image prior that knows
@@ -20,44 +20,13 @@ Vedaldi 2015 use a fixed L2 / TV prior in pixels; this one is the training image
 
 ½‖w‖² is −log of the Gaussian prior (real test digits have ‖w‖ ≈ √K), so C is a log-posterior: "the
 network says target, and the image is a likely digit image". Only w is given to the optimizer and
-the network is frozen (`generate.frozen`): the weights never change.
+the network is frozen (`_shared.frozen`): the weights never change.
 
-Measured (maker quick-s0 / full-s0, second network quick-s1 / full-s1, seed 0, targets 0–9).
-readable = the nearest training image in pixels has the target's label AND lies no farther than
-1550 grey levels (95th percentile of 1000 real test digits' nearest-training distance) AND the
-second network names the target; p = the maker's lowest target probability on the clipped image:
-
-    candidate                                   quick: readable  min p  | full: readable  min p
-    plain (assignment, generate.synthesize)            0/10      0.998   |       0/10     0.148*
-    regularized (generate.REGULARIZED)                 1/10      0.227   |       1/10     0.977
-    pixels, TV weight 0.01–1 + 1 px jitter (Adam)      0/10    0.07–1.0  |       0/10     0.398
-    pixels, λ·distance to nearest of 5000 train imgs   0/10    0.02–1.0  |       0/10     0.623
-    PCA-50, no prior                                   1/10      0.984   |         —
-    PCA-50 + Gaussian, λ = 0.05 / 0.08 / 0.1 / 0.12   7 / 7 / 8 / 10   0.94/0.92/0.89/0.87
-                                                                        |   6 / 8 / 8 / 7   0.26/0.93/0.94/0.94
-    PCA-40 + Gaussian, λ = 0.08 / 0.1 / 0.12          9 / 9 / 10  0.89/0.87/0.81 | 8 / 9 / 9  0.90/0.92/0.83
-    PCA-30 + Gaussian, λ = 0.08 / 0.1 / 0.12         10 / 10 / 10 0.88/0.85/0.82 | 9 / 10 / 10 0.91/0.88/0.87
-    PCA-50 + Gaussian + 1 px jitter, λ = 0.1           9/10      0.878   |       8/10     0.921
-    PCA-50, hard ball ‖w‖ ≤ √K instead of a penalty    8/10      0.934   |       7/10     0.940
-    PCA-50 + Gaussian, log-softmax or capped log-odds  10/10   0.28–0.74 |         —
-    PCA-50 + Gaussian, sigmoid "ink" output (τ 32/64)  7 / 9   0.95/0.72 |       6/10     0.112
-    best of 4 restarts by C, PCA-50, λ = 0.1           8/10      0.902   |         —
-    PCA-30 + Gaussian, λ = 0.1, adaptive λ (chosen)   10/10      0.934   |      10/10     0.937
-      the same, seed 1                                10/10      0.939   |      10/10     0.933
-    (* plain images go far outside [0, 255]; clipped as a person sees them the full model no longer
-     believes some of them. Pixel-space priors never brought the nearest training image within the
-     real-digit distance: TV smooths but does not draw strokes, so the image stays a grey swirl; a
-     strong distance penalty collapses X onto the training image nearest the noise, of any class.)
-
-Why the winner: a fixed λ trades the two goals against each other — smaller λ lets the maker's
-probability rise and the image drift off the digit manifold (the failures are blurry 2/3/8 whose
-nearest training image is a thin 1), larger λ the reverse — and no fixed (K, λ) met both ≥ 9/10
-readable and min p ≥ 0.9 on both presets. Weakening the prior only for the images the maker still
-doubts met both, on both presets and both seeds tried. Fewer components (30) keep the images inside
-the span of common digit shapes. These label-smoothed networks give real test digits a median
-target probability of 0.92 (quick) / 0.93 (full), so p ≥ 0.93 is as sure as they are of real digits.
-Cost: ≈ 0.5–1.7 s for ten classes (200 steps on 1 thread, depending on the load of this shared 2-core
-CPU) plus ≈ 0.2 s to fit the prior; goal ≤ 5 s.
+Why this prior and the adaptive λ: a fixed λ trades the two goals against each other (a smaller λ
+lets the maker's probability rise and the image drift off the digit manifold, a larger one the
+reverse); weakening the prior only for the images the maker still doubts meets both. The
+candidates tried (pixel-space TV and distance priors, PCA-30/40/50, fixed and adaptive λ) and their
+readability are in BENCHMARKS.md, § "3.1.3: the candidates tried".
 """
 
 from __future__ import annotations
@@ -65,16 +34,19 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from ..config import SIGMA
 from ..errors import ConfigError
+from ..model import N_CLASSES
 from ..output import as_output_dir
 from ._shared import (
     IMAGE_SIZE,
+    AnalysisResult,
     ascent_grid,
     check_int,
     check_number,
@@ -88,7 +60,6 @@ from ._shared import (
 from .class_models import SynthesisResult
 from .verdict import Verdict
 
-N_CLASSES = 10
 COMPONENTS = 30        # principal components kept (30, 40, 50, 100 measured: docstring table)
 PRIOR_WEIGHT = 0.1     # λ on ½‖w‖² (w whitened, so ½‖w‖² ≈ K/2 = 15 for a real digit), in logits
 MIN_PROB = 0.93        # in the second half, an image whose maker probability is below this ...
@@ -320,9 +291,10 @@ class JudgedRow:
 
 
 @dataclass
-class ReadabilityResult:
+class ReadabilityResult(AnalysisResult):
     """Judges' verdicts on rows of images for the same targets. `threshold`: the PERCENTILE-th
     percentile of real test digits' nearest-training distance (grey levels)."""
+    stem: ClassVar[str] = "readability"
     targets: np.ndarray
     rows: list[JudgedRow]
     threshold: float
@@ -407,13 +379,12 @@ class ReadabilityResult:
             fontsize=8.5), fontsize=8.5)
         return fig
 
-    def save(self, directory) -> list[str]:
-        """readability.json and readability.png in `directory`, each written atomically through
-        output.OutputDir (never through a link, never over a file cnnlab did not write)."""
+    def save(self, directory, stem: str | None = None) -> list[Path]:
+        """readability.json (with the answer sentence) and readability.png, as every result saves."""
         d = as_output_dir(directory)
-        d.write_json("readability.json", {**self.to_dict(), "answer": self.answer_text()})
-        d.save_figure(self.figure(), "readability.png", dpi=110)
-        return ["readability.json", "readability.png"]
+        stem = stem or self.stem
+        return [d.write_json(f"{stem}.json", {**self.to_dict(), "answer": self.answer_text()}),
+                d.save_figure(self.figure(), f"{stem}.png", dpi=110)]
 
     def answer_text(self) -> str:
         """The answer to 3.1.3 ("do they look like digits, and if not, why?") from the numbers."""

@@ -30,13 +30,16 @@ masks instead. Images where no digit can be found raise a one-line DataError nam
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import DataError
+from ..model import IMAGE_SIZE, N_CLASSES
+from ..schema import read_npz
 
-IMAGE_SIZE = 28
 BG_WINDOW = 7            # px: side of the square of the opening that estimates the background
 INK_SHARE = 0.4          # ink: contrast ≥ this share of the image's stroke level S
 MIN_CONTRAST = 0.25      # [0, 1] scale (64/255): a stroke must stand out by at least this much
@@ -219,3 +222,58 @@ def occluded(image: torch.Tensor, k: int, stride: int, fill: float) -> torch.Ten
     inside = (idx[None, :] >= starts[:, None]) & (idx[None, :] < starts[:, None] + k)   # [P, 28]
     m = inside[:, None, :, None] & inside[None, :, None, :]                              # [P, P, 28, 28]
     return torch.where(m, torch.tensor(fill, dtype=img.dtype), img).reshape(P * P, 1, IMAGE_SIZE, IMAGE_SIZE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Images the user gives (--images F.npz)
+# ---------------------------------------------------------------------------------------------
+
+def check_images(images, labels) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 [N, 28, 28] images (0 = background) and integer labels [N] in 0..9, or a DataError."""
+    x, y = np.asarray(images), np.asarray(labels)
+    if x.dtype != np.uint8:
+        raise DataError(f"images must be uint8 pixels 0..255 (0 = background), not {x.dtype}; "
+                        f"convert with (x * 255).round().astype(np.uint8) if they are floats in [0, 1]")
+    if x.ndim == 4 and x.shape[1] == 1:
+        x = x[:, 0]
+    if x.ndim != 3 or x.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or len(x) == 0:
+        raise DataError(f"images must have shape [N, 28, 28] with N ≥ 1, not {list(x.shape)}")
+    if y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"labels must be integers 0..9, not {y.dtype}")
+    if y.ndim != 1 or len(y) != len(x):
+        raise DataError(f"labels must have shape [{len(x)}] (one per image), not {list(y.shape)}")
+    if y.min() < 0 or y.max() >= N_CLASSES:
+        raise DataError(f"labels must lie in 0..9; found {int(y.min())}..{int(y.max())}")
+    return np.ascontiguousarray(x), y.astype(np.int64)
+
+
+MAX_NPZ_IMAGES = 70_000      # images read from an --images .npz: all of MNIST's
+
+
+def load_images_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """`images`, `labels` and the optional `masks` (bool [N, 28, 28], True = the digit) from an .npz
+    file (never unpickled), checked by `check_images` and `regions.digit_masks`."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"no file at {p}: give an .npz holding 'images' (uint8 [N, 28, 28]) and 'labels' (int [N])")
+    try:
+        with open(p, "rb") as f:
+            head = f.read(6)
+    except OSError as e:
+        raise DataError(f"cannot read {p}: {e.strerror or e}") from None
+    if head.startswith(b"\x93NUMPY"):
+        raise DataError(f"{p} is a single .npy array, not an .npz with 'images' and 'labels'")
+    if not head.startswith(b"PK"):
+        raise DataError(f"{p} is not an .npz file (no zip header); save with np.savez(path, images=..., labels=...)")
+    # every array's size read from its header and bounded before it is decompressed (schema.read_npz)
+    z = read_npz(p, {"images": MAX_NPZ_IMAGES * 28 * 28, "labels": MAX_NPZ_IMAGES,
+                     "masks": MAX_NPZ_IMAGES * 28 * 28}, DataError)
+    missing = [k for k in ("images", "labels") if k not in z]
+    if missing:
+        raise DataError(f"{p} lacks {', '.join(missing)} (holds: {', '.join(z['__files__']) or 'nothing'}); "
+                        f"save with np.savez(path, images=..., labels=...)")
+    x, y, masks = z["images"], z["labels"], z.get("masks")
+    x, y = check_images(x, y)
+    if masks is not None:
+        masks = digit_masks(x, masks)
+    return x, y, masks

@@ -8,9 +8,10 @@ and results.json carries all four fields for every verdict.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..output import jsonable
 
 
 @dataclass(frozen=True)
@@ -23,17 +24,4 @@ class Verdict:
 
     def to_dict(self) -> dict:
         return {"id": self.id, "key": self.key, "answer": self.answer, "rule": self.rule,
-                "numbers": _jsonable(self.numbers)}
-
-
-def _jsonable(v: Any) -> Any:
-    """numbers as plain JSON values (NumPy scalars → Python, non-finite floats → None)."""
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if hasattr(v, "item") and callable(v.item) and getattr(v, "ndim", 0) == 0:
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
+                "numbers": jsonable(self.numbers)}

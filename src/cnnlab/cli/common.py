@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import sys
 
 from ..config import TrainConfig, check_field, setting
 from ..errors import ConfigError
-from ..output import json_default
+from ..output import dumps
 
 
 def int_range(lo: int | None = None, hi: int | None = None):
@@ -83,22 +82,9 @@ def open_run_noted(path):
 
 
 def print_json(obj) -> None:
-    """`obj` as JSON on stdout; always valid JSON: a non-finite float (which json would write as
-    the bare token NaN, which no JSON parser accepts) is written as null."""
-    json.dump(_finite_or_null(obj), sys.stdout, indent=2, default=json_default, allow_nan=False)
-    sys.stdout.write("\n")
-
-
-def _finite_or_null(obj):
-    if type(obj).__module__ == "numpy" and hasattr(obj, "tolist"):     # numpy scalars and arrays
-        obj = obj.tolist()
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite_or_null(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_or_null(v) for v in obj]
-    return obj
+    """`obj` as JSON on stdout, converted as every JSON file cnnlab writes (output.jsonable: a
+    non-finite float is null)."""
+    sys.stdout.write(dumps(obj) + "\n")
 
 
 def console():

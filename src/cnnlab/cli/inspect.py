@@ -208,7 +208,8 @@ def cmd_occlusion(args) -> int:
 
 def _cmd_meaningful(args) -> int:
     """`cnnlab occlusion RUN --meaningful [--images FILE.npz] [--json]`: the controlled experiment."""
-    from ..analysis.meaningful import load_images_npz, meaningful_experiment
+    from ..analysis.meaningful import meaningful_experiment
+    from ..analysis.regions import load_images_npz
     run, model = _open(args)
     out = _out_dir(args, run, "occlusion")
     images = labels = masks = None
@@ -224,5 +225,5 @@ def _cmd_meaningful(args) -> int:
     c = console()
     c.print(f"is the learning meaningful? {res.verdict} ({res.seconds['total']:.0f} s)")
     c.print(res.answer_text())
-    c.print(f"wrote {paths['png']} (+ .json, .npz)")
+    c.print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0

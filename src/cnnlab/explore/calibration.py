@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..model import N_CLASSES
 
 # "Unsure" when the top-2 margin is under half of the largest margin training aims for:
 # (p1 − p2) / (1 − ε) < UNSURE_MARGIN, ε = the run's label smoothing. How often it fires differs
@@ -24,7 +25,6 @@ UNSURE_MARGIN = 0.5
 CALIBRATION_IMAGES = 2000
 CALIBRATION_VERSION = 1                 # bump when the cached measurements change meaning
 NON_DIGITS_FILE = "non_digits.npz"
-N_CLASSES = 10
 
 
 def uncertainty(probs, label_smoothing: float = 0.0) -> dict:

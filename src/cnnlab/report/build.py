@@ -30,7 +30,8 @@ from ..runs import Run, open_run, versions
 from ..train import on_stop_signals, train
 from . import activations, anatomy, batch_norm, class_models, filters, occlusion, robustness, targeted, training
 from .base import ASSIGNMENT, GLOSSARY, Context, Printed, Section
-from .notebook import NOTEBOOK, NOTEBOOK_PDF, NotebookError, executed_notebook, notebook_pdf
+from .notebook import executed_notebook
+from .notebook_run import NOTEBOOK, NOTEBOOK_PDF, NotebookError, notebook_pdf
 
 # The report's sections in the assignment's order; each builder returns a Section or a list of them.
 SECTIONS: list[Callable[[Context], Any]] = [
