@@ -84,48 +84,74 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-def built_once(tmp_path_factory, name: str, build) -> Path:
+def _shared_folder(tmp_path_factory, name: str) -> Path:
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / f"built-once-{name}"
+
+
+def built_once(tmp_path_factory, name: str, build, wait: bool = True) -> Path | None:
     """`build(folder)` run once for the whole test session, even across pytest-xdist's workers (the
     first to get the lock builds it, in the folder all the workers' temporary folders share); each
-    worker gets its own copy, so the tests that write into a run never write into another's."""
-    from filelock import FileLock
-    base = tmp_path_factory.getbasetemp()
-    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / f"built-once-{name}"
-    with FileLock(f"{shared}.lock"):
+    worker gets its own copy, so the tests that write into a run never write into another's. With
+    `wait=False` it builds only if no other worker is building it, and returns None."""
+    from filelock import FileLock, Timeout
+    shared = _shared_folder(tmp_path_factory, name)
+    lock = FileLock(f"{shared}.lock")
+    try:
+        lock.acquire(timeout=-1 if wait else 0)
+    except Timeout:
+        return None
+    try:
         if not (shared / ".built").is_file():
             if shared.exists():
                 shutil.rmtree(shared)
             build(shared / name)
             (shared / ".built").write_text("", encoding="utf-8")
+    finally:
+        lock.release()
+    if not wait:
+        return None
     own = tmp_path_factory.mktemp(name) / name
     shutil.copytree(shared / name, own)
     return own
 
 
+def _train_quick(split, out: Path, **overrides) -> None:
+    from cnnlab.config import preset
+    from cnnlab.train import train
+    with torch_threads(2):
+        train(preset("quick", epochs=1, label_smoothing=0.0, **overrides), out, split=split, progress=False,
+              log=lambda s: None)
+
+
+TRAINED = {"plain": {}, "bn": {"batch_norm": True}}      # the shared runs: mnist_run, mnist_run_bn
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _trained_runs_in_parallel(request, tmp_path_factory):
+    """Each worker starts by training a shared run that no other worker is training (under
+    pytest-xdist the first takes the plain one, the next the batch-norm one), instead of both
+    waiting for one; only when the session's tests use them."""
+    if not any({"mnist_run", "mnist_run_bn"} & set(getattr(item, "fixturenames", ())) for item in request.session.items):
+        return
+    try:
+        split = request.getfixturevalue("mnist_split")
+    except pytest.skip.Exception:       # no real MNIST here: the tests that need it skip themselves
+        return
+    for name, overrides in TRAINED.items():
+        built_once(tmp_path_factory, name, lambda out, o=overrides: _train_quick(split, out, **o), wait=False)
+
+
 @pytest.fixture(scope="session")
 def mnist_run(tmp_path_factory, mnist_split) -> Path:
     """A run trained for one epoch on all 50k images (≈ 98.5–99% test accuracy, a few seconds)."""
-    from cnnlab.config import preset
-    from cnnlab.train import train
-
-    def build(out: Path) -> None:
-        with torch_threads(2):
-            train(preset("quick", epochs=1, label_smoothing=0.0), out, split=mnist_split, progress=False,
-                  log=lambda s: None)
-    return built_once(tmp_path_factory, "plain", build)
+    return built_once(tmp_path_factory, "plain", lambda out: _train_quick(mnist_split, out, **TRAINED["plain"]))
 
 
 @pytest.fixture(scope="session")
 def mnist_run_bn(tmp_path_factory, mnist_split) -> Path:
     """The batch-norm network, same budget as mnist_run."""
-    from cnnlab.config import preset
-    from cnnlab.train import train
-
-    def build(out: Path) -> None:
-        with torch_threads(2):
-            train(preset("quick", epochs=1, label_smoothing=0.0, batch_norm=True), out, split=mnist_split,
-                  progress=False, log=lambda s: None)
-    return built_once(tmp_path_factory, "bn", build)
+    return built_once(tmp_path_factory, "bn", lambda out: _train_quick(mnist_split, out, **TRAINED["bn"]))
 
 
 @pytest.fixture(scope="session")

@@ -416,9 +416,12 @@ def test_report_runs_are_checked_before_any_work(imported_pair, tmp_path, capsys
 
 
 @pytest.mark.slow
-def test_report_from_an_imported_pair(imported_pair, mnist_dir, tmp_path, capsys):
+def test_report_from_an_imported_pair(students, mnist_split, mnist_dir, tmp_path, capsys):
     from cnnlab.cli import main
-    plain, bn = imported_pair
+    # imported on the whole test set (the fixtures' 2000 images would not be the report's 10,000)
+    (tmp_path / "log.csv").write_text(LOG)
+    plain, bn = (import_weights(save_torch(students[n][0], tmp_path / f"{n}.pt"), tmp_path / n, students[n][1],
+                                split=mnist_split, metrics=tmp_path / "log.csv").run for n in ("sequential", "sequential-bn"))
     out = tmp_path / "report"
     assert main(["report", "--runs", str(plain.path), str(bn.path), "--out", str(out), "--preset", "smoke",
                  "--data-dir", str(mnist_dir)]) == 0
