@@ -22,6 +22,7 @@ import numpy
 import torch
 
 from . import __version__
+from .config import TrainConfig
 from .data import load_split
 from .errors import RunError
 from .model import load_weights
@@ -177,9 +178,11 @@ STATUSES = (*FINISHED, "interrupted")
 
 @dataclass
 class Run:
-    """A trained run on disk: its directory, its run.json, and the path of its weights."""
+    """A trained run on disk: its directory, its run.json, its training config (typed and checked
+    once, by open_run), and the path of its weights."""
     path: Path
     info: dict
+    config: TrainConfig
 
     @property
     def weights(self) -> Path:
@@ -187,7 +190,7 @@ class Run:
 
     @property
     def batch_norm(self) -> bool:
-        return bool(self.info["config"].get("batch_norm", False))
+        return self.config.batch_norm
 
     @property
     def name(self) -> str:
@@ -203,9 +206,8 @@ class Run:
 
     def load_split(self, data_dir=None):
         """The run's own 50k/10k/10k split (same dataset, validation size and split seed)."""
-        cfg = self.info["config"]
-        return load_split(cfg.get("dataset", "mnist"), data_dir, cfg.get("val_size", 10_000),
-                          cfg.get("split_seed", 0))
+        cfg = self.config
+        return load_split(cfg.dataset, data_dir, cfg.val_size, cfg.split_seed)
 
     @property
     def interrupted(self) -> bool:
@@ -217,8 +219,7 @@ class Run:
         if not self.interrupted:
             return None
         steps, per = self.info.get("steps"), self.info.get("steps_per_epoch")
-        epochs = self.info["config"].get("epochs")
-        total = per * epochs if isinstance(per, int) and isinstance(epochs, int) else None
+        total = per * self.config.epochs if isinstance(per, int) else None
         where = f" after {steps} of {total} steps" if isinstance(steps, int) and total else ""
         return (f"{self.path} is an INTERRUPTED run (training stopped{where}): these results describe "
                 f"a partly trained network; finish it with `cnnlab train --out {self.path} --resume`")
@@ -263,7 +264,8 @@ def open_run(path: str | os.PathLike) -> Run:
             raise RunError(f"{rj}: '{key}' must be an object, not {type(info[key]).__name__}")
     # Every config field typed and in range (a hand-edited seed:"zero" or val_size:5000.5 is one
     # line naming the field); downstream code reads the validated values.
-    info["config"] = config_from_dict(info["config"], str(rj)).to_dict()
+    config = config_from_dict(info["config"], str(rj))
+    info["config"] = config.to_dict()
     for key in ("test", "best", "timing", "hardware", "imported"):      # optional, read by report and explore
         if key in info and not isinstance(info[key], dict):
             raise RunError(f"{rj}: '{key}' must be an object, not {type(info[key]).__name__}")
@@ -273,7 +275,7 @@ def open_run(path: str | os.PathLike) -> Run:
     if not (p / "model.safetensors").is_file():
         raise RunError(f"{p} holds no checkpoint (model.safetensors); training may have stopped "
                        f"before the first evaluation — resume it with `cnnlab train --out {p} --resume`")
-    run = Run(p, info)
+    run = Run(p, info, config)
     note = run.status_note()
     if note:        # so every command, notebook cell and server that opens it says so
         print(f"warning: {note}", file=sys.stderr, flush=True)

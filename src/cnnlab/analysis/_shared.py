@@ -162,7 +162,7 @@ def untrained_like(model: Net, seed: int) -> Net:
 def untrained_for_run(run, model: Net | None = None) -> Net:
     """The untrained network of a run (same seed, same architecture)."""
     model = model if model is not None else run.load_model()
-    return untrained_like(model, int(run.info["config"].get("seed", 0)))
+    return untrained_like(model, run.config.seed)
 
 
 

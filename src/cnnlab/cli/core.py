@@ -101,12 +101,10 @@ def _print_summary(info: dict, out: Path) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from ..data import load_split
     from ..evaluation import evaluate
     run = open_run_noted(args.run)
-    cfg = run.info["config"]
     model = run.load_model()
-    split = load_split(cfg.get("dataset", "mnist"), args.data_dir, cfg.get("val_size", 10000), cfg.get("split_seed", 0))
+    split = run.load_split(args.data_dir)
     if split.info["val_indices_sha256"] != run.info["split"].get("val_indices_sha256"):
         print("warning: the validation split differs from the one this run was trained with", file=sys.stderr)
     t0 = time.perf_counter()

@@ -31,7 +31,7 @@ def cmd_predict(args) -> int:
     run = open_run_noted(args.run)
     out = output_dir(args, run, "predict") if args.explain else None   # checked before any work
     model = run.load_model()
-    names = DATASETS[run.info["config"]["dataset"]].class_names if run.info["config"].get("dataset") in DATASETS else None
+    names = DATASETS[run.config.dataset].class_names if run.config.dataset in DATASETS else None
     results = predict_files(model, args.images, keep_images=args.explain)
     failed = [r for r in results if "error" in r]
     for r in failed:

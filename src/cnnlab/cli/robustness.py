@@ -42,7 +42,7 @@ def cmd_robustness(args) -> int:
         name = f"{r.name} ({'batch-norm' if r.batch_norm else 'plain'})"
         name = name if name not in models else f"{r.path} ({'batch-norm' if r.batch_norm else 'plain'})"
         models[name] = r.load_model()
-        kernels[name] = bool(r.info["config"].get("fused_kernels", True))     # as the run was trained
+        kernels[name] = r.config.fused_kernels     # as the run was trained
     split = runs[0].load_split(args.data_dir)
     n = min(args.n or len(split.test_x), len(split.test_x))
     x, y = to_float(split.test_x[:n]), split.test_y[:n]

@@ -84,7 +84,7 @@ class RunView:
 
     @property
     def label_smoothing(self) -> float:
-        return float(self.run.info["config"].get("label_smoothing", 0.0) or 0.0)
+        return self.run.config.label_smoothing
 
     @property
     def label(self) -> str:
@@ -104,7 +104,7 @@ class RunView:
                             # what training aims for on the right class, 1 − ε + ε/K: a target,
                             # not a ceiling (calibration() measures how far above it a run goes)
                             "training_target": 1 - self.label_smoothing + self.label_smoothing / N_CLASSES,
-                            "dataset": self.run.info["config"].get("dataset", "mnist"),
+                            "dataset": self.run.config.dataset,
                             "summary": self.summary, "filters": pictures}
         return self._static
 
@@ -134,7 +134,7 @@ class Explorer:
         if not 1 <= len(runs) <= 2:
             raise ConfigError(f"explore takes one or two runs, got {len(runs)}")
         self.views = [RunView(Path(r)) for r in runs]
-        datasets = {v.run.info["config"].get("dataset", "mnist") for v in self.views}
+        datasets = {v.run.config.dataset for v in self.views}
         if len(datasets) > 1:
             raise ConfigError(f"the runs were trained on different datasets ({', '.join(sorted(datasets))}); "
                               f"compare runs of one dataset")

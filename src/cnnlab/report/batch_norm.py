@@ -49,7 +49,7 @@ def section_1_6(ctx: Context) -> Section:
 
     rows = []
     for i, rp in enumerate(plain):
-        rows.append([str(rp.info["config"]["seed"]), f"{acc_p[i] * 100:.2f}%", f"{acc_b[i] * 100:.2f}%",
+        rows.append([str(rp.config.seed), f"{acc_p[i] * 100:.2f}%", f"{acc_b[i] * 100:.2f}%",
                      f"{ep_p[i]:.2f}", f"{ep_b[i]:.2f}",
                      _fmt_s(reach[i]["plain_s"]), _fmt_s(reach[i]["bn_s"])])
     sec.appendix_tables.append({"caption": "Plain vs batch-norm network, same split, seeds, budget and schedule. "

@@ -223,9 +223,9 @@ def _build_report(d: OutputDir, preset: str, seeds: int, data_dir: str | None,
         # the maker's own config means nothing for an imported network: a judge is trained with `preset`
         if analysis.judge_preset == "same":
             analysis = dataclasses.replace(analysis, judge_preset=preset)
-        cfg = given["plain"].info["config"]
-        split = stages.run(f"data: fetch and verify {cfg['dataset']}", lambda: load_split(
-            cfg["dataset"], data_dir, cfg["val_size"], cfg["split_seed"], cfg["train_subset"], log=log))
+        cfg = given["plain"].config
+        split = stages.run(f"data: fetch and verify {cfg.dataset}", lambda: load_split(
+            cfg.dataset, data_dir, cfg.val_size, cfg.split_seed, cfg.train_subset, log=log))
         runs = stages.run("copy the given runs (no training)", lambda: _copy_runs(d, given))
         seeds = 1
     else:

@@ -12,7 +12,6 @@ from ..analysis.natural import PcaPrior, readability, readable_verdict, rms_grey
 from ..config import preset as make_preset
 from ..errors import RunError
 from ..runs import open_run
-from ..schema import config_from_dict
 from .base import Context, Section, drop_images, esc, fig_to_data_uri, other_models
 
 
@@ -24,21 +23,20 @@ def choose_judge(ctx: Context):
     maker's config; in memory; its cost and accuracy are recorded); else the report's other network
     (same seed, the other architecture), said so in the text and in results.json."""
     best = ctx.best_run.path.resolve()
-    maker_cfg = ctx.best_run.info["config"]
-    seed = int(maker_cfg.get("seed", 0))
+    seed = ctx.best_run.config.seed
     for p in ctx.runs["plain"]:
         r = open_run(p)
-        if int(r.info["config"].get("seed", 0)) != seed:
-            s = int(r.info["config"]["seed"])
+        if r.config.seed != seed:
+            s = r.config.seed
             return r.load_model(), {"name": f"a plain network of seed {s}", "source": "report run", "seed": s,
                                     "another_seed": True, "run": str(Path(p).relative_to(ctx.out)), "seconds": 0.0}
     if ctx.analysis.judge_preset is not None:
         name = ctx.analysis.judge_preset
         if name == "same":
-            cfg = dataclasses.replace(config_from_dict(maker_cfg, "the maker's config"), seed=seed + 1, batch_norm=False)
+            cfg = dataclasses.replace(ctx.best_run.config, seed=seed + 1, batch_norm=False)
             how = "the maker's config"
         else:
-            cfg = make_preset(name, seed=seed + 1, **{k: maker_cfg.get(k) for k in (
+            cfg = make_preset(name, seed=seed + 1, **{k: getattr(ctx.best_run.config, k) for k in (
                 "device", "threads", "dataset", "val_size", "split_seed")})     # the maker's data, as trained
             how = f"the {name} preset"
         if ctx.trainer is None:
@@ -54,7 +52,7 @@ def choose_judge(ctx: Context):
         if r.path.resolve() != best:
             kind = "batch-norm" if r.batch_norm else "plain"
             return r.load_model(), {
-                "name": f"the report's {kind} network", "source": "report run", "seed": int(r.info["config"].get("seed", 0)),
+                "name": f"the report's {kind} network", "source": "report run", "seed": r.config.seed,
                 "another_seed": False, "run": str(Path(p).relative_to(ctx.out)), "seconds": 0.0,
                 "note": (f"Not a network of another seed: the report trained one seed and was asked to train no "
                          f"judge (AnalysisConfig.judge_preset = None). The {kind} network (seed {seed}, the other "

@@ -73,8 +73,8 @@ def open_report(path: str | Path = ".", data_dir: str | Path | None = None,
     prov = results["provenance"]
     runs = {k: [out / p for p in v] for k, v in prov["runs"].items()}
     best = open_run(out / prov["best_run"])
-    cfg = best.info["config"]
-    split = load_split(cfg["dataset"], data_dir, cfg["val_size"], cfg["split_seed"], cfg["train_subset"])
+    cfg = best.config
+    split = load_split(cfg.dataset, data_dir, cfg.val_size, cfg.split_seed, cfg.train_subset)
     analysis = analysis_config_from(results["analysis"])
     return Context(out, split, runs, best, best.load_model(), analysis, Printed(),
                    results={k: results[k] for k in ("assignment", "preset", "seeds", "analysis")}, trainer=trainer)

@@ -69,7 +69,7 @@ if (plain.path / "metrics.csv").is_file():          # an imported network has cu
         (("random test images", """\
 from cnnlab.figures import plot_predictions
 
-plot_predictions(plain_net, split, n=A.n_random_images, seed=plain.info["config"]["seed"])
+plot_predictions(plain_net, split, n=A.n_random_images, seed=plain.config.seed)
 plt.show()
 check("test images the plain network gets wrong", int((test.predictions != split.test_y).sum()),
       "sections/1.2/numbers/wrong")

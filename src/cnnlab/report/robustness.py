@@ -22,7 +22,7 @@ def section_robustness(ctx: Context) -> Section:
         return sec
     runs = {"plain": open_run(ctx.runs["plain"][0]), "batch-norm": open_run(ctx.runs["batch_norm"][0])}
     models = {k: r.load_model() for k, r in runs.items()}
-    kernels = {k: bool(r.info["config"].get("fused_kernels", True)) for k, r in runs.items()}
+    kernels = {k: r.config.fused_kernels for k, r in runs.items()}
     fg = robustness(models, x, y, attack="fgsm", kernels=kernels)
     pg = robustness(models, x, y, attack="pgd", steps=ctx.analysis.pgd_steps, kernels=kernels)
     sec.figures.append((fig_to_data_uri(fg.figure()), "FGSM, untargeted."))

@@ -35,8 +35,8 @@ def section_1_1(ctx: Context) -> Section:
     metrics = read_metrics(run.path / "metrics.csv")
     accs = [r.info["test"]["accuracy"] for r in plain]
     m, s = mean_std(accs)
-    cfg = run.info["config"]
-    epochs = cfg["epochs"]
+    cfg = run.config
+    epochs = cfg.epochs
     s1 = Section("1.1", "Training curves and test accuracy",
                  "Show the plot of training error, validation error and prediction accuracy as the training "
                  "progresses. At the end of training, report the average prediction accuracy for the whole "
@@ -54,14 +54,14 @@ def section_1_1(ctx: Context) -> Section:
                f"epoch {one['epoch']:g} and {p.pct('1.1.final_val_err', last['val_error'])} at the end, with the "
                f"training error at {p.pct('1.1.final_train_err', last['train_error'])}.")
     s1.answer.append(answer)
-    fig = plot_curves(metrics, title=f"plain network, seed {cfg['seed']}")
+    fig = plot_curves(metrics, title=f"plain network, seed {cfg.seed}")
     s1.figures.append((fig_to_data_uri(fig), f"Training and validation loss and error, and validation accuracy, "
                                              f"logged {p('1.1.points', len(metrics), '{}')} times over the "
-                                             f"{epochs} epoch{'s' if epochs != 1 else ''} (plain network, seed {cfg['seed']})."))
+                                             f"{epochs} epoch{'s' if epochs != 1 else ''} (plain network, seed {cfg.seed})."))
     t = run.info["timing"]
-    ls = float(cfg.get("label_smoothing", 0.0))
+    ls = cfg.label_smoothing
     ev = (f"Training took {p('1.1.train_s', t['train_time_s'], '{:.1f}')} s on {esc(run.info['device'])} "
-          f"({p('1.1.steps', run.info['steps'], '{}')} steps of {cfg['batch_size']} images). The reported accuracy is "
+          f"({p('1.1.steps', run.info['steps'], '{}')} steps of {cfg.batch_size} images). The reported accuracy is "
           f"that of the checkpoint with the best validation accuracy "
           f"({p.pct('1.1.val_acc', run.info['best']['val_accuracy'])}, at epoch {run.info['best']['epoch']:g}).")
     if ls > 0:
@@ -76,10 +76,10 @@ def section_1_1(ctx: Context) -> Section:
     s1.evidence.append(ev)
     s1.appendix.append(
         f"Training recipe (the run's config, saved in its run.json): AdamW with a one-cycle learning-rate schedule "
-        f"peaking at {cfg['lr']:g}, weight decay {cfg['weight_decay']:g}, batch {cfg['batch_size']}, label smoothing "
-        f"{ls:g}, {'random shifts and rotations' if cfg.get('augment') else 'no augmentation'}, "
-        f"{esc(run.info['precision'])} arithmetic, seed {cfg['seed']}; the 60,000 training images split "
-        f"50,000/10,000 into training and validation by split seed {cfg['split_seed']}. Training error is measured "
+        f"peaking at {cfg.lr:g}, weight decay {cfg.weight_decay:g}, batch {cfg.batch_size}, label smoothing "
+        f"{ls:g}, {'random shifts and rotations' if cfg.augment else 'no augmentation'}, "
+        f"{esc(run.info['precision'])} arithmetic, seed {cfg.seed}; the 60,000 training images split "
+        f"50,000/10,000 into training and validation by split seed {cfg.split_seed}. Training error is measured "
         f"on the batches as they are trained (while the weights change), validation error on all 10,000 "
         f"validation images at each logged point.")
     s1.numbers = {"test_accuracy": accs, "test_accuracy_mean": m, "test_accuracy_std": s,
@@ -130,7 +130,7 @@ def section_1_2(ctx: Context) -> Section:
     run = open_run(ctx.runs["plain"][0])
     model = run.load_model()
     n = ctx.analysis.n_random_images
-    seed = run.info["config"]["seed"]
+    seed = run.config.seed
     # in the precision the run was tested in, so that the count is 1.1's
     ev = evaluate(model, ctx.split.test_x, ctx.split.test_y, keep_probs=True, precision=run.info["precision"])
     wrong_mask = ev.predictions != ctx.split.test_y
