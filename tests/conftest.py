@@ -149,6 +149,16 @@ def _trained_runs_first(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def mnist_small(mnist_split):
+    """Real MNIST with its first 2,000 validation and 2,000 test images, for tests that train a few
+    steps to check what the loop does (each logged point evaluates the validation images)."""
+    import dataclasses
+    s = mnist_split
+    return dataclasses.replace(s, val_x=s.val_x[:2000], val_y=s.val_y[:2000], test_x=s.test_x[:2000],
+                               test_y=s.test_y[:2000])
+
+
+@pytest.fixture(scope="session")
 def mnist_run(tmp_path_factory, mnist_split) -> Path:
     """A run trained for one epoch on all 50k images (≈ 98.5–99% test accuracy, a few seconds)."""
     return built_once(tmp_path_factory, "plain", lambda out: _train_quick(mnist_split, out, **TRAINED["plain"]))

@@ -41,18 +41,18 @@ def test_reported_accuracy_matches_independent_evaluation(mnist_run, mnist_split
 
 
 @pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=pytest.mark.slow)])
-def test_same_seed_same_metrics(mnist_split, precision):
+def test_same_seed_same_metrics(mnist_small, precision):
     cfg = TrainConfig(epochs=1, train_subset=1024, batch_size=128, precision=precision, log_every=4)
-    a, b = train(cfg, split=mnist_split, **QUIET), train(cfg, split=mnist_split, **QUIET)
+    a, b = train(cfg, split=mnist_small, **QUIET), train(cfg, split=mnist_small, **QUIET)
     assert weights_digest(a.model) == weights_digest(b.model)
     assert [r["val_loss"] for r in a.metrics] == [r["val_loss"] for r in b.metrics]
-    c = train(cfg.replace(seed=1), split=mnist_split, **QUIET)
+    c = train(cfg.replace(seed=1), split=mnist_small, **QUIET)
     assert weights_digest(c.model) != weights_digest(a.model)
 
 
-def test_augmentation_and_batch_norm_train(mnist_split, tmp_path):
+def test_augmentation_and_batch_norm_train(mnist_small, tmp_path):
     cfg = TrainConfig(epochs=1, train_subset=4096, batch_size=64, augment=True, batch_norm=True)
-    res = train(cfg, tmp_path / "r", split=mnist_split, **QUIET)
+    res = train(cfg, tmp_path / "r", split=mnist_small, **QUIET)
     assert res.test_accuracy > 0.8
     assert load_weights(tmp_path / "r" / "model.safetensors").batch_norm
 
