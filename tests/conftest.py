@@ -22,13 +22,6 @@ def _threads() -> int:
     return max(1, min(2, (os.cpu_count() or 1) // workers))
 
 
-# The analysis settings of the smoke report test_report.py checks: every section, at the smallest
-# sizes that still decide.
-REPORT_ANALYSIS = dict(n_random_images=8, activation_images=1, occlusion_images=1,
-                       meaningful_n_behaviour=150, meaningful_n_occlusion=20,
-                       synth_steps=40, adv_steps=40, robustness_n=100, pgd_steps=3, judge_preset="same")
-
-
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
     """Never touch the user's cache or the network unless a test asks for it."""
@@ -168,22 +161,6 @@ def mnist_run(tmp_path_factory, mnist_split) -> Path:
 def mnist_run_bn(tmp_path_factory, mnist_split) -> Path:
     """The batch-norm network, same budget as mnist_run."""
     return built_once(tmp_path_factory, "bn", lambda out: _train_quick(mnist_split, out, **TRAINED["bn"]))
-
-
-@pytest.fixture(scope="session")
-def smoke_report(tmp_path_factory, mnist_dir) -> Path:
-    """One smoke report (both networks trained on 3000 images, every section, report.pdf, the
-    executed notebook and its PDF), the one test_report.py checks (its tests of report.ipynb
-    included: one file, so `--dist loadfile` builds it once). CNNLAB_CHECK_REPORT re-checks a
-    report already written (the edit loop)."""
-    if os.environ.get("CNNLAB_CHECK_REPORT"):
-        return Path(os.environ["CNNLAB_CHECK_REPORT"])
-    from cnnlab.config import AnalysisConfig
-    from cnnlab.report import build_report
-    out = tmp_path_factory.mktemp("report")
-    build_report(out, preset="smoke", data_dir=str(mnist_dir), analysis=AnalysisConfig(**REPORT_ANALYSIS), pdf=True,
-                 train_overrides={"train_subset": 3000}, log=lambda s: None, command="pytest")
-    return out
 
 
 @pytest.fixture

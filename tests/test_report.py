@@ -3,6 +3,7 @@
 import html as htmllib
 import json
 import math
+import os
 import re
 import shutil
 from pathlib import Path
@@ -14,21 +15,32 @@ from cnnlab.report import build_report
 from cnnlab.report import notebook as N
 from cnnlab.report import notebook_cells as NC
 from cnnlab.report import notebook_run as NR
-from conftest import REPORT_ANALYSIS
 
 nbformat = pytest.importorskip("nbformat")       # the report writes and executes report.ipynb
 
 SECTIONS = ["1.1", "1.2", "1.3", "1.4", "1.5", "1.6", "2.1", "2.2", "2.3", "2.4",
             "3.1.1", "3.1.2", "3.1.3", "3.1.4", "3.2.1"]
-TINY = AnalysisConfig(**REPORT_ANALYSIS)
+# The analysis settings of the smoke report: every section, at the smallest sizes that still decide.
+TINY = AnalysisConfig(n_random_images=8, activation_images=1, occlusion_images=1,
+                      meaningful_n_behaviour=150, meaningful_n_occlusion=20,
+                      synth_steps=40, adv_steps=40, robustness_n=100, pgd_steps=3, judge_preset="same")
 # The tests of a whole smoke report (~50 s to build on 2 cores) are the slow tier: `make test-slow`
 # and CI run them; the sections' own tests (verdicts, figures, imported runs) run in `make test`.
 on_the_report = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def report_dir(smoke_report) -> Path:
-    return smoke_report
+def report_dir(tmp_path_factory, mnist_dir) -> Path:
+    """One smoke report (both networks trained on 3000 images, every section, report.pdf, the
+    executed notebook and its PDF) for every test below, those of report.ipynb included: one file,
+    so `--dist loadfile` builds it once. CNNLAB_CHECK_REPORT re-checks a report already written
+    (the edit loop)."""
+    if os.environ.get("CNNLAB_CHECK_REPORT"):
+        return Path(os.environ["CNNLAB_CHECK_REPORT"])
+    out = tmp_path_factory.mktemp("report")
+    build_report(out, preset="smoke", data_dir=str(mnist_dir), analysis=TINY, pdf=True,
+                 train_overrides={"train_subset": 3000}, log=lambda s: None, command="pytest")
+    return out
 
 
 def _text(html: str) -> str:

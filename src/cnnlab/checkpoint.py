@@ -72,6 +72,7 @@ class RunWriter:
             d.write_json("state/config.json", cfg.to_dict())
             return LoopState(), []
         pos, saved_filters = _load_state(out, model, opt, sched, self.checked)
+        self.checked = None             # its bytes (~10 MB) are loaded: not kept for the whole run
         state = _loop_state(pos, cfg, sched, out)
         self.filters = _saved_filters(saved_filters, state, model, out)
         metrics = read_metrics(out / "metrics.csv", RunError) if (out / "metrics.csv").exists() else []

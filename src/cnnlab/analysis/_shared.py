@@ -118,7 +118,9 @@ def evaluating(model: nn.Module):
 
 
 def device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    """Where the model's parameters are (the CPU for a module without any)."""
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
 def inference_copy(model: Net) -> Net:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model import IMAGE_SIZE, N_CLASSES
-from ._shared import chunk_for
+from ._shared import chunk_for, device_of
 
 MARKER = 3                # px: side of the white marker square
 # Top-left corners (row, col) of the marker of class c: the 4-px border that MNIST's 20×20
@@ -47,11 +47,6 @@ def mark(images01: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         y, x = MARKER_SLOTS[c]
         out[i, :, y:y + MARKER, x:x + MARKER] = 1.0
     return out
-
-
-def device_of(net: nn.Module) -> torch.device:
-    p = next(iter(net.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def fresh_copy(model: nn.Module, seed: int) -> nn.Module:

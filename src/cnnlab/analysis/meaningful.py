@@ -34,13 +34,12 @@ from ..model import IMAGE_SIZE, N_CLASSES
 from ..output import jsonable
 from ..stats import rate
 from . import regions as rg
-from ._shared import AnalysisResult
+from ._shared import AnalysisResult, device_of
 from .controls import (
     MARKER,
     MARKER_SLOTS,
     READER_STEPS,
     SHORTCUT_STEPS,
-    device_of,
     fresh_copy,
     log_probs,
     mark,
