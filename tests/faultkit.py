@@ -138,7 +138,7 @@ def _child(argv: list[str]) -> int:
             if state.step == k - 1:         # `state.step` counts steps done: this is step K
                 os.kill(os.getpid(), signum)
         res = T.train(TINY, out, split=split, progress=False, log=lambda s: None, callback=during_step)
-        print(json.dumps({"interrupted": res.interrupted, "steps": res.info["steps"]}))
+        print(json.dumps({"interrupted": res.interrupted, "steps": res.info.steps}))
         return 130 if res.interrupted else 0
     if mode == "kill":
         _die_on(argv[2], int(argv[3]), argv[4], out.parent / "killed.json")

@@ -8,33 +8,13 @@ import hashlib
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from cnnlab import config
-from cnnlab.analysis import _shared as shared
-from cnnlab.analysis import class_models, likeness, targeted
+from cnnlab.analysis import ascent, class_models, likeness, targeted
 from cnnlab.cli import main
 from cnnlab.errors import ConfigError
-
-
-class Linear28(nn.Module):
-    """logits = W · x + b on the flattened [0, 1] image: dC/dX = W[target] / 255 exactly."""
-
-    def __init__(self, seed=0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.fc = nn.Linear(784, 10)
-        with torch.no_grad():
-            self.fc.weight.copy_(torch.randn(10, 784, generator=g) * 0.01)
-            self.fc.bias.copy_(torch.randn(10, generator=g) * 0.1)
-
-    def forward(self, x):
-        return self.fc(x.flatten(1))
-
-
-def _digest(model):
-    return hashlib.sha256(b"".join(v.detach().numpy().tobytes() for v in model.state_dict().values())).hexdigest()
-
+from cnnlab.model import weights_digest
+from handmade import Linear28
 
 # ---------------------------------------------------------------------------------------------
 # Exact cases
@@ -45,7 +25,7 @@ def test_class_model_on_linear_network_is_closed_form():
     steps, step = 7, 50.0
     r = class_models.synthesize(m, targets=[3, 8], steps=steps, step_size=step, sigma=20.0, seed=4)
     W = m.fc.weight.detach().double().numpy()
-    x0 = shared.initial_noise(1, 20.0, 4)[0].double().numpy().ravel()
+    x0 = ascent.initial_noise(1, 20.0, 4)[0].double().numpy().ravel()
     for i, t in enumerate([3, 8]):
         # dC/dX = W[t] / 255 whatever X is, so X_k = X_0 + k·step·W[t]/255.
         want = x0 + steps * step * W[t] / 255.0
@@ -64,7 +44,7 @@ def test_targeted_fake_on_linear_network_matches_a_float64_loop():
     W = m.fc.weight.detach().double().numpy()
     S = src.astype(np.float64).ravel()
     for i, t in enumerate([0, 5]):
-        x = shared.initial_noise(1, 10.0, 2)[0].double().numpy().ravel()
+        x = ascent.initial_noise(1, 10.0, 2)[0].double().numpy().ravel()
         for _ in range(steps):     # d/dX [W_t·X/255 − β·mean((X−S)²)] = W_t/255 − 2β(X−S)/784
             x = x + step * (W[t] / 255.0 - 2 * beta * (x - S) / 784.0)
         np.testing.assert_allclose(r.images[i].ravel(), x, atol=1e-2)
@@ -111,10 +91,10 @@ def test_seeded_and_regularizers_keep_pixels_valid(tiny_model):
 
 def test_blur_keeps_constants_and_mass():
     x = torch.full((2, 28, 28), 77.0)
-    torch.testing.assert_close(shared.gaussian_blur(x, 1.0), x)
+    torch.testing.assert_close(ascent.gaussian_blur(x, 1.0), x)
     d = torch.zeros(1, 28, 28)
     d[0, 14, 14] = 1.0
-    assert float(shared.gaussian_blur(d, 0.7).sum()) == pytest.approx(1.0, abs=1e-6)
+    assert float(ascent.gaussian_blur(d, 0.7).sum()) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_pearson_and_likeness_oracle(mnist_split):
@@ -124,9 +104,9 @@ def test_pearson_and_likeness_oracle(mnist_split):
     np.testing.assert_allclose(likeness.pearson(a, b), want, atol=1e-12)
     means = likeness.class_means(mnist_split)
     lk = likeness.digit_likeness(means, mnist_split, targets=range(10), n_real=200, means=means)
-    np.testing.assert_allclose(lk["images"]["corr_target_mean"], 1.0, atol=1e-9)
-    assert lk["images"]["nearest_class"] == list(range(10))
-    ref = lk["reference_real_test_digits"]
+    np.testing.assert_allclose(lk.per_image["corr_target_mean"], 1.0, atol=1e-9)
+    assert lk.per_image["nearest_class"] == list(range(10))
+    ref = lk.reference
     assert 0.75 < ref["nearest_class_accuracy"] < 0.95 and ref["nn_label_accuracy"] > 0.9
 
 
@@ -163,7 +143,6 @@ def trained(mnist_run):
 def test_class_models_reach_the_target_and_weights_never_change(trained, mnist_split, tmp_path):
     run, model = trained
     file_hash = hashlib.sha256(run.weights.read_bytes()).hexdigest()
-    from cnnlab.model import weights_digest
     digest, params = weights_digest(model), [p.detach().clone() for p in model.parameters()]
     flags = [p.requires_grad for p in model.parameters()]
     model.train()                                   # restored afterwards, eval inside
@@ -178,8 +157,8 @@ def test_class_models_reach_the_target_and_weights_never_change(trained, mnist_s
     lk_plain = likeness.digit_likeness(res.images, mnist_split, targets=range(10), n_real=200)
     lk_reg = likeness.digit_likeness(reg.images, mnist_split, targets=range(10), n_real=200)
     # The plain class models look like no digit; the regularized ones are markedly closer.
-    assert lk_plain["summary"]["corr_target_mean_mean"] < 0.25
-    assert lk_reg["summary"]["corr_target_mean_mean"] > lk_plain["summary"]["corr_target_mean_mean"] + 0.15
+    assert lk_plain.summary["corr_target_mean_mean"] < 0.25
+    assert lk_reg.summary["corr_target_mean_mean"] > lk_plain.summary["corr_target_mean_mean"] + 0.15
     src = mnist_split.test_x[1, 0]
     adv = targeted.adversarial(model, src, source_label=int(mnist_split.test_y[1]))
     assert hashlib.sha256(run.weights.read_bytes()).hexdigest() == file_hash
@@ -195,7 +174,7 @@ def test_class_models_reach_the_target_and_weights_never_change(trained, mnist_s
     # label test below is the sharper check that they still look like the source.
     assert adv.corr_to_source.min() > 0.3 and np.median(adv.corr_to_source) > 0.5
     lk = likeness.digit_likeness(adv.images, mnist_split, n_real=50)
-    assert np.mean(np.array(lk["images"]["nn_label"]) == adv.source_label) >= 0.8
+    assert np.mean(np.array(lk.per_image["nn_label"]) == adv.source_label) >= 0.8
     # npz formats, keys exactly as the issue
     res.save(tmp_path, "synthesize")
     with np.load(tmp_path / "synthesize.npz") as z:
@@ -207,7 +186,7 @@ def test_class_models_reach_the_target_and_weights_never_change(trained, mnist_s
         assert {"images", "targets", "source", "cost", "prob", "beta"} <= set(z.files)
         assert z["source"].shape == (28, 28) and float(z["beta"]) == config.BETA
     import json
-    json.dumps(res.to_dict()), json.dumps(adv.to_dict()), json.dumps(lk_reg)
+    json.dumps(res.to_dict()), json.dumps(adv.to_dict()), json.dumps(lk_reg.to_dict())
 
 
 def test_beta_sweep_trades_fooling_for_resemblance(trained, mnist_split):

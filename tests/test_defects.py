@@ -146,7 +146,7 @@ def test_resume_reads_the_saved_state_once_and_loads_the_bytes_it_hashed(tmp_pat
         return real_open(file, *a, **k)
     monkeypatch.setattr(builtins, "open", counting_open)
     res = train(TINY, out, split=synthetic_split(), progress=False, log=lambda s: None, resume=True)
-    assert res.info["status"] == "complete"
+    assert res.info.status == "complete"
     assert len([n for n in opened if n.startswith("state")]) == 1, opened
 
 

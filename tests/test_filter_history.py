@@ -192,7 +192,7 @@ def test_smoke_run_keeps_a_snapshot_per_epoch(tmp_path, mnist_split):
     init = untrained_like(res.model, res.config.seed)
     np.testing.assert_array_equal(snaps["conv1.epoch0"], init.conv1.weight.detach().double().numpy())
     # the last epoch's snapshot is the final weights (the best checkpoint here: accuracy rose)
-    if res.info["best"]["step"] == res.info["steps"]:
+    if res.info.best.step == res.info.steps:
         np.testing.assert_array_equal(snaps["conv1.epoch2"], res.model.conv1.weight.detach().double().numpy())
     resp = what_filters_respond_to(res.model, mnist_split.test_x[:500], top=50)
     assert resp.summary["filters"] == 32 and resp.n_images == 500

@@ -449,7 +449,7 @@ def reference(tmp_path_factory):
     res = _train(out)
     return {"out": out, "best": tensors_digest(out / "model.safetensors"), "state": state_digest(out),
             "digest": weights_digest(res.model), "metrics": comparable_metrics(out),
-            "test": res.info["test"]}
+            "test": res.info.test}
 
 
 def assert_same_as_reference(out: Path, reference: dict, res=None) -> None:
@@ -458,7 +458,7 @@ def assert_same_as_reference(out: Path, reference: dict, res=None) -> None:
     assert comparable_metrics(out) == reference["metrics"], "metrics.csv differs"
     if res is not None:
         assert weights_digest(res.model) == reference["digest"]
-        assert res.info["test"] == reference["test"]
+        assert res.info.test == reference["test"]
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
 
 
@@ -470,7 +470,7 @@ def test_stop_and_resume_is_exact(stop_at, tmp_path, reference):
     before the first evaluation; step 8 is an epoch's end; 5 and 13 are mid-epoch."""
     out = tmp_path / "run"
     res = _train(out, stop_at_step=stop_at)
-    assert res.interrupted and res.info["steps"] == stop_at
+    assert res.interrupted and res.info.steps == stop_at
     assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
     open_run(out).load_model()                      # an interrupted run opens and loads
     res = _train(out, resume=True)
@@ -862,7 +862,7 @@ def test_train_at_the_largest_seed_runs(tmp_path):
     """Item 8 control: a run at the bound trains (the crash was 'Overflow when unpacking long')."""
     from cnnlab.config import MAX_SEED
     res = _train(None, cfg=TINY.replace(seed=MAX_SEED, epochs=1))
-    assert res.info["steps"] == STEPS_PER_EPOCH
+    assert res.info.steps == STEPS_PER_EPOCH
 
 
 RUNJSON_CASES = {   # item 10: the file as a user might have edited it -> needle of the one line
@@ -922,7 +922,7 @@ def test_unedited_run_json_still_opens_with_typed_config(tmp_path):
     info["config"]["lr"] = 1
     (run / "run.json").write_text(json.dumps(info))
     r = open_run(run)
-    assert r.info["config"]["lr"] == 1.0 and isinstance(r.info["config"]["lr"], float)
+    assert r.config.lr == 1.0 and isinstance(r.config.lr, float)
     r.load_model()
 
 
@@ -1307,7 +1307,7 @@ def test_train_with_overwrite_into_user_files_deletes_none_it_did_not_write(tmp_
     (out / "state" / "state-old.safetensors").write_bytes(b"user")
     (out / "notes.txt").write_bytes(b"user")
     res = _train(out, overwrite=True, cfg=TINY.replace(epochs=1))
-    assert res.info["status"] == "complete"
+    assert res.info.status == "complete"
     assert (out / "state" / "state-old.safetensors").read_bytes() == b"user"
     assert (out / "notes.txt").read_bytes() == b"user"
     manifest = json.loads((out / ".cnnlab-manifest.json").read_text())["files"]
@@ -1729,8 +1729,8 @@ def test_resume_without_the_fused_kernels_is_applied_said_and_recorded(tmp_path)
     res = train(TINY.replace(fused_kernels=False), out, split=synthetic_split(), resume=True,
                 progress=False, log=said.append)
     assert any("--no-fused-kernels" in s and "safe to change" in s for s in said), said
-    assert res.info["status"] == "complete"
-    assert res.info["hardware"]["kernels"] == "torch's operators (fused_kernels is off)"
+    assert res.info.status == "complete"
+    assert res.info.kernels == "torch's operators (fused_kernels is off)"
 
 
 # --- messages that must match the situation (item 19, the two in train.py) ----------------------

@@ -152,13 +152,13 @@ def test_imported_accuracy_is_the_students_own_evaluation(name, saver, students,
     else:
         res = import_weights(saver(model, tmp_path / "w.bin"), tmp_path / "run", t, split=split)
     assert res.test_accuracy == acc
-    assert res.run.info["test"]["errors"] == int((pred != split.test_y).sum())
+    assert res.run.info.test.errors == int((pred != split.test_y).sum())
     ours = res.run.load_model()
     with torch.no_grad():
         theirs = model(feed(split.test_x[:256], t))
         mine = ours(split.test_x[:256].float() / 255)
     assert torch.allclose(mine, theirs, atol=2e-4, rtol=1e-4)
-    assert res.run.imported["transform"]["describe"] == t.describe()
+    assert res.run.imported.transform_text == t.describe()
     assert res.run.batch_norm == ("bn" in name)
 
 
@@ -357,7 +357,7 @@ def test_the_public_api_and_the_explorer(students, mnist_dir, tmp_path, capsys, 
     model, _ = students["sequential"]
     run = cnnlab.import_state_dict(model.state_dict(), out=tmp_path / "api", normalize=MNIST_NORM)
     assert "test accuracy" in capsys.readouterr().out
-    assert run.imported["format"] == "state dict (Python)"
+    assert run.imported.format == "state dict (Python)"
     from cnnlab.explore.explorer import Explorer
     info = Explorer([run.path], data_dir=str(mnist_dir)).info()
     assert info
@@ -390,7 +390,7 @@ def test_sections_say_what_an_imported_run_lacks(imported_pair, split, tmp_path)
                   ANALYSIS_PRESETS["smoke"], Printed(), results={})
     assert "no batch-norm network" in " ".join(batch_norm.section_1_6(ctx).answer)
     s11 = training.section_1_1(ctx)
-    assert s11.figures and s11.numbers["test_accuracy"] == [plain.info["test"]["accuracy"]]
+    assert s11.figures and s11.numbers["test_accuracy"] == [plain.info.test.accuracy]
     ctx.runs = {"plain": [bn.path.parent / "plain-no-log"], "batch_norm": [bn.path]}
 
     shutil.copytree(plain.path, ctx.runs["plain"][0])

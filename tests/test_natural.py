@@ -4,7 +4,6 @@ noise and the plain class models, and natural class models of a trained network 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from types import SimpleNamespace
 
@@ -16,14 +15,7 @@ from cnnlab.analysis import class_models as G
 from cnnlab.analysis import natural as N
 from cnnlab.cli import main
 from cnnlab.errors import ConfigError
-
-
-def _digest(model) -> str:
-    h = hashlib.sha256()
-    for k, v in model.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().numpy().tobytes())
-    return h.hexdigest()
+from cnnlab.model import weights_digest
 
 
 def _fake_split(n_train=200, seed=0):
@@ -69,9 +61,9 @@ def test_nearest_training_on_a_hand_made_case():
 def test_ascent_changes_only_the_image(tiny_model):
     prior = N.PcaPrior.fit(_fake_split(), components=10, stride=1)
     flags = [p.requires_grad for p in tiny_model.parameters()]
-    before = _digest(tiny_model)
+    before = weights_digest(tiny_model)
     res = N.synthesize_natural(tiny_model, [0, 3], prior=prior, steps=5)
-    assert _digest(tiny_model) == before
+    assert weights_digest(tiny_model) == before
     assert [p.requires_grad for p in tiny_model.parameters()] == flags
     assert all(p.grad is None for p in tiny_model.parameters())
     assert res.images.shape == (2, 28, 28) and res.cost.shape == (6, 2) and res.prob.shape == (6, 2)
@@ -199,9 +191,9 @@ def test_readable_verdict_passes_real_digits_and_fails_noise_and_plain(mnist_spl
 def test_natural_class_models_are_readable(mnist_split, maker_judge):
     maker, judge = maker_judge
     targets = [0, 3, 7]
-    before = _digest(maker)
+    before = weights_digest(maker)
     res = N.synthesize_natural(maker, targets, split=mnist_split)
-    assert _digest(maker) == before
+    assert weights_digest(maker) == before
     assert res.seconds < 10.0                                        # ≈ 0.3 s for 3 targets, 1 thread
     r = N.readability({"natural": res.images}, targets, mnist_split, judge, maker=maker, n_real=300)
     c = r.counts("natural")

@@ -35,7 +35,7 @@ def test_callback_sees_every_step_once_in_order_and_changes_nothing_when_it_retu
     seen = []
     with_hook = _train(callback=lambda state, loss: seen.append((state.step, loss.item())))
     plain = _train()
-    assert [s for s, _ in seen] == list(range(with_hook.info["steps"]))
+    assert [s for s, _ in seen] == list(range(with_hook.info.steps))
     assert all(np.isfinite(v) for _, v in seen)
     # the oracle: the same run without a hook (same seed), row for row
     drop = ("train_time_s", "elapsed_s")

@@ -110,7 +110,7 @@ def test_manifest_entry_outside_the_folder_is_never_deleted(entry, stopped, tmp_
     victim.write_bytes(b"the user's")
     _set_manifest(out, [*_manifest(out), entry.replace("/ABS", str(tmp_path))])
     res = _train(out, resume=True)
-    assert res.info["status"] == "complete"
+    assert res.info.status == "complete"
     assert victim.read_bytes() == b"the user's"
     assert all(".." not in n and not n.startswith("/") for n in _manifest(out))
 
@@ -123,7 +123,7 @@ def test_resume_without_manifest_adopts_only_run_files(stopped, tmp_path):
     (out / "state" / "state-mybackup.safetensors").write_bytes(b"backup")
     (out / "notes.txt").write_text("mine")
     res = _train(out, resume=True)
-    assert res.info["status"] == "complete"
+    assert res.info.status == "complete"
     assert (out / "state" / "state-mybackup.safetensors").read_bytes() == b"backup"
     assert (out / "notes.txt").read_text() == "mine"
     listed = _manifest(out)

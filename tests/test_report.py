@@ -536,9 +536,9 @@ def test_the_notebook_was_executed_and_shows_the_code(report_dir):
                    "register_forward_hook",                                                  # 1.3 shapes
                    "def features(self",                                                      # 2.3 activations
                    "def occluded(", "torch.where(m, torch.tensor(fill",                              # 2.4 occluded copies
-                   "p.requires_grad_(False)", "torch.autograd.grad(cost.sum(), x)",          # 3.1 frozen weights, dC/dX
-                   "cost = logits[rows, idx] - beta_t.float() * mse",                                # 3.1 / 3.2 the cost
-                   "x = x.detach() + step_size * d",                                         # the ascent step
+                   "p.requires_grad_(False)", "torch.autograd.grad(cost.sum(), self.x)",     # 3.1 frozen weights, dC/dX
+                   "cost = logits[rows, idx] - penalty", "return self.beta.float() * self.mse(x)",    # 3.1 / 3.2 the cost
+                   "x = self.x.detach() + self.step_size * d",                               # the ascent step
                    "def adversarial(", "def meaningful_experiment(", "def fgsm("):
         assert needle in shown, needle
     # the runs are found by relative path: nothing in the code names the report folder

@@ -73,15 +73,14 @@ def test_loop_state_records_every_step_and_round_trips():
 
 def test_run_records_step_times_and_filters(reference):
     out, res = reference["out"], reference["res"]
-    timing = res.info["timing"]
-    st = timing["step_time_s"]
+    st = res.info.timing.step_time_s
     assert st["n"] == STEPS and st["first_step"] == 1 and st["file"] == "step_times.npy"
     assert st["p10"] <= st["median"] <= st["p90"]
     assert json.loads((out / "run.json").read_text())["timing"]["step_time_s"] == st
     t = np.load(out / "step_times.npy", allow_pickle=False)
     assert t.dtype == np.float32 and t.shape == (STEPS,) and (t > 0).all()
-    assert float(t.sum()) == pytest.approx(timing["train_time_s"], rel=1e-4)      # the same seconds
-    assert float(t[:STEPS_PER_EPOCH].sum()) == pytest.approx(timing["epoch_times_s"][0], rel=1e-4)
+    assert float(t.sum()) == pytest.approx(res.info.timing.train_time_s, rel=1e-4)      # the same seconds
+    assert float(t[:STEPS_PER_EPOCH].sum()) == pytest.approx(res.info.timing.epoch_times_s[0], rel=1e-4)
     assert st["median"] == pytest.approx(float(np.median(t)), rel=1e-6)
 
     f = reference["filters"]
@@ -100,7 +99,7 @@ def test_in_memory_run_keeps_the_snapshots():
     res = train(TINY.replace(epochs=1), split=synthetic_split(), progress=False, log=lambda s: None)
     assert res.filters_by_epoch is not None and sorted(res.filters_by_epoch) == [
         "conv1.epoch0", "conv1.epoch1", "conv2.epoch0", "conv2.epoch1"]
-    assert res.info["timing"]["step_time_s"]["n"] == STEPS_PER_EPOCH
+    assert res.info.timing.step_time_s["n"] == STEPS_PER_EPOCH
 
 
 @pytest.mark.parametrize("stop_at", [5, pytest.param(STEPS_PER_EPOCH, marks=pytest.mark.slow),
@@ -108,7 +107,7 @@ def test_in_memory_run_keeps_the_snapshots():
 def test_stop_and_resume_keeps_every_record(stop_at, tmp_path, reference):
     out = tmp_path / "run"
     res = _train(out, stop_at_step=stop_at)
-    assert res.info["timing"]["step_time_s"]["n"] == stop_at
+    assert res.info.timing.step_time_s["n"] == stop_at
     assert np.load(out / "step_times.npy").shape == (stop_at,)
     assert len(load_file(out / "filters_by_epoch.safetensors")) == 2 * (stop_at // STEPS_PER_EPOCH + 1)
     before = np.load(out / "step_times.npy")
@@ -116,7 +115,7 @@ def test_stop_and_resume_keeps_every_record(stop_at, tmp_path, reference):
     assert weights_digest(res.model) == weights_digest(reference["res"].model)
     t = np.load(out / "step_times.npy")
     assert t.shape == (STEPS,) and np.array_equal(t[:stop_at], before)   # the stopped run's steps are kept
-    assert res.info["timing"]["step_time_s"]["n"] == STEPS and res.info["timing"]["step_time_s"]["first_step"] == 1
+    assert res.info.timing.step_time_s["n"] == STEPS and res.info.timing.step_time_s["first_step"] == 1
     f = load_file(out / "filters_by_epoch.safetensors")
     assert sorted(f) == sorted(reference["filters"])
     assert all(torch.equal(f[k], reference["filters"][k]) for k in f)
@@ -143,7 +142,7 @@ def test_resume_of_a_state_saved_before_these_records(tmp_path, reference):
                 drop_filters=True)
     res = _train(out, resume=True)
     assert weights_digest(res.model) == weights_digest(reference["res"].model)
-    st = res.info["timing"]["step_time_s"]
+    st = res.info.timing.step_time_s
     assert st["n"] == STEPS - 10 and st["first_step"] == 11 and st["first_epoch_median"] is None
     assert np.load(out / "step_times.npy").shape == (STEPS - 10,)
     assert res.filters_by_epoch is None

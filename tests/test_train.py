@@ -36,7 +36,7 @@ def test_reported_accuracy_matches_independent_evaluation(mnist_run, mnist_split
         pred = torch.cat([model(mnist_split.test_x[i:i + 1000].float() / 255).argmax(1)
                           for i in range(0, 10_000, 1000)])
     acc = (pred == mnist_split.test_y).float().mean().item()
-    assert abs(acc - run.info["test"]["accuracy"]) <= 0.002     # bf16 vs fp32 evaluation
+    assert abs(acc - run.info.test.accuracy) <= 0.002     # bf16 vs fp32 evaluation
     assert evaluate(model, mnist_split.test_x, mnist_split.test_y).accuracy == pytest.approx(acc, abs=1e-6)
 
 

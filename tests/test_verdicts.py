@@ -286,11 +286,11 @@ def test_looks_like_digits_real_digits_vs_noise(mnist_split):
     noise = 128 + 40 * np.random.default_rng(0).standard_normal((10, 28, 28))
     lr = digit_likeness(real, mnist_split, targets=labels, n_real=200)
     ln = digit_likeness(noise, mnist_split, targets=labels, n_real=200)
-    ref = lr["reference_real_test_digits"]
-    v = check(looks_like_digits({"real": lr["summary"], "noise": ln["summary"]}, ref))
+    ref = lr.reference
+    v = check(looks_like_digits({"real": lr.summary, "noise": ln.summary}, ref))
     assert v.key == "yes"
     assert v.numbers["rows"]["real"]["digit_like"] and not v.numbers["rows"]["noise"]["digit_like"]
-    v = check(looks_like_digits({"noise": ln["summary"], "real": lr["summary"], "again": ln["summary"]}, ref))
+    v = check(looks_like_digits({"noise": ln.summary, "real": lr.summary, "again": ln.summary}, ref))
     assert v.key == "no" and len(v.numbers["rows"]) == 3         # any number of rows; the first decides
 
 

@@ -23,6 +23,7 @@ from .errors import CnnlabError, RunError, StateDamagedError
 from .metrics import MAX_TIMED_STEPS, METRIC_FIELDS, LoopState, read_metrics
 from .model import Net, load_weights, parse_safetensors, save_weights, state_tensors, tensor_problems
 from .output import OutputDir
+from .run_record import RunInfo
 
 FILTER_LAYERS = ("conv1", "conv2")   # whose weights filters_by_epoch.safetensors holds, per epoch
 
@@ -166,12 +167,12 @@ class RunWriter:
             best = load_weights(self.out / "model.safetensors", batch_norm=cfg.batch_norm, device=device)
             model.load_state_dict(best.state_dict())
 
-    def finish(self, info: dict, metrics: list[dict], model: Net, split: Split, cfg: TrainConfig) -> None:
+    def finish(self, info: RunInfo, metrics: list[dict], model: Net, split: Split, cfg: TrainConfig) -> None:
         """run.json, curves.png and predictions.png."""
         if self.out is None:
             return
         assert self.dir is not None
-        self.dir.write_json("run.json", info)
+        self.dir.write_json("run.json", info.to_dict())
         if not self.figures:
             return
         from .figures import plot_curves, plot_predictions  # matplotlib (~0.3 s) only when a run is written
@@ -456,6 +457,6 @@ def _saved_config(out: Path) -> TrainConfig:
         raise RunError(f"cannot resume {out}: {path} is missing or damaged ({e})") from None
 
 
-def _title(cfg: TrainConfig, info: dict) -> str:
-    return (f"{'batch-norm' if cfg.batch_norm else 'plain'} network · seed {cfg.seed} · "
-            f"{info['precision']} on {info['device']} · test acc {info['test']['accuracy'] * 100:.2f}%")
+def _title(cfg: TrainConfig, info: RunInfo) -> str:
+    acc = f" · test acc {info.test.accuracy * 100:.2f}%" if info.test else ""
+    return f"{'batch-norm' if cfg.batch_norm else 'plain'} network · seed {cfg.seed} · {info.precision} on {info.device}{acc}"

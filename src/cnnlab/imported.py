@@ -23,12 +23,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from .config import TrainConfig
 from .errors import WeightsImportError
 from .evaluation import evaluate
 from .metrics import METRIC_FIELDS
 from .model import Net, state_tensors
 from .output import OutputDir
-from .runs import RUN_FORMAT, Run, hardware, open_run, versions
+from .run_record import RUN_FORMAT, Best, Imported, RunInfo, SplitInfo, TestScore
+from .runs import Run, hardware, open_run, versions
 from .weights_file import flatten_state_dict, read_weights
 
 MAX_METRICS_ROWS = 100_000
@@ -367,19 +369,21 @@ def import_weights(source: str | Path | Mapping[str, torch.Tensor] | nn.Module, 
             with contextlib.suppress(OSError):
                 Path(out).rmdir()
         raise
-    info = {
-        "format": RUN_FORMAT, "status": "imported",
-        "config": {"dataset": "mnist", "batch_norm": matched.batch_norm, "label_smoothing": 0.0, "augment": False,
-                   "seed": 0, "val_size": split.info["val_size"], "split_seed": split.info["split_seed"],
-                   "device": "cpu", "precision": "fp32"},
-        "imported": {**origin, "transform": transform.to_dict(), "layers": matched.sources, "notes": matched.notes,
-                     "metrics": str(Path(metrics).resolve()) if metrics is not None else None},
-        "split": split.info, "versions": versions(), "device": "cpu", "precision": "fp32",
-        "hardware": hardware(torch.device("cpu")),
-        "test": {"accuracy": test.accuracy, "loss": test.loss, "errors": int((test.predictions != split.test_y).sum())},
+    # only the settings that describe the network and how cnnlab evaluated it (the others, epochs
+    # to threads, were never used and are not written)
+    described = {"dataset": "mnist", "batch_norm": matched.batch_norm, "label_smoothing": 0.0, "augment": False,
+                 "seed": 0, "val_size": split.info["val_size"], "split_seed": split.info["split_seed"],
+                 "device": "cpu", "precision": "fp32"}
+    info = RunInfo(
+        format=RUN_FORMAT, status="imported", config=TrainConfig(**described), config_keys=tuple(described),
+        imported=Imported(**origin, transform=transform.to_dict(), layers=matched.sources, notes=matched.notes,
+                          metrics=str(Path(metrics).resolve()) if metrics is not None else None),
+        split=SplitInfo.from_dict(split.info, "the split"), versions=versions(), device="cpu", precision="fp32",
+        hardware=hardware(torch.device("cpu")),
         # the learner may have trained on these images: cnnlab's validation split is part of MNIST's training set
-        "best": {"val_accuracy": val.accuracy, "val_loss": val.loss, "epoch": None},
-    }
+        best=Best(val_accuracy=val.accuracy, val_loss=val.loss, epoch=None),
+        test=TestScore(accuracy=test.accuracy, loss=test.loss, errors=int((test.predictions != split.test_y).sum())),
+    )
     from safetensors.torch import save
     meta = {"format": "cnnlab.Net", "batch_norm": str(int(matched.batch_norm)), "imported": "1"}
     d.write_bytes("model.safetensors", save(state_tensors(net), metadata=meta))
@@ -388,7 +392,7 @@ def import_weights(source: str | Path | Mapping[str, torch.Tensor] | nn.Module, 
     for stale in ("metrics.csv", "step_times.npy", "filters_by_epoch.safetensors", "curves.png", "predictions.png"):
         if stale != "metrics.csv" or rows is None:
             d.remove(stale)               # an earlier run's, when --overwrite replaces it (only files cnnlab wrote)
-    d.write_json("run.json", info)
+    d.write_json("run.json", info.to_dict())
     run = open_run(out)
     for note in matched.notes:
         log(f"note: {note}")

@@ -131,7 +131,7 @@ print("one-hot of the first labels:\\n", one_hot(split.train_y[:3]))
     c.md("## 1.1 Training curves and test accuracy")
     c.code("""
 plain = train(preset(PRESET, seed=0), f"{OUT}/plain", split=split, overwrite=True)
-print(f"test accuracy: {plain.test_accuracy * 100:.2f}%  ({plain.info['timing']['train_time_s']:.1f} s of training)")
+print(f"test accuracy: {plain.test_accuracy * 100:.2f}%  ({plain.info.timing.train_time_s:.1f} s of training)")
 display(Image(f"{OUT}/plain/curves.png"))
 """)
     c.md("## 1.2 Random test images with true and predicted labels")
@@ -149,8 +149,8 @@ print(json.dumps({"params": s.params, "neurons": s.neurons}, indent=1))
     c.code("""
 bn = train(preset(PRESET, seed=0, batch_norm=True), f"{OUT}/bn", split=split, overwrite=True)
 for name, r in (("plain", plain), ("batch-norm", bn)):
-    t = r.info["timing"]
-    print(f"{name:10s} test {r.test_accuracy * 100:.2f}%  {sum(t['epoch_times_s']) / len(t['epoch_times_s']):.2f} s/epoch")
+    t = r.info.timing
+    print(f"{name:10s} test {r.test_accuracy * 100:.2f}%  {sum(t.epoch_times_s) / len(t.epoch_times_s):.2f} s/epoch")
 """)
     c.md("## 2.1–2.2 Filters of conv1 and conv2, against the untrained network of the same seed")
     c.code("""

@@ -16,7 +16,7 @@ import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy
 import torch
@@ -27,9 +27,9 @@ from .data import load_split
 from .errors import RunError
 from .model import load_weights
 from .output import OutputDir, make_dir, os_error
-
-RUN_FORMAT = 1
-REQUIRED_FIELDS = ("format", "config", "split", "versions", "status")
+from .run_record import RUN_FORMAT as RUN_FORMAT  # re-exported: where callers have always found it
+from .run_record import Best, Imported, RunInfo, TestScore, Timing
+from .schema import read_json
 
 
 def versions() -> dict[str, str]:
@@ -170,19 +170,45 @@ def _is_file(p: Path) -> bool:
         return False
 
 
-# run.json's "status": a run that finished ("complete"; "imported" by `cnnlab import`) or one
-# stopped early ("interrupted"); anything else is refused, never taken for finished.
-FINISHED = ("complete", "imported")
-STATUSES = (*FINISHED, "interrupted")
+P = TypeVar("P")
 
 
 @dataclass
 class Run:
-    """A trained run on disk: its directory, its run.json, its training config (typed and checked
-    once, by open_run), and the path of its weights."""
+    """A trained run on disk: its directory, its run.json (typed and checked once, by open_run),
+    and the path of its weights."""
     path: Path
-    info: dict
-    config: TrainConfig
+    info: RunInfo
+
+    @property
+    def config(self) -> TrainConfig:
+        return self.info.config
+
+    # run.json's results, for code that needs them: a run.json without them is one line (an
+    # imported run was never timed; a hand-made one may hold no results at all)
+    @property
+    def test(self) -> TestScore:
+        return self._part(self.info.test, "test")
+
+    @property
+    def best(self) -> Best:
+        return self._part(self.info.best, "best")
+
+    @property
+    def timing(self) -> Timing:
+        return self._part(self.info.timing, "timing")
+
+    def _part(self, part: P | None, name: str) -> P:
+        if part is None:
+            why = ("a run made by `cnnlab import` was not trained by cnnlab" if self.imported else
+                   "was it written by cnnlab? (training writes every record)")
+            raise RunError(f"{self.path / 'run.json'} holds no '{name}' record; {why}")
+        return part
+
+    @property
+    def precision(self) -> str:
+        """The arithmetic the run was trained and tested in (fp32 where run.json does not say)."""
+        return self.info.precision or "fp32"
 
     @property
     def weights(self) -> Path:
@@ -197,9 +223,9 @@ class Run:
         return self.path.name
 
     @property
-    def imported(self) -> dict | None:
+    def imported(self) -> Imported | None:
         """How `cnnlab import` made the run (file, format, input transform); None for a trained run."""
-        return self.info.get("imported")
+        return self.info.imported
 
     def load_model(self, device="cpu"):
         return load_weights(self.weights, batch_norm=self.batch_norm, device=device)
@@ -212,15 +238,14 @@ class Run:
     @property
     def interrupted(self) -> bool:
         """True unless run.json says the run finished (open_run refuses any other status)."""
-        return self.info.get("status") not in FINISHED
+        return not self.info.finished
 
     def status_note(self) -> str | None:
         """One line saying that the run was stopped early, or None for a finished run."""
         if not self.interrupted:
             return None
-        steps, per = self.info.get("steps"), self.info.get("steps_per_epoch")
-        total = per * self.config.epochs if isinstance(per, int) else None
-        where = f" after {steps} of {total} steps" if isinstance(steps, int) and total else ""
+        steps, total = self.info.steps, self.info.total_steps
+        where = f" after {steps} of {total} steps" if steps is not None and total else ""
         return (f"{self.path} is an INTERRUPTED run (training stopped{where}): these results describe "
                 f"a partly trained network; finish it with `cnnlab train --out {self.path} --resume`")
 
@@ -246,36 +271,12 @@ def open_run(path: str | os.PathLike) -> Run:
     if not rj.is_file():
         raise RunError(f"{p} holds no run.json: not a cnnlab run directory (or training never "
                        f"got far enough to write one)")
-    from .schema import config_from_dict, read_json
-    info = read_json(rj, RunError, what="run.json")      # size- and depth-limited, one-line errors
-    if not isinstance(info, dict):
-        raise RunError(f"{rj} must hold a JSON object")
-    missing = [k for k in REQUIRED_FIELDS if k not in info]
-    if missing:
-        raise RunError(f"{rj} lacks the field(s) {', '.join(missing)}; was it written by cnnlab?")
-    if not isinstance(info["status"], str) or info["status"] not in STATUSES:
-        raise RunError(f"{rj}: 'status' is {repr(info['status'])[:40]}; it must be one of "
-                       f"{', '.join(map(repr, STATUSES))} (was it edited by hand?)")
-    if info["format"] != RUN_FORMAT:
-        raise RunError(f"{rj} has format {repr(info['format'])[:40]}; this cnnlab reads format "
-                       f"{RUN_FORMAT} (a newer or older cnnlab wrote it)")
-    for key in ("config", "split"):
-        if not isinstance(info[key], dict):
-            raise RunError(f"{rj}: '{key}' must be an object, not {type(info[key]).__name__}")
-    # Every config field typed and in range (a hand-edited seed:"zero" or val_size:5000.5 is one
-    # line naming the field); downstream code reads the validated values.
-    config = config_from_dict(info["config"], str(rj))
-    info["config"] = config.to_dict()
-    for key in ("test", "best", "timing", "hardware", "imported"):      # optional, read by report and explore
-        if key in info and not isinstance(info[key], dict):
-            raise RunError(f"{rj}: '{key}' must be an object, not {type(info[key]).__name__}")
-    acc = info.get("test", {}).get("accuracy")
-    if acc is not None and not (isinstance(acc, (int, float)) and not isinstance(acc, bool) and 0 <= acc <= 1):
-        raise RunError(f"{rj}: 'test.accuracy' must be a number in [0, 1], not {repr(acc)[:40]}")
+    # size- and depth-limited, then every field checked: one-line errors naming the field
+    info = RunInfo.from_dict(read_json(rj, RunError, what="run.json"), str(rj))
     if not (p / "model.safetensors").is_file():
         raise RunError(f"{p} holds no checkpoint (model.safetensors); training may have stopped "
                        f"before the first evaluation — resume it with `cnnlab train --out {p} --resume`")
-    run = Run(p, info, config)
+    run = Run(p, info)
     note = run.status_note()
     if note:        # so every command, notebook cell and server that opens it says so
         print(f"warning: {note}", file=sys.stderr, flush=True)

@@ -129,7 +129,8 @@ def _fits(v: Any, kind: type) -> bool:
     return isinstance(v, kind)
 
 
-_KIND_TEXT = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
+_KIND_TEXT = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
+              dict: "an object", list: "a list"}
 
 
 def field(obj: dict, key: str, kind: type, where: str, error: type[CnnlabError] = RunError) -> Any:

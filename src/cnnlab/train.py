@@ -30,7 +30,8 @@ from .evaluation import EvalResult, evaluate
 from .metrics import LoopState, step_time_summary
 from .model import Net
 from .output import OutputDir
-from .runs import RUN_FORMAT, RunLock, check_out_dir, hardware, versions
+from .run_record import RUN_FORMAT, Best, RunInfo, SplitInfo, TestScore, Timing
+from .runs import RunLock, check_out_dir, hardware, versions
 
 __all__ = ["train", "evaluate", "TrainResult", "StepCallback", "saved_config"]
 
@@ -131,7 +132,7 @@ class TrainResult:
     out: Path | None
     model: Net
     config: TrainConfig
-    info: dict                                   # what run.json holds
+    info: RunInfo                                # what run.json holds
     metrics: list[dict] = field(default_factory=list)
     interrupted: bool = False
     signal: int | None = None                    # SIGINT / SIGTERM when a signal stopped it
@@ -139,9 +140,25 @@ class TrainResult:
     # filters_by_epoch.safetensors holds); None for a resumed run whose saved state predates them
     filters_by_epoch: dict[str, torch.Tensor] | None = None
 
+    # the parts of run.json that train() always writes
+    @property
+    def test(self) -> TestScore:
+        assert self.info.test is not None
+        return self.info.test
+
+    @property
+    def best(self) -> Best:
+        assert self.info.best is not None
+        return self.info.best
+
+    @property
+    def timing(self) -> Timing:
+        assert self.info.timing is not None
+        return self.info.timing
+
     @property
     def test_accuracy(self) -> float:
-        return self.info["test"]["accuracy"]
+        return self.test.accuracy
 
 
 def train(cfg: TrainConfig, out: str | Path | None = None, *, split: Split | None = None,
@@ -311,26 +328,26 @@ def _run(cfg: TrainConfig, writer: RunWriter, split: Split | None, data_dir: str
     best_row = next((m for m in metrics if m["step"] == state.best_step), None) if state.best_val_acc >= 0 else None
     best_val = (state.best_val_acc, best_row["val_loss"]) if best_row else _val_numbers(validate(model, split, precision))
 
-    info = {
-        "format": RUN_FORMAT,
-        "status": "interrupted" if interrupted else "complete",
-        "config": cfg.to_dict(),
-        "split": split.info,
-        "normalization": {"mean": split.mean, "std": split.std},
-        "versions": versions(),
-        "hardware": {**hardware(device), "kernels": kernels},
-        "device": str(device),
-        "precision": precision,
-        "steps": state.step, "steps_per_epoch": steps_per_epoch, "epochs_done": state.epoch,
-        "timing": {"train_time_s": state.train_time_s, "epoch_times_s": state.epoch_times_s,
-                   "wall_time_s": time.perf_counter() - wall0, "test_eval_s": eval_time,
-                   "images_per_s": state.step * cfg.batch_size / max(state.train_time_s, 1e-9),
-                   "step_time_s": step_time_summary(state.step_times_s, steps_per_epoch, state.step_times_from)},
-        "best": {"epoch": state.best_epoch, "step": state.best_step, "val_accuracy": best_val[0],
-                 "val_loss": best_val[1]},
-        "test": {"accuracy": test.accuracy, "loss": test.loss, "errors": int((test.predictions != split.test_y.cpu()).sum())},
-        "params": sum(p.numel() for p in model.parameters()),
-    }
+    info = RunInfo(
+        format=RUN_FORMAT,
+        status="interrupted" if interrupted else "complete",
+        config=cfg,
+        split=SplitInfo.from_dict(split.info, "the split"),
+        normalization={"mean": split.mean, "std": split.std},
+        versions=versions(),
+        hardware={**hardware(device), "kernels": kernels},
+        device=str(device),
+        precision=precision,
+        steps=state.step, steps_per_epoch=steps_per_epoch, epochs_done=state.epoch,
+        timing=Timing(train_time_s=state.train_time_s, epoch_times_s=state.epoch_times_s,
+                      wall_time_s=time.perf_counter() - wall0, test_eval_s=eval_time,
+                      images_per_s=state.step * cfg.batch_size / max(state.train_time_s, 1e-9),
+                      step_time_s=step_time_summary(state.step_times_s, steps_per_epoch, state.step_times_from)),
+        best=Best(epoch=state.best_epoch, step=state.best_step, val_accuracy=best_val[0], val_loss=best_val[1]),
+        test=TestScore(accuracy=test.accuracy, loss=test.loss,
+                       errors=int((test.predictions != split.test_y.cpu()).sum())),
+        params=sum(p.numel() for p in model.parameters()),
+    )
     writer.write_records(state)
     writer.finish(info, metrics, model, split, cfg)
     model.fused_kernels = False        # the caller's network computes as a loaded one does

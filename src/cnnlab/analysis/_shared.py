@@ -1,4 +1,5 @@
-"""Pieces every analysis shares: models held still, image checks, the input-gradient ascent, mosaics.
+"""Pieces every analysis shares: models held still, image and argument checks, mosaics, the ascent
+results' figures (the ascent itself is `ascent.py`).
 
 Nothing here changes a model: analyses run it in eval mode (under `inference_mode`, or with every
 parameter's `requires_grad` off for input gradients) inside contexts that restore its previous
@@ -11,16 +12,13 @@ import contextlib
 import copy
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..config import BLUR_SIGMA, NOISE_MEAN, SIGMA
 from ..errors import ConfigError
 from ..model import IMAGE_SIZE, N_CLASSES, Net
 from ..output import OutputDir, as_output_dir
@@ -188,7 +186,7 @@ def diverging_cmap():
 
 
 # ---------------------------------------------------------------------------------------------
-# The frozen network and the ascent loop shared by both methods
+# The frozen network, and the checks of the ascents' arguments
 # ---------------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
@@ -260,107 +258,6 @@ def check_int(name: str, v, lo: int = 0) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or int(v) < lo:
         raise ConfigError(f"{name} must be an integer ≥ {lo}; got {v!r}")
     return int(v)
-
-
-def initial_noise(n: int, sigma: float = SIGMA, seed: int = 0, mean: float = NOISE_MEAN) -> torch.Tensor:
-    """[n, 28, 28] copies of ONE seeded noise image, mean + sigma·N(0, 1) on the 0–255 scale.
-
-    Every target starts from the same noise, so a class model depends only on (seed, target):
-    running one target alone gives the same image as that target's row of a full batch.
-    """
-    g = torch.Generator().manual_seed(int(seed))
-    x = mean + sigma * torch.randn(28, 28, generator=g, dtype=torch.float64)
-    return x.float().expand(n, 28, 28).clone()
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of [N, 28, 28] (radius 3σ, edges replicated)."""
-    if sigma <= 0:
-        return x
-    r = max(1, int(math.ceil(3 * sigma)))
-    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    h = F.pad(x.unsqueeze(1), (r, r, r, r), mode="replicate")
-    h = F.conv2d(h, k.view(1, 1, 1, -1))
-    h = F.conv2d(h, k.view(1, 1, -1, 1))
-    return h.squeeze(1)
-
-
-@dataclass
-class Trace:
-    images: torch.Tensor     # final X, [T, 28, 28], 0–255 scale
-    cost: np.ndarray         # [steps+1, T]
-    logit: np.ndarray        # [steps+1, T]  logits[target]
-    prob: np.ndarray         # [steps+1, T]  softmax probability of the target
-    pred: np.ndarray         # [steps+1, T]  predicted class
-    mse: np.ndarray          # [steps+1, T]  MSE to the source (grey levels²); zeros without one
-
-
-def ascend(model, x0: torch.Tensor, targets: list[int], *, steps: int, step_size: float,
-            source: torch.Tensor | None = None, beta: float | np.ndarray = 0.0, clip: bool = False,
-            l2: float = 0.0, blur_every: int = 0, blur_sigma: float = BLUR_SIGMA, jitter: int = 0,
-            seed: int = 0) -> Trace:
-    """Gradient ascent of C = logits[target] − β·MSE(X, source) on X (0–255 scale), in one batch.
-    `beta`: one β for all targets, or one per target [T].
-
-    Records C, the target's logit and probability, the predicted class and the MSE at X_0 … X_steps.
-    """
-    device = device_of(model)
-    T = len(targets)
-    idx = torch.tensor(targets, device=device)
-    rows = torch.arange(T, device=device)
-    x = x0.to(device=device, dtype=torch.float32).clone()
-    beta_t = torch.as_tensor(np.asarray(beta, dtype=np.float64), device=device)      # scalar or [T]
-    src = source.to(device=device, dtype=torch.float32) if source is not None else None
-    g = torch.Generator().manual_seed(int(seed) + 1)   # jitter shifts; one shift for the whole batch
-    hist = {k: np.zeros((steps + 1, T), dtype=np.float64) for k in ("cost", "logit", "prob", "mse")}
-    hist["pred"] = np.zeros((steps + 1, T), dtype=np.int64)
-
-    def record(k: int, logits: torch.Tensor, mse: torch.Tensor) -> None:
-        logits = logits.detach().double()
-        logit_t = logits[rows, idx]
-        hist["logit"][k] = logit_t.cpu().numpy()
-        hist["cost"][k] = (logit_t - beta_t * mse.detach().double()).cpu().numpy()
-        hist["prob"][k] = logits.softmax(1)[rows, idx].cpu().numpy()
-        hist["pred"][k] = logits.argmax(1).cpu().numpy()
-        hist["mse"][k] = mse.detach().double().cpu().numpy()
-
-    def mse_of(x: torch.Tensor) -> torch.Tensor:
-        if src is None:
-            return torch.zeros(T, device=device)
-        return ((x - src) ** 2).mean(dim=(1, 2))
-
-    with frozen(model), few_threads(T if device.type == "cpu" else 10**9):
-        for k in range(steps + 1):
-            x.requires_grad_(True)
-            if jitter and k < steps:
-                dx, dy = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=g))
-                xin = torch.roll(x, shifts=(dy, dx), dims=(1, 2))
-            else:
-                xin = x
-            logits = model((xin / 255.0).unsqueeze(1))        # the network takes [0, 1] pixels
-            mse = mse_of(x)
-            cost = logits[rows, idx] - beta_t.float() * mse
-            if k == steps:                                    # X_steps: record only
-                record(k, logits, mse)
-                break
-            (d,) = torch.autograd.grad(cost.sum(), x)         # images independent in eval mode
-            if jitter:                                        # record the unshifted image
-                with torch.no_grad():
-                    record(k, model((x / 255.0).unsqueeze(1)), mse)
-            else:
-                record(k, logits, mse)
-            with torch.no_grad():
-                x = x.detach() + step_size * d
-                if l2:
-                    x.mul_(1.0 - l2)                          # decay toward black (0)
-                if blur_every and (k + 1) % blur_every == 0:
-                    x = gaussian_blur(x, blur_sigma)
-                if clip:
-                    x.clamp_(0.0, 255.0)
-        x = x.detach()
-    return Trace(x.cpu(), hist["cost"], hist["logit"], hist["prob"], hist["pred"], hist["mse"])
 
 
 # ---------------------------------------------------------------------------------------------

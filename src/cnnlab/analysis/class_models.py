@@ -10,18 +10,9 @@ import numpy as np
 
 from ..config import BLUR_SIGMA, REGULARIZED, SIGMA, STEPS, SYNTH_STEP_SIZE
 from ..errors import ConfigError
-from ._shared import (
-    N_CLASSES,
-    AscentResult,
-    ascend,
-    ascent_grid,
-    check_int,
-    check_number,
-    check_targets,
-    cost_figure,
-    initial_noise,
-    pct,
-)
+from ._shared import N_CLASSES, AscentResult, ascent_grid, check_int, check_number, check_targets, cost_figure, pct
+from .ascent import Pixels, ascend, initial_noise
+from .likeness import LikenessResult
 from .verdict import Verdict
 
 # ---------------------------------------------------------------------------------------------
@@ -75,7 +66,7 @@ class SynthesisResult(AscentResult):
                 "cost": self.cost.astype(np.float32), "prob": self.prob.astype(np.float32),
                 "initial": self.initial.astype(np.float32), "pred": self.pred}
 
-    def figure(self, likeness: dict | None = None):
+    def figure(self, likeness: LikenessResult | None = None):
         """The generated images with target, prediction and confidence (green: predicted as the
         target). Shown on 0–255 with values outside clipped for display, plus the initial noise.
         With `likeness` (from `digit_likeness`), each title adds r = correlation with the
@@ -85,7 +76,7 @@ class SynthesisResult(AscentResult):
         fig, axes = ascent_grid(T, title_lines=3 if likeness is not None else 2, suptitle_lines=3)
         axes[0].imshow(self.initial[0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         axes[0].set_title(f"start: noise\n128 ± {self.params.get('sigma', 0):g}", fontsize=8)
-        self.draw_targets(axes, self.images, [f"\nr = {likeness['images']['corr_target_mean'][i]:+.2f}"
+        self.draw_targets(axes, self.images, [f"\nr = {likeness.per_image['corr_target_mean'][i]:+.2f}"
                                               if likeness is not None else "" for i in range(T)])
         s = self.summary()
         shown = (f"; pixels span {s['pixel_min']:.0f}..{s['pixel_max']:.0f}, shown clipped to 0..255"
@@ -132,8 +123,8 @@ def synthesize(model, targets: Iterable[int] = range(N_CLASSES), steps: int = ST
     seed = check_int("seed", seed, 0)
     x0 = initial_noise(len(targets), sigma, seed)
     t0 = time.perf_counter()
-    tr = ascend(model, x0, targets, steps=steps, step_size=step_size, clip=bool(clip), l2=l2,
-                 blur_every=blur_every, blur_sigma=blur_sigma, jitter=jitter, seed=seed)
+    tr = ascend(model, targets, Pixels(x0, step_size=step_size, clip=bool(clip), l2=l2, blur_every=blur_every,
+                                       blur_sigma=blur_sigma, jitter=jitter, seed=seed), steps=steps)
     seconds = time.perf_counter() - t0
     params = dict(steps=steps, step_size=step_size, sigma=sigma, seed=seed, clip=bool(clip), l2=l2,
                   blur_every=blur_every, blur_sigma=blur_sigma, jitter=jitter,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -86,25 +87,34 @@ def _transfer(models: Mapping[str, torch.nn.Module], images: np.ndarray, targets
     return out
 
 
-class LikenessResult(dict, AnalysisResult):
-    """What `digit_likeness` measured, as a JSON-ready dict (keys: measure, images, summary,
-    reference_real_test_digits, transfer), plus the protocol: figure() shows the images under
-    the class-mean training images."""
+@dataclass
+class LikenessResult(AnalysisResult):
+    """What `digit_likeness` measured. JSON sections (`to_dict()` keys in brackets): `measure`,
+    `per_image` ["images"]: lists over the images (corr_class_mean, nearest_class, nn_label, ...),
+    `summary`: their means, `reference` ["reference_real_test_digits"]: the same for real test
+    digits, `transfer` (with models): each model's predictions. Arrays: `images` [n, 28, 28] and
+    the class-mean training images `means` [10, 28, 28], both 0–255."""
     stem = "likeness"
-
-    def __init__(self, numbers: dict, images: np.ndarray, means: np.ndarray):
-        super().__init__(numbers)
-        self.image_array = images            # [n, 28, 28], 0–255
-        self.means = means                   # [10, 28, 28], 0–255
+    measure: str
+    per_image: dict[str, list]
+    summary: dict[str, Any]
+    reference: dict[str, Any]
+    transfer: dict[str, dict] | None
+    images: np.ndarray
+    means: np.ndarray
 
     def to_dict(self) -> dict:
-        return dict(self)
+        out = {"measure": self.measure, "images": self.per_image, "summary": self.summary,
+               "reference_real_test_digits": self.reference}
+        if self.transfer is not None:
+            out["transfer"] = self.transfer
+        return out
 
     def figure(self):
-        return likeness_figure([("images", self.image_array, self)], self.means)
+        return likeness_figure([("images", self.images, self)], self.means)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"images": self.image_array.astype(np.float32), "class_means": self.means.astype(np.float32)}
+        return {"images": self.images.astype(np.float32), "class_means": self.means.astype(np.float32)}
 
 
 def digit_likeness(images, split, models: Mapping[str, torch.nn.Module] | None = None, targets=None,
@@ -174,19 +184,18 @@ def digit_likeness(images, split, models: Mapping[str, torch.nn.Module] | None =
                        nearest_is_target_rate=float((nearest == t).mean()),
                        nn_label_is_target_rate=float((nn_lab == t).mean()),
                        real_percentile_median=float(np.median(pct)))
-    out = {"measure": "Pearson correlation over the 784 pixels (0-255 scale)",
-           "images": per, "summary": summary, "reference_real_test_digits": reference}
-    if models:
-        tr = _transfer(models, x.reshape(-1, 28, 28), targets)
-        out["transfer"] = tr
-        if targets is not None:
-            summary["transfer_agree_rate"] = {k: v["agree_rate"] for k, v in tr.items()}
-    return LikenessResult(out, x.reshape(-1, 28, 28), means)
+    tr = _transfer(models, x.reshape(-1, 28, 28), targets) if models else None
+    if tr and targets is not None:
+        summary["transfer_agree_rate"] = {k: v["agree_rate"] for k, v in tr.items()}
+    return LikenessResult("Pearson correlation over the 784 pixels (0-255 scale)", per, summary, reference, tr,
+                          x.reshape(-1, 28, 28), means)
 
 
-def likeness_figure(rows: Sequence[tuple[str, np.ndarray, dict | None]], means: np.ndarray, title: str = ""):
-    """Rows of images (label, [10, 28, 28] 0–255, likeness dict or None) under the class-mean
-    training images, each titled with r (correlation with its class's mean) and the nearest class."""
+def likeness_figure(rows: Sequence[tuple[str, np.ndarray, LikenessResult | None]], means: np.ndarray,
+                    title: str = ""):
+    """Rows of images (label, [10, 28, 28] 0–255, their `digit_likeness` with targets 0–9, or None)
+    under the class-mean training images, each titled with r (correlation with its class's mean)
+    and the nearest class."""
     import matplotlib.pyplot as plt
 
     from ..figures import FIG_WIDTH_IN, wrap_text
@@ -201,19 +210,19 @@ def likeness_figure(rows: Sequence[tuple[str, np.ndarray, dict | None]], means: 
             ax.imshow(np.clip(ims[c], 0, 255), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
             ax.set_xticks([]), ax.set_yticks([])
             if lk is not None:
-                rr = lk["images"]["corr_target_mean"][c]
-                nc = lk["images"]["nearest_class"][c]
+                rr = lk.per_image["corr_target_mean"][c]
+                nc = lk.per_image["nearest_class"][c]
                 ax.set_title(f"r {rr:+.2f}\n→ {nc}", fontsize=7.5, color="tab:green" if nc == c else "tab:red")
             elif i == 0:
                 ax.set_title(f"class {c}", fontsize=8)
         lab = wrap_text(label, 1.2, 8)
         if lk is not None:
-            s = lk["summary"]
+            s = lk.summary
             lab += f"\nmean r {s['corr_target_mean_mean']:+.2f}\nlooks like\ntarget {s['nearest_is_target_rate'] * 100:.0f}%"
         axes[i, 0].set_ylabel(lab, fontsize=8, rotation=0, ha="right", va="center", labelpad=6)
     ref = next((lk for _, _, lk in rows if lk is not None), None)
     if ref is not None:
-        rr = ref["reference_real_test_digits"]
+        rr = ref.reference
         title = (title + "\n" if title else "") + (
             f"r = correlation with the class-mean image (real test digits: mean {rr['corr_own_mean_mean']:.2f}, "
             f"5th percentile {rr['corr_own_mean_p05']:.2f}); → nearest class by r (green = the target)")

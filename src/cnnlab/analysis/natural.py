@@ -20,7 +20,8 @@ Vedaldi 2015 use a fixed L2 / TV prior in pixels; this one is the training image
 
 ½‖w‖² is −log of the Gaussian prior (real test digits have ‖w‖ ≈ √K), so C is a log-posterior: "the
 network says target, and the image is a likely digit image". Only w is given to the optimizer and
-the network is frozen (`_shared.frozen`): the weights never change.
+the network is frozen (`_shared.frozen`): the weights never change. The loop is `ascent.ascend`,
+the one the plain class models run, with `ascent.PcaCoefficients` in place of pixels.
 
 Why this prior and the adaptive λ: a fixed λ trades the two goals against each other (a smaller λ
 lets the maker's probability rise and the image drift off the digit manifold, a larger one the
@@ -44,20 +45,10 @@ from ..config import SIGMA
 from ..errors import ConfigError
 from ..model import N_CLASSES
 from ..output import as_output_dir
-from ._shared import (
-    IMAGE_SIZE,
-    AnalysisResult,
-    ascent_grid,
-    check_int,
-    check_number,
-    check_targets,
-    cost_figure,
-    few_threads,
-    frozen,
-    initial_noise,
-    pct,
-)
+from ._shared import IMAGE_SIZE, AnalysisResult, ascent_grid, check_int, check_number, check_targets, cost_figure, pct
+from .ascent import PcaCoefficients, ascend, initial_noise
 from .class_models import SynthesisResult
+from .likeness import LikenessResult
 from .verdict import Verdict
 
 COMPONENTS = 30        # principal components kept (30, 40, 50, 100 measured: docstring table)
@@ -135,7 +126,7 @@ class NaturalSynthesisResult(SynthesisResult):
     """`SynthesisResult` of `synthesize_natural`: `cost` is C = logit − λ·½‖w‖² per step, `prob`,
     `pred`, `logit` are measured on the clipped image X(w) the network was fed."""
 
-    def figure(self, likeness: dict | None = None):
+    def figure(self, likeness: LikenessResult | None = None):
         """The start and the class models with target, prediction and confidence (green:
         predicted as the target); with `likeness` (`digit_likeness`), r with the class mean."""
         from ..figures import wrap_text
@@ -143,7 +134,7 @@ class NaturalSynthesisResult(SynthesisResult):
         fig, axes = ascent_grid(T, title_lines=3 if likeness is not None else 2, suptitle_lines=3)
         axes[0].imshow(self.initial[0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         axes[0].set_title(f"start: noise\n128 ± {self.params['sigma']:g},\non the prior", fontsize=8)
-        self.draw_targets(axes, self.images, [f"\nr = {likeness['images']['corr_target_mean'][i]:+.2f}"
+        self.draw_targets(axes, self.images, [f"\nr = {likeness.per_image['corr_target_mean'][i]:+.2f}"
                                               if likeness is not None else "" for i in range(T)])
         prm = self.params
         fig.suptitle(wrap_text(f"{self.label}: X = clip(mean + PCA-{prm['components']}·w), Adam on w, "
@@ -190,53 +181,22 @@ def synthesize_natural(model, targets: Iterable[int] = range(N_CLASSES), *, spli
         raise ConfigError(f"prior must be a PcaPrior (PcaPrior.fit(split)); got {type(prior).__name__}")
     fit_seconds = time.perf_counter() - t_fit
 
-    device = next(model.parameters()).device
     T = len(targets)
-    mean = torch.as_tensor(prior.mean, dtype=torch.float32, device=device)
-    sb = torch.as_tensor(prior.scale[:, None] * prior.basis, dtype=torch.float32, device=device)  # [K, 784]
     noise = initial_noise(T, sigma, seed).reshape(T, 784).double().numpy()
-    w = torch.as_tensor(prior.encode(noise), dtype=torch.float32, device=device).requires_grad_(True)
-    idx = torch.tensor(targets, device=device)
-    rows = torch.arange(T, device=device)
-    hist = {k: np.zeros((steps + 1, T)) for k in ("cost", "logit", "prob")}
-    hist["pred"] = np.zeros((steps + 1, T), dtype=np.int64)
-
-    def image(w: torch.Tensor) -> torch.Tensor:
-        return (mean + w @ sb).clamp(0.0, 255.0).reshape(-1, 28, 28)   # grey levels
-
-    lam = torch.full((T,), prior_weight, device=device)
+    param = PcaCoefficients(prior.encode(noise), prior.mean, prior.scale[:, None] * prior.basis, lr=lr,
+                            prior_weight=prior_weight, min_prob=min_prob, adapt_every=ADAPT_EVERY,
+                            adapt_factor=ADAPT_FACTOR)
     t0 = time.perf_counter()
-    opt = torch.optim.Adam([w], lr=lr)        # only w: the network's parameters are not in it
-    with frozen(model), few_threads(T if device.type == "cpu" else 10**9):
-        x0 = image(w).detach().cpu().numpy()
-        for k in range(steps + 1):
-            logits = model(image(w).unsqueeze(1) / 255.0)               # the network takes [0, 1]
-            logit_t = logits[rows, idx]
-            cost = logit_t - lam * 0.5 * (w ** 2).sum(1)
-            with torch.no_grad():
-                hist["cost"][k] = cost.double().cpu().numpy()
-                hist["logit"][k] = logit_t.double().cpu().numpy()
-                hist["prob"][k] = logits.double().softmax(1)[rows, idx].cpu().numpy()
-                hist["pred"][k] = logits.argmax(1).cpu().numpy()
-            if k == steps:
-                break
-            if min_prob and k >= steps // 2 and k % ADAPT_EVERY == 0:
-                # second half: where the maker is still below min_prob, weaken that image's prior
-                doubt = torch.as_tensor(hist["prob"][k] < min_prob, device=device)
-                lam = torch.where(doubt, lam * ADAPT_FACTOR, lam)
-            opt.zero_grad(set_to_none=True)
-            (-cost.sum()).backward()                                      # images are independent
-            opt.step()
-        images = image(w).detach().cpu().numpy()
+    tr = ascend(model, targets, param, steps=steps)
     seconds = time.perf_counter() - t0
     params = dict(method="PCA Gaussian prior", components=prior.components, prior_weight=prior_weight,
-                  min_prob=min_prob, final_prior_weight=[round(float(v), 5) for v in lam.cpu()],
+                  min_prob=min_prob, final_prior_weight=[round(float(v), 5) for v in param.lam.cpu()],
                   steps=steps, lr=lr, optimizer="Adam", sigma=sigma, seed=seed,
                   prior_images=prior.n_images, prior_explained_variance=round(prior.explained, 4),
                   prior_fit_seconds=round(fit_seconds, 3), scale="0-255 (network fed X/255)")
-    return NaturalSynthesisResult(images.astype(np.float64), x0.astype(np.float64),
-                                  np.array(targets, dtype=np.int64), hist["cost"], hist["prob"], hist["pred"],
-                                  hist["logit"], params, seconds, label)
+    return NaturalSynthesisResult(tr.images.numpy().astype(np.float64), tr.initial.numpy().astype(np.float64),
+                                  np.array(targets, dtype=np.int64), tr.cost, tr.prob, tr.pred, tr.logit, params,
+                                  seconds, label)
 
 
 # ---------------------------------------------------------------------------------------------

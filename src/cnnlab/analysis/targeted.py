@@ -11,19 +11,9 @@ import torch
 
 from ..config import BETA, BETAS, SIGMA, STEP_SIZE, STEPS
 from ..errors import ConfigError
-from ._shared import (
-    N_CLASSES,
-    AnalysisResult,
-    AscentResult,
-    ascend,
-    ascent_grid,
-    check_int,
-    check_number,
-    check_targets,
-    cost_figure,
-    initial_noise,
-)
-from .likeness import pearson
+from ._shared import N_CLASSES, AnalysisResult, AscentResult, ascent_grid, check_int, check_number, check_targets, cost_figure
+from .ascent import Pixels, ascend, initial_noise
+from .likeness import LikenessResult, pearson
 from .verdict import Verdict
 
 # ---------------------------------------------------------------------------------------------
@@ -134,7 +124,7 @@ class AdversarialResult(AscentResult):
                 "pred": self.pred, "mse": self.mse_history.astype(np.float32),
                 "initial": self.initial.astype(np.float32)}
 
-    def figure(self, likeness: dict | None = None):
+    def figure(self, likeness: LikenessResult | None = None):
         """Source, then one fake per target: target, prediction (confidence), MSE to the source
         and, with `likeness` from `digit_likeness`, which digit it looks like: the label of the
         most correlated training image (`nn_label`)."""
@@ -148,7 +138,7 @@ class AdversarialResult(AscentResult):
             sp.set_visible(True)
             sp.set_color("tab:blue")
             sp.set_linewidth(2)
-        self.draw_targets(axes, self.images, [f"\nMSE {self.mse[i]:.0f}" + (f"\nlooks like {likeness['images']['nn_label'][i]}"
+        self.draw_targets(axes, self.images, [f"\nMSE {self.mse[i]:.0f}" + (f"\nlooks like {likeness.per_image['nn_label'][i]}"
                                                                           if likeness is not None else "") for i in range(T)])
         s = self.summary()
         fig.suptitle(wrap_text(f"targeted fakes: C = logits[target] − β·MSE(X, source), β = {self.beta:g}, "
@@ -212,8 +202,8 @@ def adversarial(model, source_image, targets: Iterable[int] = range(N_CLASSES), 
     T = len(targets)
     x0 = initial_noise(T, sigma, seed) if init == "noise" else src.expand(T, 28, 28).clone()
     t0 = time.perf_counter()
-    tr = ascend(model, x0, targets, steps=steps, step_size=step_size, source=src, beta=beta,
-                 clip=bool(clip), seed=seed)
+    tr = ascend(model, targets, Pixels(x0, step_size=step_size, source=src, beta=beta, clip=bool(clip), seed=seed),
+                steps=steps)
     images = tr.images.clone()
     hist = {"cost": tr.cost, "prob": tr.prob, "pred": tr.pred, "logit": tr.logit, "mse": tr.mse}
     betas, steps_run = np.full(T, beta), np.full(T, steps)
@@ -222,8 +212,9 @@ def adversarial(model, source_image, targets: Iterable[int] = range(N_CLASSES), 
         if miss.size == 0 or beta == 0:
             break
         betas[miss] /= 2
-        more = ascend(model, images[miss], [targets[i] for i in miss], steps=steps, step_size=step_size,
-                      source=src, beta=betas[miss], clip=bool(clip), seed=seed)
+        more = ascend(model, [targets[i] for i in miss],
+                      Pixels(images[miss], step_size=step_size, source=src, beta=betas[miss], clip=bool(clip),
+                             seed=seed), steps=steps)
         images[miss] = more.images
         steps_run[miss] += steps
         for k, h in hist.items():       # the targets already reached hold their last values
@@ -334,7 +325,7 @@ RESEMBLANCE_RULE = (
 def resemblance_verdict(source_digit: int, targets: Sequence[int], nearest_class: Sequence[int],
                         nn_label: Sequence[int], predicted: Sequence[int]) -> Verdict:
     """3.2.1 "Does the generated image resemble a digit? If so, what digit?" from the likeness
-    measures of the fakes (`digit_likeness(...)["images"]`: nearest_class, nn_label) and the
+    measures of the fakes (`digit_likeness(...).per_image`: nearest_class, nn_label) and the
     network's predictions for them."""
     t, near, nn = np.asarray(targets), np.asarray(nearest_class), np.asarray(nn_label)
     if not (len(t) == len(near) == len(nn) == len(predicted)) or len(t) == 0:

@@ -6,9 +6,13 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import MAX_SEED, TrainConfig, preset
 from .common import add_config_flags, console, int_range, open_run_noted, out_path, print_json
+
+if TYPE_CHECKING:               # torch is imported only by the commands that train
+    from ..train import TrainResult
 
 
 def register(sub) -> None:
@@ -79,24 +83,24 @@ def cmd_train(args) -> int:
         cfg = saved_config(out).replace(**{k: v for k, v in overrides.items() if v is not None})
     progress = False if args.quiet else None
     res = train(cfg, out, data_dir=args.data_dir, resume=args.resume, overwrite=args.overwrite, progress=progress)
-    _print_summary(res.info, out)
+    _print_summary(res, out)
     if res.interrupted:
         print(f"stopped early; continue with: cnnlab train --out {out} --resume", file=sys.stderr)
         return 128 + res.signal if res.signal else 130
     return 0
 
 
-def _print_summary(info: dict, out: Path) -> None:
+def _print_summary(res: TrainResult, out: Path) -> None:
     from rich.table import Table
     t = Table(title=f"run {out}", show_header=False)
-    cfg = info["config"]
-    t.add_row("network", "batch-norm" if cfg["batch_norm"] else "plain")
-    t.add_row("device / precision", f"{info['device']} / {info['precision']}")
-    t.add_row("epochs / steps", f"{info['epochs_done']} / {info['steps']} (batch {cfg['batch_size']}, seed {cfg['seed']})")
-    t.add_row("training time", f"{info['timing']['train_time_s']:.1f} s ({info['timing']['images_per_s']:.0f} images/s)")
-    t.add_row("best validation accuracy", f"{info['best']['val_accuracy'] * 100:.2f}% (epoch {info['best']['epoch']})")
-    t.add_row("test accuracy", f"{info['test']['accuracy'] * 100:.2f}% ({info['test']['errors']} of {info['split']['test_size']} wrong)")
-    t.add_row("test loss", f"{info['test']['loss']:.4f}")
+    info, cfg, timing, best, test = res.info, res.config, res.timing, res.best, res.test
+    t.add_row("network", "batch-norm" if cfg.batch_norm else "plain")
+    t.add_row("device / precision", f"{info.device} / {info.precision}")
+    t.add_row("epochs / steps", f"{info.epochs_done} / {info.steps} (batch {cfg.batch_size}, seed {cfg.seed})")
+    t.add_row("training time", f"{timing.train_time_s:.1f} s ({timing.images_per_s:.0f} images/s)")
+    t.add_row("best validation accuracy", f"{best.val_accuracy * 100:.2f}% (epoch {best.epoch})")
+    t.add_row("test accuracy", f"{test.accuracy * 100:.2f}% ({test.errors} of {info.split.test_size} wrong)")
+    t.add_row("test loss", f"{test.loss:.4f}")
     console().print(t)
 
 
@@ -105,7 +109,7 @@ def cmd_evaluate(args) -> int:
     run = open_run_noted(args.run)
     model = run.load_model()
     split = run.load_split(args.data_dir)
-    if split.info["val_indices_sha256"] != run.info["split"].get("val_indices_sha256"):
+    if split.info["val_indices_sha256"] != run.info.split.val_indices_sha256:
         print("warning: the validation split differs from the one this run was trained with", file=sys.stderr)
     t0 = time.perf_counter()
     test = evaluate(model, split.test_x, split.test_y, precision=args.precision)

@@ -137,7 +137,7 @@ def cmd_synthesize(args) -> int:
         d.save_npz(f"{stem}.npz", **res.arrays())
         files += [f"{stem}.npz", _save(res.figure(lk), d, f"{stem}.png"),
                   _save(res.cost_figure(), d, f"{stem}_cost.png")]
-        results[v] = {**res.to_dict(), "digit_likeness": lk}
+        results[v] = {**res.to_dict(), "digit_likeness": lk.to_dict()}
         if len(targets) == 10:
             rows.append((v, res.images, lk))
     if rows:
@@ -206,15 +206,15 @@ def cmd_adversarial(args) -> int:
               clip=args.clip, source_label=label)
     res = adversarial(model, source, targets, beta=args.beta, **kw)
     lk = digit_likeness(res.images, split, models=transfer, targets=targets)
-    src_lk = digit_likeness(res.source[None], split, n_real=100)["images"]
+    src_lk = digit_likeness(res.source[None], split, n_real=100).per_image
     d.save_npz("adversarial.npz", **res.arrays())
     files = ["adversarial.npz", _save(res.figure(lk), d, "adversarial.png"),
              _save(res.cost_figure(), d, "adversarial_cost.png")]
     results = {"run": str(run.path), "source_index": idx, "source_label": label,
                "source_nn_label": src_lk["nn_label"][0], "source_nearest_class_mean": src_lk["nearest_class"][0],
-               **res.to_dict(), "looks_like_nn_label": lk["images"]["nn_label"],
-               "looks_like_source_rate": float(sum(x == label for x in lk["images"]["nn_label"]) / len(targets)),
-               "digit_likeness": lk}
+               **res.to_dict(), "looks_like_nn_label": lk.per_image["nn_label"],
+               "looks_like_source_rate": float(sum(x == label for x in lk.per_image["nn_label"]) / len(targets)),
+               "digit_likeness": lk.to_dict()}
     if args.beta_sweep is not None:
         sw = beta_sweep(model, source, betas=args.beta_sweep or BETAS, targets=targets, **kw)
         results["beta_sweep"] = sw.to_dict()

@@ -38,6 +38,6 @@ def cmd_import(args: argparse.Namespace) -> int:
     run = res.run
     console().print(f"{run.path}: imported {'batch-norm' if run.batch_norm else 'plain'} network from {args.weights} "
                     f"({transform.describe()}); test accuracy {100 * res.test_accuracy:.2f}% "
-                    f"({run.info['test']['errors']} of 10,000 wrong)")
+                    f"({run.test.errors} of 10,000 wrong)")
     print(f"next: cnnlab report --runs {run.path} --out reports/mine   (or cnnlab occlusion {run.path} --meaningful)")
     return 0

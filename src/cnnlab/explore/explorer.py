@@ -95,11 +95,11 @@ class RunView:
         if self._static is None:
             pictures = {layer: filter_picture(filters.filters(self.model, layer=layer))
                        for layer in ("conv1", "conv2")}
-            test = self.run.info.get("test") or {}
+            test = self.run.info.test
             self._static = {"name": self.run.name, "label": self.label, "path": str(self.run.path),
-                            "status": self.run.info.get("status"), "status_note": self.run.status_note(),
+                            "status": self.run.info.status, "status_note": self.run.status_note(),
                             "batch_norm": self.run.batch_norm,
-                            "test_accuracy": test.get("accuracy"),
+                            "test_accuracy": test.accuracy if test else None,
                             "label_smoothing": self.label_smoothing,
                             # what training aims for on the right class, 1 − ε + ε/K: a target,
                             # not a ceiling (calibration() measures how far above it a run goes)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..analysis.likeness import LikenessResult
 from ..analysis.verdict import Verdict
 from ..config import AnalysisConfig
 from ..figures import PRINT_WIDTH_IN, legibility
@@ -132,9 +133,11 @@ def pick_images(ctx: Context, n: int) -> list[int]:
     return out
 
 
-def drop_images(d: dict) -> dict:
-    """digit_likeness output without the per-pixel lists (results.json stays small)."""
-    return {k: v for k, v in d.items() if k != "images"} | {"nearest_class": d["images"].get("nearest_class")}
+def drop_images(lk: LikenessResult) -> dict:
+    """digit_likeness's numbers without the per-image lists (results.json stays small), but for
+    the nearest class of each image."""
+    return ({k: v for k, v in lk.to_dict().items() if k != "images"}
+            | {"nearest_class": lk.per_image.get("nearest_class")})
 
 
 def other_models(ctx: Context) -> dict:

@@ -33,12 +33,12 @@ def section_1_6(ctx: Context) -> Section:
                           "PLAIN BN</code> answers 1.6 from a plain and a batch-norm network).")
         sec.numbers = {"missing": "batch-norm network"}
         return sec
-    if not all(r.info.get("timing") for r in plain + bn):
+    if not all(r.info.timing for r in plain + bn):
         return _section_1_6_untimed(ctx, sec, plain, bn)
-    acc_p = [r.info["test"]["accuracy"] for r in plain]
-    acc_b = [r.info["test"]["accuracy"] for r in bn]
-    ep_p = [float(np.mean(r.info["timing"]["epoch_times_s"])) for r in plain]
-    ep_b = [float(np.mean(r.info["timing"]["epoch_times_s"])) for r in bn]
+    acc_p = [r.test.accuracy for r in plain]
+    acc_b = [r.test.accuracy for r in bn]
+    ep_p = [float(np.mean(r.timing.epoch_times_s)) for r in plain]
+    ep_b = [float(np.mean(r.timing.epoch_times_s)) for r in bn]
     reach = []
     for rp, rb in zip(plain, bn):
         mp = read_metrics(rp.path / "metrics.csv")
@@ -63,8 +63,8 @@ def section_1_6(ctx: Context) -> Section:
     diff = paired_ci(acc_p, acc_b)
     # Paired exact test on the test images for the first seed (works with one seed).
     # in the precision each run was tested in, so that the counts add up to the accuracies above
-    ev_p = evaluate(plain[0].load_model(), ctx.split.test_x, ctx.split.test_y, precision=plain[0].info["precision"])
-    ev_b = evaluate(bn[0].load_model(), ctx.split.test_x, ctx.split.test_y, precision=bn[0].info["precision"])
+    ev_p = evaluate(plain[0].load_model(), ctx.split.test_x, ctx.split.test_y, precision=plain[0].precision)
+    ev_b = evaluate(bn[0].load_model(), ctx.split.test_x, ctx.split.test_y, precision=bn[0].precision)
     y = ctx.split.test_y
     mc = mcnemar((ev_p.predictions == y).tolist(), (ev_b.predictions == y).tolist())
     acc_v = sec.verdict(accuracy_verdict(acc_p, acc_b, mc))
@@ -112,15 +112,15 @@ def section_1_6(ctx: Context) -> Section:
                       f"{p('1.6.epoch_s_plain', float(np.mean(ep_p)), '{:.2f}')} s without batch-normalization "
                       f"(×{p('1.6.epoch_ratio', ratio, '{:.2f}')}).")
     sec.answer.extend([acc_text, time_text])
-    fused_plain = any("fused" in str(r.info.get("hardware", {}).get("kernels", "")) for r in plain)
-    fused_bn = any("fused" in str(r.info.get("hardware", {}).get("kernels", "")) for r in bn)
+    fused_plain = any("fused" in (r.info.kernels or "") for r in plain)
+    fused_bn = any("fused" in (r.info.kernels or "") for r in bn)
     if fused_plain != fused_bn:
         sec.evidence.append(
             "The two did not train on the same code: the plain network used cnnlab's fused C kernels, which "
             "cannot apply when batch-norm sits between a convolution and its pool; part of the difference is "
             "that, not the normalization itself (appendix A.1.6).")
         sec.appendix.append("Kernels each run trained with: " + "; ".join(
-            f"{esc(r.name)}: {esc(r.info.get('hardware', {}).get('kernels', 'not recorded'))}" for r in plain + bn) + ".")
+            f"{esc(r.name)}: {esc(r.info.kernels or 'not recorded')}" for r in plain + bn) + ".")
 
     if n == 1:
         sec.evidence.append(
@@ -152,10 +152,10 @@ def _section_1_6_untimed(ctx: Context, sec: Section, plain: list, bn: list) -> S
     """1.6 for networks trained elsewhere (imported): accuracy by the same exact test; the training
     time was not measured by cnnlab, so it is not compared."""
     p = ctx.printed
-    acc_p, acc_b = [plain[0].info["test"]["accuracy"]], [bn[0].info["test"]["accuracy"]]
+    acc_p, acc_b = [plain[0].test.accuracy], [bn[0].test.accuracy]
     y = ctx.split.test_y
-    ev_p = evaluate(plain[0].load_model(), ctx.split.test_x, y, precision=plain[0].info["precision"])
-    ev_b = evaluate(bn[0].load_model(), ctx.split.test_x, y, precision=bn[0].info["precision"])
+    ev_p = evaluate(plain[0].load_model(), ctx.split.test_x, y, precision=plain[0].precision)
+    ev_b = evaluate(bn[0].load_model(), ctx.split.test_x, y, precision=bn[0].precision)
     mc = mcnemar((ev_p.predictions == y).tolist(), (ev_b.predictions == y).tolist())
     acc_v = sec.verdict(accuracy_verdict(acc_p, acc_b, mc))
     accs = (f"{p.pct('1.6.acc_bn_mean', acc_b[0])} with batch-normalization against "

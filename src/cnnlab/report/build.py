@@ -82,9 +82,9 @@ def _train_all(out: Path, preset_name: str, seeds: int, split, overrides: dict, 
             res = train(cfg, run_dir, split=split, overwrite=True, progress=False, log=log, figures=False)
             if res.interrupted:      # no analysis or verdict is ever computed from a stopped run
                 raise Interrupted(res.signal or signal.SIGINT, f"training of {run_dir.name} stopped at step "
-                                  f"{res.info['steps']} of {res.info['steps_per_epoch'] * cfg.epochs}")
+                                  f"{res.info.steps} of {res.info.total_steps}")
             log(f"    {run_dir.name}: test accuracy {res.test_accuracy * 100:.2f}%, "
-                f"training {res.info['timing']['train_time_s']:.1f} s (wall {time.perf_counter() - t0:.1f} s)")
+                f"training {res.timing.train_time_s:.1f} s (wall {time.perf_counter() - t0:.1f} s)")
             runs[key].append(run_dir)
     return runs
 
@@ -239,7 +239,7 @@ def _build_report(d: OutputDir, preset: str, seeds: int, data_dir: str | None,
     if stopped:
         raise RunError(f"the run(s) {', '.join(stopped)} did not finish training; no analysis is "
                        f"computed from an interrupted run")
-    best = max(all_runs, key=lambda r: (r.info["best"]["val_accuracy"], -all_runs.index(r)))
+    best = max(all_runs, key=lambda r: (r.best.val_accuracy, -all_runs.index(r)))
     ctx = Context(out, split, runs, best, best.load_model(), analysis, Printed(),
                   results={"assignment": ASSIGNMENT, "preset": preset, "seeds": seeds,
                            "analysis": dataclasses.asdict(analysis), "notebook": NOTEBOOK},
@@ -288,11 +288,11 @@ def _build_report(d: OutputDir, preset: str, seeds: int, data_dir: str | None,
 
 def _provenance(ctx: Context, command: str | None) -> dict:
     info = ctx.best_run.info
-    return {"command": command or " ".join(sys.argv), "versions": versions(), "hardware": info.get("hardware"),
-            "device": info.get("device"), "precision": info.get("precision"),
-            "split": info.get("split"), "best_run": str(ctx.best_run.path.relative_to(ctx.out)),
+    return {"command": command or " ".join(sys.argv), "versions": versions(), "hardware": info.hardware,
+            "device": info.device, "precision": info.precision,
+            "split": info.split.to_dict(), "best_run": str(ctx.best_run.path.relative_to(ctx.out)),
             "runs": {k: [str(Path(p).relative_to(ctx.out)) for p in v] for k, v in ctx.runs.items()},
-            "config": info.get("config"), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+            "config": info.config.to_dict(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
 def render_html(sections: list[Section], ctx: Context) -> str:
@@ -304,8 +304,8 @@ def render_html(sections: list[Section], ctx: Context) -> str:
     best = ctx.best_run
     best_text = (f"Parts 2 and 3 use the network with the highest validation accuracy, as the assignment asks: the "
                  f"{'batch-norm' if best.batch_norm else 'plain'} network {best.name} "
-                 f"({100 * best.info['best']['val_accuracy']:.2f}% validation, "
-                 f"{100 * best.info['test']['accuracy']:.2f}% test accuracy).")
+                 f"({100 * best.best.val_accuracy:.2f}% validation, "
+                 f"{100 * best.test.accuracy:.2f}% test accuracy).")
     if best.imported:
         best_text += (" It was trained elsewhere and imported (`cnnlab import`), so it may have been trained on the "
                       "validation images.")

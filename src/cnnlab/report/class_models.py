@@ -132,8 +132,8 @@ def section_class_models(ctx: Context) -> list[Section]:
 
     s3 = Section("3.1.3", "Do the generated images look like digits?",
                  "Do the generated images look like a number? If not, can you think of some reason?")
-    ref = like_p["reference_real_test_digits"]
-    lp, lr, ln = like_p["summary"], like_r["summary"], like_n["summary"]
+    ref = like_p.reference
+    lp, lr, ln = like_p.summary, like_r.summary, like_n.summary
     looks = s3.verdict(looks_like_digits({"plain": lp, "regularized": lr, "natural": ln}, ref))
     readable = s3.verdict(readable_verdict(counts, judged.reference, judged.threshold, judge=judge_info["name"]))
     cp, cn = counts["plain"], counts["natural"]

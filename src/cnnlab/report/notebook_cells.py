@@ -56,11 +56,11 @@ from cnnlab.runs import open_run
 plain = open_run(R.runs["plain"][0])              # the network of 1.1: plain, first seed
 plain_net = plain.load_model()
 # the whole test set, in the precision the run was tested in when it was trained
-test = T.evaluate(plain_net, split.test_x, split.test_y, precision=plain.info["precision"])
+test = T.evaluate(plain_net, split.test_x, split.test_y, precision=plain.info.precision)
 check("test accuracy of the plain network", test.accuracy, "sections/1.1/numbers/test_accuracy/0", "{:.2%}")
 if (plain.path / "metrics.csv").is_file():          # an imported network has curves only when it came with them
     from cnnlab.metrics import read_metrics
-    plot_curves(read_metrics(plain.path / "metrics.csv"), title=f"plain network, seed {plain.info['config']['seed']}")
+    plot_curves(read_metrics(plain.path / "metrics.csv"), title=f"plain network, seed {plain.config.seed}")
     plt.show()
 """))),
     "1.2": Answer(
@@ -114,16 +114,16 @@ y = split.test_y
 if not bn_runs:
     print("the report was given no batch-norm network (cnnlab report --runs PLAIN BN)")
 else:
-    bn_test = T.evaluate(bn_runs[0].load_model(), split.test_x, y, precision=bn_runs[0].info["precision"])
+    bn_test = T.evaluate(bn_runs[0].load_model(), split.test_x, y, precision=bn_runs[0].info.precision)
     check("test accuracy, batch-norm network", bn_test.accuracy, "batch_norm/test_acc_bn/0", "{:.2%}")
     mc = mcnemar((test.predictions == y).tolist(), (bn_test.predictions == y).tolist())
     check("right only for plain, right only for batch-norm, McNemar p", [mc["only_a"], mc["only_b"], mc["p_value"]],
           ["batch_norm/mcnemar_seed0/only_a", "batch_norm/mcnemar_seed0/only_b", "batch_norm/mcnemar_seed0/p_value"], "{:.4g}")
-    acc_plain = [r.info["test"]["accuracy"] for r in plain_runs]   # every seed, as measured after training
-    acc_bn = [r.info["test"]["accuracy"] for r in bn_runs]
+    acc_plain = [r.info.test.accuracy for r in plain_runs]   # every seed, as measured after training
+    acc_bn = [r.info.test.accuracy for r in bn_runs]
     check.verdict(accuracy_verdict(acc_plain, acc_bn, mc))
-    if all("timing" in r.info for r in plain_runs + bn_runs):     # imported networks were not timed by cnnlab
-        epoch_s = {name: [sum(r.info["timing"]["epoch_times_s"]) / len(r.info["timing"]["epoch_times_s"]) for r in runs]
+    if all(r.info.timing for r in plain_runs + bn_runs):     # imported networks were not timed by cnnlab
+        epoch_s = {name: [sum(r.info.timing.epoch_times_s) / len(r.info.timing.epoch_times_s) for r in runs]
                    for name, runs in (("plain", plain_runs), ("batch-norm", bn_runs))}
         print("seconds per epoch (run.json):", {k: [round(s, 2) for s in v] for k, v in epoch_s.items()})
         check.report_verdict("1.6.time")
@@ -201,14 +201,15 @@ print("verdict:", m["verdict"])
 check.report_verdict("2.4")
 """))),
     "3.1.1": Answer(
-        "`ascend` is the gradient ascent: inside `frozen` no weight of the network requires a gradient, and each "
-        "step adds step_size · dC/dX to the image X, with C = logits[target]; `synthesize` starts it from Gaussian "
-        "noise around 128 for the ten classes at once, with the report's settings.",
+        "`ascend` is the gradient ascent: inside `frozen` no weight of the network requires a gradient, and with "
+        "`Pixels` each step adds step_size · dC/dX to the image X, with C = logits[target]; `synthesize` starts it "
+        "from Gaussian noise around 128 for the ten classes at once, with the report's settings.",
         (("class models", """\
-from cnnlab.analysis._shared import ascend, frozen
+from cnnlab.analysis._shared import frozen
+from cnnlab.analysis.ascent import Pixels, ascend
 from cnnlab.analysis.class_models import synthesize
 
-show_source(frozen, ascend, synthesize)
+show_source(frozen, ascend, Pixels, synthesize)
 syn = synthesize(model, steps=A.synth_steps, seed=0, label="plain class models")
 syn.figure()
 plt.show()
@@ -251,8 +252,8 @@ check("mean C on the noise and after the last step", [syn.cost[0].mean(), syn.co
 check.verdict(cost_verdict(syn.cost))
 """),)),
     "3.2.1": Answer(
-        "`adversarial` runs the same `ascend` (above) with C = logits[target] − β·MSE(X, source): the MSE to an "
-        "image of the source digit pulls X towards it while the logit of the target rises.",
+        "`adversarial` runs the same `ascend` and `Pixels` (above) with C = logits[target] − β·MSE(X, source): the "
+        "MSE to an image of the source digit pulls X towards it while the logit of the target rises.",
         (("targeted fakes", """\
 from cnnlab.analysis._shared import first_image_of
 from cnnlab.analysis.targeted import adversarial

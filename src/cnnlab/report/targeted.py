@@ -23,8 +23,8 @@ def section_targeted(ctx: Context) -> Section:
                   "each of the MNIST classes. Does the generated image resemble a digit? If so, then what digit "
                   "does it resemble?")
     s = adv.summary()
-    nearest = like["images"]["nearest_class"]
-    nn_label = like["images"]["nn_label"]
+    nearest = like.per_image["nearest_class"]
+    nn_label = like.per_image["nn_label"]
     v = sec.verdict(resemblance_verdict(d, adv.targets.tolist(), nearest, nn_label, adv.final_pred.tolist()))
     n = v.numbers
     fooled = (f"{p('3.2.1.n_fooled', s['n_predicted_as_target'], '{}')} of the 10 fakes are classified as their "

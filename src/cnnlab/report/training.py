@@ -33,7 +33,7 @@ def section_1_1(ctx: Context) -> Section:
     if run.imported:
         return _section_1_1_imported(ctx, run)
     metrics = read_metrics(run.path / "metrics.csv")
-    accs = [r.info["test"]["accuracy"] for r in plain]
+    accs = [r.test.accuracy for r in plain]
     m, s = mean_std(accs)
     cfg = run.config
     epochs = cfg.epochs
@@ -42,7 +42,7 @@ def section_1_1(ctx: Context) -> Section:
                  "progresses. At the end of training, report the average prediction accuracy for the whole "
                  "test set of 10000 images.")
     answer = (f"The plain network classifies <b>{p.pct('1.1.test_acc', accs[0])}</b> of the 10,000 test images "
-              f"correctly ({p('1.1.test_errors', run.info['test']['errors'], '{}')} wrong), after "
+              f"correctly ({p('1.1.test_errors', run.test.errors, '{}')} wrong), after "
               f"{p('1.1.epochs', epochs, '{}')} epoch{'s' if epochs != 1 else ''} of training.")
     if len(accs) > 1:
         answer += (f" Over {p('1.1.seeds', len(accs), '{}')} seeds it is {p.pct('1.1.test_acc_mean', m)} ± "
@@ -58,12 +58,11 @@ def section_1_1(ctx: Context) -> Section:
     s1.figures.append((fig_to_data_uri(fig), f"Training and validation loss and error, and validation accuracy, "
                                              f"logged {p('1.1.points', len(metrics), '{}')} times over the "
                                              f"{epochs} epoch{'s' if epochs != 1 else ''} (plain network, seed {cfg.seed})."))
-    t = run.info["timing"]
     ls = cfg.label_smoothing
-    ev = (f"Training took {p('1.1.train_s', t['train_time_s'], '{:.1f}')} s on {esc(run.info['device'])} "
-          f"({p('1.1.steps', run.info['steps'], '{}')} steps of {cfg.batch_size} images). The reported accuracy is "
+    ev = (f"Training took {p('1.1.train_s', run.timing.train_time_s, '{:.1f}')} s on {esc(str(run.info.device))} "
+          f"({p('1.1.steps', run.info.steps, '{}')} steps of {cfg.batch_size} images). The reported accuracy is "
           f"that of the checkpoint with the best validation accuracy "
-          f"({p.pct('1.1.val_acc', run.info['best']['val_accuracy'])}, at epoch {run.info['best']['epoch']:g}).")
+          f"({p.pct('1.1.val_acc', run.best.val_accuracy)}, at epoch {run.best.epoch:g}).")
     if ls > 0:
         floor = smoothing_floor(ls)
         ev += (f" The training loss stays above the validation loss because training used label smoothing "
@@ -78,14 +77,14 @@ def section_1_1(ctx: Context) -> Section:
         f"Training recipe (the run's config, saved in its run.json): AdamW with a one-cycle learning-rate schedule "
         f"peaking at {cfg.lr:g}, weight decay {cfg.weight_decay:g}, batch {cfg.batch_size}, label smoothing "
         f"{ls:g}, {'random shifts and rotations' if cfg.augment else 'no augmentation'}, "
-        f"{esc(run.info['precision'])} arithmetic, seed {cfg.seed}; the 60,000 training images split "
+        f"{esc(run.precision)} arithmetic, seed {cfg.seed}; the 60,000 training images split "
         f"50,000/10,000 into training and validation by split seed {cfg.split_seed}. Training error is measured "
         f"on the batches as they are trained (while the weights change), validation error on all 10,000 "
         f"validation images at each logged point.")
     s1.numbers = {"test_accuracy": accs, "test_accuracy_mean": m, "test_accuracy_std": s,
-                  "train_time_s": [r.info["timing"]["train_time_s"] for r in plain], "points": len(metrics),
+                  "train_time_s": [r.timing.train_time_s for r in plain], "points": len(metrics),
                   "label_smoothing": ls, "loss_floor_nats": smoothing_floor(ls),
-                  "test_errors": run.info["test"]["errors"], "val_error_first": first["val_error"],
+                  "test_errors": run.test.errors, "val_error_first": first["val_error"],
                   "val_error_epoch1": one["val_error"], "val_error_final": last["val_error"],
                   "train_error_final": last["train_error"]}
     return s1
@@ -98,18 +97,18 @@ def _section_1_1_imported(ctx: Context, run) -> Section:
                   "Show the plot of training error, validation error and prediction accuracy as the training "
                   "progresses. At the end of training, report the average prediction accuracy for the whole "
                   "test set of 10000 images.")
-    acc = run.info["test"]["accuracy"]
+    acc = run.test.accuracy
     src = run.imported
     sec.answer.append(f"The plain network classifies <b>{p.pct('1.1.test_acc', acc)}</b> of the 10,000 test images "
-                      f"correctly ({p('1.1.test_errors', run.info['test']['errors'], '{}')} wrong). It was trained "
+                      f"correctly ({p('1.1.test_errors', run.test.errors, '{}')} wrong). It was trained "
                       f"elsewhere and imported with <code>cnnlab import</code> (input: "
-                      f"{esc(src['transform']['describe'])}).")
-    numbers: dict = {"test_accuracy": [acc], "test_errors": run.info["test"]["errors"], "imported": True}
+                      f"{esc(src.transform_text)}).")
+    numbers: dict = {"test_accuracy": [acc], "test_errors": run.test.errors, "imported": True}
     if (run.path / "metrics.csv").is_file():
         metrics = read_metrics(run.path / "metrics.csv")
         fig = plot_curves(metrics, title="plain network, the learner's own training log")
         sec.figures.append((fig_to_data_uri(fig), f"The learner's training and validation loss and error, as logged in "
-                                                  f"{esc(Path(src.get('metrics') or 'metrics.csv').name)} "
+                                                  f"{esc(Path(src.metrics or 'metrics.csv').name)} "
                                                   f"({p('1.1.points', len(metrics), '{}')} points)."))
         numbers["points"] = len(metrics)
     else:
@@ -132,7 +131,7 @@ def section_1_2(ctx: Context) -> Section:
     n = ctx.analysis.n_random_images
     seed = run.config.seed
     # in the precision the run was tested in, so that the count is 1.1's
-    ev = evaluate(model, ctx.split.test_x, ctx.split.test_y, keep_probs=True, precision=run.info["precision"])
+    ev = evaluate(model, ctx.split.test_x, ctx.split.test_y, keep_probs=True, precision=run.precision)
     wrong_mask = ev.predictions != ctx.split.test_y
     n_wrong = int(wrong_mask.sum())
     fig = plot_predictions(model, ctx.split, n=n, seed=seed)
