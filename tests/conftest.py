@@ -66,9 +66,9 @@ def mnist_split(mnist_dir):
 
 @contextlib.contextmanager
 def torch_threads(n: int):
-    """`n` torch threads inside the block. The shared trained runs are trained with 2 whatever the
-    number of workers: a thread count changes the order of the sums, so the weights, and tests that
-    assert on what a 1-epoch network does (3.1.3's readability) were measured on these weights."""
+    """`n` torch threads inside the block. The shared trained runs are trained on one thread
+    whatever the number of workers: a thread count changes the order of the sums, so the weights
+    (and what tests measure on them) would otherwise depend on how many workers ran the suite."""
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -112,7 +112,7 @@ def built_once(tmp_path_factory, name: str, build, wait: bool = True) -> Path | 
 def _train_quick(split, out: Path, **overrides) -> None:
     from cnnlab.config import preset
     from cnnlab.train import train
-    with torch_threads(2):
+    with torch_threads(1):
         train(preset("quick", epochs=1, label_smoothing=0.0, **overrides), out, split=split, progress=False,
               log=lambda s: None)
 
@@ -123,22 +123,23 @@ FIXTURE_OF = {"plain": "mnist_run", "bn": "mnist_run_bn"}    # ... and the fixtu
 
 @pytest.fixture(scope="session", autouse=True)
 def _trained_runs_first(request, tmp_path_factory):
-    """The first worker (or a run without workers) starts by training the shared runs, one after
-    the other, when the session's tests use them; the other workers go on with their tests and wait
-    only when they need a run. (Two trainings at once, each on 2 threads on 2 cores, took 40 s each
-    instead of ~10.)"""
-    if os.environ.get("PYTEST_XDIST_WORKER", "gw0") != "gw0":
-        return
+    """Each worker starts by training the shared runs nobody is training yet, on one thread: with
+    two workers, one trains the plain run and the other the batch-norm run at the same time, and
+    a worker waits for a run only when a test needs it. (One training on 2 threads beside a worker
+    testing on a third thread took 51 s instead of 7: the threads spin against each other.)"""
     used = {f for item in request.session.items for f in getattr(item, "fixturenames", ())}
-    wanted = {name: o for name, o in TRAINED.items() if FIXTURE_OF[name] in used}
+    wanted = [name for name in TRAINED if FIXTURE_OF[name] in used]
     if not wanted:
         return
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    if worker.removeprefix("gw").isdigit() and int(worker.removeprefix("gw")) % 2:
+        wanted.reverse()
     try:
         split = request.getfixturevalue("mnist_split")
     except pytest.skip.Exception:       # no real MNIST here: the tests that need it skip themselves
         return
-    for name, overrides in wanted.items():
-        built_once(tmp_path_factory, name, lambda out, o=overrides: _train_quick(split, out, **o), wait=False)
+    for name in wanted:
+        built_once(tmp_path_factory, name, lambda out, n=name: _train_quick(split, out, **TRAINED[n]), wait=False)
 
 
 @pytest.fixture(scope="session")
