@@ -136,7 +136,8 @@ def test_resume_reads_the_saved_state_once_and_loads_the_bytes_it_hashed(tmp_pat
 
     from cnnlab.train import train
     out = tmp_path / "run"
-    train(TINY, out, split=synthetic_split(), progress=False, log=lambda s: None, stop_at_step=5)
+    train(TINY, out, split=synthetic_split(), progress=False, log=lambda s: None, stop_at_step=5,
+          figures=False)
     opened = []
     real_open = builtins.open
 
@@ -145,7 +146,8 @@ def test_resume_reads_the_saved_state_once_and_loads_the_bytes_it_hashed(tmp_pat
             opened.append(Path(file).name)
         return real_open(file, *a, **k)
     monkeypatch.setattr(builtins, "open", counting_open)
-    res = train(TINY, out, split=synthetic_split(), progress=False, log=lambda s: None, resume=True)
+    res = train(TINY, out, split=synthetic_split(), progress=False, log=lambda s: None, resume=True,
+                figures=False)
     assert res.info.status == "complete"
     assert len([n for n in opened if n.startswith("state")]) == 1, opened
 
@@ -158,12 +160,14 @@ def test_a_damaged_state_json_is_named_once_and_not_by_its_prefix(tmp_path):
     from cnnlab.errors import RunError
     from cnnlab.train import train
     out = tmp_path / "run"
-    train(TINY, out, split=synthetic_split(), progress=False, log=lambda s: None, stop_at_step=5)
+    train(TINY, out, split=synthetic_split(), progress=False, log=lambda s: None, stop_at_step=5,
+          figures=False)
     meta = _json.loads((out / "state" / "state.json").read_text(encoding="utf-8"))
     del meta["sched"]
     (out / "state" / "state.json").write_text(_json.dumps(meta), encoding="utf-8")
     with pytest.raises(RunError) as e:
-        train(TINY, out, split=synthetic_split(), progress=False, log=lambda s: None, resume=True)
+        train(TINY, out, split=synthetic_split(), progress=False, log=lambda s: None, resume=True,
+                figures=False)
     msg = str(e.value)
     assert msg.count("cannot resume") == 1 and "state.json lacks sched" in msg, msg
 

@@ -438,6 +438,9 @@ def _one_thread():
 
 def _train(out, **kw):
     from cnnlab.train import train
+    # figures=False: the run's two PNGs took 1.4 of a tiny run's 2.1 s; what these tests check is
+    # the loop, its state and its files (the figures are written and checked in test_train.py)
+    kw.setdefault("figures", False)
     return train(kw.pop("cfg", TINY), out, split=kw.pop("split", None) or synthetic_split(),
                  progress=False, log=lambda s: None, **kw)
 
@@ -1306,7 +1309,7 @@ def test_train_with_overwrite_into_user_files_deletes_none_it_did_not_write(tmp_
     (out / "state").mkdir(parents=True)
     (out / "state" / "state-old.safetensors").write_bytes(b"user")
     (out / "notes.txt").write_bytes(b"user")
-    res = _train(out, overwrite=True, cfg=TINY.replace(epochs=1))
+    res = _train(out, overwrite=True, cfg=TINY.replace(epochs=1), figures=True)
     assert res.info.status == "complete"
     assert (out / "state" / "state-old.safetensors").read_bytes() == b"user"
     assert (out / "notes.txt").read_bytes() == b"user"

@@ -283,7 +283,9 @@ def models(mnist_split):
 
 @pytest.mark.mnist
 def test_a_digit_reading_model_is_meaningful_and_the_controls_come_out_as_they_must(models, mnist_split, tmp_path):
-    r = mm.meaningful_experiment(models["digit"], split=mnist_split, seed=0, **SMALL)   # trains its own N and P
+    # N and P from the module's fixture (the command end to end trains its own: test_known_answer)
+    r = mm.meaningful_experiment(models["digit"], split=mnist_split, seed=0, negative=models["negative"],
+                                 positive=models["positive"], **SMALL)
     d = r.to_dict()
     assert d["verdict"] == "meaningful", d["reasons"]
     assert r.controls_ok

@@ -49,6 +49,9 @@ def run_cli(argv, capsys) -> tuple[int, str, str]:
 
 def _train(out: Path, **kw):
     from cnnlab.train import train
+    # figures=False: the run's two PNGs took 1.4 of a tiny run's 2.1 s; what these tests check is
+    # the loop, its state and its files (the figures are written and checked in test_train.py)
+    kw.setdefault("figures", False)
     return train(kw.pop("cfg", TINY), out, split=kw.pop("split", None) or synthetic_split(),
                  progress=False, log=lambda s: None, **kw)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,36 +28,35 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def tiny_run(mnist_split, tmp_path_factory) -> Path:
-    """The smoke preset: one epoch on 4,000 training images (about a second)."""
-    from cnnlab.config import preset
-    from cnnlab.train import train
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    train(preset("smoke"), out, split=mnist_split, progress=False, log=lambda s: None)
-    return out
+def _private_copy(run: Path, dst: Path) -> Path:
+    """A copy of a session run of its own (the explorer writes its cache into the run folder)."""
+    dst.mkdir(parents=True)
+    for name in ("model.safetensors", "run.json"):
+        shutil.copy2(run / name, dst / name)
+    return dst
 
 
 @pytest.fixture(scope="module")
-def tiny_run2(mnist_split, tmp_path_factory) -> Path:
-    """Another run: the smoke preset with label smoothing and another seed (the learner's own
-    run beside the report's)."""
-    from cnnlab.config import preset
-    from cnnlab.train import train
-    out = tmp_path_factory.mktemp("runs") / "learner"
-    train(preset("smoke", seed=1, label_smoothing=0.1), out, split=mnist_split, progress=False, log=lambda s: None)
-    return out
+def plain_run(mnist_run, tmp_path_factory) -> Path:
+    """The session's plain run (conftest.py), in a folder of this module's own."""
+    return _private_copy(mnist_run, tmp_path_factory.mktemp("runs") / "plain")
 
 
-def test_widget_answers_like_the_server(tiny_run, mnist_dir):
+@pytest.fixture(scope="module")
+def learner_run(mnist_run_bn, tmp_path_factory) -> Path:
+    """Another run, the session's batch-norm one (the learner's own run beside the report's)."""
+    return _private_copy(mnist_run_bn, tmp_path_factory.mktemp("runs") / "learner")
+
+
+def test_widget_answers_like_the_server(plain_run, mnist_dir):
     """The widget's message handler and the HTTP route both call Explorer.request: same answer."""
-    w = widget.widget(tiny_run, data_dir=mnist_dir)
+    w = widget.widget(plain_run, data_dir=mnist_dir)
     sent = []
     w.send = sent.append
     w._on_request(w, {"id": 7, "method": "POST", "path": "/api/analyze", "body": {"test": 5, "occlusion": False}}, [])
     (msg,) = sent
     assert msg["id"] == 7 and msg["ok"] is True
-    direct = explore.Explorer([tiny_run], data_dir=mnist_dir).request("POST", "/api/analyze", {"test": 5, "occlusion": False})
+    direct = explore.Explorer([plain_run], data_dir=mnist_dir).request("POST", "/api/analyze", {"test": 5, "occlusion": False})
     assert msg["data"]["runs"][0]["probs"] == direct["runs"][0]["probs"]
     # a bad request is a one-line message back to the page, and the kernel keeps going
     w._on_request(w, {"id": 8, "method": "POST", "path": "/api/analyze", "body": {"test": 10**6}}, [])
@@ -124,12 +124,12 @@ HOST = "http://cnnlab.test"
 
 
 @pytest.mark.browser
-def test_two_widgets_in_one_page_act_independently(tiny_run, tiny_run2, mnist_dir):
+def test_two_widgets_in_one_page_act_independently(plain_run, learner_run, mnist_dir):
     """The widget's own front end (its _esm, _css and _html) rendered twice in one Chromium page,
     as a notebook shows two explorer cells (the report's run beside a learner's), each talking to
     its own Python widget (the kernel's side, through ExplorerWidget._on_request)."""
     sync_api = need_chromium()
-    widgets = [widget.widget(tiny_run, data_dir=mnist_dir), widget.widget(tiny_run2, data_dir=mnist_dir)]
+    widgets = [widget.widget(plain_run, data_dir=mnist_dir), widget.widget(learner_run, data_dir=mnist_dir)]
 
     def kernel(i: int, msg: dict) -> list[dict]:
         sent: list[dict] = []
@@ -166,7 +166,7 @@ for (const i of [0, 1]) {{
             assert time.monotonic() < deadline and not errors, errors
             page.wait_for_timeout(200)
         titles = [page.locator(".cnnlab-explore header span").nth(i).inner_text() for i in range(2)]
-        assert titles[0].startswith("tiny") and titles[1].startswith("learner"), titles
+        assert titles[0].startswith("plain") and titles[1].startswith("learner"), titles
         check_widgets_are_independent(page)
         # each widget quotes what was measured on its own run (the two runs differ)
         while page.locator(".cnnlab-explore[data-calibrated='1']").count() < 2:
@@ -200,7 +200,7 @@ def notebook(path: Path, runs: list[Path], data_dir: Path) -> None:
 
 @pytest.mark.slow          # ~27 s: a JupyterLab server and Chromium (the widget's own tests run without them)
 @pytest.mark.browser
-def test_widget_in_jupyterlab(tiny_run, tiny_run2, mnist_dir, tmp_path):
+def test_widget_in_jupyterlab(plain_run, learner_run, mnist_dir, tmp_path):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"Debian's Chromium is not installed at {CHROMIUM}: apt-get install chromium (CI's .ci/run does)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra)")
@@ -208,7 +208,7 @@ def test_widget_in_jupyterlab(tiny_run, tiny_run2, mnist_dir, tmp_path):
     from drawings import DIGITS
     nbdir = tmp_path / "notebooks"
     nbdir.mkdir()
-    notebook(nbdir / "explore.ipynb", [tiny_run, tiny_run2], mnist_dir)
+    notebook(nbdir / "explore.ipynb", [plain_run, learner_run], mnist_dir)
     # JupyterLab's "get notified about news?" prompt would cover the widget in the screenshot
     news = tmp_path / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     news.parent.mkdir(parents=True)
