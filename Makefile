@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.setup-stamp
 # Tests and benchmarks may read the shared copy of MNIST; the product never does.
 SHARED_MNIST := $(abspath ../shared/datasets/mnist)
 
-.PHONY: setup lint check test test-slow test-all demo bench clean
+.PHONY: setup lint check test suite test-slow test-all demo bench clean
 
 setup: $(STAMP)
 
@@ -38,7 +38,12 @@ check: setup lint
 # shares the torch threads out among the workers): the suite less the slow tier.
 PARALLEL := -n auto --dist loadfile
 
-test: setup lint
+# Lint and types run beside the tests (mypy is one process for ~16 s; the tests leave room for it):
+# `make test` fails if either fails.
+test: setup
+	$(MAKE) --no-print-directory -j2 lint suite
+
+suite: setup
 	CNNLAB_TEST_DATA=$${CNNLAB_TEST_DATA:-$(SHARED_MNIST)} $(PY) -m pytest -q -m "not slow" $(PARALLEL)
 
 # The slow tier alone (marked `slow`: long end-to-end runs, JupyterLab and notebook kernels, child

@@ -1,7 +1,7 @@
 """2.4 must be right on networks whose answer is known by construction (tests/knownkit.py):
 shortcut networks with cues of several kinds, places and strengths say "not meaningful", digit
-readers "meaningful", untrained networks "not meaningful". The cheap cases run in `make test`
-(one of them through the command line, end to end); every other case is a slow test here, and the
+readers "meaningful", untrained networks "not meaningful". One cheap case runs in `make test`,
+through the command line, end to end; every other case is a slow test here, and the
 whole suite with its confusion table is benchmarks/known_answer.py."""
 
 from __future__ import annotations
@@ -41,9 +41,10 @@ def _check(name: str, split, controls) -> None:
 
 
 @pytest.mark.mnist
-# the reader is also test_meaningful's digit-reading model: its case here runs in the slow tier
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n.startswith("reader") else n
-                                  for n in knownkit.CHEAP if n != knownkit.CHEAP[0]])
+# the slow tier: the reader is also test_meaningful's digit-reading model, and make test calls a
+# shortcut network "not meaningful" twice already (the command below, and test_meaningful.py)
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in knownkit.CHEAP if n != knownkit.CHEAP[0]])
 def test_a_cheap_known_answer_network_gets_its_verdict(name, mnist_split, controls):
     _check(name, mnist_split, controls)
 
