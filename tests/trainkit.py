@@ -12,13 +12,15 @@ def few_step_model(split, steps: int, seed: int = 0, batch: int = 128):
     `batch` training images; returned in eval mode."""
     from cnnlab.model import Net
     torch.manual_seed(seed)
-    net = Net(mean=split.mean, std=split.std)
+    # channels_last, as training does: the same function, 150 steps in 5.9 s instead of 10.4 (1 thread)
+    net = Net(mean=split.mean, std=split.std).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     g = torch.Generator().manual_seed(seed)
     net.train()
     for _ in range(steps):
         idx = torch.randint(0, len(split.train_x), (batch,), generator=g)
-        loss = F.cross_entropy(net(split.train_x[idx].float() / 255), split.train_y[idx])
+        x = (split.train_x[idx].float() / 255).contiguous(memory_format=torch.channels_last)
+        loss = F.cross_entropy(net(x), split.train_y[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -52,19 +52,31 @@ def _unit_rows(a: np.ndarray) -> np.ndarray:
     return np.divide(a, n, out=np.zeros_like(a), where=n > 0)
 
 
-def _nearest_train(x: np.ndarray, train: np.ndarray, train_y: np.ndarray, chunk: int = 10000):
+CHUNK = 10_000   # training images per matrix product in _nearest_train
+
+
+def _train_units(train: np.ndarray, chunk: int = CHUNK) -> list[np.ndarray]:
+    """The training images as unit rows (`_unit_rows`), chunk by chunk: made once per call of
+    digit_likeness and used for both its reference and its images (the float copy of 50,000
+    images was made, and normalized, twice)."""
+    return [_unit_rows(train[i:i + chunk]) for i in range(0, len(train), chunk)]
+
+
+def _nearest_train(x: np.ndarray, train_units: list[np.ndarray], train_y: np.ndarray):
     """Label and correlation of the most correlated training image for every row of x
-    (float32 matrix products over chunks of the training set)."""
+    (float32 matrix products over the chunks of `_train_units`)."""
     best = np.full(len(x), -2.0)
     lab = np.zeros(len(x), dtype=np.int64)
     xu = _unit_rows(x)
-    for i in range(0, len(train), chunk):
-        r = xu @ _unit_rows(train[i:i + chunk]).T
+    start = 0
+    for units in train_units:
+        r = xu @ units.T
         j = r.argmax(1)
         v = r[np.arange(len(x)), j]
         better = v > best
         best[better] = v[better]
-        lab[better] = train_y[i + j[better]]
+        lab[better] = train_y[start + j[better]]
+        start += len(units)
     return lab, best
 
 
@@ -141,7 +153,7 @@ def digit_likeness(images, split, models: Mapping[str, torch.nn.Module] | None =
         raise ConfigError("images hold NaN or infinite values")
     means = class_means(split) if means is None else np.asarray(means)
     mflat = means.reshape(N_CLASSES, -1)
-    train = split.train_x.reshape(len(split.train_x), -1).numpy().astype(np.float32)
+    train = _train_units(split.train_x.reshape(len(split.train_x), -1).numpy())
     train_y = split.train_y.numpy()
 
     # Reference: real test digits.
