@@ -481,9 +481,11 @@ def make_split(raw: RawData, val_size: int = 10_000, split_seed: int = 0, train_
         train_idx = train_idx[:train_subset]
     as_x = lambda a: torch.from_numpy(np.ascontiguousarray(a)).unsqueeze(1)        # noqa: E731
     as_y = lambda a: torch.from_numpy(a.astype(np.int64))                          # noqa: E731
+    # np.take copies whole rows (0.04 s for the 60,000 images); fancy indexing took 0.4 s
+    train_images = np.take(raw.train_images, train_idx, axis=0)
     # mean and std from the histogram of the 256 grey levels: exact, and no float copy of the images
     # (torch counts the bytes as they are; np.bincount first widens 39M bytes to 314 MB of int64)
-    train_bytes = torch.from_numpy(np.ascontiguousarray(raw.train_images[train_idx])).reshape(-1)
+    train_bytes = torch.from_numpy(train_images).reshape(-1)
     counts = torch.bincount(train_bytes, minlength=256).numpy().astype(np.float64)
     levels = np.arange(256) / 255.0
     mean = float((counts * levels).sum() / counts.sum())
@@ -493,8 +495,8 @@ def make_split(raw: RawData, val_size: int = 10_000, split_seed: int = 0, train_
             "val_indices_sha256": indices_hash(val_idx), "train_subset": train_subset,
             "files_sha256": raw.sha256}
     return Split(raw.name, get_spec(raw.name).class_names,
-                 as_x(raw.train_images[train_idx]), as_y(raw.train_labels[train_idx]),
-                 as_x(raw.train_images[val_idx]), as_y(raw.train_labels[val_idx]),
+                 as_x(train_images), as_y(raw.train_labels[train_idx]),
+                 as_x(np.take(raw.train_images, val_idx, axis=0)), as_y(raw.train_labels[val_idx]),
                  as_x(raw.test_images), as_y(raw.test_labels),
                  mean=mean, std=std, info=info)
 
