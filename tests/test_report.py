@@ -16,7 +16,12 @@ from cnnlab.report import notebook as N
 from cnnlab.report import notebook_cells as NC
 from cnnlab.report import notebook_run as NR
 
-nbformat = pytest.importorskip("nbformat")       # the report writes and executes report.ipynb
+
+def _nbformat():
+    """nbformat, imported by the tests that read report.ipynb (at module level it cost every
+    pytest worker ~2 s of collection: jsonschema builds its format parsers on import)."""
+    return pytest.importorskip("nbformat")
+
 
 SECTIONS = ["1.1", "1.2", "1.3", "1.4", "1.5", "1.6", "2.1", "2.2", "2.3", "2.4",
             "3.1.1", "3.1.2", "3.1.3", "3.1.4", "3.2.1"]
@@ -518,6 +523,7 @@ def text_of(o: dict) -> str:
 
 @on_the_report
 def test_the_notebook_was_executed_and_shows_the_code(report_dir):
+    nbformat = _nbformat()
     nb = nbformat.read(report_dir / "report.ipynb", as_version=4)
     nbformat.validate(nb)
     assert nb.metadata.kernelspec.name == "python3" and nb.metadata.language_info.name == "python"
@@ -553,7 +559,7 @@ def test_the_notebook_was_executed_and_shows_the_code(report_dir):
 
 @on_the_report
 def test_the_numbers_it_computes_are_the_reports(report_dir):
-    nb = nbformat.read(report_dir / "report.ipynb", as_version=4)
+    nb = _nbformat().read(report_dir / "report.ipynb", as_version=4)
     results = json.loads((report_dir / "results.json").read_text(encoding="utf-8"))
     assert results["notebook"] == "report.ipynb" and "incomplete" not in results
     checks = [meta(o) for o in outputs_of(nb) if "check" in meta(o)]
