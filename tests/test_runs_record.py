@@ -184,6 +184,22 @@ def test_a_malformed_run_json_is_refused_by_open_run_naming_the_file(tmp_path):
     assert str(Path(run) / "run.json") in str(e.value) and "'errors'" in str(e.value)
 
 
+def test_a_run_just_trained_and_a_run_on_disk_read_their_results_the_same_way(tmp_path):
+    """TrainResult and Run share one definition of test/best/timing (run_record.RunResults): a
+    record without them is the same one line for both (TrainResult used to assert)."""
+    from cnnlab.model import Net
+    from cnnlab.runs import Run
+    from cnnlab.train import TrainResult
+    run = open_run(fake_run(tmp_path / "run"))
+    res = TrainResult(out=tmp_path / "run", model=Net(), config=run.config, info=run.info)
+    for part in ("test", "best", "timing"):
+        assert getattr(TrainResult, part) is getattr(Run, part)
+        with pytest.raises(RunError, match=f"holds no '{part}' record") as e:
+            getattr(res, part)
+        assert str(tmp_path / "run" / "run.json") in str(e.value)
+        one_line(str(e.value))
+
+
 def test_results_a_run_lacks_are_one_line_when_needed(tmp_path):
     """A hand-made run opens (explore and the analyses need no results); code that needs its test
     score, its best checkpoint or its timing gets one line, not a KeyError."""

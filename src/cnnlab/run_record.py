@@ -11,7 +11,7 @@ naming the file and the field.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 from .config import TrainConfig
 from .errors import RunError
@@ -183,6 +183,24 @@ class RunInfo:
         kernels = (self.hardware or {}).get("kernels")
         return kernels if isinstance(kernels, str) else None
 
+    @overload
+    def require(self, name: Literal["test"], where: object) -> TestScore: ...
+    @overload
+    def require(self, name: Literal["best"], where: object) -> Best: ...
+    @overload
+    def require(self, name: Literal["timing"], where: object) -> Timing: ...
+
+    def require(self, name: str, where: object) -> Any:
+        """The result part `name` ("test", "best", "timing"), or one RunError line naming `where`
+        (the run.json) when the record lacks it: an imported run was never timed, and a hand-made
+        run.json may hold no results at all."""
+        part = getattr(self, name)
+        if part is None:
+            why = ("a run made by `cnnlab import` was not trained by cnnlab" if self.imported else
+                   "was it written by cnnlab? (training writes every record)")
+            raise RunError(f"{where} holds no '{name}' record; {why}")
+        return part
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON object run.json holds (as training and `cnnlab import` write it)."""
         out: dict[str, Any] = {}
@@ -230,3 +248,25 @@ class RunInfo:
         return cls(format=info["format"], status=info["status"], config=config, hardware=info.get("hardware"),
                    config_keys=None if set(keys) == set(config.to_dict()) else keys,
                    extra={k: v for k, v in info.items() if k not in known}, **values)
+
+
+class RunResults:
+    """`test`, `best` and `timing` of a class holding a RunInfo as `info` (a run on disk, a run just
+    trained): one definition, failing in one line (`RunInfo.require`) when run.json lacks the part."""
+    info: RunInfo
+
+    def _record_path(self) -> object:
+        """The run.json the record came from, for the error message."""
+        return "the run's record"
+
+    @property
+    def test(self) -> TestScore:
+        return self.info.require("test", self._record_path())
+
+    @property
+    def best(self) -> Best:
+        return self.info.require("best", self._record_path())
+
+    @property
+    def timing(self) -> Timing:
+        return self.info.require("timing", self._record_path())

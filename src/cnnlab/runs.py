@@ -16,7 +16,7 @@ import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy
 import torch
@@ -28,7 +28,7 @@ from .errors import RunError
 from .model import load_weights
 from .output import OutputDir, make_dir, os_error
 from .run_record import RUN_FORMAT as RUN_FORMAT  # re-exported: where callers have always found it
-from .run_record import Best, Imported, RunInfo, TestScore, Timing
+from .run_record import Imported, RunInfo, RunResults
 from .schema import read_json
 
 
@@ -170,11 +170,8 @@ def _is_file(p: Path) -> bool:
         return False
 
 
-P = TypeVar("P")
-
-
 @dataclass
-class Run:
+class Run(RunResults):
     """A trained run on disk: its directory, its run.json (typed and checked once, by open_run),
     and the path of its weights."""
     path: Path
@@ -184,26 +181,8 @@ class Run:
     def config(self) -> TrainConfig:
         return self.info.config
 
-    # run.json's results, for code that needs them: a run.json without them is one line (an
-    # imported run was never timed; a hand-made one may hold no results at all)
-    @property
-    def test(self) -> TestScore:
-        return self._part(self.info.test, "test")
-
-    @property
-    def best(self) -> Best:
-        return self._part(self.info.best, "best")
-
-    @property
-    def timing(self) -> Timing:
-        return self._part(self.info.timing, "timing")
-
-    def _part(self, part: P | None, name: str) -> P:
-        if part is None:
-            why = ("a run made by `cnnlab import` was not trained by cnnlab" if self.imported else
-                   "was it written by cnnlab? (training writes every record)")
-            raise RunError(f"{self.path / 'run.json'} holds no '{name}' record; {why}")
-        return part
+    def _record_path(self) -> Path:
+        return self.path / "run.json"
 
     @property
     def precision(self) -> str:

@@ -30,7 +30,7 @@ from .evaluation import EvalResult, evaluate
 from .metrics import LoopState, step_time_summary
 from .model import Net
 from .output import OutputDir
-from .run_record import RUN_FORMAT, Best, RunInfo, SplitInfo, TestScore, Timing
+from .run_record import RUN_FORMAT, Best, RunInfo, RunResults, SplitInfo, TestScore, Timing
 from .runs import RunLock, check_out_dir, hardware, versions
 
 __all__ = ["train", "evaluate", "TrainResult", "StepCallback", "saved_config"]
@@ -128,7 +128,7 @@ StepCallback = Callable[[LoopState, torch.Tensor], "torch.Tensor | None"]
 # ---------------------------------------------------------------------------------------------
 
 @dataclass
-class TrainResult:
+class TrainResult(RunResults):
     out: Path | None
     model: Net
     config: TrainConfig
@@ -140,21 +140,8 @@ class TrainResult:
     # filters_by_epoch.safetensors holds); None for a resumed run whose saved state predates them
     filters_by_epoch: dict[str, torch.Tensor] | None = None
 
-    # the parts of run.json that train() always writes
-    @property
-    def test(self) -> TestScore:
-        assert self.info.test is not None
-        return self.info.test
-
-    @property
-    def best(self) -> Best:
-        assert self.info.best is not None
-        return self.info.best
-
-    @property
-    def timing(self) -> Timing:
-        assert self.info.timing is not None
-        return self.info.timing
+    def _record_path(self) -> object:
+        return self.out / "run.json" if self.out is not None else "the run's record (not written: no out folder)"
 
     @property
     def test_accuracy(self) -> float:
