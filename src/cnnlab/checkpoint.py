@@ -36,7 +36,7 @@ class RunWriter:
     in the folder's manifest; only files the manifest lists are ever deleted."""
 
     def __init__(self, out: Path | None, directory: OutputDir | None = None, figures: bool = True,
-                 checked: CheckedState | None = None):
+                 checked: CheckedState | None = None) -> None:
         self.out = out
         self.figures = figures
         self.checked = checked          # the saved state, already read and checked by train() on resume
@@ -55,7 +55,8 @@ class RunWriter:
             return bool(self._best_in_memory)
         return (self.out / "model.safetensors").is_file()
 
-    def start(self, cfg: TrainConfig, resume: bool, model: Net, opt, sched,
+    def start(self, cfg: TrainConfig, resume: bool, model: Net, opt: torch.optim.Optimizer,
+              sched: torch.optim.lr_scheduler.LRScheduler,
               log: Callable[[str], None]) -> tuple[LoopState, list[dict]]:
         """A fresh state (stale files of an earlier run removed), or the saved one on resume."""
         if self.out is None or not resume:
@@ -121,7 +122,8 @@ class RunWriter:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
         self._write("metrics.csv", buf.getvalue().encode("utf-8"))
 
-    def save_state(self, model: Net, opt, sched, state: LoopState) -> None:
+    def save_state(self, model: Net, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
+                   state: LoopState) -> None:
         if self.out is None:
             return
         tensors = {f"model.{k}": v for k, v in state_tensors(model).items()}
@@ -278,7 +280,8 @@ def _load_state(out: Path, model: Net, opt, sched,
 ADAMW_STATE = ("step", "exp_avg", "exp_avg_sq")     # per parameter, as torch's AdamW saves it
 
 
-def state_tensor_problems(tensors: dict[str, torch.Tensor], model: Net, opt, step: Any) -> list[str]:
+def state_tensor_problems(tensors: dict[str, torch.Tensor], model: Net, opt: torch.optim.Optimizer,
+                          step: Any) -> list[str]:
     """What is wrong with a saved training state's tensors (model.*, opt.<i>.*; the filters.*
     snapshots are checked by _saved_filters): names, shapes, dtypes and finiteness by
     model.tensor_problems, then AdamW's invariants: exp_avg_sq ≥ 0, and every parameter's step

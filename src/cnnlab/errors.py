@@ -4,6 +4,8 @@ Every one carries a message that says what was wrong, what was expected and what
 prints the message on one line and exits non-zero; it never shows a traceback for these.
 """
 
+from __future__ import annotations
+
 
 class CnnlabError(Exception):
     """Base of every error cnnlab raises on purpose."""
@@ -56,7 +58,7 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C (SIGINT) or SIGTERM stopped a command. A KeyboardInterrupt, so no `except
     Exception` on the way up can swallow it; the CLI exits 128 + the signal number (130 / 143)."""
 
-    def __init__(self, signum: int, message: str = ""):
+    def __init__(self, signum: int, message: str = "") -> None:
         super().__init__(message)
         self.signum = signum
         self.exit_code = 128 + signum

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import sys
 import textwrap
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Literal
 
 import matplotlib
 
@@ -13,6 +15,14 @@ if "ipykernel" not in sys.modules:   # notebooks keep their inline backend; ever
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    from matplotlib.backend_bases import GraphicsContextBase
+    from matplotlib.font_manager import FontProperties
+    from torch import nn
+
+    from .data import Split
 
 plt.rcParams.update({"figure.dpi": 100, "savefig.bbox": "tight", "font.size": 9,
                      "axes.spines.top": False, "axes.spines.right": False})
@@ -76,8 +86,10 @@ def plot_curves(metrics: list[dict], title: str = "") -> plt.Figure:
     return fig
 
 
-def image_grid(images, titles=None, colors=None, ncols: int = 8, size: float = 1.25,
-               cmap: str = "gray", vmin=0.0, vmax=1.0, suptitle: str = "", fontsize: float = 8.0) -> plt.Figure:
+def image_grid(images: Iterable[npt.ArrayLike], titles: Sequence[str] | None = None,
+               colors: Sequence[str] | None = None, ncols: int = 8, size: float = 1.25, cmap: str = "gray",
+               vmin: float | None = 0.0, vmax: float | None = 1.0, suptitle: str = "",
+               fontsize: float = 8.0) -> plt.Figure:
     """Images in a grid of `ncols` columns, each `size` inches (less when the grid would be wider
     than FIG_WIDTH_IN: the report prints nothing wider), with `titles` at `fontsize` points
     (keep them short enough for a cell: about size·72 / (0.6·fontsize) characters a line)."""
@@ -104,7 +116,7 @@ def image_grid(images, titles=None, colors=None, ncols: int = 8, size: float = 1
 
 
 @torch.inference_mode()
-def plot_predictions(model, split, n: int = 32, seed: int = 0) -> plt.Figure:
+def plot_predictions(model: nn.Module, split: Split, n: int = 32, seed: int = 0) -> plt.Figure:
     """Randomly chosen test images with true and predicted labels; wrong ones in red."""
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(split.test_x), generator=g)[:n]
@@ -162,7 +174,8 @@ def legibility(fig: plt.Figure, max_width_in: float = PRINT_WIDTH_IN) -> dict:
     drawn: list[tuple[str, float, Text | None]] = []
     original = renderer.draw_text
 
-    def spy(gc, x, y, s, prop, angle, ismath=False, mtext=None):
+    def spy(gc: GraphicsContextBase, x: float, y: float, s: str, prop: FontProperties, angle: float,
+            ismath: bool | Literal["TeX"] = False, mtext: Text | None = None) -> None:
         if str(s).strip():
             drawn.append((str(s), float(prop.get_size_in_points()), mtext))
         return original(gc, x, y, s, prop, angle, ismath=ismath, mtext=mtext)

@@ -47,7 +47,7 @@ import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -307,7 +307,8 @@ def _check_against_torch(k: Kernel) -> None:
 
 class _Conv1PoolReluFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, k: Kernel, half: bool, track: bool):
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, k: Kernel, half: bool,
+                track: bool) -> torch.Tensor:
         _expect(x, "x", (x.shape[0], *IN_SHAPE), (torch.float32,))
         _expect(weight, "conv1 weight", (C_OUT, 1, 3, 3), (torch.float32,))
         _expect(bias, "conv1 bias", (C_OUT,), (torch.float32,))
@@ -329,7 +330,8 @@ class _Conv1PoolReluFn(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out):
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None,
+                                                              torch.Tensor | None, None, None, None]:
         x, wt, out, winners = ctx.saved_tensors
         k: Kernel = ctx.kernel
         grad_out = grad_out.to(out.dtype).contiguous(memory_format=torch.channels_last)
@@ -350,7 +352,7 @@ class _Conv1PoolReluFn(torch.autograd.Function):
 
 class _Pool2ReluFlattenFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, y, k: Kernel, track: bool):
+    def forward(ctx: Any, y: torch.Tensor, k: Kernel, track: bool) -> torch.Tensor:
         _expect(y, "conv2 output", (y.shape[0], C_OUT, POOLED, POOLED), (torch.float32, torch.bfloat16))
         if not y.is_contiguous(memory_format=torch.channels_last):
             raise ValueError("the fused pool2 kernel reads conv2's output in channels_last memory format")
@@ -366,7 +368,7 @@ class _Pool2ReluFlattenFn(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out):
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         out, winners = ctx.saved_tensors
         k: Kernel = ctx.kernel
         grad_out = grad_out.to(out.dtype).contiguous()

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -32,6 +32,9 @@ from .output import OutputDir
 from .run_record import RUN_FORMAT, Best, Imported, RunInfo, SplitInfo, TestScore
 from .runs import Run, hardware, open_run, versions
 from .weights_file import flatten_state_dict, read_weights
+
+if TYPE_CHECKING:
+    from .data import Split
 
 MAX_METRICS_ROWS = 100_000
 CHANCE_LIMIT = 0.3                     # test accuracy below this: the transform is probably wrong
@@ -338,7 +341,7 @@ class ImportResult:
 
 def import_weights(source: str | Path | Mapping[str, torch.Tensor] | nn.Module, out: str | Path,
                    transform: InputTransform | None = None, *, metrics: str | Path | None = None,
-                   split=None, data_dir: str | None = None, overwrite: bool = False,
+                   split: Split | None = None, data_dir: str | None = None, overwrite: bool = False,
                    log: Callable[[str], None] | None = None) -> ImportResult:
     """Make the run `out` from weights trained elsewhere; nothing is written unless every check passes.
 

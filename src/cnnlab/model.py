@@ -32,7 +32,7 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081   # defaults; training sets them from the
 
 class Net(nn.Module):
     def __init__(self, batch_norm: bool = False, n_classes: int = N_CLASSES,
-                 mean: float = MNIST_MEAN, std: float = MNIST_STD):
+                 mean: float = MNIST_MEAN, std: float = MNIST_STD) -> None:
         super().__init__()
         self.batch_norm = batch_norm
         self.register_buffer("input_mean", torch.tensor(float(mean)))
@@ -202,7 +202,7 @@ def tensor_problems(tensors: dict[str, torch.Tensor], expected: dict[str, torch.
             + [f"non-finite values in {some(bad)}"] * bool(bad))
 
 
-def load_weights(path: str | Path, batch_norm: bool | None = None, device="cpu") -> Net:
+def load_weights(path: str | Path, batch_norm: bool | None = None, device: str | torch.device = "cpu") -> Net:
     """A Net with the weights of `path`, in eval mode. `batch_norm=None` takes it from the file.
 
     Any difference between the file and the network (missing or extra tensors, wrong shapes,

@@ -49,7 +49,7 @@ def report_note(also: str = "") -> str:
 class Cells:
     """An ordered list of notebook cells: `md(text)`, `code(source, outputs)`."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str) -> None:
         self.name = name                 # seeds the cell ids
         self.cells: list[dict[str, Any]] = []
 

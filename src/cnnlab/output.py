@@ -31,11 +31,14 @@ import re
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import OutputError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 MANIFEST = ".cnnlab-manifest.json"
 _MAX_MANIFEST_BYTES = 16 * 1024 * 1024
@@ -219,7 +222,7 @@ class OutputDir:
     files present are recorded as ours."""
 
     def __init__(self, path: str | os.PathLike, *, overwrite: bool = False, adopt: bool = False,
-                 flag: str = "--overwrite"):
+                 flag: str = "--overwrite") -> None:
         self.path = Path(path)
         self.overwrite = overwrite
         self.adopt = adopt
@@ -417,7 +420,7 @@ class OutputDir:
     def write_json(self, name: str, obj: Any) -> Path:
         return self.write_bytes(name, (dumps(obj) + "\n").encode("utf-8"))
 
-    def save_figure(self, fig, name: str, dpi: int = 110, **kwargs: Any) -> Path:
+    def save_figure(self, fig: Figure, name: str, dpi: int = 110, **kwargs: Any) -> Path:
         return self.write_bytes(name, figure_png(fig, dpi, **kwargs))
 
     def save_npz(self, name: str, **arrays: Any) -> Path:
@@ -494,7 +497,7 @@ def dumps(obj: Any) -> str:
     return json.dumps(jsonable(obj), indent=2, allow_nan=False)
 
 
-def figure_png(fig, dpi: int = 110, **kwargs: Any) -> bytes:
+def figure_png(fig: Figure, dpi: int = 110, **kwargs: Any) -> bytes:
     """A matplotlib figure as PNG bytes (the figure is closed)."""
     import matplotlib.pyplot as plt
     buf = io.BytesIO()
@@ -511,7 +514,7 @@ def npz_bytes(**arrays: Any) -> bytes:
     return buf.getvalue()
 
 
-def save_figure(fig, path: Path, dpi: int = 110, **kwargs: Any) -> None:
+def save_figure(fig: Figure, path: Path, dpi: int = 110, **kwargs: Any) -> None:
     """Save a matplotlib figure as PNG atomically and close it."""
     atomic_write_bytes(path, figure_png(fig, dpi, **kwargs))
 

@@ -20,12 +20,16 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps
 
 from .errors import ImageError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 MAX_IMAGE_BYTES = 25 * 1024 * 1024        # bytes of file; a 48-megapixel phone JPEG is ~15 MB
 MAX_IMAGE_PIXELS = 50_000_000             # width × height, read from the header before decoding
@@ -52,7 +56,7 @@ def _read_limited(path: Path, max_bytes: int) -> bytes:
     return data
 
 
-def load_image(path_or_bytes, max_bytes: int = MAX_IMAGE_BYTES,
+def load_image(path_or_bytes: str | os.PathLike[str] | bytes | bytearray | memoryview, max_bytes: int = MAX_IMAGE_BYTES,
                max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode an image file (a path, or the file's bytes) under the limits above.
 
@@ -212,7 +216,7 @@ def to_mnist(img: Image.Image) -> np.ndarray:
 
 
 @torch.inference_mode()
-def predict(model, images: Sequence[np.ndarray]) -> list[dict]:
+def predict(model: nn.Module, images: Sequence[np.ndarray]) -> list[dict]:
     """Classify MNIST-style digits (each float [28, 28] in [0, 1]).
 
     Returns one {"prediction": int, "probabilities": [10 floats]} per image, in order. A network
@@ -238,7 +242,7 @@ def predict(model, images: Sequence[np.ndarray]) -> list[dict]:
 PREDICT_BATCH = 256      # images per forward pass: memory stays flat in the number of files
 
 
-def predict_files(model, paths: Sequence, keep_images: bool = False,
+def predict_files(model: nn.Module, paths: Sequence, keep_images: bool = False,
                   batch_size: int = PREDICT_BATCH) -> list[dict]:
     """Classify image files. One dict per path, in order: {"file", "prediction", "probabilities"},
     or {"file", "error"} for a file that could not be read (the others are still classified).

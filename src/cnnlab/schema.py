@@ -207,7 +207,7 @@ class LimitedReader:
     """A read-only file object over `raw` that raises LimitExceeded once more than `limit`
     bytes have been read through it (for tarfile's streaming mode over a gzip stream)."""
 
-    def __init__(self, raw, limit: int):
+    def __init__(self, raw: io.BufferedIOBase, limit: int) -> None:
         self.raw, self.limit, self.count = raw, limit, 0
 
     def read(self, n: int = -1) -> bytes:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
 import torch
@@ -22,6 +23,14 @@ from torch import nn
 from ..errors import ConfigError
 from ..model import IMAGE_SIZE, N_CLASSES, Net
 from ..output import OutputDir, as_output_dir
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    from matplotlib.axes import Axes
+    from matplotlib.colors import Colormap
+    from matplotlib.figure import Figure
+
+    from ..runs import Run
 
 FEATURE_LAYERS = ("conv1", "pool1", "conv2", "pool2")  # the layers whose outputs are feature maps
 
@@ -71,7 +80,7 @@ class AscentResult(AnalysisResult):
     def final_pred(self) -> np.ndarray:
         return self.pred[-1]
 
-    def draw_targets(self, axes, images: np.ndarray, extras: list[str]) -> None:
+    def draw_targets(self, axes: Sequence[Axes], images: np.ndarray, extras: list[str]) -> None:
         """One panel per target: the image (0–255), target, prediction and confidence in the
         title (green when predicted as the target), plus `extras[i]`; no ticks on any of `axes`."""
         for i, ax in enumerate(axes[1:]):
@@ -83,7 +92,7 @@ class AscentResult(AnalysisResult):
             ax.set_xticks([]), ax.set_yticks([])
 
 
-def ascent_grid(T: int, title_lines: int = 3, ncols: int = 6, suptitle_lines: int = 2):
+def ascent_grid(T: int, title_lines: int = 3, ncols: int = 6, suptitle_lines: int = 2) -> tuple[Figure, list[Axes]]:
     """A figure FIG_WIDTH_IN wide (printed at full size) for the start or source image and `T`
     ascent images, in rows of `ncols` panels with room for `title_lines` lines of 8-pt title over
     each; returns (fig, the T + 1 axes). Spare cells at the end stay blank."""
@@ -103,7 +112,7 @@ def ascent_grid(T: int, title_lines: int = 3, ncols: int = 6, suptitle_lines: in
 
 
 @contextmanager
-def evaluating(model: nn.Module):
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode for the duration, then the model's previous mode again (batch-norm running
     statistics are never updated by anything in this module)."""
     was_training = model.training
@@ -131,7 +140,7 @@ def inference_copy(model: Net) -> Net:
     return net
 
 
-def as_image(image) -> torch.Tensor:
+def as_image(image: npt.ArrayLike | torch.Tensor) -> torch.Tensor:
     """A [28, 28] float tensor in [0, 1] from [28, 28], [1, 28, 28] or [1, 1, 28, 28] input
     (uint8 pixels are divided by 255)."""
     x = torch.as_tensor(np.array(image) if not isinstance(image, torch.Tensor) else image)   # a copy: the caller's array may be read-only
@@ -159,7 +168,7 @@ def untrained_like(model: Net, seed: int) -> Net:
     return ref.to(device_of(model)).eval()
 
 
-def untrained_for_run(run, model: Net | None = None) -> Net:
+def untrained_for_run(run: Run, model: Net | None = None) -> Net:
     """The untrained network of a run (same seed, same architecture)."""
     model = model if model is not None else run.load_model()
     return untrained_like(model, run.config.seed)
@@ -178,7 +187,7 @@ def mosaic(tiles: np.ndarray, ncols: int, gap_x: int = 1, gap_y: int = 1) -> np.
     return out
 
 
-def diverging_cmap():
+def diverging_cmap() -> Colormap:
     import matplotlib
     return matplotlib.colormaps["RdBu_r"].with_extremes(bad="#d9d9d9")
 
@@ -190,7 +199,7 @@ def diverging_cmap():
 # ---------------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def frozen(model: torch.nn.Module):
+def frozen(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """`model` in eval mode with no parameter requiring grad; both restored on exit.
 
     Eval mode matters for the batch-norm network: in train mode BatchNorm would mix the images of
@@ -210,7 +219,7 @@ def frozen(model: torch.nn.Module):
 
 
 @contextlib.contextmanager
-def few_threads(batch: int, limit: int = 64):
+def few_threads(batch: int, limit: int = 64) -> Iterator[None]:
     """One intra-op thread while working on a small batch (≤ `limit` images), restored after.
 
     On tiny tensors the threads wait on each other more than they work (BENCHMARKS.md). torch's
@@ -227,7 +236,7 @@ def few_threads(batch: int, limit: int = 64):
             torch.set_num_threads(n)
 
 
-def check_targets(targets) -> list[int]:
+def check_targets(targets: int | Iterable[Any]) -> list[int]:
     if isinstance(targets, int):
         targets = [targets]
     try:
@@ -242,7 +251,7 @@ def check_targets(targets) -> list[int]:
     return out
 
 
-def check_number(name: str, v, lo: float | None = 0.0, lo_open: bool = False) -> float:
+def check_number(name: str, v: Any, lo: float | None = 0.0, lo_open: bool = False) -> float:
     try:
         f = float(v)
     except (TypeError, ValueError):
@@ -254,7 +263,7 @@ def check_number(name: str, v, lo: float | None = 0.0, lo_open: bool = False) ->
     return f
 
 
-def check_int(name: str, v, lo: int = 0) -> int:
+def check_int(name: str, v: Any, lo: int = 0) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or int(v) < lo:
         raise ConfigError(f"{name} must be an integer ≥ {lo}; got {v!r}")
     return int(v)
@@ -271,7 +280,7 @@ def pct(p: float) -> str:
     return f"{p * 100:.1f}%" if p >= 0.1 else f"{p * 100:.2g}%"
 
 
-def cost_figure(cost: np.ndarray, prob: np.ndarray, targets: np.ndarray, title: str):
+def cost_figure(cost: np.ndarray, prob: np.ndarray, targets: np.ndarray, title: str) -> Figure:
     import matplotlib.pyplot as plt
 
     from ..figures import FIG_WIDTH_IN, wrap_text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,6 +15,10 @@ from ..errors import ConfigError
 from ..model import Net
 from ._shared import FEATURE_LAYERS, AnalysisResult, as_image, device_of, evaluating, mosaic
 from .verdict import Verdict
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    from matplotlib.figure import Figure
 
 # ---------------------------------------------------------------------------------------------
 # Activations (question 2.3)
@@ -71,11 +76,11 @@ class ActivationResult(AnalysisResult):
     def arrays(self) -> dict[str, np.ndarray]:
         return {"image": self.image, **self.maps}
 
-    def figure(self):
+    def figure(self) -> Figure:
         return _plot_activations(self)
 
 
-def activations(model: Net, image, label: int | None = None, name: str = "") -> ActivationResult:
+def activations(model: Net, image: npt.ArrayLike | torch.Tensor, label: int | None = None, name: str = "") -> ActivationResult:
     """Feature maps after ReLU of conv1, pool1, conv2, pool2 for one image, and per-layer numbers
     that show what changes with depth."""
     img = as_image(image)

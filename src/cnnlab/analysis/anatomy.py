@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +14,9 @@ from torch import nn
 
 from ..model import Net
 from ._shared import IMAGE_SIZE, AnalysisResult
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 NEURON_DEFINITION = ("a neuron is one output unit of a layer with learnable weights (conv or fully "
                      "connected): a conv layer has channels × height × width neurons, a fully "
@@ -68,7 +73,7 @@ class Summary(AnalysisResult):
                                           "are counted in 'batch_norm' and in the total, not in 'conv'",
                                 "shapes": SHAPE_NOTE}}
 
-    def figure(self):
+    def figure(self) -> Figure:
         """The layer table as a figure (monospace text)."""
         import textwrap
 
@@ -86,7 +91,7 @@ class Summary(AnalysisResult):
 
     def table_text(self) -> str:
         """The layer table and totals as plain text."""
-        def shp(s):
+        def shp(s: Sequence[int]) -> str:
             return "×".join(map(str, s))
         rows = [("layer", "kind", "input", "output", "params", "neurons")]
         rows += [(r["name"], r["kind"], shp(r["input_shape"]), shp(r["output_shape"]),
@@ -115,8 +120,8 @@ def summary(batch_norm: bool = False, model: Net | None = None) -> Summary:
     batch_norm = bool(net.batch_norm)
     calls: list[tuple[str, nn.Module, tuple, tuple]] = []
 
-    def hook(name):
-        def fn(module, inputs, output):
+    def hook(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
+        def fn(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             calls.append((name, module, tuple(inputs[0].shape[1:]), tuple(output.shape[1:])))
         return fn
 
@@ -130,7 +135,7 @@ def summary(batch_norm: bool = False, model: Net | None = None) -> Summary:
         for h in handles:
             h.remove()
 
-    layers = [{"name": "input", "kind": "input", "input_shape": list(x.shape[1:]),
+    layers: list[dict[str, Any]] = [{"name": "input", "kind": "input", "input_shape": list(x.shape[1:]),
                "output_shape": list(x.shape[1:]), "params": 0, "neurons": 0, "units": x[0].numel(),
                "detail": "pixels in [0, 1], normalized inside"}]
     for name, module, in_shape, out_shape in calls:
@@ -145,7 +150,7 @@ def summary(batch_norm: bool = False, model: Net | None = None) -> Summary:
                    "output_shape": list(probs.shape[1:]), "params": 0, "neurons": 0,
                    "units": probs[0].numel(), "detail": "probabilities"})
 
-    def total(key, kinds):
+    def total(key: str, kinds: set[str]) -> int:
         return sum(r[key] for r in layers if r["kind"] in kinds)
 
     params = {"total": total("params", {"conv", "fc", "batch_norm"}), "conv": total("params", {"conv"}),

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..config import BLUR_SIGMA, NOISE_MEAN, SIGMA
 from ..errors import ConfigError
@@ -107,7 +108,7 @@ class Pixels(Parametrization):
 
     def __init__(self, x0: torch.Tensor, *, step_size: float, source: torch.Tensor | None = None,
                  beta: float | np.ndarray = 0.0, clip: bool = False, l2: float = 0.0, blur_every: int = 0,
-                 blur_sigma: float = BLUR_SIGMA, jitter: int = 0, seed: int = 0):
+                 blur_sigma: float = BLUR_SIGMA, jitter: int = 0, seed: int = 0) -> None:
         self.x = x0
         self.step_size, self.clip, self.l2 = step_size, clip, l2
         self.blur_every, self.blur_sigma, self.jitter = blur_every, blur_sigma, jitter
@@ -161,7 +162,7 @@ class PcaCoefficients(Parametrization):
     (none with `min_prob` None). Adam on w with learning rate `lr`; `lam` holds the final λ."""
 
     def __init__(self, w0: np.ndarray, mean: np.ndarray, scale_basis: np.ndarray, *, lr: float,
-                 prior_weight: float, min_prob: float | None, adapt_every: int, adapt_factor: float):
+                 prior_weight: float, min_prob: float | None, adapt_every: int, adapt_factor: float) -> None:
         self.w0, self.mean0, self.sb0 = w0, mean, scale_basis
         self.lr, self.prior_weight = lr, prior_weight
         self.min_prob, self.adapt_every, self.adapt_factor = min_prob, adapt_every, adapt_factor
@@ -190,7 +191,7 @@ class PcaCoefficients(Parametrization):
         self.opt.step()
 
 
-def ascend(model, targets: list[int], param: Parametrization, *, steps: int) -> Trace:
+def ascend(model: nn.Module, targets: list[int], param: Parametrization, *, steps: int) -> Trace:
     """`steps` steps of gradient ascent on C = logits[target] − param.penalty(X), all targets in one
     batch, the model frozen. Records C, the target's logit and probability, the predicted class and
     the MSE to a source at X_0 … X_steps (the network fed X/255: it takes [0, 1] pixels)."""

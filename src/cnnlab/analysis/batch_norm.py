@@ -9,12 +9,18 @@ import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import ConfigError
 from ..stats import paired_ci
 from .verdict import Verdict
+
+if TYPE_CHECKING:
+    import os
+
+    from ..runs import Run
 
 ALPHA = 0.05          # significance level of the exact McNemar test (one seed)
 SUGGESTED_SEEDS = 3   # an inconclusive run with fewer seeds suggests this many
@@ -129,12 +135,12 @@ TIME_STEPS_RULE = (
     "'<per step>/<to accuracy>' as in time_verdict: 'sooner', 'not sooner' or 'not reached'.")
 
 
-def load_step_times(run) -> np.ndarray | None:
+def load_step_times(run: Run | str | os.PathLike[str]) -> np.ndarray | None:
     """The seconds of every timed optimizer step of a run (its step_times.npy, float64), or None
     for a run written before steps were timed. `run`: a run directory or a `runs.Run`."""
     from ..errors import RunError
     from ..schema import read_bytes_limited
-    path = Path(getattr(run, "path", run)) / "step_times.npy"
+    path = Path(getattr(run, "path", run)) / "step_times.npy"  # type: ignore[arg-type]  # a Run gives its .path
     if not path.is_file():
         return None
     raw = read_bytes_limited(path, 64 * 1024 * 1024, RunError, "step times file")
@@ -202,7 +208,8 @@ def _tail_share(runs: list[np.ndarray]) -> float:
     return tail / total
 
 
-def time_verdict_steps(plain_step_s, bn_step_s, reach: Sequence[Mapping] | None = None, *,
+def time_verdict_steps(plain_step_s: np.ndarray | Sequence[Any], bn_step_s: np.ndarray | Sequence[Any],
+                       reach: Sequence[Mapping] | None = None, *,
                        n_boot: int = N_BOOT, seed: int = 0) -> Verdict:
     """1.6 "Does it affect training time?" from the seconds of every optimizer step: one array
     per network (one seed) or one array per seed for each (same seeds, in order), e.g. from

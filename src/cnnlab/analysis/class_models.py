@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,6 +15,11 @@ from ._shared import N_CLASSES, AscentResult, ascent_grid, check_int, check_numb
 from .ascent import Pixels, ascend, initial_noise
 from .likeness import LikenessResult
 from .verdict import Verdict
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    from matplotlib.figure import Figure
+    from torch import nn
 
 # ---------------------------------------------------------------------------------------------
 # Class models from noise (§3.1)
@@ -66,7 +72,7 @@ class SynthesisResult(AscentResult):
                 "cost": self.cost.astype(np.float32), "prob": self.prob.astype(np.float32),
                 "initial": self.initial.astype(np.float32), "pred": self.pred}
 
-    def figure(self, likeness: LikenessResult | None = None):
+    def figure(self, likeness: LikenessResult | None = None) -> Figure:
         """The generated images with target, prediction and confidence (green: predicted as the
         target). Shown on 0–255 with values outside clipped for display, plus the initial noise.
         With `likeness` (from `digit_likeness`), each title adds r = correlation with the
@@ -87,14 +93,14 @@ class SynthesisResult(AscentResult):
                      fontsize=9)
         return fig
 
-    def cost_figure(self):
+    def cost_figure(self) -> Figure:
         title = f"{self.label or 'class models'}: cost C = logits[target] against step"
         if self.params.get("blur_every"):
             title += f"\n(saw-tooth: the blur every {self.params['blur_every']} steps lowers C, the ascent wins it back)"
         return cost_figure(self.cost, self.prob, self.targets, title)
 
 
-def synthesize(model, targets: Iterable[int] = range(N_CLASSES), steps: int = STEPS,
+def synthesize(model: nn.Module, targets: Iterable[int] = range(N_CLASSES), steps: int = STEPS,
                step_size: float = SYNTH_STEP_SIZE, sigma: float = SIGMA, seed: int = 0, clip: bool = False,
                l2: float = 0.0, blur_every: int = 0, blur_sigma: float = BLUR_SIGMA, jitter: int = 0,
                label: str = "") -> SynthesisResult:
@@ -133,7 +139,7 @@ def synthesize(model, targets: Iterable[int] = range(N_CLASSES), steps: int = ST
                            tr.prob, tr.pred, tr.logit, params, seconds, label)
 
 
-def synthesize_regularized(model, targets: Iterable[int] = range(N_CLASSES), **kwargs) -> SynthesisResult:
+def synthesize_regularized(model: nn.Module, targets: Iterable[int] = range(N_CLASSES), **kwargs: Any) -> SynthesisResult:
     """`synthesize` with the REGULARIZED preset (clip, L2 decay, blur, jitter); kwargs override."""
     return synthesize(model, targets, **{**REGULARIZED, "label": "regularized class models", **kwargs})
 
@@ -185,7 +191,7 @@ COST_RULE = ("'increasing' when the mean cost over the targets is higher after t
              "pairs and its mean gain there is positive.")
 
 
-def cost_verdict(cost) -> Verdict:
+def cost_verdict(cost: npt.ArrayLike) -> Verdict:
     """3.1.4 "Is the cost increasing or decreasing?" from the cost per step and target
     ([steps + 1, T]; row 0 is the initial noise)."""
     c = np.asarray(cost, dtype=np.float64)

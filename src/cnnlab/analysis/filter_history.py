@@ -4,6 +4,7 @@ training)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -11,17 +12,24 @@ from ..errors import ConfigError
 from ._shared import AnalysisResult, diverging_cmap, mosaic
 from .filters import CLASS_THRESHOLD, cosine, layer_numbers
 
+if TYPE_CHECKING:
+    import os
+
+    from matplotlib.figure import Figure
+
+    from ..runs import Run
+
 FILTERS_BY_EPOCH = "filters_by_epoch.safetensors"   # in a run directory; absent in older runs
 HISTORY_LAYERS = ("conv1", "conv2")
 
 
-def load_filters_by_epoch(run) -> dict[str, np.ndarray] | None:
+def load_filters_by_epoch(run: Run | str | os.PathLike[str]) -> dict[str, np.ndarray] | None:
     """{"conv1.epoch0": [32, 1, 3, 3], ...} from a run directory (or `runs.Run`), or None for a
     run written before training kept them."""
     from pathlib import Path
 
     from ..model import read_safetensors
-    path = Path(getattr(run, "path", run)) / FILTERS_BY_EPOCH
+    path = Path(getattr(run, "path", run)) / FILTERS_BY_EPOCH  # type: ignore[arg-type]  # a Run gives its .path
     if not path.is_file():
         return None
     tensors, _ = read_safetensors(path)
@@ -84,11 +92,11 @@ class FilterHistoryResult(AnalysisResult):
     def arrays(self) -> dict[str, np.ndarray]:
         return {f"{layer}_by_epoch": w for layer, w in self.weights.items()}
 
-    def figure(self):
+    def figure(self) -> Figure:
         return _plot_history(self)
 
 
-def filter_history(source) -> FilterHistoryResult | None:
+def filter_history(source: Run | str | os.PathLike[str] | dict[str, Any] | None) -> FilterHistoryResult | None:
     """How conv1 and conv2 moved during training, epoch by epoch. `source`: a run directory or
     `runs.Run` (its filters_by_epoch.safetensors; None when the run has none: trained before
     snapshots were kept), or the snapshots themselves ({"conv1.epoch0": tensor, ...}, e.g.

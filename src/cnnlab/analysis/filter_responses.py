@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -10,6 +11,11 @@ from ..errors import ConfigError
 from ..model import Net
 from ._shared import AnalysisResult, diverging_cmap, mosaic
 from .filters import CLASS_LETTER, CLASS_THRESHOLD, NON_DC, NON_DC_CHANCE, direction_bin, kernel_stats
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    import torch
+    from matplotlib.figure import Figure
 
 
 def _non_dc(w: np.ndarray) -> dict:
@@ -66,7 +72,7 @@ class ResponseResult(AnalysisResult):
             out.update(untrained_weights=self.reference_weights, untrained_mean_patches=self.reference_patches)
         return out
 
-    def figure(self):
+    def figure(self) -> Figure:
         return _plot_responses(self)
 
 
@@ -142,7 +148,7 @@ def _response_numbers(w: np.ndarray, patch_norm: np.ndarray, patch_px: np.ndarra
     return rows, summary
 
 
-def what_filters_respond_to(model: Net, images, layer: str = "conv1", top: int = 100,
+def what_filters_respond_to(model: Net, images: npt.ArrayLike | torch.Tensor, layer: str = "conv1", top: int = 100,
                             reference: Net | None = None) -> ResponseResult:
     """For each conv1 filter, the mean of the `top` 3×3 input patches (over every position of
     `images`: [N, 28, 28] or [N, 1, 28, 28], uint8 or [0, 1]; a few thousand test images) where
@@ -157,7 +163,7 @@ def what_filters_respond_to(model: Net, images, layer: str = "conv1", top: int =
     x = _as_images(images)
     top = min(top, len(x) * x.shape[-1] * x.shape[-2])
 
-    def measure(net: Net):
+    def measure(net: Net) -> tuple[np.ndarray, np.ndarray, list[dict], dict]:
         w = net.conv1.weight.detach().cpu().double().numpy()[:, 0].copy()
         patch, act = _top_patches(net, x, top)
         mean, std = float(net.get_buffer("input_mean")), float(net.get_buffer("input_std"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -10,6 +11,12 @@ from ..errors import ConfigError
 from ..model import Net
 from ._shared import AnalysisResult, diverging_cmap, mosaic
 from .verdict import Verdict
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from matplotlib.image import AxesImage
 
 # ---------------------------------------------------------------------------------------------
 # Filters (questions 2.1–2.2)
@@ -48,7 +55,7 @@ def _basis3() -> np.ndarray:
 _B3 = _basis3()
 
 
-def kernel_stats(w) -> dict:
+def kernel_stats(w: npt.ArrayLike) -> dict:
     """Energy decomposition, class and gradient direction of every 3×3 kernel in `w` [..., 3, 3]."""
     w = np.asarray(w, dtype=np.float64)
     if w.shape[-2:] != (3, 3):
@@ -135,7 +142,7 @@ class FilterResult(AnalysisResult):
             out["untrained"] = self.reference
         return out
 
-    def figure(self):
+    def figure(self) -> Figure:
         return _plot_conv1(self) if self.layer == "conv1" else _plot_conv2(self)
 
 
@@ -184,7 +191,7 @@ def filters(model: Net, layer: str = "conv1", reference: Net | None = None) -> F
                 k["untrained_effective_inputs"] = round(float(ref_eff[o]), 2)
             kernels.append(k)
 
-    def numbers(weights, cosines, effs):
+    def numbers(weights: np.ndarray, cosines: np.ndarray | None, effs: np.ndarray | None) -> dict[str, Any]:
         d = layer_numbers(weights)
         if layer == "conv1":
             edges = [k for k in kernel_stats(weights)["gradient_direction_deg"][kernel_stats(weights)["class"] == "edge"]]
@@ -256,7 +263,8 @@ def patterns_verdict(res: FilterResult, compare: FilterResult | None = None) -> 
 CLASS_LETTER = {"edge": "E", "blob": "B", "line": "L", "mixed": "·"}
 
 
-def mosaic_axes(ax, tiles: np.ndarray, ncols: int, v: float, labels: list[str], colors: list[str] | None = None):
+def mosaic_axes(ax: Axes, tiles: np.ndarray, ncols: int, v: float, labels: list[str],
+                colors: list[str] | None = None) -> AxesImage:
     """3×3 `tiles` in rows of `ncols` with a 2-unit gap under each for its 7-pt label; returns the image."""
     im = ax.imshow(mosaic(tiles, ncols, 1, 2), cmap=diverging_cmap(), vmin=-v, vmax=v, interpolation="nearest")
     for i, label in enumerate(labels):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -63,6 +63,12 @@ from .meaningful_rule import (
 from .occlusion import describe_patch_map
 from .regions import occluded, patch_overlap
 from .verdict import Verdict
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    from matplotlib.figure import Figure
+
+    from ..data import Split
 
 OCC_PATCH, OCC_STRIDE, OCC_FILL = 3, 2, 0.0
 GREY_FILL, GREY_SIZES = 0.5, (1, 2, 3, 4, 5)
@@ -197,7 +203,7 @@ class MeaningfulResult(AnalysisResult):
     controls: dict = field(default_factory=dict)             # {"behaviour": bool, "occlusion": bool}
 
     def to_dict(self) -> dict:
-        def public(d):          # keys starting with "_" hold arrays, saved in the .npz instead
+        def public(d: Any) -> Any:          # keys starting with "_" hold arrays, saved in the .npz instead
             if isinstance(d, dict):
                 return {k: public(v) for k, v in d.items() if not str(k).startswith("_")}
             return [public(v) for v in d] if isinstance(d, (list, tuple)) else d
@@ -210,7 +216,7 @@ class MeaningfulResult(AnalysisResult):
         m, n, p, r = (self.subjects[k] for k in ("M", "N", "P", "R"))
         b, o = m["behaviour"], m["occlusion"]
 
-        def pc(x):
+        def pc(x: dict[str, Any]) -> str:
             return (f"{x['rate']:.0%} of {x['n']} images (95% interval {x['lo']:.0%}–{x['hi']:.0%})"
                     if x["n"] else "none of 0 images")
         head = {"meaningful": "By the stated rule the learning is meaningful.",
@@ -236,7 +242,7 @@ class MeaningfulResult(AnalysisResult):
             s.append("Why: " + "; ".join(self.reasons) + ".")
         return " ".join(s)
 
-    def figure(self):
+    def figure(self) -> Figure:
         return _plot(self)
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -279,7 +285,8 @@ def _sample_regions(x_u8: np.ndarray, take: np.ndarray, masks) -> np.ndarray:
     return found
 
 
-def meaningful_experiment(model: nn.Module, images=None, labels=None, *, masks=None, split=None, seed: int = 0,
+def meaningful_experiment(model: nn.Module, images: npt.ArrayLike | None = None, labels: npt.ArrayLike | None = None, *,
+                          masks: npt.ArrayLike | None = None, split: Split | None = None, seed: int = 0,
                           n_behaviour: int = 500, n_occlusion: int = 50, negative: nn.Module | None = None,
                           positive: nn.Module | None = None, untrained: nn.Module | None = None,
                           shortcut_steps: int = SHORTCUT_STEPS, reader_steps: int = READER_STEPS) -> MeaningfulResult:
@@ -330,10 +337,10 @@ def meaningful_experiment(model: nn.Module, images=None, labels=None, *, masks=N
     t1 = time.perf_counter()
     p_given = positive is not None
     if negative is None:
-        negative = train_shortcut(model, split.train_x, seed=seed, steps=shortcut_steps)
+        negative = train_shortcut(model, split.train_x, seed=seed, steps=shortcut_steps)  # type: ignore[union-attr]  # split checked above
     t_neg = time.perf_counter()
     if positive is None:
-        positive = train_reader(model, split.train_x, split.train_y, seed=seed, steps=reader_steps)
+        positive = train_reader(model, split.train_x, split.train_y, seed=seed, steps=reader_steps)  # type: ignore[union-attr]  # split checked above
     t_pos = time.perf_counter()
     nets = {"M": model, "N": negative, "P": positive,
             "R": untrained if untrained is not None else fresh_copy(model, seed + 2)}

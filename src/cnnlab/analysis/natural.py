@@ -36,7 +36,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -50,6 +50,14 @@ from .ascent import PcaCoefficients, ascend, initial_noise
 from .class_models import SynthesisResult
 from .likeness import LikenessResult
 from .verdict import Verdict
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    from matplotlib.figure import Figure
+    from torch import nn
+
+    from ..data import Split
+    from ..output import OutputDir
 
 COMPONENTS = 30        # principal components kept (30, 40, 50, 100 measured: docstring table)
 PRIOR_WEIGHT = 0.3     # λ on ½‖w‖² (w whitened, so ½‖w‖² ≈ K/2 = 15 for a real digit), in logits; strong
@@ -88,7 +96,7 @@ class PcaPrior:
     n_images: int
 
     @classmethod
-    def fit(cls, split, components: int = COMPONENTS, stride: int = PRIOR_STRIDE) -> PcaPrior:
+    def fit(cls, split: Split, components: int = COMPONENTS, stride: int = PRIOR_STRIDE) -> PcaPrior:
         """Principal components of every `stride`-th training image (labels are never read)."""
         components = check_int("components", components, 1)
         stride = check_int("stride", stride, 1)
@@ -110,12 +118,12 @@ class PcaPrior:
     def components(self) -> int:
         return len(self.scale)
 
-    def encode(self, images) -> np.ndarray:
+    def encode(self, images: npt.ArrayLike) -> np.ndarray:
         """Whitened coefficients w [n, K] of images [n, 28, 28] (0–255)."""
         x = np.asarray(images, dtype=np.float64).reshape(-1, 784)
         return (x - self.mean) @ self.basis.T / self.scale
 
-    def decode(self, w) -> np.ndarray:
+    def decode(self, w: npt.ArrayLike) -> np.ndarray:
         """Images [n, 28, 28] (0–255, not clipped) of whitened coefficients w [n, K]."""
         return (self.mean + (np.asarray(w) * self.scale) @ self.basis).reshape(-1, 28, 28)
 
@@ -128,7 +136,7 @@ class NaturalSynthesisResult(SynthesisResult):
     """`SynthesisResult` of `synthesize_natural`: `cost` is C = logit − λ·½‖w‖² per step, `prob`,
     `pred`, `logit` are measured on the clipped image X(w) the network was fed."""
 
-    def figure(self, likeness: LikenessResult | None = None):
+    def figure(self, likeness: LikenessResult | None = None) -> Figure:
         """The start and the class models with target, prediction and confidence (green:
         predicted as the target); with `likeness` (`digit_likeness`), r with the class mean."""
         from ..figures import wrap_text
@@ -145,12 +153,12 @@ class NaturalSynthesisResult(SynthesisResult):
                                f"min confidence {pct(float(self.final_prob.min()))}", fontsize=9), fontsize=9)
         return fig
 
-    def cost_figure(self):
+    def cost_figure(self) -> Figure:
         return cost_figure(self.cost, self.prob, self.targets,
                             f"{self.label}: C = logits[target] − λ·½‖w‖² against step")
 
 
-def synthesize_natural(model, targets: Iterable[int] = range(N_CLASSES), *, split=None,
+def synthesize_natural(model: nn.Module, targets: Iterable[int] = range(N_CLASSES), *, split: Split | None = None,
                        prior: PcaPrior | None = None, seed: int = 0, steps: int = STEPS, lr: float = LR,
                        prior_weight: float = PRIOR_WEIGHT, components: int = COMPONENTS,
                        sigma: float = SIGMA, min_prob: float | None = MIN_PROB,
@@ -178,7 +186,7 @@ def synthesize_natural(model, targets: Iterable[int] = range(N_CLASSES), *, spli
             raise ConfigError(f"min_prob is a probability and must be < 1; got {min_prob:g}")
     t_fit = time.perf_counter()
     if prior is None:
-        prior = PcaPrior.fit(split, components)
+        prior = PcaPrior.fit(split, components)  # type: ignore[arg-type]  # split is given when prior is not (checked above)
     elif not isinstance(prior, PcaPrior):
         raise ConfigError(f"prior must be a PcaPrior (PcaPrior.fit(split)); got {type(prior).__name__}")
     fit_seconds = time.perf_counter() - t_fit
@@ -299,7 +307,7 @@ class ReadabilityResult(AnalysisResult):
                            "readable": "both"},
                 "reference_real_test_digits": self.reference, "params": self.params, "rows": rows}
 
-    def figure(self):
+    def figure(self) -> Figure:
         """One row of images per set (plain / regularized / natural), each image titled with the
         nearest training label and distance and the judge's prediction (green = passes), and the
         judges' counts at the end of each row."""
@@ -341,7 +349,7 @@ class ReadabilityResult(AnalysisResult):
             fontsize=8.5), fontsize=8.5)
         return fig
 
-    def save(self, directory, stem: str | None = None) -> list[Path]:
+    def save(self, directory: str | Path | OutputDir, stem: str | None = None) -> list[Path]:
         """readability.json (with the answer sentence) and readability.png, as every result saves."""
         d = as_output_dir(directory)
         stem = stem or self.stem
@@ -396,7 +404,8 @@ def _probs(model, x: np.ndarray) -> np.ndarray:
         model.train(was)
 
 
-def readability(images, targets, split, judge_model, *, maker=None, n_real: int = N_REAL, seed: int = 0,
+def readability(images: npt.ArrayLike | Mapping[str, npt.ArrayLike], targets: Iterable[int], split: Split,
+                judge_model: nn.Module, *, maker: nn.Module | None = None, n_real: int = N_REAL, seed: int = 0,
                 judge_name: str = "second network") -> ReadabilityResult:
     """Judge whether images (an array [n, 28, 28] on 0–255, or a mapping row name → array, e.g.
     plain / regularized / natural) can be read as their targets, on the image clipped to 0–255:

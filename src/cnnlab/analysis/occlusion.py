@@ -8,6 +8,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,6 +21,10 @@ from ..model import Net
 from . import regions as rg
 from ._shared import IMAGE_SIZE, AnalysisResult, as_image, chunk_for, device_of, evaluating, inference_copy
 from .regions import occluded, patch_overlap
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    from matplotlib.figure import Figure
 
 # ---------------------------------------------------------------------------------------------
 # Occlusion (question 2.4)
@@ -74,7 +79,7 @@ def drop_attribution(drop: np.ndarray, k: int, stride: int = 1, size: int = IMAG
     return out
 
 
-def stroke_mask(image, dilate: int = 0) -> np.ndarray:
+def stroke_mask(image: npt.ArrayLike, dilate: int = 0) -> np.ndarray:
     """Boolean [28, 28]: the image's ink (analysis/regions.py: stroke pixels against the image's own
     background), grown by `dilate` pixels in every direction."""
     return rg.grow(rg.ink(np.asarray(image)), dilate)
@@ -186,11 +191,11 @@ class OcclusionResult(AnalysisResult):
                 "base_prob": np.float64(self.base_prob),
                 "patch_sizes": np.array(sorted(self.prob), dtype=np.int64), **arrays}
 
-    def figure(self):
+    def figure(self) -> Figure:
         return _plot_occlusion(self)
 
 
-def occlusion(model: Net, image, target: int | None = None, patch_sizes: Sequence[int] = PATCH_SIZES,
+def occlusion(model: Net, image: npt.ArrayLike | torch.Tensor, target: int | None = None, patch_sizes: Sequence[int] = PATCH_SIZES,
               stride: int = 1, fill: float | str = 0.5, label: int | None = None, name: str = "",
               precision: str = "auto") -> OcclusionResult:
     """Probability of `target` (default: the class predicted for the clean image) as a square

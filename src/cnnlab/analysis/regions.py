@@ -31,6 +31,7 @@ masks instead. Images where no digit can be found raise a one-line DataError nam
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -39,6 +40,9 @@ import torch.nn.functional as F
 from ..errors import DataError
 from ..model import IMAGE_SIZE, N_CLASSES
 from ..schema import read_npz
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 BG_WINDOW = 7            # px: side of the square of the opening that estimates the background
 INK_SHARE = 0.4          # ink: contrast ≥ this share of the image's stroke level S
@@ -62,7 +66,7 @@ def _as_batch(images) -> tuple[torch.Tensor, bool]:
     return (x[None] if single else x), single
 
 
-def contrast(images) -> np.ndarray:
+def contrast(images: npt.ArrayLike) -> np.ndarray:
     """Foreground contrast c = image − background, ≥ 0, [N, 28, 28] (or [28, 28] for one image).
     The background is the image's grey-scale opening by a BG_WINDOW² square (the minimum over
     the square, then the maximum over it): the white top-hat, which keeps what is narrower than
@@ -82,7 +86,7 @@ def stroke_level(c: np.ndarray) -> np.ndarray:
     return np.sort(flat, axis=1)[:, -STROKE_RANK]
 
 
-def ink(images) -> np.ndarray:
+def ink(images: npt.ArrayLike) -> np.ndarray:
     """Stroke pixels: contrast ≥ 40% of the image's stroke level and ≥ MIN_CONTRAST (bool, same
     leading shape as the input; all False on a blank image)."""
     c = contrast(images)
@@ -141,7 +145,7 @@ def _stroke_like(m: np.ndarray) -> bool:
     return max(h, w) >= 2 * min(h, w) or len(ys) < 0.5 * h * w
 
 
-def find_digits(images) -> tuple[np.ndarray, list[str | None]]:
+def find_digits(images: npt.ArrayLike) -> tuple[np.ndarray, list[str | None]]:
     """The digit of each image ([N, 28, 28] bool, grown 1 px) and, per image, None or why no
     digit was found (then its mask is all False). See the module docstring for the steps."""
     c = contrast(images)
@@ -182,7 +186,7 @@ def find_digits(images) -> tuple[np.ndarray, list[str | None]]:
     return out, why
 
 
-def digit_masks(images, masks=None) -> np.ndarray:
+def digit_masks(images: npt.ArrayLike, masks: npt.ArrayLike | None = None) -> np.ndarray:
     """bool [N, 28, 28]: `masks` where given (checked), else the digit found in each image; a
     one-line DataError for the first image without one."""
     x, _ = _as_batch(images)
@@ -228,7 +232,7 @@ def occluded(image: torch.Tensor, k: int, stride: int, fill: float) -> torch.Ten
 # Images the user gives (--images F.npz)
 # ---------------------------------------------------------------------------------------------
 
-def check_images(images, labels) -> tuple[np.ndarray, np.ndarray]:
+def check_images(images: npt.ArrayLike, labels: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """uint8 [N, 28, 28] images (0 = background) and integer labels [N] in 0..9, or a DataError."""
     x, y = np.asarray(images), np.asarray(labels)
     if x.dtype != np.uint8:

@@ -6,7 +6,7 @@ import copy
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -17,6 +17,10 @@ from ..device import autocast, resolve_precision
 from ..errors import ConfigError
 from ._shared import CPU_CHUNK, AnalysisResult, check_int, check_number, chunk_for, few_threads, frozen
 from .verdict import Verdict
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    from matplotlib.figure import Figure
 
 
 def _check_eps(eps) -> float:
@@ -54,7 +58,8 @@ def _loss_grad(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return g
 
 
-def fgsm(model, x: torch.Tensor, y, eps: float, targeted: bool = False) -> torch.Tensor:
+def fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | npt.ArrayLike, eps: float,
+         targeted: bool = False) -> torch.Tensor:
     """One signed-gradient step of size `eps` ([0, 1] scale), clipped to [0, 1].
 
     Untargeted: `y` are the true labels and the step increases their loss. Targeted: `y` are the
@@ -68,7 +73,7 @@ def fgsm(model, x: torch.Tensor, y, eps: float, targeted: bool = False) -> torch
     return (x + sign * eps * g.sign()).clamp(0.0, 1.0).detach()
 
 
-def pgd(model, x: torch.Tensor, y, eps: float, alpha: float | None = None, steps: int = PGD_STEPS,
+def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | npt.ArrayLike, eps: float, alpha: float | None = None, steps: int = PGD_STEPS,
         targeted: bool = False, random_start: bool = True, seed: int = 0) -> torch.Tensor:
     """Projected gradient descent in the L∞ ball of radius `eps` ([0, 1] scale).
 
@@ -137,7 +142,7 @@ class RobustnessResult(AnalysisResult):
             lines.append(f"{e:<7g}" + "".join(cells))
         return "\n".join(lines)
 
-    def figure(self):
+    def figure(self) -> Figure:
         import matplotlib.pyplot as plt
         fig, ax = plt.subplots(figsize=(6.2, 4))
         for i, name in enumerate(self.models()):
@@ -162,7 +167,7 @@ class RobustnessResult(AnalysisResult):
 # twice as long and the old one-ε batches of 1000 ×6–7 as long (benchmarks/FINDINGS-p11.md § 4).
 
 
-def robustness(models: Mapping[str, torch.nn.Module], x: torch.Tensor, y, attack: str = "fgsm",
+def robustness(models: Mapping[str, torch.nn.Module], x: torch.Tensor, y: torch.Tensor | npt.ArrayLike, attack: str = "fgsm",
                eps_list: Sequence[float] | None = None, steps: int = PGD_STEPS, alpha_per_eps: float | None = None,
                targeted: bool = False, batch_size: int = 1000, seed: int = 0, precision: str = "auto",
                chunk: int | None = None, kernels: Mapping[str, bool] | None = None) -> RobustnessResult:
@@ -231,7 +236,8 @@ def robustness(models: Mapping[str, torch.nn.Module], x: torch.Tensor, y, attack
         correct = torch.zeros(len(nz), dtype=torch.long)
         hit = torch.zeros(len(nz), dtype=torch.long)
 
-        def predict(xa: torch.Tensor, net=net, dev=dev, prec=prec, fmt=fmt, step_rows=step_rows) -> torch.Tensor:
+        def predict(xa: torch.Tensor, net: torch.nn.Module = net, dev: torch.device = dev, prec: str = prec,
+                    fmt: torch.memory_format = fmt, step_rows: int = step_rows) -> torch.Tensor:
             with torch.inference_mode(), autocast(dev, prec):
                 return torch.cat([net(xa[i:i + step_rows].to(dev).contiguous(memory_format=fmt)).argmax(1).cpu()
                                   for i in range(0, len(xa), step_rows)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -16,13 +17,18 @@ from .ascent import Pixels, ascend, initial_noise
 from .likeness import LikenessResult, pearson
 from .verdict import Verdict
 
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    from matplotlib.figure import Figure
+    from torch import nn
+
 # ---------------------------------------------------------------------------------------------
 # Targeted fakes (§3.2)
 # ---------------------------------------------------------------------------------------------
 
 ADAPT_ROUNDS = 3        # a target not reached at β gets up to 3 more rounds, at β/2, β/4, β/8
 
-def as_image_255(image, scale: str = "auto") -> torch.Tensor:
+def as_image_255(image: npt.ArrayLike | torch.Tensor, scale: str = "auto") -> torch.Tensor:
     """A 28×28 image as float32 on the 0–255 scale.
 
     `scale`: "255" (values in 0–255), "01" (values in [0, 1]) or "auto": uint8 arrays, and float
@@ -124,7 +130,7 @@ class AdversarialResult(AscentResult):
                 "pred": self.pred, "mse": self.mse_history.astype(np.float32),
                 "initial": self.initial.astype(np.float32)}
 
-    def figure(self, likeness: LikenessResult | None = None):
+    def figure(self, likeness: LikenessResult | None = None) -> Figure:
         """Source, then one fake per target: target, prediction (confidence), MSE to the source
         and, with `likeness` from `digit_likeness`, which digit it looks like: the label of the
         most correlated training image (`nn_label`)."""
@@ -157,12 +163,12 @@ class AdversarialResult(AscentResult):
             parts.append("not reached: " + ", ".join(str(t) for t in self.not_reached))
         return ("; " + "; ".join(parts)) if parts else ""
 
-    def cost_figure(self):
+    def cost_figure(self) -> Figure:
         return cost_figure(self.cost, self.prob, self.targets,
                             f"targeted fakes (β = {self.beta:g}): cost C = logits[target] − β·MSE against step")
 
 
-def adversarial(model, source_image, targets: Iterable[int] = range(N_CLASSES), beta: float = BETA,
+def adversarial(model: nn.Module, source_image: npt.ArrayLike | torch.Tensor, targets: Iterable[int] = range(N_CLASSES), beta: float = BETA,
                 steps: int = STEPS, step_size: float = STEP_SIZE, init: str = "noise",
                 sigma: float = SIGMA, seed: int = 0, clip: bool = False, source_label: int | None = None,
                 scale: str = "auto", adapt: int = ADAPT_ROUNDS) -> AdversarialResult:
@@ -252,7 +258,7 @@ class BetaSweepResult(AnalysisResult):
         return {"targets": self.results[0].targets.tolist(), "source_label": self.results[0].source_label,
                 "params": {k: v for k, v in self.results[0].params.items() if k != "beta"}, "rows": rows}
 
-    def figure(self):
+    def figure(self) -> Figure:
         """Left: fooling rate and resemblance (correlation with the source) against β. Right: the
         fakes, one row per β, one column per target."""
         import matplotlib.pyplot as plt
@@ -302,8 +308,8 @@ class BetaSweepResult(AnalysisResult):
         return fig
 
 
-def beta_sweep(model, source_image, betas: Sequence[float] = BETAS, targets: Iterable[int] = range(N_CLASSES),
-               **kwargs) -> BetaSweepResult:
+def beta_sweep(model: nn.Module, source_image: npt.ArrayLike | torch.Tensor, betas: Sequence[float] = BETAS,
+               targets: Iterable[int] = range(N_CLASSES), **kwargs: Any) -> BetaSweepResult:
     """`adversarial` for each β in `betas` (other kwargs as for `adversarial`)."""
     betas = [check_number("beta", b, 0.0) for b in betas]
     if not betas:

@@ -7,13 +7,24 @@ import argparse
 import dataclasses
 import math
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ..config import TrainConfig, check_field, setting
 from ..errors import ConfigError
 from ..output import dumps
 
+if TYPE_CHECKING:
+    import os
+    from pathlib import Path
 
-def int_range(lo: int | None = None, hi: int | None = None):
+    from rich.text import Text
+
+    from ..output import OutputDir
+    from ..runs import Run
+
+
+def int_range(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
     def parse(s: str) -> int:
         try:
             v = int(s)
@@ -25,7 +36,7 @@ def int_range(lo: int | None = None, hi: int | None = None):
     return parse
 
 
-def float_range(lo: float | None = None, hi: float | None = None, lo_open: bool = False):
+def float_range(lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> Callable[[str], float]:
     def parse(s: str) -> float:
         try:
             v = float(s)
@@ -47,7 +58,7 @@ def _range_text(lo, hi) -> str:
     return f"≥ {lo}" if lo is not None else f"≤ {hi}"
 
 
-def out_path(s: str):
+def out_path(s: str) -> Path:
     """An output folder argument: an empty string is refused (it would mean the current folder)."""
     from pathlib import Path
     if not s.strip():
@@ -64,24 +75,24 @@ def add_out_flags(parser: argparse.ArgumentParser, default_text: str) -> None:
                              "(files of the same names are replaced, others left alone)")
 
 
-def output_dir(args, run=None, name: str = ""):
+def output_dir(args: argparse.Namespace, run: Run | None = None, name: str = "") -> OutputDir:
     """The checked output folder of an analysis command, before anything is computed: --out
     (refused if it holds files cnnlab did not write, unless --overwrite), else RUN/analysis/NAME.
     Says first, on stderr, when the run was interrupted."""
     from ..output import OutputDir
     if args.out is not None:
         return OutputDir(args.out, overwrite=args.overwrite).prepare()
-    return run.output_dir(name)
+    return run.output_dir(name)  # type: ignore[union-attr]  # every caller passes the run
 
 
-def open_run_noted(path):
+def open_run_noted(path: str | os.PathLike[str]) -> Run:
     """open_run, which says on stderr, first, when the run was stopped early: no analysis of an
     interrupted run is shown without saying so."""
     from ..runs import open_run
     return open_run(path)
 
 
-def print_json(obj) -> None:
+def print_json(obj: Any) -> None:
     """`obj` as JSON on stdout, converted as every JSON file cnnlab writes (output.jsonable: a
     non-finite float is null)."""
     sys.stdout.write(dumps(obj) + "\n")
@@ -94,7 +105,7 @@ def console():
     from rich.console import Console
 
     class _Plain(Console):
-        def render_str(self, text: str, **kwargs):     # every str printed, table cells too
+        def render_str(self, text: str, **kwargs: Any) -> Text:     # every str printed, table cells too
             return super().render_str(printable(text), **kwargs)
 
     return _Plain(stderr=False, highlight=False, soft_wrap=True, markup=False, emoji=False)
@@ -126,8 +137,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                                 help=text)
 
 
-def config_value(name: str, kind: type):
-    def parse(s: str):
+def config_value(name: str, kind: type) -> Callable[[str], int | float]:
+    def parse(s: str) -> int | float:
         try:
             v = kind(s)
         except ValueError:

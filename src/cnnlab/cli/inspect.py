@@ -3,6 +3,7 @@ around cnnlab.analysis that write PNG + JSON/NPZ into RUN/analysis/<command>/ (o
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ def _fill(s: str):
     return float_range()(s)
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("summary", help="layer table, parameter and neuron counts (questions 1.3–1.5)",
                        description="One row per layer with shapes measured by forward hooks; totals of learnable parameters (conv / fc / batch-norm) and neurons. A neuron is one output unit of a conv or fully connected layer.")
     p.add_argument("--batch-norm", action="store_true", help="the network with BatchNorm2d after each conv")
@@ -68,7 +69,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_occlusion)
 
 
-def cmd_summary(args) -> int:
+def cmd_summary(args: argparse.Namespace) -> int:
     from ..analysis.anatomy import summary
     s = summary(batch_norm=args.batch_norm)
     if args.json:
@@ -122,7 +123,7 @@ def _check_indices(indices, split) -> list[int]:
     return list(dict.fromkeys(indices))
 
 
-def cmd_filters(args) -> int:
+def cmd_filters(args: argparse.Namespace) -> int:
 
     from ..analysis import untrained_for_run
     from ..analysis.filters import filters
@@ -152,7 +153,7 @@ def cmd_filters(args) -> int:
     return 0
 
 
-def cmd_activations(args) -> int:
+def cmd_activations(args: argparse.Namespace) -> int:
 
     from ..analysis.activations import activations
     run, model, split, indices, d = _open_with_images(args, "activations")
@@ -175,7 +176,7 @@ def cmd_activations(args) -> int:
     return 0
 
 
-def cmd_occlusion(args) -> int:
+def cmd_occlusion(args: argparse.Namespace) -> int:
     if args.meaningful:
         return _cmd_meaningful(args)
     if args.images is not None:

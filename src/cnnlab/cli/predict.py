@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from ..errors import ConfigError
 from .common import add_out_flags, console, int_range, open_run_noted, output_dir, print_json
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("predict", help="classify your own digit images (PNG, JPEG, ...)",
                        description="Convert each image the way MNIST digits were made (grey, dark background, digit fitted into 20×20, centred by its centre of mass in 28×28) and classify it with the run's network. Files that cannot be read get one line each; the others are still classified; the exit status is 1 if any file failed.")
     p.add_argument("run", type=Path, help="run directory (from `cnnlab train`)")
@@ -23,7 +24,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_predict)
 
 
-def cmd_predict(args) -> int:
+def cmd_predict(args: argparse.Namespace) -> int:
     from ..data import DATASETS
     from ..predict import predict_files
     if args.out is not None and not args.explain:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from ..config import setting
 from .common import config_value, int_range, out_path
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("report", help="train, analyse and write the full report (HTML, PDF, notebook, results.json)",
                        description="Train the network with and without batch-normalization, run every analysis on the best model and write DIR/report.html, DIR/report.pdf, DIR/report.ipynb (the code behind every answer, executed) with its PDF DIR/report-notebook.pdf, and DIR/results.json.")
     p.add_argument("--out", type=out_path, default=Path("reports/latest"),
@@ -32,7 +33,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_report)
 
 
-def cmd_report(args) -> int:
+def cmd_report(args: argparse.Namespace) -> int:
     from ..report import build_report
     overrides = {k: v for k, v in (("train_subset", args.train_subset), ("epochs", args.epochs)) if v is not None}
     build_report(args.out, preset=args.preset, seeds=args.seeds, data_dir=args.data_dir,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from ..config import EPS_FGSM, MAX_SEED, PGD_STEPS
 from .common import add_out_flags, console, float_range, int_range, open_run_noted, output_dir, print_json
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "robustness", help="accuracy against ε under FGSM / PGD attacks, one or more runs side by side",
         description="White-box L∞ attacks on the test set: FGSM (one signed-gradient step) or PGD (iterated, projected onto the ε-ball, random start), untargeted or targeted at (label + 1) mod 10. ε is on the [0, 1] pixel scale (0.1 ≈ 25 grey levels); images are always clipped to [0, 1]. Give the plain and the batch-norm run to compare them. Writes robustness.png and robustness.json.")
@@ -32,7 +33,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_robustness)
 
 
-def cmd_robustness(args) -> int:
+def cmd_robustness(args: argparse.Namespace) -> int:
     from ..analysis.robustness import robustness
     from ..data import to_float
     runs = [open_run_noted(p) for p in args.runs]

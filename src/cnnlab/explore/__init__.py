@@ -24,11 +24,15 @@ what the network saw.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .calibration import CALIBRATION_IMAGES, N_CLASSES, UNSURE_MARGIN, confidence_note, measure_run, pct, uncertainty, unsure_note
 from .explorer import CACHE_VERSION, Explorer, RunView, filter_picture
 from .images import MAX_BODY_BYTES, decode_data_url, decode_pixels, encode_pixels, png_url, quantize
 from .server import DEFAULT_HOST, DEFAULT_PORT, LOOPBACK_HOSTS, STATIC_FILES, app_fragment, create_app, serve
+
+if TYPE_CHECKING:
+    from .jupyter import ExplorerWidget
 
 __all__ = ["CACHE_VERSION", "CALIBRATION_IMAGES", "DEFAULT_HOST", "DEFAULT_PORT", "LOOPBACK_HOSTS",
            "MAX_BODY_BYTES", "N_CLASSES", "STATIC_FILES", "UNSURE_MARGIN", "Explorer", "RunView",
@@ -37,7 +41,7 @@ __all__ = ["CACHE_VERSION", "CALIBRATION_IMAGES", "DEFAULT_HOST", "DEFAULT_PORT"
            "uncertainty", "unsure_note", "widget"]
 
 
-def widget(run: str | Path, run2: str | Path | None = None, data_dir: str | Path | None = None):
+def widget(run: str | Path, run2: str | Path | None = None, data_dir: str | Path | None = None) -> ExplorerWidget:
     """The same explorer inline in a notebook (Jupyter, JupyterLab, VS Code, Colab): see
     cnnlab.explore.jupyter. Imported when called: anywidget is an optional dependency."""
     from .jupyter import widget as make

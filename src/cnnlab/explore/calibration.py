@@ -6,13 +6,17 @@ import hashlib
 import io
 from functools import cache
 from importlib.resources import files
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError
 from ..model import N_CLASSES
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    from torch import nn
 
 # "Unsure" when the top-2 margin is under half of the largest margin training aims for:
 # (p1 − p2) / (1 − ε) < UNSURE_MARGIN, ε = the run's label smoothing. How often it fires differs
@@ -27,7 +31,7 @@ CALIBRATION_VERSION = 1                 # bump when the cached measurements chan
 NON_DIGITS_FILE = "non_digits.npz"
 
 
-def uncertainty(probs, label_smoothing: float = 0.0) -> dict:
+def uncertainty(probs: npt.ArrayLike, label_smoothing: float = 0.0) -> dict:
     """The page's "unsure" cue: the top-2 margin relative to the largest margin training aims
     for, 1 − ε (with label smoothing ε the right class is trained toward 1 − ε + ε/K and the
     others toward ε/K). Unsure when it is below UNSURE_MARGIN."""
@@ -48,7 +52,7 @@ def non_digit_drawings() -> tuple[np.ndarray, tuple[str, ...], str]:
     return images, names, hashlib.sha256(raw).hexdigest()
 
 
-def probabilities(model, u8: np.ndarray, batch: int = 500) -> np.ndarray:
+def probabilities(model: nn.Module, u8: np.ndarray, batch: int = 500) -> np.ndarray:
     """float64 [N, K] softmax of uint8 [N, 28, 28] images, fed on [0, 1] as everywhere here."""
     out = []
     with torch.inference_mode():
@@ -62,7 +66,7 @@ def _spread(top: np.ndarray) -> dict:
     return {"median": float(np.median(top)), "p10": float(np.quantile(top, 0.1)), "max": float(top.max())}
 
 
-def measure_run(model, label_smoothing: float, test_u8: np.ndarray, of: int, step: int,
+def measure_run(model: nn.Module, label_smoothing: float, test_u8: np.ndarray, of: int, step: int,
                 non_digits: np.ndarray | None) -> dict:
     """What the page quotes about one run: on its test images (`test_u8`, every `step`-th of
     `of`), how many the unsure rule flags and how high the top probability goes (and, with label

@@ -8,7 +8,7 @@ import random
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -45,6 +45,9 @@ from .images import (
     quantize,
 )
 
+if TYPE_CHECKING:
+    from ..analysis.filters import FilterResult
+
 CACHE_VERSION = 3                       # bump when the cached beliefs change meaning
 # Decoding an upload holds its full-size pixels (a 25-megapixel RGB image is 75 MB): at most
 # DECODE_SLOTS at once, whatever the number of requests, and no more than MAX_UPLOAD_PIXELS each.
@@ -71,7 +74,7 @@ def _write_cache(path_of, data) -> None:
 class RunView:
     """One run as the page sees it: frozen model, layer table and filters (computed once)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path) -> None:
         self.run = open_run(path)
         self.model = self.run.load_model("cpu").eval()
         # The layer table counts parameters with requires_grad, so it is measured before freezing.
@@ -109,7 +112,7 @@ class RunView:
         return self._static
 
 
-def filter_picture(res) -> dict:
+def filter_picture(res: FilterResult) -> dict:
     """A FilterResult as a picture. conv1: 32 kernels in rows of 8; conv2: a 32×32 grid (row =
     output filter, column = input channel); one symmetric diverging scale per layer so the sign
     of every weight reads the same. Plus analysis.filters' count of edge/blob/line detectors."""
@@ -130,7 +133,7 @@ def filter_picture(res) -> dict:
 class Explorer:
     """Everything the page asks for, as plain dicts of numbers and PNG data URLs."""
 
-    def __init__(self, runs: list[Path], data_dir: str | Path | None = None):
+    def __init__(self, runs: list[Path], data_dir: str | Path | None = None) -> None:
         if not 1 <= len(runs) <= 2:
             raise ConfigError(f"explore takes one or two runs, got {len(runs)}")
         self.views = [RunView(Path(r)) for r in runs]
@@ -173,7 +176,7 @@ class Explorer:
     def preload_test_set(self) -> None:
         """Load the test set in the background so the first 'test image' click is instant, then
         measure what the page quotes about each run (unless the cache already holds it)."""
-        def work():
+        def work() -> None:
             try:
                 self.test_set()
                 self.calibration()

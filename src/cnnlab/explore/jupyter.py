@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 from ..errors import CnnlabError
 from .explorer import Explorer
@@ -44,7 +45,7 @@ if anywidget is not None:
         _css = _static("explore.css")
         _html = traitlets.Unicode("").tag(sync=True)
 
-        def __init__(self, explorer: Explorer, **kwargs):
+        def __init__(self, explorer: Explorer, **kwargs: Any) -> None:
             super().__init__(_html=app_fragment(), **kwargs)
             self.explorer = explorer
             self.on_msg(self._on_request)
@@ -61,7 +62,7 @@ if anywidget is not None:
                 self.send({"id": content["id"], "ok": False, "error": str(e)})
 
 
-def widget(run: str | Path, run2: str | Path | None = None, data_dir: str | Path | None = None):
+def widget(run: str | Path, run2: str | Path | None = None, data_dir: str | Path | None = None) -> ExplorerWidget:
     """The explorer for one run (or two, side by side) as a notebook widget. `data_dir`: where
     the MNIST files are (for the test images; default: the cache, as for `cnnlab train`)."""
     if anywidget is None:

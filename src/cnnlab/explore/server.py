@@ -5,8 +5,10 @@ from __future__ import annotations
 import socket
 import sys
 import threading
+from collections.abc import Awaitable, Callable
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CnnlabError, ImageError, RunError
 from .explorer import Explorer, request_options
@@ -16,6 +18,9 @@ try:    # the optional `explore` extra; FastAPI resolves the (string) annotation
     from fastapi import Request
 except ImportError:                     # pragma: no cover - `cnnlab explore` says how to install
     Request = None  # type: ignore[misc,assignment]
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8179                     # EE5179; `--port 0` picks a free one
@@ -52,7 +57,7 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
 def create_app(runs: list[Path], data_dir: str | Path | None = None,
-               allowed_hosts: tuple[str, ...] | None = None):
+               allowed_hosts: tuple[str, ...] | None = None) -> FastAPI:
     """The FastAPI app serving the page and its JSON API for one or two runs.
 
     `allowed_hosts`: Host header names to answer (any port); `serve` passes the loopback names
@@ -75,7 +80,7 @@ def create_app(runs: list[Path], data_dir: str | Path | None = None,
         return JSONResponse({"error": msg}, status_code=status)
 
     @app.middleware("http")
-    async def same_site_only(request: Request, call_next):
+    async def same_site_only(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         host = request.headers.get("host", "")
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         if allowed_hosts is not None and name not in allowed_hosts:
@@ -88,12 +93,12 @@ def create_app(runs: list[Path], data_dir: str | Path | None = None,
         return response
 
     @app.exception_handler(_TooLarge)
-    async def too_large(request, exc):
+    async def too_large(request: Request, exc: _TooLarge) -> JSONResponse:
         return error(413, f"the upload is larger than {MAX_BODY_BYTES // (1024 * 1024)} MiB; "
                           f"choose a smaller image")
 
     @app.exception_handler(CnnlabError)
-    async def user_error(request, exc):
+    async def user_error(request: Request, exc: CnnlabError) -> JSONResponse:
         return error(400, str(exc))
 
     async def json_body(request: Request) -> dict:
@@ -131,7 +136,7 @@ def create_app(runs: list[Path], data_dir: str | Path | None = None,
         if not data:
             raise ImageError("the upload is empty; choose an image file")
 
-        def work():
+        def work() -> dict[str, Any]:
             u8 = explorer.image_from_bytes(data)
             return explorer.analyze(u8, {"kind": "upload"}, target, patch)
         return await run_in_threadpool(work)
@@ -183,7 +188,7 @@ def app_fragment() -> str:
 
 def serve(runs: list[Path], host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           data_dir: str | Path | None = None, open_browser: bool = False,
-          log=lambda s: print(s, file=sys.stderr)) -> None:
+          log: Callable[[str], object] = lambda s: print(s, file=sys.stderr)) -> None:
     """Serve the explorer until Ctrl-C. `port=0` picks a free port; the URL is printed on stdout."""
     try:
         import uvicorn

@@ -21,6 +21,10 @@ from ..figures import PRINT_WIDTH_IN, legibility
 from ..runs import Run, open_run
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from matplotlib.figure import Figure
+
     from ..data import Split
     from ..model import Net
 
@@ -38,7 +42,7 @@ class FigureURI(str):
         return min(float(self.legibility["width_in"]), PRINT_WIDTH_IN)
 
 
-def fig_to_data_uri(fig, dpi: int = 150) -> FigureURI:
+def fig_to_data_uri(fig: Figure, dpi: int = 150) -> FigureURI:
     import matplotlib.pyplot as plt
     measured = legibility(fig)
     buf = io.BytesIO()
@@ -81,7 +85,7 @@ class Section:
 class Printed:
     """Formats numbers for the text and remembers each formatted string for results.json."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.values: dict[str, Any] = {}
         self.strings: dict[str, str] = {}
 
@@ -118,7 +122,7 @@ class Context:
     trainer: Callable[..., Any] | None = None
 
 
-def shape_text(s) -> str:
+def shape_text(s: Iterable[int]) -> str:
     return "×".join(str(v) for v in s)
 
 

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..config import ANALYSIS_PRESETS, AnalysisConfig
 from ..config import preset as make_preset
@@ -32,6 +32,9 @@ from . import activations, anatomy, batch_norm, class_models, filters, occlusion
 from .base import ASSIGNMENT, GLOSSARY, Context, Printed, Section
 from .notebook import executed_notebook
 from .notebook_run import NOTEBOOK, NOTEBOOK_PDF, NotebookError, notebook_pdf
+
+if TYPE_CHECKING:
+    from types import FrameType
 
 # The report's sections in the assignment's order; each builder returns a Section or a list of them.
 SECTIONS: list[Callable[[Context], Any]] = [
@@ -51,7 +54,7 @@ SECTIONS: list[Callable[[Context], Any]] = [
 class Stages:
     """Prints each stage with the time it took; keeps the timings for the report."""
 
-    def __init__(self, log: Callable[[str], None]):
+    def __init__(self, log: Callable[[str], None]) -> None:
         self.log = log
         self.times: dict[str, float] = {}
         self.t_start = time.perf_counter()
@@ -171,7 +174,7 @@ def _report_dir(out: Path, overwrite: bool) -> OutputDir:
 def _stop_on_signal():
     """The first SIGINT or SIGTERM raises Interrupted where the report is (training installs its
     own handler, which finishes the current step first; _train_all then raises)."""
-    def handler(signum, frame):
+    def handler(signum: int, frame: FrameType | None) -> NoReturn:
         raise Interrupted(signum)
     with on_stop_signals(handler):
         yield

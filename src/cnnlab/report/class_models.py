@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..analysis.class_models import confidence_verdict, cost_verdict, synthesize, synthesize_regularized
 from ..analysis.likeness import digit_likeness, looks_like_digits
@@ -14,8 +15,11 @@ from ..errors import RunError
 from ..runs import open_run
 from .base import Context, Section, drop_images, esc, fig_to_data_uri, other_models
 
+if TYPE_CHECKING:
+    from torch import nn
 
-def choose_judge(ctx: Context):
+
+def choose_judge(ctx: Context) -> tuple[nn.Module, dict[str, Any]]:
     """The network that judges 3.1.3's images without having made them, and what it is.
 
     In order: a plain network of another seed that the report trained (--seeds ≥ 2); else, with

@@ -222,7 +222,7 @@ class Checks:
     computed here and compares its key with the report's; `check.report_verdict(id)` prints one
     the report computed (for the analyses this notebook does not re-run)."""
 
-    def __init__(self, results: dict[str, Any]):
+    def __init__(self, results: dict[str, Any]) -> None:
         self.results = results
         self.log: list[dict[str, Any]] = []
 

@@ -30,7 +30,7 @@ def _kernel_manager_class(tmp: Path) -> type:
         """A kernel of the Python running cnnlab (never a `python3` kernelspec that points elsewhere),
         its connection file in `tmp` (removed afterwards, even when the kernel was killed)."""
 
-        def __init__(self, **kwargs: Any):
+        def __init__(self, **kwargs: Any) -> None:
             super().__init__(**kwargs)
             self.connection_file = str(tmp / "kernel.json")
 
