@@ -1316,6 +1316,10 @@ def test_train_with_overwrite_into_user_files_deletes_none_it_did_not_write(tmp_
     manifest = json.loads((out / ".cnnlab-manifest.json").read_text())["files"]
     assert {"run.json", "model.safetensors", "metrics.csv", "curves.png", "state/state.json"} <= set(manifest)
     assert "notes.txt" not in manifest and "state/state-old.safetensors" not in manifest
+    # again without figures: the first run's curves (ours) go, so they never sit beside this run
+    _train(out, overwrite=True, cfg=TINY.replace(epochs=1, seed=1))
+    assert not (out / "curves.png").exists() and not (out / "predictions.png").exists()
+    assert (out / "notes.txt").read_bytes() == b"user"
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -1410,7 +1414,8 @@ def test_train_never_writes_through_a_link(name, tmp_path, capsys):
         one_line(str(e.value))
         assert sorted(p.name for p in victim.iterdir()) == ["state-9.safetensors"]
     else:
-        _train(out, overwrite=True, cfg=TINY.replace(epochs=1))
+        # a figure is written only with figures=True: that write is what must replace the link
+        _train(out, overwrite=True, cfg=TINY.replace(epochs=1), figures=name.endswith(".png"))
         assert victim.read_bytes() == b"victim's"
         assert (out / name).is_file() and not (out / name).is_symlink()
 

@@ -67,9 +67,10 @@ class RunWriter:
         out, d = self.out, self.dir
         assert d is not None
         if not resume:
-            # only files this folder's manifest says cnnlab wrote are removed
+            # only files this folder's manifest says cnnlab wrote are removed; the figures too, so
+            # that a run without figures never sits beside an earlier run's curves
             for stale in ("state/state.json", "run.json", "model.safetensors", "metrics.csv", "step_times.npy",
-                          "filters_by_epoch.safetensors"):
+                          "filters_by_epoch.safetensors", "curves.png", "predictions.png"):
                 d.remove(stale)
             d.write_json("state/config.json", cfg.to_dict())
             return LoopState(), []
