@@ -27,7 +27,7 @@ import time
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -501,8 +501,8 @@ def make_split(raw: RawData, val_size: int = 10_000, split_seed: int = 0, train_
                  mean=mean, std=std, info=info)
 
 
-def load_split(dataset: str = "mnist", data_dir=None, val_size: int = 10_000, split_seed: int = 0,
-               train_subset: int = 0, log: Callable[[str], None] | None = None) -> Split:
+def load_split(dataset: str = "mnist", data_dir: str | Path | None = None, val_size: int = 10_000,
+               split_seed: int = 0, train_subset: int = 0, log: Callable[[str], None] | None = None) -> Split:
     return make_split(fetch(dataset, data_dir, log=log), val_size, split_seed, train_subset)
 
 
@@ -511,7 +511,7 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
 
-def one_hot(labels, n_classes: int = 10) -> torch.Tensor:
+def one_hot(labels: torch.Tensor | Sequence[int], n_classes: int = 10) -> torch.Tensor:
     """One-hot float rows for integer labels.
 
     The training loss (cross-entropy) takes class indices, which is mathematically the same as

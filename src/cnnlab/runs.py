@@ -23,9 +23,9 @@ import torch
 
 from . import __version__
 from .config import TrainConfig
-from .data import load_split
+from .data import Split, load_split
 from .errors import RunError
-from .model import load_weights
+from .model import Net, load_weights
 from .output import OutputDir, make_dir, os_error
 from .run_record import RUN_FORMAT as RUN_FORMAT  # re-exported: where callers have always found it
 from .run_record import Imported, RunInfo, RunResults
@@ -38,7 +38,7 @@ def versions() -> dict[str, str]:
             "numpy": numpy.__version__, "platform": platform.platform()}
 
 
-def hardware(device) -> dict[str, Any]:
+def hardware(device: torch.device | str) -> dict[str, Any]:
     import torch
 
     from . import allocator
@@ -68,7 +68,7 @@ class RunLock:
     for anything, and an existing `.lock` is only locked, never truncated (its PID is written only
     into a lock file this process created)."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path) -> None:
         self.path = Path(directory) / ".lock"
         self.fd: int | None = None
         self.created = False
@@ -206,10 +206,10 @@ class Run(RunResults):
         """How `cnnlab import` made the run (file, format, input transform); None for a trained run."""
         return self.info.imported
 
-    def load_model(self, device="cpu"):
+    def load_model(self, device: torch.device | str = "cpu") -> Net:
         return load_weights(self.weights, batch_norm=self.batch_norm, device=device)
 
-    def load_split(self, data_dir=None):
+    def load_split(self, data_dir: str | Path | None = None) -> Split:
         """The run's own 50k/10k/10k split (same dataset, validation size and split seed)."""
         cfg = self.config
         return load_split(cfg.dataset, data_dir, cfg.val_size, cfg.split_seed)

@@ -12,9 +12,10 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +62,8 @@ def augment(x: torch.Tensor, cfg: TrainConfig, step: int) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def make_optimizer(model: Net, cfg: TrainConfig, total_steps: int):
+def make_optimizer(model: Net, cfg: TrainConfig,
+                   total_steps: int) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.OneCycleLR]:
     # No weight decay on biases and batch-norm parameters (the usual AdamW practice).
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
@@ -81,7 +83,7 @@ def make_optimizer(model: Net, cfg: TrainConfig, total_steps: int):
 
 
 @contextlib.contextmanager
-def on_stop_signals(handler):
+def on_stop_signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
     """`handler(signum, frame)` for SIGINT and SIGTERM inside the block; the caller's handlers
     come back after it. Outside the main thread signals stay with the caller."""
     old = {}
@@ -100,15 +102,15 @@ def on_stop_signals(handler):
 class StopFlag:
     """Set by SIGINT/SIGTERM: the loop finishes the current step, saves, and stops."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.signal: int | None = None
 
     def __bool__(self) -> bool:
         return self.signal is not None
 
     @contextlib.contextmanager
-    def installed(self):
-        def handler(signum, frame):
+    def installed(self) -> Iterator["StopFlag"]:
+        def handler(signum: int, frame: Any) -> None:
             if self.signal is not None:        # a second Ctrl-C: stop right away
                 raise KeyboardInterrupt
             self.signal = signum
@@ -288,7 +290,7 @@ def _run(cfg: TrainConfig, writer: RunWriter, split: Split | None, data_dir: str
             if end_of_epoch or (state.step % log_every == 0
                                 and steps_per_epoch - state.batch >= (log_every + 1) // 2):
                 val = validate(model, split, precision)
-                row = state.metrics_row("epoch" if end_of_epoch else "step", val, sched.get_last_lr()[0],
+                row = state.metrics_row("epoch" if end_of_epoch else "step", val, float(sched.get_last_lr()[0]),
                                         steps_per_epoch, time.perf_counter() - wall0)
                 metrics.append(row)
                 if state.improves(row):
@@ -377,7 +379,7 @@ def _val_numbers(val: EvalResult) -> tuple[float, float]:
 class _Progress:
     """A rich progress bar over all steps, with live loss; silent when not on a terminal."""
 
-    def __init__(self, show: bool, total: int):
+    def __init__(self, show: bool, total: int) -> None:
         self.p = None
         self.extra = ""
         if show:

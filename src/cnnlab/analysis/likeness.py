@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -12,6 +12,11 @@ import torch
 from ..errors import ConfigError
 from ._shared import N_CLASSES, AnalysisResult, check_targets, device_of
 from .verdict import Verdict
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ..data import Split
 
 # ---------------------------------------------------------------------------------------------
 # Does it look like a digit?
@@ -31,7 +36,7 @@ def pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a @ b.T
 
 
-def class_means(split) -> np.ndarray:
+def class_means(split: Split) -> np.ndarray:
     """[10, 28, 28] mean training image of each class, 0–255 scale."""
     x = split.train_x.reshape(len(split.train_x), -1).double()
     y = split.train_y
@@ -122,14 +127,16 @@ class LikenessResult(AnalysisResult):
             out["transfer"] = self.transfer
         return out
 
-    def figure(self):
+    def figure(self) -> Figure:
         return likeness_figure([("images", self.images, self)], self.means)
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"images": self.images.astype(np.float32), "class_means": self.means.astype(np.float32)}
 
 
-def digit_likeness(images, split, models: Mapping[str, torch.nn.Module] | None = None, targets=None,
+def digit_likeness(images: np.ndarray | torch.Tensor, split: Split,
+                   models: Mapping[str, torch.nn.Module] | None = None,
+                   targets: Sequence[int] | np.ndarray | None = None,
                    n_real: int = 500, seed: int = 0, means: np.ndarray | None = None) -> LikenessResult:
     """How much do `images` ([n, 28, 28], 0–255 scale) look like real digits? Numbers only.
 
@@ -204,7 +211,7 @@ def digit_likeness(images, split, models: Mapping[str, torch.nn.Module] | None =
 
 
 def likeness_figure(rows: Sequence[tuple[str, np.ndarray, LikenessResult | None]], means: np.ndarray,
-                    title: str = ""):
+                    title: str = "") -> Figure:
     """Rows of images (label, [10, 28, 28] 0–255, their `digit_likeness` with targets 0–9, or None)
     under the class-mean training images, each titled with r (correlation with its class's mean)
     and the nearest class."""

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import os
     from pathlib import Path
 
+    from rich.console import Console
     from rich.text import Text
 
     from ..output import OutputDir
@@ -98,7 +99,7 @@ def print_json(obj: Any) -> None:
     sys.stdout.write(dumps(obj) + "\n")
 
 
-def console():
+def console() -> Console:
     """The terminal console. Markup and emoji codes are off: the lines printed hold the user's
     paths and file names, and a name such as '[/]7.png' or '[bold red]x.png' must print as
     written, never be parsed (a MarkupError) or restyled; control characters are made visible."""

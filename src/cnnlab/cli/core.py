@@ -117,9 +117,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     val = evaluate(model, split.val_x, split.val_y, precision=args.precision)
     per_class = {}
-    for c in range(10):
-        m = split.test_y == c
-        per_class[split.class_names[c]] = float((test.predictions[m] == c).float().mean())
+    for digit in range(10):
+        m = split.test_y == digit
+        per_class[split.class_names[digit]] = float((test.predictions[m] == digit).float().mean())
     result = {"run": str(run.path), "precision": args.precision, "test_accuracy": test.accuracy,
               "test_loss": test.loss, "test_errors": int((test.predictions != split.test_y).sum()),
               "val_accuracy": val.accuracy, "val_loss": val.loss, "per_class_test_accuracy": per_class,

@@ -20,7 +20,7 @@ except ImportError:                     # pragma: no cover - `cnnlab explore` sa
     Request = None  # type: ignore[misc,assignment]
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
+    from fastapi import FastAPI, Response
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8179                     # EE5179; `--port 0` picks a free one
@@ -110,28 +110,28 @@ def create_app(runs: list[Path], data_dir: str | Path | None = None,
             raise ImageError("the request body must be a JSON object")
         return obj
 
-    @app.get("/")
-    async def page():
+    @app.get("/", response_model=None)
+    async def page() -> Response:
         return _static_response("explore.html", Response)
 
-    @app.get("/static/{name}")
-    async def static(name: str):
+    @app.get("/static/{name}", response_model=None)
+    async def static(name: str) -> Response:
         if name not in STATIC_FILES:            # a fixed list: no path from the browser is opened
             return error(404, "not found")
         return _static_response(name, Response)
 
-    @app.get("/api/info")
-    async def api_info():
+    @app.get("/api/info", response_model=None)
+    async def api_info() -> dict[str, Any]:
         return explorer.request("GET", "/api/info", None)
 
-    @app.post("/api/analyze")
-    async def api_analyze(request: Request):
+    @app.post("/api/analyze", response_model=None)
+    async def api_analyze(request: Request) -> dict[str, Any]:
         req = await json_body(request)
         request_options(req)                    # a bad option is refused before any work
         return await run_in_threadpool(explorer.request, "POST", "/api/analyze", req)
 
-    @app.post("/api/upload")
-    async def api_upload(request: Request, target: int | None = None, patch: int = 3):
+    @app.post("/api/upload", response_model=None)
+    async def api_upload(request: Request, target: int | None = None, patch: int = 3) -> dict[str, Any]:
         data = await _read_body(request, MAX_BODY_BYTES)
         if not data:
             raise ImageError("the upload is empty; choose an image file")
@@ -142,19 +142,19 @@ def create_app(runs: list[Path], data_dir: str | Path | None = None,
         return await run_in_threadpool(work)
 
     # Beliefs take seconds to minutes the first time: a POST (Origin-checked), never a GET.
-    @app.post("/api/beliefs/{index}")
-    async def api_beliefs(request: Request, index: int):
+    @app.post("/api/beliefs/{index}", response_model=None)
+    async def api_beliefs(request: Request, index: int) -> dict[str, Any]:
         await json_body(request)
         return await run_in_threadpool(explorer.request, "POST", f"/api/beliefs/{index}", {})
 
     # Measured on the first request when the cache does not hold it yet (seconds): a POST.
-    @app.post("/api/calibration")
-    async def api_calibration(request: Request):
+    @app.post("/api/calibration", response_model=None)
+    async def api_calibration(request: Request) -> dict[str, Any]:
         await json_body(request)
         return await run_in_threadpool(explorer.request, "POST", "/api/calibration", {})
 
-    @app.post("/api/attack")
-    async def api_attack(request: Request):
+    @app.post("/api/attack", response_model=None)
+    async def api_attack(request: Request) -> dict[str, Any]:
         req = await json_body(request)
         return await run_in_threadpool(explorer.request, "POST", "/api/attack", req)
 
