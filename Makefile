@@ -35,8 +35,8 @@ check: setup lint
 	CNNLAB_TEST_DATA=$${CNNLAB_TEST_DATA:-$(SHARED_MNIST)} $(PY) -m pytest -q -m "not slow" $(PARALLEL) $(CHECK_TESTS)
 
 # In parallel, each test file on one worker (its module fixtures built once; tests/conftest.py
-# shares the torch threads out among the workers): the suite less the slow tier.
-PARALLEL := -n auto --dist loadfile
+# shares the torch threads out among the workers and orders the files longest first).
+PARALLEL := -n auto --dist loadfile --no-loadscope-reorder
 
 # Lint and types run beside the tests (mypy is one process for ~16 s; the tests leave room for it):
 # `make test` fails if either fails.

@@ -13,6 +13,21 @@ import torch
 
 TEST_DATA = os.environ.get("CNNLAB_TEST_DATA", "")
 
+# The test files that take the longest in `make test`, longest first (seconds of one worker, from
+# `pytest --durations=0` on the 2-core machine, BENCHMARKS.md § Part 16). pytest-xdist hands each
+# worker a whole file at a time in this order (`--no-loadscope-reorder`), so the long files start
+# first and the short ones fill in at the end: without it a 13-s file was the last one left and
+# the other worker sat idle for 10 s. A stale order only costs time, never a result.
+LONGEST_FIRST = ("test_hardening.py", "test_explore.py", "test_import.py", "test_figures_legible.py",
+                 "test_meaningful.py", "test_reliability.py", "test_fused.py", "test_class_models.py",
+                 "test_natural.py", "test_known_answer.py", "test_train.py", "test_widget.py",
+                 "test_filter_history.py", "test_robustness.py", "test_analysis.py", "test_cli_core.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))     # stable: in-file order kept
+
 
 def _threads() -> int:
     """Torch threads per test process: the cores shared among pytest-xdist's workers (two workers
