@@ -128,8 +128,10 @@ def _train_quick(split, out: Path, **overrides) -> None:
     from cnnlab.config import preset
     from cnnlab.train import train
     with torch_threads(1):
+        # figures=False: its two PNGs were 2.9 of the 14 s, on the path of each worker's first test;
+        # no test reads them (a CLI run's figures are checked in test_cli_core)
         train(preset("quick", epochs=1, label_smoothing=0.0, **overrides), out, split=split, progress=False,
-              log=lambda s: None)
+              log=lambda s: None, figures=False)
 
 
 TRAINED = {"plain": {}, "bn": {"batch_norm": True}}      # the shared runs ...

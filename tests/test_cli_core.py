@@ -46,6 +46,8 @@ def test_end_to_end_train_and_evaluate(capsys, mnist_dir, tmp_path):
     out = tmp_path / "smoke"
     code, _, err = run_cli(capsys, "train", "--preset", "smoke", "--out", str(out), "--data-dir", str(mnist_dir), "--quiet")
     assert code == 0, err
+    for png in ("curves.png", "predictions.png"):                   # the run's figures, as PNG files
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / png).stat().st_size > 10_000
     code, stdout, _ = run_cli(capsys, "evaluate", str(out), "--data-dir", str(mnist_dir), "--json")
     res = json.loads(stdout)
     assert code == 0 and res["test_accuracy"] > 0.9

@@ -253,7 +253,7 @@ def test_run_json_says_which_conv1_trained(tmp_path, mnist_small):
     from cnnlab.train import train
     for name, overrides in [("on", {}), ("off", {"fused_kernels": False})]:
         cfg = preset("smoke", train_subset=512, **overrides)
-        train(cfg, split=mnist_small, out=tmp_path / name, progress=False, log=lambda s: None)
+        train(cfg, split=mnist_small, out=tmp_path / name, progress=False, log=lambda s: None, figures=False)
     info = {n: json.loads((tmp_path / n / "run.json").read_text())["hardware"]["kernels"] for n in ("on", "off")}
     assert info["on"].startswith("cnnlab's fused C kernels")
     assert info["off"] == "torch's operators (fused_kernels is off)"

@@ -1725,7 +1725,7 @@ def test_resume_applies_device_and_threads_and_says_so(tmp_path, reference):
     _train(out, stop_at_step=5)
     from cnnlab.train import train
     res = train(TINY.replace(threads=1, device="cpu"), out, split=synthetic_split(), resume=True,
-                progress=False, log=said.append)
+                progress=False, log=said.append, figures=False)
     assert any("--threads 1" in s and "safe to change" in s for s in said), said
     assert_same_as_reference(out, reference, res)
 
@@ -1735,7 +1735,7 @@ def test_resume_without_the_fused_kernels_is_applied_said_and_recorded(tmp_path)
     _train(out, stop_at_step=5)
     from cnnlab.train import train
     res = train(TINY.replace(fused_kernels=False), out, split=synthetic_split(), resume=True,
-                progress=False, log=said.append)
+                progress=False, log=said.append, figures=False)
     assert any("--no-fused-kernels" in s and "safe to change" in s for s in said), said
     assert res.info.status == "complete"
     assert res.info.kernels == "torch's operators (fused_kernels is off)"
