@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from cnnlab.config import TrainConfig  # noqa: E402
 from cnnlab.data import Split  # noqa: E402
+from cnnlab.run_record import SplitInfo  # noqa: E402
 
 # 512 training images in batches of 64: 8 steps per epoch, 24 in all; a log point every 3 steps.
 TINY = TrainConfig(epochs=3, batch_size=64, augment=True, precision="fp32", log_every=3, seed=0)
@@ -36,9 +37,8 @@ def synthetic_split(seed: int = 0) -> Split:
             x[i, 0, r:r + 7, col:col + 7] += 25
         return x, y
     (tx, ty), (vx, vy), (sx, sy) = part(512), part(128), part(128)
-    info = {"dataset": "mnist", "source": "synthetic", "split_seed": 0, "train_size": 512,
-            "val_size": 128, "test_size": 128, "val_indices_sha256": "synthetic", "train_subset": 0,
-            "files_sha256": {}}
+    info = SplitInfo(dataset="mnist", source="synthetic", split_seed=0, train_size=512, val_size=128,
+                     test_size=128, val_indices_sha256="synthetic", train_subset=0, files_sha256={})
     return Split("mnist", tuple(str(i) for i in range(10)), tx, ty, vx, vy, sx, sy,
                  mean=float(tx.float().mean() / 255), std=float(tx.float().std() / 255), info=info)
 

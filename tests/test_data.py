@@ -133,6 +133,11 @@ def test_real_mnist(mnist_split):
     assert s.train_x.shape[1:] == (1, 28, 28) and s.train_x.dtype == torch.uint8
     assert s.test_y[:5].tolist() == [7, 2, 1, 0, 4]          # the canonical first test labels
     assert abs(s.mean - 0.1307) < 0.002 and abs(s.std - 0.3081) < 0.002
+    # what run.json's "split" holds, typed: read by attribute, written by to_dict with the same keys
+    assert (s.info.train_size, s.info.val_size, s.info.test_size, s.info.split_seed) == (50_000, 10_000, 10_000, 0)
+    assert list(s.info.to_dict()) == ["dataset", "source", "split_seed", "train_size", "val_size", "test_size",
+                                      "val_indices_sha256", "train_subset", "files_sha256"]
+    assert s.info.val_indices_sha256 == data.indices_hash(data.split_indices(60_000, 10_000, 0)[1])
 
 
 def test_split_is_seeded_disjoint_and_recorded():

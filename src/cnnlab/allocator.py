@@ -4,10 +4,9 @@ Why: glibc serves every allocation above its mmap threshold (128 KiB at start, r
 dynamically up to 32 MiB) with a fresh `mmap` and returns it with `munmap`, and trims the top of
 the heap once 2× that is free. A training step allocates and frees tensors of 0.8–26 MB (a
 batch of 128 conv1 activations is 6.4 MB in bf16), so the pages came back zeroed from the kernel
-on every step: measured on the 2-core AMD EPYC with torch 2.13, up to 3,400 minor page faults
-and 6 ms of kernel time per batch-128 step (0 in some processes: it depends on the heap's layout),
-up to a quarter of the step's wall time. With the thresholds below the same loop showed 0 page
-faults and 0 ms of kernel time per step in every process (BENCHMARKS.md, part 11 second round).
+on every step, and page faults took up to a quarter of a training step's wall time in some
+processes. With the thresholds below the same loop shows none (BENCHMARKS.md § Part 11, second
+round).
 
 The cost: a process keeps its peak heap until it exits (a training process peaks at a few
 hundred MB). The CLI applies this at start; `train()` applies it too, so Python API users get the

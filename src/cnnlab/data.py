@@ -36,6 +36,7 @@ import torch
 
 from .errors import ChecksumError, DataError, IdxFormatError, RunError
 from .output import atomic_write_bytes
+from .run_record import SplitInfo
 
 # ---------------------------------------------------------------------------------------------
 # IDX parsing
@@ -454,7 +455,7 @@ class Split:
     test_y: torch.Tensor
     mean: float                # of training-split pixels, on the [0, 1] scale
     std: float
-    info: dict                 # split seed, sizes, hash of the validation indices, source
+    info: SplitInfo            # split seed, sizes, hash of the validation indices, source (run.json's "split")
 
     def to(self, device: torch.device | str) -> Split:
         for k in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y"):
@@ -490,10 +491,10 @@ def make_split(raw: RawData, val_size: int = 10_000, split_seed: int = 0, train_
     levels = np.arange(256) / 255.0
     mean = float((counts * levels).sum() / counts.sum())
     std = float(np.sqrt((counts * (levels - mean) ** 2).sum() / counts.sum()))
-    info = {"dataset": raw.name, "source": raw.source, "split_seed": split_seed,
-            "train_size": int(len(train_idx)), "val_size": int(len(val_idx)), "test_size": int(len(raw.test_images)),
-            "val_indices_sha256": indices_hash(val_idx), "train_subset": train_subset,
-            "files_sha256": raw.sha256}
+    info = SplitInfo(dataset=raw.name, source=raw.source, split_seed=split_seed, train_size=int(len(train_idx)),
+                     val_size=int(len(val_idx)), test_size=int(len(raw.test_images)),
+                     val_indices_sha256=indices_hash(val_idx), train_subset=train_subset,
+                     files_sha256=dict(raw.sha256))
     return Split(raw.name, get_spec(raw.name).class_names,
                  as_x(train_images), as_y(raw.train_labels[train_idx]),
                  as_x(np.take(raw.train_images, val_idx, axis=0)), as_y(raw.train_labels[val_idx]),

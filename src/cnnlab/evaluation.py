@@ -31,9 +31,8 @@ def evaluate(model: Net, x: torch.Tensor, y: torch.Tensor, *, precision: str = "
     """Loss and accuracy of `model` on images x (uint8 or [0,1] floats, [N,1,28,28]) and labels y.
 
     Batches of 128 with the model and inputs in channels_last: the conv1 activations of 128
-    images (13 MB in fp32, half in bf16) stay in cache. Measured on the 2-core EPYC (bf16, 10,000
-    validation images, 3 alternating rounds): 0.18–0.19 s at 128, 0.20–0.27 s at 256, 0.50–0.56 s
-    at 500, identical predictions; contiguous weights or batches of 2500 were 4–9× slower still.
+    images (13 MB in fp32, half in bf16) stay in cache; larger batches or contiguous weights were
+    several times slower with identical predictions (BENCHMARKS.md § Measurements behind defaults).
     """
     device = next(model.parameters()).device
     if device.type != "mps" and not _is_channels_last(model):

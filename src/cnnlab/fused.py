@@ -8,9 +8,8 @@
 2. pool2 → ReLU → flatten, and the gradient back in one pass (no zero-filled buffer, no int64
    indices, no ReLU or layout copy of its own).
 
-Measured on the 2-core AMD EPYC (torch 2.13, batch 128, bf16), BENCHMARKS.md § part 11, third
-round: the conv1 block took ~4.5 ms of an 8 ms training step through torch's operators and 0.65 ms
-(forward 0.33, backward 0.32) as the kernel.
+Through torch's operators the conv1 block was more than half of a CPU training step; the kernel
+takes about a seventh of that time (BENCHMARKS.md § Part 11, third round).
 
 What they compute is the network's own function, checked against torch's operators. conv1: in fp32
 the output matches conv2d → max_pool2d → relu to float rounding (the products are summed in another

@@ -29,7 +29,7 @@ from .evaluation import evaluate
 from .metrics import METRIC_FIELDS
 from .model import Net, state_tensors
 from .output import OutputDir
-from .run_record import RUN_FORMAT, Best, Imported, RunInfo, SplitInfo, TestScore
+from .run_record import RUN_FORMAT, Best, Imported, RunInfo, TestScore
 from .runs import Run, hardware, open_run, versions
 from .weights_file import flatten_state_dict, read_weights
 
@@ -374,14 +374,14 @@ def import_weights(source: str | Path | Mapping[str, torch.Tensor] | nn.Module, 
         raise
     # only the settings that describe the network and how cnnlab evaluated it (the others, epochs
     # to threads, were never used and are not written)
-    described = {"dataset": "mnist", "batch_norm": matched.batch_norm, "label_smoothing": 0.0, "augment": False,
-                 "seed": 0, "val_size": split.info["val_size"], "split_seed": split.info["split_seed"],
+    described: dict[str, Any] = {"dataset": "mnist", "batch_norm": matched.batch_norm, "label_smoothing": 0.0, "augment": False,
+                 "seed": 0, "val_size": split.info.val_size, "split_seed": split.info.split_seed,
                  "device": "cpu", "precision": "fp32"}
     info = RunInfo(
         format=RUN_FORMAT, status="imported", config=TrainConfig(**described), config_keys=tuple(described),
         imported=Imported(**origin, transform=transform.to_dict(), layers=matched.sources, notes=matched.notes,
                           metrics=str(Path(metrics).resolve()) if metrics is not None else None),
-        split=SplitInfo.from_dict(split.info, "the split"), versions=versions(), device="cpu", precision="fp32",
+        split=split.info, versions=versions(), device="cpu", precision="fp32",
         hardware=hardware(torch.device("cpu")),
         # the learner may have trained on these images: cnnlab's validation split is part of MNIST's training set
         best=Best(val_accuracy=val.accuracy, val_loss=val.loss, epoch=None),

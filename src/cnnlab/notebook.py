@@ -125,7 +125,7 @@ indices, which is the same as one-hot targets; `one_hot` gives the one-hot form 
 """)
     c.code("""
 split = load_split("mnist", train_subset=preset(PRESET).train_subset)
-print(split.info["train_size"], "train /", split.info["val_size"], "val /", split.info["test_size"], "test")
+print(split.info.train_size, "train /", split.info.val_size, "val /", split.info.test_size, "test")
 print("one-hot of the first labels:\\n", one_hot(split.train_y[:3]))
 """)
     c.md("## 1.1 Training curves and test accuracy")

@@ -31,7 +31,7 @@ from .evaluation import EvalResult, evaluate
 from .metrics import LoopState, step_time_summary
 from .model import Net
 from .output import OutputDir
-from .run_record import RUN_FORMAT, Best, RunInfo, RunResults, SplitInfo, TestScore, Timing
+from .run_record import RUN_FORMAT, Best, RunInfo, RunResults, TestScore, Timing
 from .runs import RunLock, check_out_dir, hardware, versions
 
 __all__ = ["train", "evaluate", "TrainResult", "StepCallback", "saved_config"]
@@ -68,7 +68,7 @@ def make_optimizer(model: Net, cfg: TrainConfig,
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     # The fused kernel updates each tensor in one pass instead of a dozen foreach passes over the
-    # 784k fc1 weights: 7.7–8.0 against 8.5–9.0 ms per batch-128 step (BENCHMARKS.md, part 11).
+    # 784k fc1 weights (a faster step: BENCHMARKS.md § Part 11).
     one_pass = next(model.parameters()).device.type in ("cpu", "cuda")
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, fused=one_pass or None)
@@ -200,7 +200,8 @@ def _training_split(cfg: TrainConfig, split: Split | None, data_dir: str | None,
         # the same first-N rule as data.make_split, applied to a split the caller loaded in full
         split = dataclasses.replace(split, train_x=split.train_x[:cfg.train_subset],
                                     train_y=split.train_y[:cfg.train_subset],
-                                    info={**split.info, "train_size": cfg.train_subset, "train_subset": cfg.train_subset})
+                                    info=dataclasses.replace(split.info, train_size=cfg.train_subset,
+                                                             train_subset=cfg.train_subset))
     return split
 
 
@@ -321,7 +322,7 @@ def _run(cfg: TrainConfig, writer: RunWriter, split: Split | None, data_dir: str
         format=RUN_FORMAT,
         status="interrupted" if interrupted else "complete",
         config=cfg,
-        split=SplitInfo.from_dict(split.info, "the split"),
+        split=split.info,
         normalization={"mean": split.mean, "std": split.std},
         versions=versions(),
         hardware={**hardware(device), "kernels": kernels},

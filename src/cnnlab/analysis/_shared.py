@@ -132,8 +132,8 @@ def device_of(model: nn.Module) -> torch.device:
 
 def inference_copy(model: Net) -> Net:
     """A private eval-mode copy for batched inference. On the CPU it is channels_last, which
-    oneDNN runs about twice as fast for these convolutions (measured: 3390 occluded images in
-    1.1 s instead of 2.0 s on a loaded 2-core machine); the caller's model is never touched."""
+    oneDNN runs about twice as fast for these convolutions (BENCHMARKS.md § Measurements behind
+    defaults); the caller's model is never touched."""
     net = copy.deepcopy(model).eval()
     if device_of(net).type == "cpu":
         net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit memory_format

@@ -63,8 +63,8 @@ def fresh_copy(model: nn.Module, seed: int) -> nn.Module:
 
 def log_probs(net: nn.Module, x: torch.Tensor, batch: int | None = None) -> torch.Tensor:
     """log softmax [B, classes] in float64 of x [B, 1, 28, 28] on the [0, 1] scale, `batch`
-    images per forward (default: `chunk_for`, a cache-sized chunk; 2048 at once ran ~2×
-    slower on the 2-core CPU, its activations spilling out of cache)."""
+    images per forward (default: `chunk_for`, a cache-sized chunk; far larger batches ran
+    slower, their activations spilling out of cache)."""
     dev = device_of(net)
     batch = batch or chunk_for(dev)
     out = []

@@ -57,7 +57,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     raw = fetch(args.dataset, args.data_dir, log=lambda s: print(f"  tried {s}", file=sys.stderr))
     split = make_split(raw, split_seed=args.split_seed)
-    summary = {**split.info, "seconds": round(time.perf_counter() - t0, 2),
+    summary = {**split.info.to_dict(), "seconds": round(time.perf_counter() - t0, 2),
                "pixel_mean": split.mean, "pixel_std": split.std,
                "train_class_counts": split.train_y.bincount(minlength=10).tolist(),
                "test_class_counts": split.test_y.bincount(minlength=10).tolist()}
@@ -66,8 +66,9 @@ def cmd_data(args: argparse.Namespace) -> int:
         return 0
     c = console()
     c.print(f"{args.dataset} from {raw.source} — all 4 files verified (SHA-256) in {summary['seconds']} s")
-    c.print(f"split (seed {args.split_seed}): {split.info['train_size']} train / {split.info['val_size']} "
-            f"validation / {split.info['test_size']} test; validation indices hash {split.info['val_indices_sha256']}")
+    info = split.info
+    c.print(f"split (seed {args.split_seed}): {info.train_size} train / {info.val_size} "
+            f"validation / {info.test_size} test; validation indices hash {info.val_indices_sha256}")
     c.print(f"training pixels: mean {split.mean:.4f}, std {split.std:.4f} (on the [0, 1] scale)")
     c.print(f"train images per class: {summary['train_class_counts']}")
     return 0
@@ -110,7 +111,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     run = open_run_noted(args.run)
     model = run.load_model()
     split = run.load_split(args.data_dir)
-    if split.info["val_indices_sha256"] != run.info.split.val_indices_sha256:
+    if split.info.val_indices_sha256 != run.info.split.val_indices_sha256:
         print("warning: the validation split differs from the one this run was trained with", file=sys.stderr)
     t0 = time.perf_counter()
     test = evaluate(model, split.test_x, split.test_y, precision=args.precision)
