@@ -9,7 +9,6 @@ kinds (oneDNN rounds differently with and without AMX), so compare on one machin
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import sys
 
@@ -17,16 +16,8 @@ import torch
 
 from cnnlab.config import preset
 from cnnlab.data import load_split
+from cnnlab.model import weights_digest
 from cnnlab.train import train
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """SHA-256 over the state dict's names and fp32 bytes, in name order."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().float().contiguous().cpu().numpy().tobytes())
-    return h.hexdigest()
 
 
 def main() -> None:

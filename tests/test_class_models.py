@@ -110,6 +110,33 @@ def test_pearson_and_likeness_oracle(mnist_split):
     assert 0.75 < ref["nearest_class_accuracy"] < 0.95 and ref["nn_label_accuracy"] > 0.9
 
 
+def test_likeness_figure_draws_any_images_and_colours_each_by_its_own_target(mnist_split):
+    """Ten test digits (7, 2, 1, 0, 4, 1, 4, 9, 5, 9), one replaced by noise: a title is green
+    exactly when the nearest class mean is that image's target (not the column's class), and any
+    number of images, with or without targets, draws and saves (three once raised IndexError)."""
+    import matplotlib.colors as mcolors
+    import matplotlib.pyplot as plt
+    images = mnist_split.test_x[:10, 0].numpy().astype(np.float64)
+    images[5] = np.random.default_rng(0).uniform(0, 255, (28, 28))
+    targets = mnist_split.test_y[:10].tolist()
+    lk = likeness.digit_likeness(images, mnist_split, targets=targets, n_real=50)
+    assert lk.per_image["target"] == targets and lk.targets == targets
+    fig = lk.figure()
+    titles = [ax.title for ax in fig.axes if ax.title.get_text().startswith("for ")]
+    green = [mcolors.same_color(t.get_color(), "tab:green") for t in titles]
+    want = [n == t for n, t in zip(lk.per_image["nearest_class"], targets)]
+    assert green == want and not all(want)                       # the noise is not read as its target
+    plt.close(fig)
+    for n, with_targets in ((3, False), (3, True), (70, True)):
+        small = likeness.digit_likeness(mnist_split.test_x[:n, 0].numpy().astype(np.float64), mnist_split,
+                                        targets=mnist_split.test_y[:n].tolist() if with_targets else None, n_real=50)
+        fig = small.figure()
+        drawn = sum(bool(ax.images) for ax in fig.axes) - 10          # less the class-mean row
+        assert drawn == min(n, likeness.FIGURE_MAX)
+        assert ("first 60 of 70" in fig.texts[0].get_text()) == (n == 70)
+        plt.close(fig)
+
+
 def test_source_scales_and_errors(tiny_model):
     u8 = np.full((28, 28), 255, np.uint8)
     assert float(targeted.as_image_255(u8).max()) == 255

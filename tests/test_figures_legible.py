@@ -169,6 +169,16 @@ def _likeness(kit):
     return _class_models(kit)[3]["plain"].figure()
 
 
+def _likeness_of_test_images(targets: bool, n: int):
+    def build(kit):
+        from cnnlab.analysis.likeness import digit_likeness
+        split = kit["split"]
+        images = split.test_x[:n, 0].numpy().astype(np.float64)
+        return digit_likeness(images, split, targets=split.test_y[:n].tolist() if targets else None,
+                              n_real=50).figure()
+    return build
+
+
 def _readability(kit):
     from cnnlab.analysis.natural import readability
     plain, reg, nat, _ = _class_models(kit)
@@ -228,6 +238,8 @@ FIGURES = {
     "natural class models": _class_models_figure("natural"),
     "natural class models cost": _class_models_figure("natural", cost=True),
     "likeness": _likeness,
+    "likeness (13 test digits, their labels)": _likeness_of_test_images(True, 13),
+    "likeness (3 images, no targets)": _likeness_of_test_images(False, 3),
     "readability": _readability,
     "adversarial": _adversarial,
     "adversarial (one target)": _one_fake,

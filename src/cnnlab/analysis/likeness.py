@@ -110,7 +110,8 @@ class LikenessResult(AnalysisResult):
     `per_image` ["images"]: lists over the images (corr_class_mean, nearest_class, nn_label, ...),
     `summary`: their means, `reference` ["reference_real_test_digits"]: the same for real test
     digits, `transfer` (with models): each model's predictions. Arrays: `images` [n, 28, 28] and
-    the class-mean training images `means` [10, 28, 28], both 0–255."""
+    the class-mean training images `means` [10, 28, 28], both 0–255. `targets`: the class each
+    image was meant to be (per_image["target"]), or None."""
     stem = "likeness"
     measure: str
     per_image: dict[str, list]
@@ -119,6 +120,7 @@ class LikenessResult(AnalysisResult):
     transfer: dict[str, dict] | None
     images: np.ndarray
     means: np.ndarray
+    targets: list[int] | None = None
 
     def to_dict(self) -> dict:
         out = {"measure": self.measure, "images": self.per_image, "summary": self.summary,
@@ -128,7 +130,12 @@ class LikenessResult(AnalysisResult):
         return out
 
     def figure(self) -> Figure:
-        return likeness_figure([("images", self.images, self)], self.means)
+        """Ten images aimed at the ten classes in order: under the class means, as in the report.
+        Any other set: a grid in the given order (at most FIGURE_MAX images), each titled with
+        its target (if any), its r and the nearest class."""
+        if self.targets == list(range(N_CLASSES)):
+            return likeness_figure([("images", self.images, self)], self.means)
+        return _grid_figure(self)
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"images": self.images.astype(np.float32), "class_means": self.means.astype(np.float32)}
@@ -198,7 +205,7 @@ def digit_likeness(images: np.ndarray | torch.Tensor, split: Split,
         own = r[np.arange(len(t)), t]
         pct = [float((own_real[real_y == c] <= v).mean() * 100) if (real_y == c).any() else float("nan")
                for c, v in zip(t, own)]
-        per.update(corr_target_mean=own.tolist(), real_percentile=pct)
+        per.update(target=t.tolist(), corr_target_mean=own.tolist(), real_percentile=pct)
         summary.update(corr_target_mean_mean=float(own.mean()),
                        nearest_is_target_rate=float((nearest == t).mean()),
                        nn_label_is_target_rate=float((nn_lab == t).mean()),
@@ -207,7 +214,8 @@ def digit_likeness(images: np.ndarray | torch.Tensor, split: Split,
     if tr and targets is not None:
         summary["transfer_agree_rate"] = {k: v["agree_rate"] for k, v in tr.items()}
     return LikenessResult("Pearson correlation over the 784 pixels (0-255 scale)", per, summary, reference, tr,
-                          x.reshape(-1, 28, 28), means)
+                          x.reshape(-1, 28, 28), means,
+                          targets=None if targets is None else [int(c) for c in np.asarray(targets)])
 
 
 def likeness_figure(rows: Sequence[tuple[str, np.ndarray, LikenessResult | None]], means: np.ndarray,
@@ -247,6 +255,55 @@ def likeness_figure(rows: Sequence[tuple[str, np.ndarray, LikenessResult | None]
             f"5th percentile {rr['corr_own_mean_p05']:.2f}); → nearest class by r (green = the target)")
     if title:
         fig.suptitle(wrap_text(title, fontsize=9), fontsize=9)
+    return fig
+
+
+FIGURE_MAX = 60          # images drawn by LikenessResult.figure's grid (the JSON holds them all)
+
+
+def _grid_figure(lk: LikenessResult) -> Figure:
+    """The class-mean training images, then `lk`'s images ten to a row in the order given."""
+    import matplotlib.pyplot as plt
+
+    from ..figures import FIG_WIDTH_IN, wrap_text
+    n = min(len(lk.images), FIGURE_MAX)
+    rows = 1 + -(-n // N_CLASSES)
+    cell = (FIG_WIDTH_IN - 1.3) / N_CLASSES
+    fig, axes = plt.subplots(rows, N_CLASSES, figsize=(FIG_WIDTH_IN, rows * (cell + 0.4) + 0.6), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for c in range(N_CLASSES):
+        axes[0, c].set_axis_on(), axes[0, c].set_xticks([]), axes[0, c].set_yticks([])
+        axes[0, c].imshow(np.clip(lk.means[c], 0, 255), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        axes[0, c].set_title(f"class {c}", fontsize=8)
+    axes[0, 0].set_ylabel(wrap_text("class-mean training images", 1.2, 8), fontsize=8, rotation=0,
+                          ha="right", va="center", labelpad=6)
+    per = lk.per_image
+    for i in range(n):
+        ax = axes[1 + i // N_CLASSES, i % N_CLASSES]
+        ax.set_axis_on(), ax.set_xticks([]), ax.set_yticks([])
+        ax.imshow(np.clip(lk.images[i], 0, 255), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        near = per["nearest_class"][i]
+        if lk.targets is not None:
+            t = lk.targets[i]
+            ax.set_title(f"for {t}\nr {per['corr_target_mean'][i]:+.2f}\n→ {near}", fontsize=7.5,
+                         color="tab:green" if near == t else "tab:red")
+        else:
+            ax.set_title(f"r {per['nearest_class_corr'][i]:+.2f}\n→ {near}", fontsize=7.5)
+    for r in range(1, rows):
+        first, last = (r - 1) * N_CLASSES, min(r * N_CLASSES, n) - 1
+        axes[r, 0].set_ylabel(f"images\n#{first}–{last}", fontsize=8, rotation=0, ha="right", va="center",
+                              labelpad=6)
+    rr = lk.reference
+    title = (f"r = correlation with the class-mean image (real test digits: mean {rr['corr_own_mean_mean']:.2f}, "
+             f"5th percentile {rr['corr_own_mean_p05']:.2f}); → nearest class by r")
+    if lk.targets is not None:
+        title += (f" (green = the image's target; {lk.summary['nearest_is_target_rate'] * 100:.0f}% of "
+                  f"{len(lk.images)} look like their target)")
+    if len(lk.images) > n:
+        title += f"; the first {n} of {len(lk.images)} images shown"
+    fig.suptitle(wrap_text(title, fontsize=9), fontsize=9)
     return fig
 
 
