@@ -490,6 +490,25 @@ def test_the_default_report_trains_long_enough_for_its_curves():
     assert cfg.epochs >= 5 and points >= 20
 
 
+@pytest.mark.mnist
+def test_1_1_names_epochs_as_a_reader_counts_them_and_each_error_once(mnist_run, mnist_split, tmp_path):
+    """A 1-epoch run logs its first point at epoch 0.2481 (97 of 391 steps): the answer says 0.25;
+    the end of a 1-epoch run is epoch 1, so its validation error is stated once, not twice."""
+    from cnnlab.config import ANALYSIS_PRESETS
+    from cnnlab.report import training
+    from cnnlab.report.base import Context, Printed
+    from cnnlab.runs import open_run
+    run = open_run(mnist_run)
+    assert run.config.epochs == 1
+    printed = Printed()
+    ctx = Context(tmp_path, mnist_split, {"plain": [run.path], "batch_norm": []}, run, run.load_model(),
+                  ANALYSIS_PRESETS["smoke"], printed, results={})
+    answer = " ".join(training.section_1_1(ctx).answer)
+    assert "(epoch 0.25)" in answer and not re.search(r"epoch \d\.\d{3}", answer), answer
+    assert "after epoch 1, with the training error" in answer and "at the end" not in answer
+    assert "1.1.final_val_err" not in printed.strings          # nothing recorded that the page does not say
+
+
 # ---------------------------------------------------------------------------------------------
 # report.ipynb: the code behind every answer, executed when the report is written (execution
 # counts, outputs from running it, no errors), with the numbers of results.json; its PDF,

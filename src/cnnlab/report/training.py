@@ -49,10 +49,14 @@ def section_1_1(ctx: Context) -> Section:
                    f"{p('1.1.test_acc_std', 100 * s, '{:.2f}')} points (mean ± standard deviation).")
     first, last = metrics[0], metrics[-1]
     one = next((r for r in metrics if r["epoch"] >= 1), last)
+    # epochs as a reader counts them: 0.2481 (the first logged step's fraction) reads as 0.25
+    ep = lambda e: f"{round(float(e), 2):g}"                                      # noqa: E731
     answer += (f" The validation error falls from {p.pct('1.1.first_val_err', first['val_error'])} at the first "
-               f"logged point (epoch {first['epoch']:g}) to {p.pct('1.1.epoch1_val_err', one['val_error'])} after "
-               f"epoch {one['epoch']:g} and {p.pct('1.1.final_val_err', last['val_error'])} at the end, with the "
-               f"training error at {p.pct('1.1.final_train_err', last['train_error'])}.")
+               f"logged point (epoch {ep(first['epoch'])}) to {p.pct('1.1.epoch1_val_err', one['val_error'])} after "
+               f"epoch {ep(one['epoch'])}")
+    if one is not last:
+        answer += f" and {p.pct('1.1.final_val_err', last['val_error'])} at the end (epoch {ep(last['epoch'])})"
+    answer += f", with the training error at {p.pct('1.1.final_train_err', last['train_error'])}."
     s1.answer.append(answer)
     fig = plot_curves(metrics, title=f"plain network, seed {cfg.seed}")
     s1.figures.append((fig_to_data_uri(fig), f"Training and validation loss and error, and validation accuracy, "
@@ -62,7 +66,8 @@ def section_1_1(ctx: Context) -> Section:
     ev = (f"Training took {p('1.1.train_s', run.timing.train_time_s, '{:.1f}')} s on {esc(str(run.info.device))} "
           f"({p('1.1.steps', run.info.steps, '{}')} steps of {cfg.batch_size} images). The reported accuracy is "
           f"that of the checkpoint with the best validation accuracy "
-          f"({p.pct('1.1.val_acc', run.best.val_accuracy)}, at epoch {run.best.epoch:g}).")
+          f"({p.pct('1.1.val_acc', run.best.val_accuracy)}"
+          f"{'' if run.best.epoch is None else f', at epoch {ep(run.best.epoch)}'}).")
     if ls > 0:
         floor = smoothing_floor(ls)
         ev += (f" The training loss stays above the validation loss because training used label smoothing "
