@@ -509,6 +509,40 @@ def test_1_1_names_epochs_as_a_reader_counts_them_and_each_error_once(mnist_run,
     assert "1.1.final_val_err" not in printed.strings          # nothing recorded that the page does not say
 
 
+@pytest.mark.mnist
+def test_2_1_says_how_longer_training_moves_the_kernels_only_when_there_was_a_second_epoch(
+        mnist_run, mnist_split, tmp_path, monkeypatch):
+    """One epoch measures nothing about longer training: no such sentence. The control: the same
+    run's snapshots with a second epoch (the first epoch's kernels moved on by half again) say it."""
+    import dataclasses
+
+    from cnnlab.analysis import filter_history as FH
+    from cnnlab.config import ANALYSIS_PRESETS
+    from cnnlab.report import filters as F
+    from cnnlab.report.base import Context, Printed
+    from cnnlab.runs import open_run
+    run = open_run(mnist_run)
+    few = dataclasses.replace(mnist_split, test_x=mnist_split.test_x[:200], test_y=mnist_split.test_y[:200])
+    import matplotlib.pyplot as plt
+    monkeypatch.setattr(F, "fig_to_data_uri", lambda fig: plt.close(fig) or "")    # the words are under test
+
+    def answer() -> str:
+        ctx = Context(tmp_path, few, {"plain": [run.path], "batch_norm": []}, run, run.load_model(),
+                      ANALYSIS_PRESETS["smoke"], Printed(), results={})
+        return " ".join(F.section_filters(ctx)[0].answer)
+
+    one = answer()
+    assert "longer training" not in one and "after the first and" not in one, one
+    snaps = FH.load_filters_by_epoch(run)
+    assert snaps is not None and {k.split(".")[1] for k in snaps} == {"epoch0", "epoch1"}
+    for layer in ("conv1", "conv2"):
+        w0, w1 = snaps[f"{layer}.epoch0"], snaps[f"{layer}.epoch1"]
+        snaps[f"{layer}.epoch2"] = w1 + 0.5 * (w1 - w0)
+    monkeypatch.setattr(F, "filter_history", lambda _run: FH.filter_history(snaps))
+    two = answer()
+    assert "after the first and" in two and "(2): longer training moves them" in two, two
+
+
 # ---------------------------------------------------------------------------------------------
 # report.ipynb: the code behind every answer, executed when the report is written (execution
 # counts, outputs from running it, no errors), with the numbers of results.json; its PDF,

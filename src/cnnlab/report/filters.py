@@ -50,11 +50,13 @@ def section_filters(ctx: Context) -> list[Section]:
     hist = filter_history(ctx.best_run)
     if hist is not None and hist.epochs >= 1:
         h1 = hist.layers["conv1"]["mean_cosine_to_init"]
-        s1.answer.append(f"Measured after every epoch, the mean cosine to the initial kernels is "
-                         f"{p('2.1.cosine_epoch1', h1[1], '{:.2f}')} after the first and "
-                         f"{p('2.1.cosine_last', h1[-1], '{:.2f}')} after the last "
-                         f"({p('2.1.epochs', hist.epochs, '{}')}): longer training moves them "
-                         + ("little." if h1[1] - h1[-1] < 0.1 else "further."))
+        # whether longer training moves them is measured only when there was a second epoch
+        if hist.epochs >= 2:
+            s1.answer.append(f"Measured after every epoch, the mean cosine to the initial kernels is "
+                             f"{p('2.1.cosine_epoch1', h1[1], '{:.2f}')} after the first and "
+                             f"{p('2.1.cosine_last', h1[-1], '{:.2f}')} after the last "
+                             f"({p('2.1.epochs', hist.epochs, '{}')}): longer training moves them "
+                             + ("little." if h1[1] - h1[-1] < 0.1 else "further."))
         s1.appendix_figures.append((fig_to_data_uri(hist.figure()),
                                     "conv1 and conv2 epoch by epoch: the kernels at initialization and after each "
                                     "epoch, and their mean cosine similarity to their initial values."))
