@@ -374,9 +374,10 @@ def import_weights(source: str | Path | Mapping[str, torch.Tensor] | nn.Module, 
         raise
     # only the settings that describe the network and how cnnlab evaluated it (the others, epochs
     # to threads, were never used and are not written)
-    described: dict[str, Any] = {"dataset": "mnist", "batch_norm": matched.batch_norm, "label_smoothing": 0.0, "augment": False,
-                 "seed": 0, "val_size": split.info.val_size, "split_seed": split.info.split_seed,
-                 "device": "cpu", "precision": "fp32"}
+    described: dict[str, Any] = {
+        "dataset": "mnist", "batch_norm": matched.batch_norm, "label_smoothing": 0.0, "augment": False,
+        "seed": 0, "val_size": split.info.val_size, "split_seed": split.info.split_seed,
+        "device": "cpu", "precision": "fp32"}
     info = RunInfo(
         format=RUN_FORMAT, status="imported", config=TrainConfig(**described), config_keys=tuple(described),
         imported=Imported(**origin, transform=transform.to_dict(), layers=matched.sources, notes=matched.notes,

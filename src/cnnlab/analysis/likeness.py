@@ -110,8 +110,7 @@ class LikenessResult(AnalysisResult):
     `per_image` ["images"]: lists over the images (corr_class_mean, nearest_class, nn_label, ...),
     `summary`: their means, `reference` ["reference_real_test_digits"]: the same for real test
     digits, `transfer` (with models): each model's predictions. Arrays: `images` [n, 28, 28] and
-    the class-mean training images `means` [10, 28, 28], both 0–255. `targets`: the class each
-    image was meant to be (per_image["target"]), or None."""
+    the class-mean training images `means` [10, 28, 28], both 0–255."""
     stem = "likeness"
     measure: str
     per_image: dict[str, list]
@@ -120,7 +119,11 @@ class LikenessResult(AnalysisResult):
     transfer: dict[str, dict] | None
     images: np.ndarray
     means: np.ndarray
-    targets: list[int] | None = None
+
+    @property
+    def targets(self) -> list[int] | None:
+        """The class each image was meant to be (per_image["target"]), or None without targets."""
+        return self.per_image.get("target")
 
     def to_dict(self) -> dict:
         out = {"measure": self.measure, "images": self.per_image, "summary": self.summary,
@@ -214,8 +217,23 @@ def digit_likeness(images: np.ndarray | torch.Tensor, split: Split,
     if tr and targets is not None:
         summary["transfer_agree_rate"] = {k: v["agree_rate"] for k, v in tr.items()}
     return LikenessResult("Pearson correlation over the 784 pixels (0-255 scale)", per, summary, reference, tr,
-                          x.reshape(-1, 28, 28), means,
-                          targets=None if targets is None else [int(c) for c in np.asarray(targets)])
+                          x.reshape(-1, 28, 28), means)
+
+
+def _draw_digit(ax: Any, image: np.ndarray) -> None:
+    """One 28×28 image on the 0–255 scale (values outside it clipped), no ticks."""
+    ax.imshow(np.clip(image, 0, 255), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.set_xticks([]), ax.set_yticks([])
+
+
+def _row_label(ax: Any, text: str) -> None:
+    ax.set_ylabel(text, fontsize=8, rotation=0, ha="right", va="center", labelpad=6)
+
+
+def _reference_text(reference: dict[str, Any]) -> str:
+    """What r means, with the real test digits' own r as the yardstick."""
+    return (f"r = correlation with the class-mean image (real test digits: mean {reference['corr_own_mean_mean']:.2f}, "
+            f"5th percentile {reference['corr_own_mean_p05']:.2f}); → nearest class by r")
 
 
 def likeness_figure(rows: Sequence[tuple[str, np.ndarray, LikenessResult | None]], means: np.ndarray,
@@ -234,8 +252,7 @@ def likeness_figure(rows: Sequence[tuple[str, np.ndarray, LikenessResult | None]
     for i, (label, ims, lk) in enumerate(allrows):
         for c in range(N_CLASSES):
             ax = axes[i, c]
-            ax.imshow(np.clip(ims[c], 0, 255), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-            ax.set_xticks([]), ax.set_yticks([])
+            _draw_digit(ax, ims[c])
             if lk is not None:
                 rr = lk.per_image["corr_target_mean"][c]
                 nc = lk.per_image["nearest_class"][c]
@@ -246,13 +263,10 @@ def likeness_figure(rows: Sequence[tuple[str, np.ndarray, LikenessResult | None]
         if lk is not None:
             s = lk.summary
             lab += f"\nmean r {s['corr_target_mean_mean']:+.2f}\nlooks like\ntarget {s['nearest_is_target_rate'] * 100:.0f}%"
-        axes[i, 0].set_ylabel(lab, fontsize=8, rotation=0, ha="right", va="center", labelpad=6)
+        _row_label(axes[i, 0], lab)
     ref = next((lk for _, _, lk in rows if lk is not None), None)
     if ref is not None:
-        rr = ref.reference
-        title = (title + "\n" if title else "") + (
-            f"r = correlation with the class-mean image (real test digits: mean {rr['corr_own_mean_mean']:.2f}, "
-            f"5th percentile {rr['corr_own_mean_p05']:.2f}); → nearest class by r (green = the target)")
+        title = (title + "\n" if title else "") + _reference_text(ref.reference) + " (green = the target)"
     if title:
         fig.suptitle(wrap_text(title, fontsize=9), fontsize=9)
     return fig
@@ -274,16 +288,15 @@ def _grid_figure(lk: LikenessResult) -> Figure:
     for ax in axes.flat:
         ax.set_axis_off()
     for c in range(N_CLASSES):
-        axes[0, c].set_axis_on(), axes[0, c].set_xticks([]), axes[0, c].set_yticks([])
-        axes[0, c].imshow(np.clip(lk.means[c], 0, 255), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        axes[0, c].set_axis_on()
+        _draw_digit(axes[0, c], lk.means[c])
         axes[0, c].set_title(f"class {c}", fontsize=8)
-    axes[0, 0].set_ylabel(wrap_text("class-mean training images", 1.2, 8), fontsize=8, rotation=0,
-                          ha="right", va="center", labelpad=6)
+    _row_label(axes[0, 0], wrap_text("class-mean training images", 1.2, 8))
     per = lk.per_image
     for i in range(n):
         ax = axes[1 + i // N_CLASSES, i % N_CLASSES]
-        ax.set_axis_on(), ax.set_xticks([]), ax.set_yticks([])
-        ax.imshow(np.clip(lk.images[i], 0, 255), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_axis_on()
+        _draw_digit(ax, lk.images[i])
         near = per["nearest_class"][i]
         if lk.targets is not None:
             t = lk.targets[i]
@@ -293,11 +306,8 @@ def _grid_figure(lk: LikenessResult) -> Figure:
             ax.set_title(f"r {per['nearest_class_corr'][i]:+.2f}\n→ {near}", fontsize=7.5)
     for r in range(1, rows):
         first, last = (r - 1) * N_CLASSES, min(r * N_CLASSES, n) - 1
-        axes[r, 0].set_ylabel(f"images\n#{first}–{last}", fontsize=8, rotation=0, ha="right", va="center",
-                              labelpad=6)
-    rr = lk.reference
-    title = (f"r = correlation with the class-mean image (real test digits: mean {rr['corr_own_mean_mean']:.2f}, "
-             f"5th percentile {rr['corr_own_mean_p05']:.2f}); → nearest class by r")
+        _row_label(axes[r, 0], f"images\n#{first}–{last}")
+    title = _reference_text(lk.reference)
     if lk.targets is not None:
         title += (f" (green = the image's target; {lk.summary['nearest_is_target_rate'] * 100:.0f}% of "
                   f"{len(lk.images)} look like their target)")

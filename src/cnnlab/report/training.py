@@ -24,6 +24,11 @@ def smoothing_floor(eps: float, n_classes: int = 10) -> float:
     return float(-(hi * math.log(hi) + (n_classes - 1) * lo * math.log(lo)))
 
 
+def _epoch(e: float) -> str:
+    """An epoch as a reader counts it: 0.2481 (the first logged step's fraction) reads as 0.25."""
+    return f"{round(float(e), 2):g}"
+
+
 def section_1_1(ctx: Context) -> Section:
     """1.1 training curves and test accuracy"""
     p = ctx.printed
@@ -49,13 +54,11 @@ def section_1_1(ctx: Context) -> Section:
                    f"{p('1.1.test_acc_std', 100 * s, '{:.2f}')} points (mean ± standard deviation).")
     first, last = metrics[0], metrics[-1]
     one = next((r for r in metrics if r["epoch"] >= 1), last)
-    # epochs as a reader counts them: 0.2481 (the first logged step's fraction) reads as 0.25
-    ep = lambda e: f"{round(float(e), 2):g}"                                      # noqa: E731
     answer += (f" The validation error falls from {p.pct('1.1.first_val_err', first['val_error'])} at the first "
-               f"logged point (epoch {ep(first['epoch'])}) to {p.pct('1.1.epoch1_val_err', one['val_error'])} after "
-               f"epoch {ep(one['epoch'])}")
+               f"logged point (epoch {_epoch(first['epoch'])}) to {p.pct('1.1.epoch1_val_err', one['val_error'])} after "
+               f"epoch {_epoch(one['epoch'])}")
     if one is not last:
-        answer += f" and {p.pct('1.1.final_val_err', last['val_error'])} at the end (epoch {ep(last['epoch'])})"
+        answer += f" and {p.pct('1.1.final_val_err', last['val_error'])} at the end (epoch {_epoch(last['epoch'])})"
     answer += f", with the training error at {p.pct('1.1.final_train_err', last['train_error'])}."
     s1.answer.append(answer)
     fig = plot_curves(metrics, title=f"plain network, seed {cfg.seed}")
@@ -67,7 +70,7 @@ def section_1_1(ctx: Context) -> Section:
           f"({p('1.1.steps', run.info.steps, '{}')} steps of {cfg.batch_size} images). The reported accuracy is "
           f"that of the checkpoint with the best validation accuracy "
           f"({p.pct('1.1.val_acc', run.best.val_accuracy)}"
-          f"{'' if run.best.epoch is None else f', at epoch {ep(run.best.epoch)}'}).")
+          f"{'' if run.best.epoch is None else f', at epoch {_epoch(run.best.epoch)}'}).")
     if ls > 0:
         floor = smoothing_floor(ls)
         ev += (f" The training loss stays above the validation loss because training used label smoothing "
